@@ -1,0 +1,151 @@
+//! Small text and integer encodings used by the protocol: RFC 4648 base32 (lowercase, no
+//! padding), unsigned LEB128 varints, and hex. Each is a few lines, so no crate is pulled in.
+
+const BASE32_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// RFC 4648 base32, lowercase, no padding (the multibase `b` alphabet).
+pub fn base32_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
+    let mut buffer: u32 = 0;
+    let mut bits: u32 = 0;
+    for &byte in bytes {
+        buffer = (buffer << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(base32_char((buffer >> bits) & 31));
+        }
+        buffer &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        out.push(base32_char((buffer << (5 - bits)) & 31));
+    }
+    out
+}
+
+fn base32_char(index: u32) -> char {
+    BASE32_ALPHABET.get(index as usize).map_or('?', |&c| char::from(c))
+}
+
+/// Decodes lowercase unpadded base32; rejects other characters and non-zero trailing bits.
+pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 5 / 8);
+    let mut buffer: u32 = 0;
+    let mut bits: u32 = 0;
+    for c in text.bytes() {
+        let value = match c {
+            b'a'..=b'z' => c - b'a',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        buffer = (buffer << 5) | u32::from(value);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((buffer >> bits) & 0xff) as u8);
+        }
+        buffer &= (1 << bits) - 1;
+    }
+    // Leftover bits must be padding (fewer than 5, all zero); otherwise the text is not canonical.
+    if bits >= 5 || buffer != 0 {
+        return None;
+    }
+    Some(out)
+}
+
+/// Reads a minimal unsigned LEB128 varint of at most 9 bytes (multiformats unsigned-varint).
+/// Returns the value and the number of bytes consumed.
+pub fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (index, &byte) in bytes.iter().enumerate().take(9) {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            // A final zero byte after the first means a longer encoding than needed.
+            if index > 0 && byte == 0 {
+                return None;
+            }
+            return Some((value, index + 1));
+        }
+    }
+    None
+}
+
+/// Appends an unsigned LEB128 varint.
+pub fn write_varint(mut value: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Lowercase hex.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Lowercase-only hex decoding (digests are canonical lowercase).
+pub fn hex_decode_lower(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    text.as_bytes()
+        .chunks_exact(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some((nibble(*hi)? << 4) | nibble(*lo)?),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base32_round_trip_and_rfc4648_vectors() {
+        for (raw, enc) in [("", ""), ("f", "my"), ("fo", "mzxq"), ("foo", "mzxw6"), ("foob", "mzxw6yq"), ("fooba", "mzxw6ytb"), ("foobar", "mzxw6ytboi")] {
+            assert_eq!(base32_encode(raw.as_bytes()), enc);
+            assert_eq!(base32_decode(enc).as_deref(), Some(raw.as_bytes()));
+        }
+        assert_eq!(base32_decode("mz"), None, "non-zero trailing bits");
+        assert_eq!(base32_decode("MZXQ"), None, "uppercase");
+        assert_eq!(base32_decode("mzxq="), None, "padding");
+    }
+
+    #[test]
+    fn varint_is_minimal_and_bounded() {
+        let mut out = Vec::new();
+        for value in [0u64, 1, 127, 128, 300, 1 << 35, (1 << 63) - 1] {
+            out.clear();
+            write_varint(value, &mut out);
+            assert_eq!(read_varint(&out), Some((value, out.len())));
+        }
+        assert_eq!(read_varint(&[0x80, 0x00]), None, "non-minimal");
+        assert_eq!(read_varint(&[0xff; 10]), None, "too long");
+        assert_eq!(read_varint(&[0x80]), None, "truncated");
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(hex_encode(&[0, 0xab, 0xff]), "00abff");
+        assert_eq!(hex_decode_lower("00abff"), Some(vec![0, 0xab, 0xff]));
+        assert_eq!(hex_decode_lower("00ABff"), None);
+        assert_eq!(hex_decode_lower("0"), None);
+    }
+}

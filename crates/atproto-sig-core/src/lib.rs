@@ -1,0 +1,13 @@
+//! Pure verification of ATProto-signed records, for container image signatures.
+//!
+//! Bytes in, typed verdict out: no I/O, no clock (the caller passes `now`), no globals.
+//! Everything this crate parses is treated as hostile: every parser has explicit limits
+//! ([`limits::Limits`]), never panics, and never allocates more than its input can back.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cbor;
+pub mod cid;
+pub mod crypto;
+pub mod encoding;
+pub mod syntax;
