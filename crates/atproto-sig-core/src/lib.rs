@@ -11,3 +11,16 @@ pub mod cid;
 pub mod crypto;
 pub mod encoding;
 pub mod syntax;
+pub mod car;
+pub mod commit;
+pub mod limits;
+pub mod mst;
+pub mod did;
+pub mod plc;
+pub mod record;
+pub mod verify;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use limits::Limits;
+pub use verify::{verify, Expectation, Facts, KeySource, ProofInput, Reason, Verdict};

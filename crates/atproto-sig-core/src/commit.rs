@@ -1,0 +1,110 @@
+//! Repository commit objects: decode (v3, and v2 for inspection), the unsigned re-encoding of
+//! the five signed fields, and the signature check. As both reference verifiers do, the signed
+//! bytes are rebuilt from the parsed fields rather than sliced from the block.
+
+use std::fmt;
+
+use crate::cbor::{self, CborError, Map, Value};
+use crate::cid::{Cid, Codec};
+use crate::crypto::{PublicKey, SignatureError};
+use crate::limits::Limits;
+
+/// A decoded commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// Account DID.
+    pub did: String,
+    /// Repo format version (3 today; 2 in old data).
+    pub version: i64,
+    /// MST root.
+    pub data: Cid,
+    /// Revision TID (required in v3, optional in v2).
+    pub rev: Option<String>,
+    /// Previous commit (v3: present, usually null).
+    pub prev: Option<Cid>,
+    /// Raw signature bytes.
+    pub sig: Vec<u8>,
+}
+
+/// Why a block is not a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitError {
+    /// Not strict DAG-CBOR.
+    Cbor(CborError),
+    /// A required field is missing or of the wrong type.
+    Field(&'static str),
+    /// A CID that must be a dag-cbor link is a raw one.
+    NotDagCbor(&'static str),
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommitError::Cbor(e) => write!(f, "commit block: {e}"),
+            CommitError::Field(name) => write!(f, "commit field '{name}' is missing or has the wrong type"),
+            CommitError::NotDagCbor(name) => write!(f, "commit field '{name}' must link to dag-cbor"),
+        }
+    }
+}
+
+impl std::error::Error for CommitError {}
+
+impl Commit {
+    /// Decodes a commit block. Unknown fields are ignored, as in both reference
+    /// implementations (they are not covered by the re-encoded signature either).
+    pub fn decode(block: &[u8], limits: &Limits) -> Result<Commit, CommitError> {
+        let value = cbor::decode(block, limits.max_cbor_depth).map_err(CommitError::Cbor)?;
+        let map = value.as_map().ok_or(CommitError::Field("(map)"))?;
+        let text = |name| map.get(name).and_then(Value::as_text).map(str::to_owned);
+        let did = text("did").ok_or(CommitError::Field("did"))?;
+        let version = map.get("version").and_then(Value::as_integer).ok_or(CommitError::Field("version"))?;
+        let data = map.get("data").and_then(Value::as_link).ok_or(CommitError::Field("data"))?;
+        if data.codec() != Codec::DagCbor {
+            return Err(CommitError::NotDagCbor("data"));
+        }
+        let rev = match map.get("rev") {
+            Some(Value::Text(t)) => Some(t.clone()),
+            None if version < 3 => None,
+            _ => return Err(CommitError::Field("rev")),
+        };
+        let prev = match map.get("prev") {
+            Some(Value::Link(c)) if c.codec() == Codec::DagCbor => Some(*c),
+            Some(Value::Link(_)) => return Err(CommitError::NotDagCbor("prev")),
+            Some(Value::Null) => None,
+            // v3 requires the key to be present even when null.
+            None if version < 3 => None,
+            _ => return Err(CommitError::Field("prev")),
+        };
+        let sig = map.get("sig").and_then(Value::as_bytes).ok_or(CommitError::Field("sig"))?.to_vec();
+        Ok(Commit { did, version, data, rev, prev, sig })
+    }
+
+    fn unsigned_map(&self) -> Map {
+        let mut map = Map::default();
+        map.insert("did", Value::Text(self.did.clone()));
+        map.insert("version", Value::Integer(self.version));
+        map.insert("data", Value::Link(self.data));
+        if let Some(rev) = &self.rev {
+            map.insert("rev", Value::Text(rev.clone()));
+        }
+        map.insert("prev", self.prev.map_or(Value::Null, Value::Link));
+        map
+    }
+
+    /// The canonical encoding of the commit without `sig`: the bytes that are signed.
+    pub fn unsigned_bytes(&self) -> Vec<u8> {
+        cbor::encode(&Value::Map(self.unsigned_map()))
+    }
+
+    /// The canonical encoding of the signed commit (the block).
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut map = self.unsigned_map();
+        map.insert("sig", Value::Bytes(self.sig.clone()));
+        cbor::encode(&Value::Map(map))
+    }
+
+    /// Checks `sig` over the unsigned bytes with `key`.
+    pub fn verify_signature(&self, key: &PublicKey) -> Result<(), SignatureError> {
+        key.verify(&self.unsigned_bytes(), &self.sig)
+    }
+}

@@ -1,0 +1,403 @@
+//! Merkle Search Tree: key heights, node decoding with full validation, the inclusion /
+//! absence walk, and a builder that produces the canonical tree for a set of keys.
+//!
+//! Every node visited is checked: entries sorted and unique, one height per node equal to the
+//! expected layer, maximal prefix compression, keys inside the parent's gap, links only above
+//! layer 0. Absence proofs are only sound with all of this checked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::cbor::{self, CborError, Map, Value};
+use crate::cid::{Cid, Codec};
+use crate::limits::Limits;
+
+/// Maximum MST key length (both reference implementations).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The layer of a key: leading zero bits of SHA-256(key), divided by 2 (fanout 4).
+pub fn key_height(key: &[u8]) -> u32 {
+    let digest = Sha256::digest(key);
+    let mut zeros = 0;
+    for byte in digest {
+        zeros += byte.leading_zeros();
+        if byte != 0 {
+            break;
+        }
+    }
+    zeros / 2
+}
+
+/// Length of the common prefix of two keys, in bytes.
+pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// True when `key` is a valid repository path: `collection/rkey`, both non-empty, allowed
+/// characters only, at most [`MAX_KEY_BYTES`].
+pub fn is_valid_key(key: &[u8]) -> bool {
+    let allowed = |c: &u8| c.is_ascii_alphanumeric() || b"_~-:.".contains(c);
+    let mut parts = key.split(|&c| c == b'/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(collection), Some(rkey), None) => {
+            key.len() <= MAX_KEY_BYTES
+                && !collection.is_empty()
+                && !rkey.is_empty()
+                && collection.iter().all(allowed)
+                && rkey.iter().all(allowed)
+        }
+        _ => false,
+    }
+}
+
+/// One entry of a node, with its full key reconstructed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Full key.
+    pub key: Vec<u8>,
+    /// Record CID.
+    pub value: Cid,
+    /// Subtree between this entry and the next.
+    pub right: Option<Cid>,
+}
+
+/// A decoded node.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Node {
+    /// Subtree left of all entries.
+    pub left: Option<Cid>,
+    /// Entries in key order.
+    pub entries: Vec<Entry>,
+}
+
+/// Why an MST node or walk is invalid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MstError {
+    /// Not strict DAG-CBOR.
+    Cbor(CborError),
+    /// Not the `{e, l}` / `{k, p, t, v}` shape.
+    Shape(&'static str),
+    /// `p` larger than the previous key, or not the maximal common prefix.
+    PrefixCompression,
+    /// Key empty, too long, or not `collection/rkey`.
+    InvalidKey,
+    /// Keys not strictly ascending, or outside the parent's gap.
+    KeyOrder,
+    /// An entry's height differs from its node's layer.
+    Height {
+        /// Layer the node must be at.
+        expected: u32,
+        /// Height of the offending key.
+        found: u32,
+    },
+    /// An entry-less node where one is not allowed, or links below layer 0.
+    EmptyNode,
+    /// A subtree link or record value that is not dag-cbor.
+    LinkCodec,
+    /// A node needed by the walk is not in the proof.
+    MissingBlock(Cid),
+    /// Deeper than `max_mst_depth`, or wider than `max_mst_node_entries`.
+    TooLarge,
+}
+
+impl fmt::Display for MstError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MstError::Cbor(e) => write!(f, "MST node: {e}"),
+            MstError::Shape(what) => write!(f, "MST node: {what}"),
+            MstError::PrefixCompression => write!(f, "MST node: prefix compression is not canonical"),
+            MstError::InvalidKey => write!(f, "MST node: invalid key"),
+            MstError::KeyOrder => write!(f, "MST node: keys out of order or outside the parent's range"),
+            MstError::Height { expected, found } => write!(f, "MST node: key of height {found} in a layer-{expected} node"),
+            MstError::EmptyNode => write!(f, "MST node: empty node or link below layer 0"),
+            MstError::LinkCodec => write!(f, "MST node: link is not dag-cbor"),
+            MstError::MissingBlock(cid) => write!(f, "MST node {cid} is missing from the proof"),
+            MstError::TooLarge => write!(f, "MST too deep or node too wide"),
+        }
+    }
+}
+
+impl std::error::Error for MstError {}
+
+fn optional_link(value: Option<&Value>, what: &'static str) -> Result<Option<Cid>, MstError> {
+    match value {
+        Some(Value::Null) => Ok(None),
+        Some(Value::Link(c)) if c.codec() == Codec::DagCbor => Ok(Some(*c)),
+        Some(Value::Link(_)) => Err(MstError::LinkCodec),
+        _ => Err(MstError::Shape(what)),
+    }
+}
+
+impl Node {
+    /// Decodes a node block, reconstructing keys and checking compression, key syntax and order.
+    pub fn decode(block: &[u8], limits: &Limits) -> Result<Node, MstError> {
+        let value = cbor::decode(block, 8).map_err(MstError::Cbor)?;
+        let map = value.as_map().ok_or(MstError::Shape("not a map"))?;
+        if map.0.len() != 2 {
+            return Err(MstError::Shape("node must have exactly 'e' and 'l'"));
+        }
+        let left = optional_link(map.get("l"), "'l' must be a link or null")?;
+        let raw_entries = map.get("e").and_then(Value::as_array).ok_or(MstError::Shape("'e' must be an array"))?;
+        if raw_entries.len() > limits.max_mst_node_entries {
+            return Err(MstError::TooLarge);
+        }
+        let mut entries: Vec<Entry> = Vec::with_capacity(raw_entries.len());
+        for raw in raw_entries {
+            let entry = raw.as_map().ok_or(MstError::Shape("entry is not a map"))?;
+            if entry.0.len() != 4 {
+                return Err(MstError::Shape("entry must have exactly 'k', 'p', 't', 'v'"));
+            }
+            let prefix = entry.get("p").and_then(Value::as_integer).ok_or(MstError::Shape("'p' must be an integer"))?;
+            let suffix = entry.get("k").and_then(Value::as_bytes).ok_or(MstError::Shape("'k' must be bytes"))?;
+            let right = optional_link(entry.get("t"), "'t' must be a link or null")?;
+            let value = match entry.get("v") {
+                Some(Value::Link(c)) if c.codec() == Codec::DagCbor => *c,
+                Some(Value::Link(_)) => return Err(MstError::LinkCodec),
+                _ => return Err(MstError::Shape("'v' must be a link")),
+            };
+            let previous: &[u8] = entries.last().map_or(&[], |e| e.key.as_slice());
+            let prefix = usize::try_from(prefix).map_err(|_| MstError::PrefixCompression)?;
+            let shared = previous.get(..prefix).ok_or(MstError::PrefixCompression)?;
+            let mut key = Vec::with_capacity(prefix + suffix.len());
+            key.extend_from_slice(shared);
+            key.extend_from_slice(suffix);
+            if !is_valid_key(&key) {
+                return Err(MstError::InvalidKey);
+            }
+            // Canonical form: `p` is the full common prefix with the previous key.
+            if common_prefix_len(previous, &key) != prefix {
+                return Err(MstError::PrefixCompression);
+            }
+            if previous >= key.as_slice() && !entries.is_empty() {
+                return Err(MstError::KeyOrder);
+            }
+            entries.push(Entry { key, value, right });
+        }
+        Ok(Node { left, entries })
+    }
+
+    /// Canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut previous: &[u8] = &[];
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for entry in &self.entries {
+            let prefix = common_prefix_len(previous, &entry.key);
+            let mut map = Map::default();
+            map.insert("k", Value::Bytes(entry.key.get(prefix..).unwrap_or_default().to_vec()));
+            map.insert("p", Value::Integer(prefix as i64));
+            map.insert("t", entry.right.map_or(Value::Null, Value::Link));
+            map.insert("v", Value::Link(entry.value));
+            entries.push(Value::Map(map));
+            previous = &entry.key;
+        }
+        let mut map = Map::default();
+        map.insert("e", Value::Array(entries));
+        map.insert("l", self.left.map_or(Value::Null, Value::Link));
+        cbor::encode(&Value::Map(map))
+    }
+}
+
+/// Result of a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The key maps to this record CID.
+    Present(Cid),
+    /// The tree provably does not contain the key.
+    Absent,
+}
+
+/// A completed walk: the answer and the nodes visited (CID and layer), root first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Walk {
+    /// Present or absent.
+    pub lookup: Lookup,
+    /// Visited nodes, root first.
+    pub path: Vec<(Cid, u32)>,
+}
+
+/// Walks from `root` to `key`, validating every node on the way.
+/// `block` returns verified block bytes by CID (a proof CAR, or a whole repository).
+pub fn walk<'a>(
+    block: impl Fn(&Cid) -> Option<&'a [u8]>,
+    root: Cid,
+    key: &[u8],
+    limits: &Limits,
+) -> Result<Walk, MstError> {
+    let key_layer = key_height(key);
+    let mut path = Vec::new();
+    let mut cid = root;
+    // Layer of the current node: unknown at the root, parent layer − 1 below it.
+    let mut expected: Option<u32> = None;
+    // Keys of the current node must lie strictly inside these bounds (the parent's gap).
+    let mut lower: Option<Vec<u8>> = None;
+    let mut upper: Option<Vec<u8>> = None;
+    loop {
+        if path.len() >= limits.max_mst_depth {
+            return Err(MstError::TooLarge);
+        }
+        let bytes = block(&cid).ok_or(MstError::MissingBlock(cid))?;
+        let node = Node::decode(bytes, limits)?;
+        let layer = match (node.entries.first(), expected) {
+            (Some(first), _) => key_height(&first.key),
+            (None, Some(layer)) => layer,
+            // An empty root is the empty repository, and only if it has no subtree.
+            (None, None) if node.left.is_none() => {
+                path.push((cid, 0));
+                return Ok(Walk { lookup: Lookup::Absent, path });
+            }
+            (None, None) => return Err(MstError::EmptyNode),
+        };
+        if let Some(expected) = expected
+            && layer != expected
+        {
+            return Err(MstError::Height { expected, found: layer });
+        }
+        if node.entries.is_empty() && node.left.is_none() {
+            return Err(MstError::EmptyNode);
+        }
+        for entry in &node.entries {
+            let found = key_height(&entry.key);
+            if found != layer {
+                return Err(MstError::Height { expected: layer, found });
+            }
+            if lower.as_deref().is_some_and(|l| entry.key.as_slice() <= l)
+                || upper.as_deref().is_some_and(|u| entry.key.as_slice() >= u)
+            {
+                return Err(MstError::KeyOrder);
+            }
+        }
+        if layer == 0 && (node.left.is_some() || node.entries.iter().any(|e| e.right.is_some())) {
+            return Err(MstError::EmptyNode);
+        }
+        path.push((cid, layer));
+        if key_layer > layer {
+            return Ok(Walk { lookup: Lookup::Absent, path });
+        }
+        if key_layer == layer {
+            let lookup = node
+                .entries
+                .iter()
+                .find(|e| e.key == key)
+                .map_or(Lookup::Absent, |e| Lookup::Present(e.value));
+            return Ok(Walk { lookup, path });
+        }
+        // Descend into the gap that would hold `key`.
+        let index = node.entries.partition_point(|e| e.key.as_slice() < key);
+        let (link, gap_low, gap_high) = match index.checked_sub(1).and_then(|i| node.entries.get(i)) {
+            None => (node.left, lower.clone(), node.entries.first().map(|e| e.key.clone()).or(upper.clone())),
+            Some(before) => (
+                before.right,
+                Some(before.key.clone()),
+                node.entries.get(index).map(|e| e.key.clone()).or(upper.clone()),
+            ),
+        };
+        let Some(next) = link else {
+            return Ok(Walk { lookup: Lookup::Absent, path });
+        };
+        cid = next;
+        expected = Some(layer - 1);
+        lower = gap_low;
+        upper = gap_high;
+    }
+}
+
+/// Builds the canonical MST for `entries`; returns the root CID and every node block.
+pub fn build(entries: &BTreeMap<Vec<u8>, Cid>) -> (Cid, Vec<(Cid, Vec<u8>)>) {
+    let keyed: Vec<(&[u8], Cid, u32)> = entries.iter().map(|(k, v)| (k.as_slice(), *v, key_height(k))).collect();
+    let mut blocks = Vec::new();
+    let root_layer = keyed.iter().map(|e| e.2).max().unwrap_or(0);
+    let root = build_layer(&keyed, root_layer, &mut blocks).unwrap_or_else(|| {
+        let empty = Node::default().encode();
+        let cid = Cid::for_dag_cbor(&empty);
+        blocks.push((cid, empty));
+        cid
+    });
+    (root, blocks)
+}
+
+fn build_layer(keys: &[(&[u8], Cid, u32)], layer: u32, blocks: &mut Vec<(Cid, Vec<u8>)>) -> Option<Cid> {
+    if keys.is_empty() {
+        return None;
+    }
+    let mut node = Node::default();
+    let mut gap_start = 0;
+    let subtree = |range: &[(&[u8], Cid, u32)], blocks: &mut Vec<(Cid, Vec<u8>)>| {
+        layer.checked_sub(1).and_then(|below| build_layer(range, below, blocks))
+    };
+    for (index, (key, value, height)) in keys.iter().enumerate() {
+        if *height == layer {
+            let gap = subtree(keys.get(gap_start..index).unwrap_or_default(), blocks);
+            match node.entries.last_mut() {
+                Some(last) => last.right = gap,
+                None => node.left = gap,
+            }
+            node.entries.push(Entry { key: key.to_vec(), value: *value, right: None });
+            gap_start = index + 1;
+        }
+    }
+    let gap = subtree(keys.get(gap_start..).unwrap_or_default(), blocks);
+    match node.entries.last_mut() {
+        Some(last) => last.right = gap,
+        None => node.left = gap,
+    }
+    let bytes = node.encode();
+    let cid = Cid::for_dag_cbor(&bytes);
+    blocks.push((cid, bytes));
+    Some(cid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_tree_root() {
+        let (root, blocks) = build(&BTreeMap::new());
+        assert_eq!(root.to_string(), "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm");
+        assert_eq!(blocks.len(), 1);
+    }
+
+    #[test]
+    fn walk_finds_every_key_and_proves_absence() {
+        let value = Cid::for_dag_cbor(b"leaf");
+        let entries: BTreeMap<Vec<u8>, Cid> =
+            (0..500).map(|i| (format!("com.example.record/{i:05}").into_bytes(), value)).collect();
+        let (root, blocks) = build(&entries);
+        let map: std::collections::HashMap<Cid, Vec<u8>> = blocks.into_iter().collect();
+        let get = |c: &Cid| map.get(c).map(Vec::as_slice);
+        for key in entries.keys() {
+            let walk = walk(get, root, key, &Limits::default()).unwrap();
+            assert_eq!(walk.lookup, Lookup::Present(value));
+        }
+        for absent in ["com.example.record/00000a", "com.example.record/99999", "a/b", "zzz/z"] {
+            let walk = walk(get, root, absent.as_bytes(), &Limits::default()).unwrap();
+            assert_eq!(walk.lookup, Lookup::Absent, "{absent}");
+        }
+    }
+
+    #[test]
+    fn rejects_non_canonical_prefix() {
+        let v = Cid::for_dag_cbor(b"x");
+        let node = Node {
+            left: None,
+            entries: vec![
+                Entry { key: b"a/aa".to_vec(), value: v, right: None },
+                Entry { key: b"a/ab".to_vec(), value: v, right: None },
+            ],
+        };
+        let good = node.encode();
+        assert!(Node::decode(&good, &Limits::default()).is_ok());
+        // Re-encode the second entry with p=2 instead of the maximal 3.
+        let mut value = cbor::decode(&good, 8).unwrap();
+        if let Value::Map(m) = &mut value
+            && let Some(Value::Array(e)) = m.0.iter_mut().find(|(k, _)| k == "e").map(|(_, v)| v)
+            && let Some(Value::Map(second)) = e.get_mut(1)
+        {
+            second.insert("p", Value::Integer(2));
+            second.insert("k", Value::Bytes(b"ab".to_vec()));
+        }
+        assert_eq!(Node::decode(&cbor::encode(&value), &Limits::default()), Err(MstError::PrefixCompression));
+    }
+}
