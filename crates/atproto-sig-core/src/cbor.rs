@@ -443,11 +443,10 @@ pub fn from_json(json: &serde_json::Value, max_depth: usize) -> Result<Value, Js
             }
             match object.get("$type") {
                 None => {}
-                Some(serde_json::Value::String(t)) if !t.is_empty() => {
-                    if t == "blob" && !is_blob(object) {
-                        return Err(JsonToCborError::BadBlob);
-                    }
+                Some(serde_json::Value::String(t)) if t == "blob" && !is_blob(object) => {
+                    return Err(JsonToCborError::BadBlob);
                 }
+                Some(serde_json::Value::String(t)) if !t.is_empty() => {}
                 Some(_) => return Err(JsonToCborError::BadType),
             }
             let mut entries = Vec::with_capacity(object.len());
@@ -477,6 +476,21 @@ fn is_blob(object: &serde_json::Map<String, serde_json::Value>) -> bool {
     let size_ok = object.get("size").is_some_and(serde_json::Value::is_i64);
     let mime_ok = object.get("mimeType").and_then(serde_json::Value::as_str).is_some_and(|m| !m.is_empty());
     link_ok && size_ok && mime_ok
+}
+
+/// Converts a value to atproto JSON (`{"$link": …}`, `{"$bytes": …}`), for display.
+pub fn to_json(value: &Value) -> serde_json::Value {
+    use base64::Engine;
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::Integer(i) => serde_json::Value::from(*i),
+        Value::Text(t) => serde_json::Value::String(t.clone()),
+        Value::Bytes(b) => serde_json::json!({"$bytes": base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)}),
+        Value::Link(cid) => serde_json::json!({"$link": cid.to_string()}),
+        Value::Array(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+        Value::Map(map) => serde_json::Value::Object(map.0.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+    }
 }
 
 /// Why JSON cannot be represented in the atproto data model.

@@ -88,15 +88,16 @@ pub fn hex_encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
+        for nibble in [b >> 4, b & 15] {
+            out.push(DIGITS.get(usize::from(nibble)).map_or('?', |&d| char::from(d)));
+        }
     }
     out
 }
 
 /// Lowercase-only hex decoding (digests are canonical lowercase).
 pub fn hex_decode_lower(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| match c {

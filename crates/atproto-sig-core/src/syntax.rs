@@ -99,7 +99,7 @@ pub fn tid_from_parts(micros: u64, clock_id: u16) -> String {
     let value = ((micros & ((1 << 53) - 1)) << 10) | u64::from(clock_id & 0x3ff);
     (0..13)
         .rev()
-        .map(|i| char::from(TID_ALPHABET[((value >> (i * 5)) & 31) as usize]))
+        .map(|i| TID_ALPHABET.get(((value >> (i * 5)) & 31) as usize).map_or('2', |&c| char::from(c)))
         .collect()
 }
 

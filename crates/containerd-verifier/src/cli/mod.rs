@@ -1,0 +1,32 @@
+//! The operator and CI command line.
+
+mod did;
+mod proof;
+
+use clap::{Parser, Subcommand};
+
+/// Verify container images signed through ATProto repositories (io.atcr.manifest records).
+#[derive(Parser, Debug)]
+#[command(name = "atproto-verifier", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check or inspect a record proof (a com.atproto.sync.getRecord CAR) from files.
+    #[command(subcommand)]
+    Proof(proof::ProofCommand),
+    /// Work with DID documents and did:plc audit logs from files.
+    #[command(subcommand)]
+    Did(did::DidCommand),
+}
+
+/// Runs a parsed command and returns the exit code.
+pub fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Proof(command) => proof::run(command),
+        Command::Did(command) => did::run(command),
+    }
+}

@@ -1,0 +1,31 @@
+//! Output formats for operator commands.
+
+use clap::ValueEnum;
+
+/// `--format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON document for scripts.
+    Json,
+}
+
+/// Prints a JSON value on one line.
+pub fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+/// Prints an error for a command that could not run (exit 2), with a hint.
+pub fn print_undecided(format: Format, message: &str, hint: &str) {
+    match format {
+        Format::Json => print_json(&serde_json::json!({"admitted": false, "reason": "invalid-request", "message": message, "hint": hint})),
+        Format::Text => {
+            eprintln!("error: {message}");
+            if !hint.is_empty() {
+                eprintln!("hint: {hint}");
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The file-only commands, run as a user would: exit codes, JSON fields, and snapshots of the
+//! text people read.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use atproto_sig_core::crypto::Curve;
+use atproto_sig_core::record::MANIFEST_COLLECTION;
+use atproto_sig_core::testkit::{digest_of, Identity, Tamper, TestRepo};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(output)))
+}
+
+fn pds_fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pds").join(name).to_string_lossy().into_owned()
+}
+
+fn meta() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(pds_fixture("meta.json")).unwrap()).unwrap()
+}
+
+struct Generated {
+    _dir: tempfile::TempDir,
+    car: String,
+    doc: String,
+    log: String,
+    uri: String,
+    digest: String,
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn generated(tamper: Tamper) -> Generated {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = TestRepo::new(Identity::new(Curve::P256, "cli"));
+    repo.put_filler(20);
+    let digest = digest_of("cli-image");
+    let rkey = repo.put_manifest(&digest, "myapp");
+    Generated {
+        car: write(dir.path(), "proof.car", &repo.proof_with(MANIFEST_COLLECTION, &rkey, &tamper)),
+        doc: write(dir.path(), "did.json", repo.identity.did_document_multikey().as_bytes()),
+        log: write(dir.path(), "log.json", repo.identity.audit_log().as_bytes()),
+        uri: format!("at://{}/{MANIFEST_COLLECTION}", repo.identity.did),
+        digest,
+        _dir: dir,
+    }
+}
+
+const NOW: &str = "2026-01-01T00:00:00Z";
+
+fn verify_generated(g: &Generated, extra: &[&str]) -> Output {
+    let mut args = vec!["proof", "verify", "--car", &g.car, "--uri", &g.uri, "--digest", &g.digest, "--now", NOW];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn proof_verify_real_pds_fixture_json() {
+    let meta = meta();
+    let uri = format!("at://{}/io.atcr.manifest", meta["did"].as_str().unwrap());
+    for doc in ["did-legacy.json", "did-multikey.json"] {
+        let out = run(&["proof", "verify", "--car", &pds_fixture("manifest-hex-rkey.car"), "--did-doc", &pds_fixture(doc), "--uri", &uri, "--digest", meta["digest"].as_str().unwrap(), "--repository", "myapp", "--format", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+        let v = json(&out);
+        assert_eq!(v["admitted"], true);
+        assert_eq!(v["reason"], "verified");
+        assert_eq!(v["did"], meta["did"]);
+        assert!(v["commit"].as_str().unwrap().starts_with("bafyrei"));
+        assert!(v["rev"].is_string());
+        assert!(v["message"].as_str().unwrap().contains(meta["digest"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn proof_verify_text_snapshots() {
+    let g = generated(Tamper::None);
+    let out = verify_generated(&g, &["--did-doc", &g.doc, "--repository", "myapp"]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!("verified_text", stdout(&out));
+    let out = verify_generated(&g, &["--audit-log", &g.log]);
+    assert_eq!(out.status.code(), Some(0), "key from the verified audit log: {}", stdout(&out));
+
+    let g = generated(Tamper::HighS);
+    let out = verify_generated(&g, &["--did-doc", &g.doc]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("high_s_text", stdout(&out));
+}
+
+#[test]
+fn proof_verify_rejections_exit_1_with_their_code() {
+    for (tamper, code) in [
+        (Tamper::WrongKey, "signature-invalid"),
+        (Tamper::FlipRecordByte, "proof-malformed"),
+        (Tamper::FutureRev, "rev-in-future"),
+        (Tamper::CommitDid("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa".into()), "did-mismatch"),
+    ] {
+        let g = generated(tamper);
+        let out = verify_generated(&g, &["--did-doc", &g.doc, "--format", "json"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert_eq!(json(&out)["reason"], code);
+    }
+    let g = generated(Tamper::None);
+    let out = verify_generated(&g, &["--did-doc", &g.doc, "--repository", "other", "--format", "json"]);
+    assert_eq!(json(&out)["reason"], "repository-mismatch");
+}
+
+#[test]
+fn proof_verify_usage_and_unreadable_input_exit_2() {
+    let g = generated(Tamper::None);
+    let out = run(&["proof", "verify", "--car", "/nonexistent.car", "--did-doc", &g.doc, "--uri", &g.uri, "--digest", &g.digest]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent.car"));
+    let out = run(&["proof", "verify", "--car", &g.car, "--did-doc", &g.doc, "--uri", "at://alice.test/io.atcr.manifest", "--digest", &g.digest]);
+    assert_eq!(out.status.code(), Some(2), "a handle is not accepted offline");
+    let out = run(&["proof", "verify", "--car", &g.car, "--uri", &g.uri, "--digest", &g.digest]);
+    assert_eq!(out.status.code(), Some(2), "a key source is required");
+}
+
+#[test]
+fn proof_inspect_reports_commit_path_and_record() {
+    let meta = meta();
+    let path = format!("io.atcr.manifest/{}", meta["tidRkey"].as_str().unwrap());
+    let out = run(&["proof", "inspect", "--car", &pds_fixture("repo.car"), "--path", &path, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert!(v["blocks"].as_u64().unwrap() > 300);
+    assert_eq!(v["commit"]["version"], 3);
+    assert_eq!(v["mst"]["present"], true);
+    assert_eq!(v["mst"]["record"]["digest"], meta["digest"]);
+    assert!(v["mst"]["nodes"].as_array().unwrap().len() >= 2);
+
+    let out = run(&["proof", "inspect", "--car", &pds_fixture("deleted.car"), "--path", &format!("io.atcr.manifest/{}", meta["hexRkey"].as_str().unwrap())]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("absent"));
+
+    let g = generated(Tamper::Version2);
+    let out = run(&["proof", "inspect", "--car", &g.car]);
+    assert_eq!(out.status.code(), Some(0), "v2 commits are reported, not crashed on");
+    assert!(stdout(&out).contains("version 2 commits are not accepted"));
+
+    let g = generated(Tamper::Truncate);
+    let out = run(&["proof", "inspect", "--car", &g.car]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with("invalid CAR"));
+}
+
+#[test]
+fn did_verify_log_real_and_interop() {
+    let meta = meta();
+    let out = run(&["did", "verify-log", "--did", meta["did"].as_str().unwrap(), "--audit-log", &pds_fixture("audit-log.json"), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(v["handle"], "alice.test");
+    assert!(v["signingKey"].as_str().unwrap().starts_with("did:key:zQ3s"));
+    assert!(v["pds"].as_str().unwrap().starts_with("http://localhost:"));
+
+    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/interop/plc-audit-log/invalid/log_invalid_sig_p256_high_s.json");
+    let log: serde_json::Value = serde_json::from_slice(&std::fs::read(&interop).expect("../shared/interop is required")).unwrap();
+    let out = run(&["did", "verify-log", "--did", log[0]["did"].as_str().unwrap(), "--audit-log", interop.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).starts_with("invalid audit log"));
+}
