@@ -1,0 +1,70 @@
+//! `verify` on realistic proofs: the real getRecord proof written by the reference PDS
+//! (300 other records in the repo, K-256), and generated proofs from a 1,000-record repository
+//! on each curve. Also the DID-document parse that precedes every verification.
+
+use std::path::PathBuf;
+
+use atproto_sig_core::crypto::Curve;
+use atproto_sig_core::did::DidDocument;
+use atproto_sig_core::record::MANIFEST_COLLECTION;
+use atproto_sig_core::syntax::parse_datetime_micros;
+use atproto_sig_core::testkit::{digest_of, Identity, TestRepo, T0_MICROS};
+use atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS;
+use atproto_sig_core::{verify, Expectation, KeySource, Limits, ProofInput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pds").join(name)).unwrap()
+}
+
+fn bench_real(c: &mut Criterion) {
+    let meta: serde_json::Value = serde_json::from_slice(&fixture("meta.json")).unwrap();
+    let did = meta["did"].as_str().unwrap().to_owned();
+    let digest = meta["digest"].as_str().unwrap().to_owned();
+    let car = fixture("manifest-hex-rkey.car");
+    let doc_bytes = fixture("did-multikey.json");
+    let now = parse_datetime_micros(meta["generatedAt"].as_str().unwrap()).unwrap();
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("verify");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("real_pds_proof_k256", |b| {
+        b.iter(|| {
+            let doc = DidDocument::parse(&doc_bytes, &did, &limits).unwrap();
+            let verdict = verify(&ProofInput {
+                car: &car,
+                key: KeySource::Document(&doc),
+                expect: Expectation { did: &did, rkey: None, digest: &digest, repository: Some("myapp") },
+                now_micros: now,
+                max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
+                limits: &limits,
+            });
+            assert!(verdict.is_verified());
+        })
+    });
+    for curve in [Curve::K256, Curve::P256] {
+        let mut repo = TestRepo::new(Identity::new(curve, "bench"));
+        repo.put_filler(1000);
+        let digest = digest_of("bench");
+        let rkey = repo.put_manifest(&digest, "app");
+        let car = repo.proof(MANIFEST_COLLECTION, &rkey);
+        let key = repo.identity.public_key();
+        let did = repo.identity.did.clone();
+        group.bench_function(format!("generated_1000_records_{curve:?}").to_lowercase(), |b| {
+            b.iter(|| {
+                let verdict = verify(&ProofInput {
+                    car: &car,
+                    key: KeySource::Key(&key),
+                    expect: Expectation { did: &did, rkey: None, digest: &digest, repository: Some("app") },
+                    now_micros: T0_MICROS,
+                    max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
+                    limits: &limits,
+                });
+                assert!(verdict.is_verified());
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_real);
+criterion_main!(benches);
