@@ -178,6 +178,10 @@ impl fmt::Display for CborError {
 
 impl std::error::Error for CborError {}
 
+/// Most items reserved up front for an array or map; beyond that, vectors grow with the items
+/// actually decoded (each at least one input byte), so memory stays proportional to the input.
+const PREALLOCATE_MAX: usize = 256;
+
 /// Default nesting limit: atproto records are shallow; commits and MST nodes are depth 3.
 pub const DEFAULT_MAX_DEPTH: usize = 64;
 
@@ -281,7 +285,8 @@ impl Reader<'_> {
             4 => {
                 let depth = depth.checked_sub(1).ok_or(CborError::TooDeep)?;
                 let n = self.length(info, 1)?;
-                let mut items = Vec::with_capacity(n);
+                // Capacity is capped: nested arrays could each claim the whole remaining input.
+                let mut items = Vec::with_capacity(n.min(PREALLOCATE_MAX));
                 for _ in 0..n {
                     items.push(self.value(depth)?);
                 }
@@ -290,7 +295,7 @@ impl Reader<'_> {
             5 => {
                 let depth = depth.checked_sub(1).ok_or(CborError::TooDeep)?;
                 let n = self.length(info, 2)?;
-                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n);
+                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(PREALLOCATE_MAX));
                 for _ in 0..n {
                     let key_head = self.byte()?;
                     if key_head >> 5 != 3 {
@@ -560,6 +565,14 @@ mod tests {
         assert_eq!(dec(&[0x9a, 0xff, 0xff, 0xff, 0xff]), Err(CborError::Truncated));
         assert_eq!(dec(&[0xba, 0xff, 0xff, 0xff, 0xff]), Err(CborError::Length));
         assert_eq!(dec(&[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Err(CborError::Truncated));
+        // 64 nested arrays each claiming the rest of a 1 MiB input: memory must stay small.
+        let mut nested = Vec::new();
+        for _ in 0..63 {
+            nested.push(0x9a);
+            nested.extend_from_slice(&(1_000_000u32).to_be_bytes());
+        }
+        nested.resize(1 << 20, 0);
+        assert_eq!(dec(&nested), Err(CborError::Truncated));
         let deep = vec![0x81; 100_000];
         assert_eq!(dec(&deep), Err(CborError::TooDeep));
     }

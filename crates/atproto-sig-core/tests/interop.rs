@@ -309,3 +309,32 @@ fn plc_invalid_audit_logs() {
         assert!(verify_audit_log(&did, &bytes, &Limits::default()).is_err(), "{name} should be rejected");
     }
 }
+
+/// Hostile CAR files kept as data (tests/adversarial/car, made by its generate.py): each must
+/// be rejected with the error EXPECTED names.
+#[test]
+fn adversarial_car_files() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/adversarial/car");
+    let expected = std::fs::read_to_string(dir.join("EXPECTED")).unwrap();
+    let mut checked = 0;
+    for line in expected.lines().filter(|l| !l.starts_with('#')) {
+        let (file, error) = line.split_once('\t').unwrap();
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let got = format!("{:?}", Car::parse(&bytes, &Limits::default()).expect_err(file));
+        assert!(got.starts_with(error), "{file}: expected {error}, got {got}");
+        checked += 1;
+    }
+    let files = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "car")).count();
+    assert_eq!(checked, files, "every .car file must be listed in EXPECTED");
+}
+
+/// Re-encoding a real v3 commit written by the reference PDS reproduces its bytes exactly.
+#[test]
+fn real_commit_reencodes_byte_for_byte() {
+    let bytes = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pds/manifest-tid-rkey.car")).unwrap();
+    let car = Car::parse(&bytes, &Limits::default()).unwrap();
+    let block = car.block(&car.root).unwrap();
+    let commit = atproto_sig_core::commit::Commit::decode(block, &Limits::default()).unwrap();
+    assert_eq!(commit.signed_bytes(), block);
+    assert_eq!(commit.unsigned_bytes().len() + 2 + 64 + 4, block.len(), "unsigned = signed minus the sig entry");
+}
