@@ -17,8 +17,11 @@ pub mod limits;
 pub mod mst;
 pub mod did;
 pub mod plc;
+pub mod policy;
 pub mod record;
+pub mod reference;
 pub mod verify;
+pub mod yaml;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
