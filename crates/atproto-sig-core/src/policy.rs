@@ -350,8 +350,11 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
     if text.len() > MAX_POLICY_BYTES {
         return Err(vec![Issue::new(Position { line: 1, column: 1 }, format!("the policy is {} bytes, over the {MAX_POLICY_BYTES}-byte limit", text.len()), "")]);
     }
-    let root = yaml::parse(text).map_err(|errors| errors.into_iter().map(|e| Issue::new(e.at, e.message, "")).collect::<Vec<_>>())?;
+    let (root, duplicates) = yaml::parse(text).map_err(|errors| errors.into_iter().map(|e| Issue::new(e.at, e.message, "")).collect::<Vec<_>>())?;
     let mut checker = Checker::default();
+    for duplicate in duplicates {
+        checker.error(duplicate.at, duplicate.message, "remove or merge one of them");
+    }
     let top = checker.mapping(&root, "the policy", &["version", "trustedDIDs", "policies", "default"]);
 
     let version = match get(&top, "version") {
@@ -372,7 +375,7 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
     if let Some(node) = get(&top, "trustedDIDs") {
         for (key, value) in checker.mapping(node, "`trustedDIDs`", &[]) {
             let did = key.scalar_text().unwrap_or_default();
-            if !check_did_key(&mut checker, key, &did) {
+            if trusted.iter().any(|t: &TrustedDid| t.did == did) || !check_did_key(&mut checker, key, &did) {
                 continue;
             }
             let mut entry = TrustedDid { did: did.clone(), name: None, valid_from: None, expires_at: None };

@@ -119,9 +119,10 @@ fn resolve_plain(text: &str) -> Kind {
     }
 }
 
-/// Parses one YAML (or JSON) document into a spanned tree. Errors include duplicate keys, with
-/// every duplicate reported; structural errors stop at the first.
-pub fn parse(text: &str) -> Result<Node, Vec<YamlError>> {
+/// Parses one YAML (or JSON) document into a spanned tree. Structural errors stop at the first
+/// (`Err`); duplicate keys do not stop parsing: they come back beside the tree, every one of them,
+/// so a caller can report them together with its own checks. Lookups see the first occurrence.
+pub fn parse(text: &str) -> Result<(Node, Vec<YamlError>), Vec<YamlError>> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
     let mut root: Option<Node> = None;
@@ -212,8 +213,7 @@ pub fn parse(text: &str) -> Result<Node, Vec<YamlError>> {
         }
     }
     match root {
-        Some(root) if errors.is_empty() => Ok(root),
-        Some(_) => Err(errors),
+        Some(root) => Ok((root, errors)),
         None => Err(vec![YamlError { at: Position { line: 1, column: 1 }, message: "the file is empty".into() }]),
     }
 }
@@ -224,18 +224,18 @@ mod tests {
 
     #[test]
     fn yaml_and_json_with_positions() {
-        let node = parse("a: 1\nb:\n  - x\n  - 'true'\nc: true\n").unwrap();
+        let (node, _) = parse("a: 1\nb:\n  - x\n  - 'true'\nc: true\n").unwrap();
         let Kind::Map(entries) = node.kind else { panic!() };
         assert_eq!(entries[0].1.kind, Kind::Int(1));
         assert_eq!(entries[1].1.at.line, 3);
         let Kind::Seq(items) = &entries[1].1.kind else { panic!() };
         assert_eq!(items[1].kind, Kind::Str("true".into(), true));
         assert_eq!(entries[2].1.kind, Kind::Bool(true));
-        let nested = parse("ab: 1\ncd:\n  - x\n").unwrap();
+        let (nested, _) = parse("ab: 1\ncd:\n  - x\n").unwrap();
         let Kind::Map(e) = nested.kind else { panic!() };
         let Kind::Seq(items) = &e[1].1.kind else { panic!() };
         assert_eq!(items[0].at, Position { line: 3, column: 5 }, "1-based line and column");
-        let json = parse(r#"{"a": [1, "x", null], "b": {"c": false}}"#).unwrap();
+        let (json, _) = parse(r#"{"a": [1, "x", null], "b": {"c": false}}"#).unwrap();
         assert!(matches!(json.kind, Kind::Map(ref e) if e.len() == 2));
     }
 
@@ -244,7 +244,7 @@ mod tests {
         assert!(parse("a: &x [1]\nb: *x\n").is_err());
         assert!(parse(&"[".repeat(10_000)).is_err());
         assert!(parse("a: !!str 1\n").is_err());
-        let dup = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
+        let (_, dup) = parse("a: 1\nb: 2\na: 3\n").unwrap();
         assert_eq!(dup[0].at.line, 3);
         assert!(dup[0].message.contains("duplicate key"));
         assert!(parse("a: 1\n---\nb: 2\n").is_err());
