@@ -242,7 +242,8 @@ pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Formats microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+/// Formats microseconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`, with `.ffffff` only when
+/// the time has a fractional second.
 pub fn format_datetime_micros(micros: i64) -> String {
     let seconds = micros.div_euclid(1_000_000);
     let fraction = micros.rem_euclid(1_000_000);
@@ -257,8 +258,9 @@ pub fn format_datetime_micros(micros: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
+    let fraction = if fraction == 0 { String::new() } else { format!(".{fraction:06}") };
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction:06}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
         secs_of_day / 3600,
         secs_of_day / 60 % 60,
         secs_of_day % 60

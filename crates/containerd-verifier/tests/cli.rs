@@ -177,3 +177,53 @@ fn did_verify_log_real_and_interop() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).starts_with("invalid audit log"));
 }
+
+fn policy_file(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../crates/atproto-sig-core/tests/policies").join(name).to_string_lossy().into_owned()
+}
+
+#[test]
+fn policy_check_summary_errors_and_missing_file() {
+    let out = run(&["policy", "check", &policy_file("valid/atcr-example.yaml")]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out).lines().count(), 1, "one-line summary: {}", stdout(&out));
+    assert!(stdout(&out).contains("3 policies, 3 trusted DIDs"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: did:plc:alice123 can never verify"));
+
+    let out = run(&["policy", "check", &policy_file("invalid/bad-values.yaml")]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.lines().filter(|l| l.contains(": error: ")).count() >= 15, "every error, not just the first: {text}");
+    assert!(text.lines().all(|l| l.starts_with("  hint:") || l.contains("bad-values.yaml")));
+
+    let out = run(&["policy", "check", "/nonexistent/policy.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audit-only-starter.yaml"));
+
+    // Via config.toml, and via $ATPROTO_VERIFIER_CONFIG.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "config.toml", format!("policy = {:?}\n", policy_file("valid/json-form.json")).as_bytes());
+    let out = run(&["policy", "check", "--config", &config]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let out = bin().args(["policy", "check"]).env("ATPROTO_VERIFIER_CONFIG", &config).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let bad = write(dir.path(), "bad.toml", b"polcy = \"x\"\n");
+    let out = bin().args(["policy", "check"]).env("ATPROTO_VERIFIER_CONFIG", &bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("polcy"));
+}
+
+#[test]
+fn policy_explain_text_snapshot_and_json() {
+    let policy = policy_file("valid/atcr-example.yaml");
+    let out = run(&["policy", "explain", "--policy", &policy, "--now", "2026-06-01T00:00:00Z", "atcr.io/bob.test/staging-web:v2"]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!("explain_staging", stdout(&out));
+    let out = run(&["policy", "explain", "--policy", &policy, "--format", "json", "nginx"]);
+    let v = json(&out);
+    assert_eq!(v["image"], "docker.io/library/nginx");
+    assert_eq!(v["rule"]["default"], true);
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 3);
+    let out = run(&["policy", "explain", "--policy", &policy, "Not A Ref"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,6 +1,7 @@
 //! The operator and CI command line.
 
 mod did;
+mod policy;
 mod proof;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,9 @@ enum Command {
     /// Work with DID documents and did:plc audit logs from files.
     #[command(subcommand)]
     Did(did::DidCommand),
+    /// Check a trust policy, or explain what it decides for an image.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Runs a parsed command and returns the exit code.
@@ -28,5 +32,6 @@ pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Proof(command) => proof::run(command),
         Command::Did(command) => did::run(command),
+        Command::Policy(command) => policy::run(command),
     }
 }

@@ -1,0 +1,236 @@
+//! `config.toml`: every runtime setting, each optional with a documented default
+//! (packaging/config.toml lists them all; a test keeps that file and these defaults equal).
+//! The path is `--config`, else `$ATPROTO_VERIFIER_CONFIG`, else /etc/atproto-verifier/config.toml.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Where the config is read from when neither `--config` nor the environment says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/atproto-verifier/config.toml";
+/// Environment variable that overrides the config path (containerd passes its environment on).
+pub const CONFIG_ENV: &str = "ATPROTO_VERIFIER_CONFIG";
+
+/// A duration written as `500ms`, `8s`, `5m`, `24h` or `7d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl Span {
+    /// Parses `<digits><unit>`.
+    pub fn parse(text: &str) -> Option<Span> {
+        let split = text.find(|c: char| !c.is_ascii_digit())?;
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number.parse().ok()?;
+        let millis = match unit {
+            "ms" => n,
+            "s" => n.checked_mul(1000)?,
+            "m" => n.checked_mul(60_000)?,
+            "h" => n.checked_mul(3_600_000)?,
+            "d" => n.checked_mul(86_400_000)?,
+            _ => return None,
+        };
+        Some(Span(Duration::from_millis(millis)))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            _ if ms % 86_400_000 == 0 && ms > 0 => write!(f, "{}d", ms / 86_400_000),
+            _ if ms % 3_600_000 == 0 && ms > 0 => write!(f, "{}h", ms / 3_600_000),
+            _ if ms % 60_000 == 0 && ms > 0 => write!(f, "{}m", ms / 60_000),
+            _ if ms % 1000 == 0 => write!(f, "{}s", ms / 1000),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Span, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Span::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a duration such as \"500ms\", \"8s\", \"5m\", \"24h\" or \"7d\"")))
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+/// Runtime configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Trust policy file (YAML or JSON).
+    pub policy: PathBuf,
+    /// Cache of DID documents, audit logs, locators and proofs.
+    pub cache_dir: PathBuf,
+    /// Make no network call at all: material comes from the cache, bundles and the registry.
+    pub offline: bool,
+    /// Time budget for one decision, network included; decided and explained when it runs out.
+    pub budget: Span,
+    /// TCP connect timeout per request.
+    pub connect_timeout: Span,
+    /// Whole-request timeout (headers and body) per request.
+    pub request_timeout: Span,
+    /// did:plc directory.
+    pub plc_directory: String,
+    /// Verify did:plc audit logs instead of trusting the directory's rendered document.
+    pub strict_plc: bool,
+    /// containerd's registry host configuration (`<dir>/<host>/hosts.toml`).
+    pub containerd_hosts_dir: PathBuf,
+    /// Docker `config.json` with registry credentials (never printed).
+    pub docker_config: Option<PathBuf>,
+    /// Append one JSON line per decision here.
+    pub audit_log: Option<PathBuf>,
+    /// Registries whose first path segment is an identity (`host/<handle>/<repo>`).
+    pub atproto_registries: Vec<String>,
+    /// Optional handle resolver service (XRPC `com.atproto.identity.resolveHandle`).
+    pub handle_resolver: Option<String>,
+    /// How long a DID document is fresh.
+    pub did_ttl: Span,
+    /// How long a proof is fresh.
+    pub proof_ttl: Span,
+    /// How long past freshness cached material may still be used when the network fails.
+    pub max_stale: Span,
+    /// Oldest offline proof accepted (a revoked image stays admitted at most this long offline).
+    pub max_proof_age: Span,
+    /// How far in the future a commit rev may be dated (clock skew).
+    pub clock_skew: Span,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            policy: PathBuf::from("/etc/atproto-verifier/trust-policy.yaml"),
+            cache_dir: PathBuf::from("/var/lib/atproto-verifier"),
+            offline: false,
+            budget: Span(Duration::from_secs(8)),
+            connect_timeout: Span(Duration::from_secs(2)),
+            request_timeout: Span(Duration::from_secs(3)),
+            plc_directory: "https://plc.directory".into(),
+            strict_plc: false,
+            containerd_hosts_dir: PathBuf::from("/etc/containerd/certs.d"),
+            docker_config: None,
+            audit_log: None,
+            atproto_registries: vec!["atcr.io".into()],
+            handle_resolver: None,
+            did_ttl: Span(Duration::from_secs(300)),
+            proof_ttl: Span(Duration::from_secs(300)),
+            max_stale: Span(Duration::from_secs(86_400)),
+            max_proof_age: Span(Duration::from_secs(7 * 86_400)),
+            clock_skew: Span(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+/// The config path in effect and whether it was chosen explicitly.
+pub fn config_path(flag: Option<&Path>) -> (PathBuf, bool) {
+    if let Some(path) = flag {
+        return (path.to_owned(), true);
+    }
+    match std::env::var_os(CONFIG_ENV) {
+        Some(path) if !path.is_empty() => (PathBuf::from(path), true),
+        _ => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    }
+}
+
+impl Config {
+    /// Parses config text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Loads the config: an explicitly named file must exist; the default path may be absent
+    /// (every default then applies).
+    pub fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = config_path(flag);
+        let error = |message: String| ConfigError { path: path.clone(), message };
+        let text = match crate::input::read_capped(&path, 1 << 20) {
+            Ok(bytes) => String::from_utf8(bytes).map_err(|_| error("not UTF-8".into()))?,
+            Err(_) if !explicit && !path.exists() => return Ok(Config::default()),
+            Err(e) => return Err(error(e.problem)),
+        };
+        let config = Config::parse(&text).map_err(error)?;
+        config.check().map_err(error)?;
+        Ok(config)
+    }
+
+    /// Cross-field checks serde cannot express.
+    pub fn check(&self) -> Result<(), String> {
+        if self.budget.0 < Duration::from_millis(100) {
+            return Err("budget must be at least 100ms".into());
+        }
+        if self.request_timeout.0 > self.budget.0 {
+            return Err(format!("request_timeout ({}) is longer than the budget ({})", self.request_timeout, self.budget));
+        }
+        if !(self.plc_directory.starts_with("https://") || self.plc_directory.starts_with("http://")) {
+            return Err(format!("plc_directory {:?} must be an http(s) URL", self.plc_directory));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(Span::parse("8s"), Some(Span(Duration::from_secs(8))));
+        assert_eq!(Span::parse("500ms"), Some(Span(Duration::from_millis(500))));
+        assert_eq!(Span::parse("24h").map(|s| s.to_string()).as_deref(), Some("1d"));
+        for bad in ["", "8", "s", "8 s", "-1s", "1.5s", "99999999999999999999d"] {
+            assert_eq!(Span::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shipped_config_documents_every_default() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/config.toml")).unwrap();
+        // Every setting appears commented out with its default value.
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").filter(|rest| rest.split_once(" = ").is_some_and(|(k, _)| !k.is_empty() && k.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'))))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let documented = Config::parse(&uncommented).unwrap();
+        let mut expected = Config::default();
+        // Optional settings are documented with an example value, not a default.
+        expected.docker_config = documented.docker_config.clone();
+        expected.audit_log = documented.audit_log.clone();
+        expected.handle_resolver = documented.handle_resolver.clone();
+        assert_eq!(documented, expected);
+        let keys: Vec<String> = toml::to_string(&Config::default()).map(|t| t.lines().filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_owned())).collect()).unwrap_or_default();
+        for key in keys.iter().chain(["docker_config", "audit_log", "handle_resolver"].map(String::from).iter()) {
+            assert!(uncommented.contains(&format!("{key} = ")), "packaging/config.toml does not document `{key}`");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_with_positions() {
+        let err = Config::parse("budget = \"8s\"\nbudegt = \"9s\"\n").unwrap_err();
+        assert!(err.contains("budegt") && err.contains("line 2"), "{err}");
+        let err = Config::parse("budget = \"eight\"\n").unwrap_err();
+        assert!(err.contains("not a duration"), "{err}");
+        let config = Config::parse("budget = \"2s\"\nrequest_timeout = \"5s\"\n").unwrap();
+        assert!(config.check().unwrap_err().contains("longer than the budget"));
+    }
+}
