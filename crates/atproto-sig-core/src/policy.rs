@@ -164,7 +164,7 @@ fn distance(a: &str, b: &str) -> usize {
             *first = i + 1;
         }
         for (j, cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca.to_ascii_lowercase() != cb.to_ascii_lowercase());
+            let substitution = previous + usize::from(!ca.eq_ignore_ascii_case(cb));
             let deletion = row.get(j + 1).copied().unwrap_or(usize::MAX) + 1;
             let insertion = row.get(j).copied().unwrap_or(usize::MAX) + 1;
             previous = row.get(j + 1).copied().unwrap_or(0);
@@ -275,7 +275,7 @@ fn check_scope(checker: &mut Checker, node: &Node, scope: &str) {
         checker.error(node.at, format!("scope {scope:?} contains {bad:?}"), hint);
     }
     let host = scope.split('/').next().unwrap_or_default();
-    if !scope.starts_with('*') && !(host.contains('.') || host.contains(':') || host == "localhost") {
+    if !(scope.starts_with('*') || host.contains('.') || host.contains(':') || host == "localhost") {
         checker.warn(node.at, format!("scope {scope:?} does not start with a registry host"), format!("references are normalized first: `nginx` is matched as docker.io/library/nginx, so write \"docker.io/{scope}\""));
     }
 }
@@ -503,10 +503,11 @@ pub fn scope_matches(pattern: &str, text: &str) -> bool {
         match token {
             Token::Char(c) => {
                 for j in 0..text.len() {
-                    if reachable.get(j) == Some(&true) && text.get(j) == Some(c) {
-                        if let Some(slot) = next.get_mut(j + 1) {
-                            *slot = true;
-                        }
+                    if reachable.get(j) == Some(&true)
+                        && text.get(j) == Some(c)
+                        && let Some(slot) = next.get_mut(j + 1)
+                    {
+                        *slot = true;
                     }
                 }
             }
