@@ -2,15 +2,28 @@
 //! The operator and CI command line lives in [`cli`]; every check is done by `atproto-sig-core`.
 #![forbid(unsafe_code)]
 
+mod bindir;
+mod cache;
 mod cli;
 mod config;
+mod dns;
 mod exit;
 mod input;
+mod net;
 mod output;
+mod pipeline;
+mod registry;
+mod resolve;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // containerd's single-dash argv (`-name … -digest …`) goes to the bindir entry point.
+    if bindir::is_bindir_invocation(&raw) {
+        let args: Vec<String> = raw.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        return std::process::ExitCode::from(bindir::run(&args));
+    }
     let args = cli::Cli::parse();
     std::process::ExitCode::from(cli::run(args))
 }

@@ -1,8 +1,9 @@
 //! The operator and CI command line.
 
 mod did;
-mod policy;
+pub mod policy;
 mod proof;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ enum Command {
     /// Work with DID documents and did:plc audit logs from files.
     #[command(subcommand)]
     Did(did::DidCommand),
+    /// Decide for an image exactly as the containerd verifier would (tag resolved to a digest first).
+    Verify(verify::VerifyArgs),
     /// Check a trust policy, or explain what it decides for an image.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -33,5 +36,6 @@ pub fn run(cli: Cli) -> u8 {
         Command::Proof(command) => proof::run(command),
         Command::Did(command) => did::run(command),
         Command::Policy(command) => policy::run(command),
+        Command::Verify(args) => verify::run(args),
     }
 }

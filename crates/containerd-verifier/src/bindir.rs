@@ -1,0 +1,268 @@
+//! The containerd image-verifier contract (`io.containerd.image-verifier.v1.bindir`):
+//! containerd execs us with `-name <ref> -digest <digest> -stdin-media-type <type>` (single
+//! dash, so parsed by hand; unknown flags such as `-operation` are tolerated), writes one
+//! descriptor on stdin, reads our stdout (the reason shown to the user) and our exit code
+//! (0 admits). We always answer within our own budget: a watchdog prints `deadline-exceeded`
+//! and exits before containerd's timeout would kill us with an unhelpful error.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atproto_sig_core::policy::Outcome;
+use atproto_sig_core::reference::ImageRef;
+use atproto_sig_core::verify::is_valid_digest;
+use atproto_sig_core::Reason;
+use serde_json::{json, Value as Json};
+
+use crate::config::Config;
+use crate::exit;
+
+/// Largest stdin accepted (a descriptor is a few hundred bytes; annotations may add some).
+pub const MAX_STDIN: usize = 256 << 10;
+/// Longest stdout line (containerd reads up to 32 KiB; people read one line).
+pub const MAX_REASON: usize = 400;
+
+pub const DESCRIPTOR_MEDIA_TYPE: &str = "application/vnd.oci.descriptor.v1+json";
+pub const INPUT_MEDIA_TYPE: &str = "application/vnd.containerd.image-verifier.input.v1+json";
+
+/// True when argv looks like containerd's (`-name …`), not like an operator command.
+pub fn is_bindir_invocation(args: &[OsString]) -> bool {
+    args.get(1).and_then(|a| a.to_str()).is_some_and(|a| a.starts_with('-') && !a.starts_with("--") && a != "-h" && a != "-V")
+}
+
+/// containerd's arguments.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Invocation {
+    pub name: Option<String>,
+    pub digest: Option<String>,
+    pub stdin_media_type: Option<String>,
+    pub operation: Option<String>,
+    pub ignored: Vec<String>,
+}
+
+/// Parses `-flag value` / `--flag value` / `-flag=value`; unknown flags are kept aside.
+pub fn parse_args(args: &[String]) -> Invocation {
+    let mut out = Invocation::default();
+    let mut i = 0;
+    while let Some(arg) = args.get(i) {
+        i += 1;
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+            out.ignored.push(arg.clone());
+            continue;
+        };
+        let (flag, inline) = match flag.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_owned())),
+            None => (flag, None),
+        };
+        let value = match inline {
+            Some(v) => Some(v),
+            None if args.get(i).is_some_and(|next| !next.starts_with('-')) => {
+                i += 1;
+                args.get(i - 1).cloned()
+            }
+            None => None,
+        };
+        match flag {
+            "name" => out.name = value,
+            "digest" => out.digest = value,
+            "stdin-media-type" => out.stdin_media_type = value,
+            "operation" => out.operation = value,
+            other => out.ignored.push(other.to_owned()),
+        }
+    }
+    out
+}
+
+/// The digest in the stdin payload: a descriptor, or the newer input wrapping one. Annotations
+/// are never trusted, so they are not read at all.
+pub fn stdin_digest(payload: &[u8]) -> Result<Option<String>, String> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let json: Json = serde_json::from_slice(payload).map_err(|e| format!("stdin is not JSON: {e}"))?;
+    let descriptor = ["descriptor", "Descriptor", "target"].iter().find_map(|k| json.get(*k)).unwrap_or(&json);
+    match descriptor.get("digest").and_then(Json::as_str) {
+        Some(d) => Ok(Some(d.to_owned())),
+        None => Err("stdin has no descriptor digest".into()),
+    }
+}
+
+/// One printable line of at most `MAX_REASON` bytes.
+pub fn reason_line(code: &str, message: &str) -> String {
+    let mut line: String = format!("{code}: {message}").chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if line.len() > MAX_REASON {
+        let mut cut = MAX_REASON - 3;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
+/// Prints the decision line once, even if the watchdog and the main path race.
+struct Answer {
+    given: AtomicBool,
+}
+
+impl Answer {
+    fn give(&self, code: &str, message: &str) -> bool {
+        if self.given.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", reason_line(code, message));
+        let _ = stdout.flush();
+        true
+    }
+}
+
+fn audit(config: &Config, record: Json) {
+    let Some(path) = &config.audit_log else { return };
+    let line = format!("{record}\n");
+    // One write() of a line with O_APPEND: concurrent verifiers never interleave within a line.
+    let result = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = result {
+        eprintln!("audit log {}: {e}", path.display());
+    }
+}
+
+fn now_string() -> String {
+    atproto_sig_core::syntax::format_datetime_micros(crate::input::now_micros(None).unwrap_or(0))
+}
+
+/// Runs the containerd entry point; returns the exit code.
+pub fn run(raw: &[String]) -> u8 {
+    let started = Instant::now();
+    let invocation = parse_args(raw.get(1..).unwrap_or_default());
+    let answer = Arc::new(Answer { given: AtomicBool::new(false) });
+    let undecided = |code: Reason, message: &str| {
+        answer.give(code.code(), message);
+        exit::UNDECIDED
+    };
+    let config = match Config::load(None) {
+        Ok(c) => c,
+        Err(e) => return undecided(Reason::ConfigInvalid, &format!("{e} — fix it and run `atproto-verifier policy check`")),
+    };
+    // The watchdog: decide within our own budget, always with a reason.
+    {
+        let answer = Arc::clone(&answer);
+        let budget = config.budget.0;
+        let name = invocation.name.clone().unwrap_or_default();
+        let digest = invocation.digest.clone().unwrap_or_default();
+        let audit_config = config.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(budget + Duration::from_millis(300));
+            let message = format!("no decision for {name} within the {budget:?} budget (slow or unreachable PDS, PLC directory or registry) — raise `budget` in config.toml or check the network");
+            if answer.give(Reason::DeadlineExceeded.code(), &message) {
+                audit(&audit_config, json!({"time": now_string(), "name": name, "digest": digest, "outcome": "undecided", "reason": "deadline-exceeded", "message": message}));
+                std::process::exit(i32::from(exit::UNDECIDED));
+            }
+        });
+    }
+    let (Some(name), Some(digest)) = (invocation.name.clone(), invocation.digest.clone()) else {
+        return undecided(Reason::InvalidRequest, "containerd did not pass -name and -digest");
+    };
+    if !is_valid_digest(&digest) {
+        return undecided(Reason::InvalidRequest, &format!("-digest {digest:?} is not a sha256 digest"));
+    }
+    let mut payload = Vec::new();
+    if std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut payload).is_err() || payload.len() > MAX_STDIN {
+        return undecided(Reason::InvalidRequest, "stdin could not be read or is too large");
+    }
+    // Drain anything beyond the cap so containerd's writer never sees a broken pipe.
+    let _ = std::io::copy(&mut std::io::stdin().lock().take(16 << 20), &mut std::io::sink());
+    match stdin_digest(&payload) {
+        Ok(Some(d)) if d != digest => {
+            answer.give(Reason::DigestMismatch.code(), &format!("the descriptor on stdin names {d}, not -digest {digest}"));
+            return exit::REJECTED;
+        }
+        Ok(_) => {}
+        Err(e) => return undecided(Reason::InvalidRequest, &e),
+    }
+    let image = match ImageRef::parse(&name) {
+        Ok(image) => image,
+        Err(e) => return undecided(Reason::InvalidRequest, &e.to_string()),
+    };
+    let policy = match crate::cli::policy::load_policy(&config.policy) {
+        Ok(p) => p,
+        Err(crate::cli::policy::PolicyLoadError::Unreadable(e)) => {
+            return undecided(Reason::ConfigInvalid, &format!("{e} — every pull is blocked until a trust policy is installed"));
+        }
+        Err(crate::cli::policy::PolicyLoadError::Invalid(errors)) => {
+            let first = errors.first().cloned().unwrap_or_default();
+            return undecided(Reason::ConfigInvalid, &format!("invalid trust policy ({} errors), first: {first} — run `atproto-verifier policy check`", errors.len()));
+        }
+    };
+    let (decision, notes, requests) = crate::cli::verify::decide(&config, &policy, &image, &digest, started);
+    for note in &notes {
+        eprintln!("{note}");
+    }
+    let code = match decision.outcome {
+        Outcome::Admit | Outcome::AuditAdmit => exit::ADMITTED,
+        Outcome::Reject if crate::pipeline::is_undecided(decision.reason) => exit::UNDECIDED,
+        Outcome::Reject => exit::REJECTED,
+    };
+    let shown_code = if decision.outcome == Outcome::AuditAdmit { "audit" } else { decision.reason.code() };
+    let shown = if decision.outcome == Outcome::AuditAdmit { decision.message.trim_start_matches("audit: ").to_owned() } else { decision.message.clone() };
+    if !answer.give(shown_code, &shown) {
+        // The watchdog already answered and is exiting.
+        return exit::UNDECIDED;
+    }
+    audit(&config, json!({
+        "time": now_string(),
+        "name": name,
+        "digest": digest,
+        "operation": invocation.operation,
+        "outcome": crate::pipeline::outcome_label(decision.outcome),
+        "reason": decision.reason.code(),
+        "message": decision.message,
+        "rule": decision.rule,
+        "signers": decision.signers,
+        "requests": requests,
+        "durationMs": started.elapsed().as_millis() as u64,
+        "exit": code,
+    }));
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn parses_containerd_argv_and_tolerates_unknown_flags() {
+        let inv = parse_args(&strings(&["-name", "127.0.0.1:5000/myapp:v1", "-digest", "sha256:0855", "-stdin-media-type", DESCRIPTOR_MEDIA_TYPE]));
+        assert_eq!(inv.name.as_deref(), Some("127.0.0.1:5000/myapp:v1"));
+        assert_eq!(inv.digest.as_deref(), Some("sha256:0855"));
+        let inv = parse_args(&strings(&["-operation", "pull", "-future-flag", "x", "-name=a", "--digest", "d", "-bare"]));
+        assert_eq!((inv.name.as_deref(), inv.digest.as_deref(), inv.operation.as_deref()), (Some("a"), Some("d"), Some("pull")));
+        assert_eq!(inv.ignored, vec!["future-flag".to_owned(), "bare".to_owned()]);
+        assert!(is_bindir_invocation(&["x".into(), "-name".into()]));
+        assert!(!is_bindir_invocation(&["x".into(), "--help".into()]));
+        assert!(!is_bindir_invocation(&["x".into(), "verify".into()]));
+    }
+
+    #[test]
+    fn stdin_payloads() {
+        assert_eq!(stdin_digest(br#"{"mediaType":"a","digest":"sha256:1","size":3}"#), Ok(Some("sha256:1".into())));
+        assert_eq!(stdin_digest(br#"{"descriptor":{"digest":"sha256:2"},"annotations":{"x":"y"}}"#), Ok(Some("sha256:2".into())));
+        assert_eq!(stdin_digest(b"  \n"), Ok(None));
+        assert!(stdin_digest(b"{").is_err());
+        assert!(stdin_digest(b"{}").is_err());
+    }
+
+    #[test]
+    fn reason_lines_are_short_and_single() {
+        let line = reason_line("verified", &"é\n".repeat(1000));
+        assert!(line.len() <= MAX_REASON && !line.contains('\n'));
+    }
+}

@@ -1,0 +1,212 @@
+//! The on-disk cache: DID documents (with did:plc audit logs), digest -> record locators, and
+//! proofs. Every entry is one JSON file written atomically (temp file, fsync, rename, fsync of
+//! the directory), so concurrent verifier processes only ever see whole entries. Refreshes take
+//! an exclusive lock on the entry's lock file so parallel pulls of one image fetch once.
+//! Unreadable or corrupt entries are treated as missing. Nothing from the cache is trusted
+//! beyond what it is: proofs are re-verified by the core on every use.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Largest cache entry read back.
+const MAX_ENTRY_BYTES: usize = 8 << 20;
+
+/// Entry kinds, each in its own directory.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Did,
+    Locator,
+    Proof,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Did => "did",
+            Kind::Locator => "locator",
+            Kind::Proof => "proof",
+        }
+    }
+}
+
+/// A cached DID document (and, for did:plc, the audit log it was checked against).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DidEntry {
+    pub did: String,
+    /// Microseconds since the epoch.
+    pub fetched_at: i64,
+    /// Where it came from: a URL, `bundle:<file>`, …
+    pub source: String,
+    /// The document JSON as served.
+    pub document: String,
+    /// The did:plc audit log, when one was fetched.
+    #[serde(default)]
+    pub audit_log: Option<String>,
+}
+
+/// Where the record for a digest lives.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocatorEntry {
+    pub did: String,
+    pub digest: String,
+    pub rkey: String,
+    pub fetched_at: i64,
+}
+
+/// A proof CAR as fetched (or a note that the PDS had no record).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProofEntry {
+    pub did: String,
+    pub collection: String,
+    pub rkey: String,
+    pub fetched_at: i64,
+    pub source: String,
+    /// Base64 of the CAR bytes.
+    pub car: String,
+}
+
+/// The cache rooted at a directory.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+fn key_hash(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    atproto_sig_core::encoding::hex_encode(&hasher.finalize())
+}
+
+impl Cache {
+    pub fn new(root: &Path) -> Cache {
+        Cache { root: root.join("v1") }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, kind: Kind, parts: &[&str]) -> PathBuf {
+        self.root.join(kind.dir()).join(format!("{}.json", key_hash(parts)))
+    }
+
+    /// Reads an entry; missing, unreadable or corrupt entries are `None` (and reported on stderr).
+    pub fn read<T: DeserializeOwned>(&self, kind: Kind, parts: &[&str]) -> Option<T> {
+        let path = self.path(kind, parts);
+        let bytes = match crate::input::read_capped(&path, MAX_ENTRY_BYTES) {
+            Ok(bytes) => bytes,
+            Err(_) => return None,
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                eprintln!("cache: ignoring corrupt entry {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Writes an entry atomically. Failures are reported, not fatal: the cache is an optimization.
+    pub fn write<T: Serialize>(&self, kind: Kind, parts: &[&str], entry: &T) {
+        if let Err(e) = self.try_write(kind, parts, entry) {
+            eprintln!("cache: cannot write to {}: {e}", self.root.display());
+        }
+    }
+
+    fn try_write<T: Serialize>(&self, kind: Kind, parts: &[&str], entry: &T) -> std::io::Result<()> {
+        let path = self.path(kind, parts);
+        let dir = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(dir)?;
+        let bytes = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        temp.write_all(&bytes)?;
+        temp.as_file().sync_all()?;
+        temp.persist(&path).map_err(|e| e.error)?;
+        // Make the rename itself durable.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Removes an entry (used by prune and when a cached entry proved wrong).
+    pub fn remove(&self, kind: Kind, parts: &[&str]) {
+        let _ = fs::remove_file(self.path(kind, parts));
+    }
+
+    /// Takes the refresh lock of an entry (blocking until other refreshers are done), so that
+    /// parallel pulls fetch once and the others read what it wrote. `None` if locking fails.
+    pub fn lock(&self, kind: Kind, parts: &[&str]) -> Option<File> {
+        let path = self.path(kind, parts).with_extension("lock");
+        fs::create_dir_all(path.parent()?).ok()?;
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok()?;
+        file.lock().ok()?;
+        Some(file)
+    }
+
+    /// Every entry file of a kind (for `cache list` / `prune`).
+    pub fn entries(&self, kind: Kind) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = fs::read_dir(self.root.join(kind.dir()))
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+/// Freshness of an entry fetched at `fetched_at`, at `now`, given its TTL and stale allowance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh,
+    /// Past its TTL but within `max_stale`: usable only when a refresh fails.
+    Stale,
+    Expired,
+}
+
+pub fn freshness(fetched_at: i64, now: i64, ttl_micros: i64, max_stale_micros: i64) -> Freshness {
+    let age = now.saturating_sub(fetched_at);
+    if age < 0 {
+        // Written "in the future": a clock jumped. Refresh.
+        Freshness::Stale
+    } else if age < ttl_micros {
+        Freshness::Fresh
+    } else if age < ttl_micros.saturating_add(max_stale_micros) {
+        Freshness::Stale
+    } else {
+        Freshness::Expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let entry = LocatorEntry { did: "did:plc:x".into(), digest: "sha256:1".into(), rkey: "r".into(), fetched_at: 5 };
+        cache.write(Kind::Locator, &["did:plc:x", "sha256:1"], &entry);
+        assert_eq!(cache.read::<LocatorEntry>(Kind::Locator, &["did:plc:x", "sha256:1"]), Some(entry));
+        let path = cache.entries(Kind::Locator).pop().unwrap();
+        fs::write(&path, b"{\"did\": tru").unwrap();
+        assert_eq!(cache.read::<LocatorEntry>(Kind::Locator, &["did:plc:x", "sha256:1"]), None);
+        assert!(cache.lock(Kind::Locator, &["did:plc:x", "sha256:1"]).is_some());
+    }
+
+    #[test]
+    fn freshness_windows() {
+        assert_eq!(freshness(0, 5, 10, 10), Freshness::Fresh);
+        assert_eq!(freshness(0, 10, 10, 10), Freshness::Stale);
+        assert_eq!(freshness(0, 19, 10, 10), Freshness::Stale);
+        assert_eq!(freshness(0, 20, 10, 10), Freshness::Expired);
+        assert_eq!(freshness(100, 5, 10, 10), Freshness::Stale);
+    }
+}

@@ -1,0 +1,222 @@
+//! HTTP for resolution and registries: one blocking ureq agent (no async runtime), explicit
+//! connect and per-request timeouts clamped to what is left of the decision budget, a size cap
+//! on every body, no automatic redirects (callers decide whether a redirect may cross hosts),
+//! and errors that stay network errors: a timeout is never a bad signature.
+
+use std::cell::Cell;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// The end of the time budget for one decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    end: Instant,
+}
+
+impl Deadline {
+    /// A deadline `budget` from now.
+    pub fn after(budget: Duration) -> Deadline {
+        Deadline { end: Instant::now() + budget }
+    }
+
+    /// Time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+
+    /// True once passed.
+    pub fn expired(&self) -> bool {
+        self.remaining().is_zero()
+    }
+}
+
+/// Why a request produced no usable response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetError {
+    /// The decision budget ran out before or during the request.
+    Deadline,
+    /// The request took longer than its own timeout.
+    Timeout(String),
+    /// DNS, connect or TLS failure.
+    Connect(String),
+    /// The body was larger than allowed.
+    TooLarge(usize),
+    /// Anything else on the wire.
+    Io(String),
+    /// A URL we refuse to request.
+    BadUrl(String),
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetError::Deadline => write!(f, "the time budget ran out"),
+            NetError::Timeout(url) => write!(f, "{url} did not answer in time"),
+            NetError::Connect(e) => write!(f, "cannot connect: {e}"),
+            NetError::TooLarge(limit) => write!(f, "response larger than {limit} bytes"),
+            NetError::Io(e) => write!(f, "{e}"),
+            NetError::BadUrl(u) => write!(f, "refusing to request {u:?}"),
+        }
+    }
+}
+
+/// A response read in full (within its size cap).
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Fetched {
+    /// First header value by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// TLS choices for one endpoint (containerd hosts.toml `ca` / `skip_verify`).
+#[derive(Clone, Debug, Default)]
+pub struct Tls {
+    /// PEM bundle of extra roots; replaces the defaults for that endpoint.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Accept any certificate (hosts.toml `skip_verify = true`).
+    pub skip_verify: bool,
+}
+
+/// The HTTP client for one decision.
+pub struct Http {
+    agent: ureq::Agent,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    deadline: Deadline,
+    requests: Cell<usize>,
+}
+
+const USER_AGENT: &str = concat!("atproto-verifier/", env!("CARGO_PKG_VERSION"));
+
+fn agent(connect_timeout: Duration, tls: &Tls) -> ureq::Agent {
+    let mut tls_config = ureq::tls::TlsConfig::builder().disable_verification(tls.skip_verify);
+    if let Some(pem) = &tls.ca_pem {
+        let certs: Vec<_> = ureq::tls::parse_pem(pem)
+            .filter_map(Result::ok)
+            .filter_map(|item| match item {
+                ureq::tls::PemItem::Certificate(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        tls_config = tls_config.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)));
+    }
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(USER_AGENT)
+        .timeout_connect(Some(connect_timeout))
+        .timeout_resolve(Some(connect_timeout))
+        .tls_config(tls_config.build())
+        .build()
+        .into()
+}
+
+impl Http {
+    pub fn new(connect_timeout: Duration, request_timeout: Duration, deadline: Deadline) -> Http {
+        Http { agent: agent(connect_timeout, &Tls::default()), request_timeout, connect_timeout, deadline, requests: Cell::new(0) }
+    }
+
+    /// A client for endpoints with their own TLS settings, sharing budget and counters.
+    pub fn with_tls(&self, tls: &Tls) -> Http {
+        Http {
+            agent: agent(self.connect_timeout, tls),
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            deadline: self.deadline,
+            requests: Cell::new(0),
+        }
+    }
+
+    /// Requests made so far by this client.
+    pub fn request_count(&self) -> usize {
+        self.requests.get()
+    }
+
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    fn timeout(&self) -> Result<Duration, NetError> {
+        let remaining = self.deadline.remaining();
+        if remaining < Duration::from_millis(20) {
+            return Err(NetError::Deadline);
+        }
+        Ok(self.request_timeout.min(remaining))
+    }
+
+    /// GET with headers; the body is read up to `limit` bytes (more is an error).
+    pub fn get(&self, url: &str, headers: &[(&str, String)], limit: usize) -> Result<Fetched, NetError> {
+        self.send("GET", url, headers, None, limit)
+    }
+
+    /// HEAD.
+    pub fn head(&self, url: &str, headers: &[(&str, String)]) -> Result<Fetched, NetError> {
+        self.send("HEAD", url, headers, None, 0)
+    }
+
+    /// Sends a request with an optional body.
+    pub fn send(&self, method: &str, url: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, NetError> {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(NetError::BadUrl(url.chars().take(200).collect()));
+        }
+        let timeout = self.timeout()?;
+        self.requests.set(self.requests.get() + 1);
+        let started = Instant::now();
+        let mut builder = ureq::http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        let request = builder.body(body.map(<[u8]>::to_vec).unwrap_or_default()).map_err(|e| NetError::BadUrl(e.to_string()))?;
+        let request = self.agent.configure_request(request).timeout_global(Some(timeout)).build();
+        let response = self.agent.run(request).map_err(|e| classify(e, url, started, timeout, self.deadline))?;
+        let status = response.status().as_u16();
+        let response_headers = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+            .collect();
+        let mut body = response.into_body();
+        let bytes = if method == "HEAD" {
+            Vec::new()
+        } else {
+            body.with_config().limit(limit as u64).read_to_vec().map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => NetError::TooLarge(limit),
+                other => classify(other, url, started, timeout, self.deadline),
+            })?
+        };
+        Ok(Fetched { status, headers: response_headers, body: bytes })
+    }
+}
+
+fn classify(error: ureq::Error, url: &str, started: Instant, timeout: Duration, deadline: Deadline) -> NetError {
+    let short_url: String = url.split('?').next().unwrap_or(url).chars().take(200).collect();
+    match error {
+        ureq::Error::Timeout(_) if deadline.expired() => NetError::Deadline,
+        ureq::Error::Timeout(_) => NetError::Timeout(short_url),
+        ureq::Error::HostNotFound => NetError::Connect(format!("{short_url}: host not found")),
+        ureq::Error::ConnectionFailed => NetError::Connect(format!("{short_url}: connection failed")),
+        ureq::Error::Io(e) if started.elapsed() >= timeout => NetError::Timeout(format!("{short_url} ({e})")),
+        ureq::Error::Io(e) => NetError::Connect(format!("{short_url}: {e}")),
+        ureq::Error::BodyExceedsLimit(n) => NetError::TooLarge(n as usize),
+        other => NetError::Io(format!("{short_url}: {other}")),
+    }
+}
+
+/// True for hosts where plain http is acceptable without being asked (loopback only).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or_default();
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host.starts_with("127.")
+}

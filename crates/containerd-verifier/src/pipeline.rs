@@ -1,0 +1,349 @@
+//! One decision: (image, digest, config, policy, now) -> Decision. The same code serves the
+//! containerd entry point and `atproto-verifier verify`.
+//!
+//! Flow: the policy's rule for the image -> no signature required? admit without any lookup ->
+//! candidate signers (identity in the path, then the rule's trusted DIDs; nobody else is fetched)
+//! -> per candidate: DID document, record location, proof (cache first, network when stale, stale
+//! cache only when the network fails) -> core verify -> the policy's decision.
+
+use atproto_sig_core::did::{did_method, DidDocument, DidMethod};
+use atproto_sig_core::plc::verify_audit_log;
+use atproto_sig_core::policy::{Decision, Outcome, Policy, Rule};
+use atproto_sig_core::record::MANIFEST_COLLECTION;
+use atproto_sig_core::reference::ImageRef;
+use atproto_sig_core::syntax::is_valid_did;
+use atproto_sig_core::verify::{verify, Expectation, KeySource, ProofInput};
+use atproto_sig_core::{Facts, Limits, Reason, Verdict};
+use base64::Engine;
+
+use crate::cache::{freshness, Cache, DidEntry, Freshness, Kind, LocatorEntry, ProofEntry};
+use crate::config::Config;
+use crate::net::{Http, NetError};
+use crate::resolve::{self, LookupError, ProofAnswer};
+
+/// Most candidate signers examined per decision.
+pub const MAX_CANDIDATES: usize = 8;
+
+/// Everything a decision needs from outside.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub policy: &'a Policy,
+    pub cache: &'a Cache,
+    /// `None` when offline: no client exists, so no request can be made.
+    pub http: Option<&'a Http>,
+    pub dns: &'a dyn Fn(&str) -> Result<Vec<String>, String>,
+    pub now: i64,
+    /// Diagnostic lines for stderr (containerd's debug log).
+    pub notes: std::cell::RefCell<Vec<String>>,
+}
+
+fn micros(span: crate::config::Span) -> i64 {
+    i64::try_from(span.0.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn verdict(did: &str, reason: Reason, message: String) -> Verdict {
+    Verdict { reason, message, facts: Facts { did: did.to_owned(), ..Facts::default() } }
+}
+
+fn lookup_verdict(did: &str, what: &str, error: &LookupError) -> Verdict {
+    match error {
+        LookupError::Network(NetError::Deadline) => verdict(did, Reason::DeadlineExceeded, format!("the time budget ran out while fetching {what}")),
+        LookupError::Network(e) => verdict(did, Reason::NetworkError, format!("cannot fetch {what}: {e} (a network failure, not a signature problem)")),
+        LookupError::NotFound(e) => verdict(did, if what.starts_with("the DID") { Reason::DidUnresolved } else { Reason::RecordNotFound }, e.clone()),
+        LookupError::Invalid(e) => verdict(did, if what.starts_with("the DID") { Reason::DidDocumentInvalid } else { Reason::ProofMalformed }, e.clone()),
+    }
+}
+
+impl Context<'_> {
+    fn note(&self, line: String) {
+        self.notes.borrow_mut().push(line);
+    }
+
+    fn offline_hint(&self, what: &str) -> String {
+        format!("{what} is not in the cache and this node is offline — on a connected machine run `atproto-verifier bundle create`, then `atproto-verifier bundle import` here")
+    }
+
+    /// The DID document (from cache or network), and whether stale material was used.
+    pub fn document(&self, did: &str) -> Result<(DidDocument, bool), Verdict> {
+        let limits = Limits::default();
+        let parse = |entry: &DidEntry| -> Result<DidDocument, Verdict> {
+            if self.config.strict_plc && did_method(did) == Ok(DidMethod::Plc) {
+                let log = entry.audit_log.as_deref().ok_or_else(|| verdict(did, Reason::DidUnresolved, format!("strict_plc is on and no audit log of {did} is available")))?;
+                let state = verify_audit_log(did, log.as_bytes(), &limits).map_err(|e| verdict(did, Reason::DidDocumentInvalid, format!("the audit log of {did} is invalid: {e}")))?;
+                return Ok(DidDocument { did: did.to_owned(), signing_key: state.signing_key(), pds: state.pds(), handle: state.handle() });
+            }
+            DidDocument::parse(entry.document.as_bytes(), did, &limits).map_err(|e| verdict(did, Reason::DidDocumentInvalid, format!("{e}")))
+        };
+        let cached: Option<DidEntry> = self.cache.read(Kind::Did, &[did]);
+        let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), micros(self.config.max_stale)));
+        if let (Some(entry), Some(Freshness::Fresh)) = (&cached, state) {
+            return parse(entry).map(|d| (d, false));
+        }
+        let Some(http) = self.http else {
+            return match cached {
+                Some(entry) => parse(&entry).map(|d| (d, false)),
+                None => Err(verdict(did, Reason::DidUnresolved, self.offline_hint(&format!("the DID document of {did}")))),
+            };
+        };
+        let _lock = self.cache.lock(Kind::Did, &[did]);
+        // Another process may have refreshed it while we waited for the lock.
+        if let Some(entry) = self.cache.read::<DidEntry>(Kind::Did, &[did]).filter(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), 0) == Freshness::Fresh) {
+            return parse(&entry).map(|d| (d, false));
+        }
+        let fetched = resolve::fetch_did_document(http, &self.config.plc_directory, did).and_then(|(bytes, source)| {
+            let audit_log = if self.config.strict_plc && did_method(did) == Ok(DidMethod::Plc) {
+                Some(String::from_utf8_lossy(&resolve::fetch_audit_log(http, &self.config.plc_directory, did)?).into_owned())
+            } else {
+                None
+            };
+            Ok(DidEntry { did: did.to_owned(), fetched_at: self.now, source, document: String::from_utf8_lossy(&bytes).into_owned(), audit_log })
+        });
+        match fetched {
+            Ok(entry) => {
+                let document = parse(&entry)?;
+                self.cache.write(Kind::Did, &[did], &entry);
+                Ok((document, false))
+            }
+            Err(LookupError::Network(e)) if state == Some(Freshness::Stale) => {
+                self.note(format!("using the cached DID document of {did} past its TTL: {e}"));
+                let entry = cached.ok_or_else(|| verdict(did, Reason::NetworkError, e.to_string()))?;
+                parse(&entry).map(|d| (d, true))
+            }
+            Err(e) => Err(lookup_verdict(did, &format!("the DID document of {did}"), &e)),
+        }
+    }
+
+    /// A proof for `did`/`rkey`: cached if fresh, else fetched; stale only on network failure.
+    fn proof(&self, did: &str, pds: Option<&str>, rkey: &str) -> Result<(Option<Vec<u8>>, bool), Verdict> {
+        let parts = [did, MANIFEST_COLLECTION, rkey];
+        let decode = |entry: &ProofEntry| base64::engine::general_purpose::STANDARD.decode(&entry.car).ok();
+        let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
+        let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), micros(self.config.max_stale)));
+        if let (Some(entry), Some(Freshness::Fresh)) = (&cached, state)
+            && let Some(car) = decode(entry)
+        {
+            return Ok((Some(car), false));
+        }
+        let Some(http) = self.http else {
+            return match cached.as_ref().and_then(decode) {
+                Some(car) => Ok((Some(car), false)),
+                None => Err(verdict(did, Reason::RecordNotFound, self.offline_hint(&format!("a proof for {did}/{MANIFEST_COLLECTION}/{rkey}")))),
+            };
+        };
+        let Some(pds) = pds else {
+            return Err(verdict(did, Reason::DidDocumentInvalid, format!("the DID document of {did} names no AtprotoPersonalDataServer")));
+        };
+        let _lock = self.cache.lock(Kind::Proof, &parts);
+        if let Some(car) = self.cache.read::<ProofEntry>(Kind::Proof, &parts).filter(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), 0) == Freshness::Fresh).as_ref().and_then(decode) {
+            return Ok((Some(car), false));
+        }
+        match resolve::fetch_proof(http, pds, did, MANIFEST_COLLECTION, rkey) {
+            Ok(ProofAnswer::Car(car)) => {
+                let entry = ProofEntry {
+                    did: did.to_owned(),
+                    collection: MANIFEST_COLLECTION.into(),
+                    rkey: rkey.to_owned(),
+                    fetched_at: self.now,
+                    source: pds.to_owned(),
+                    car: base64::engine::general_purpose::STANDARD.encode(&car),
+                };
+                self.cache.write(Kind::Proof, &parts, &entry);
+                Ok((Some(car), false))
+            }
+            Ok(ProofAnswer::NotFound(_)) => Ok((None, false)),
+            Err(LookupError::Network(e)) if state == Some(Freshness::Stale) => {
+                self.note(format!("using the cached proof for {did}/{rkey} past its TTL: {e}"));
+                Ok((cached.as_ref().and_then(decode), true))
+            }
+            Err(e) => Err(lookup_verdict(did, &format!("the proof from {pds}"), &e)),
+        }
+    }
+
+    fn check(&self, car: &[u8], document: &DidDocument, did: &str, rkey: &str, digest: &str, repository: Option<&str>) -> Verdict {
+        let limits = Limits::default();
+        verify(&ProofInput {
+            car,
+            key: KeySource::Document(document),
+            expect: Expectation { did, rkey: Some(rkey), digest, repository },
+            now_micros: self.now,
+            max_clock_skew_micros: micros(self.config.clock_skew),
+            limits: &limits,
+        })
+    }
+
+    /// Verifies one candidate signer for `digest`.
+    pub fn verify_candidate(&self, did: &str, digest: &str, repository: Option<&str>, hint_rkey: Option<&str>) -> Verdict {
+        let (document, stale_doc) = match self.document(did) {
+            Ok(found) => found,
+            Err(v) => return v,
+        };
+        let pds = document.pds.clone();
+        let locator: Option<LocatorEntry> = self.cache.read(Kind::Locator, &[did, digest]);
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest).to_owned();
+        // (rkey, known to have held the record): absence there means deletion.
+        let mut tried: Vec<String> = Vec::new();
+        let mut attempts: Vec<(String, bool)> = Vec::new();
+        if let Some(h) = hint_rkey {
+            attempts.push((h.to_owned(), false));
+        }
+        if let Some(l) = &locator {
+            attempts.push((l.rkey.clone(), true));
+        }
+        attempts.push((hex, false));
+        let mut last_failure: Option<Verdict> = None;
+        let mut scanned = false;
+        loop {
+            while let Some((rkey, known)) = (!attempts.is_empty()).then(|| attempts.remove(0)) {
+                if tried.contains(&rkey) {
+                    continue;
+                }
+                tried.push(rkey.clone());
+                let (car, stale_proof) = match self.proof(did, pds.as_deref(), &rkey) {
+                    Ok(found) => found,
+                    Err(v) => return v,
+                };
+                let Some(car) = car else {
+                    if known {
+                        return verdict(did, Reason::RecordDeleted, format!("the record at://{did}/{MANIFEST_COLLECTION}/{rkey} that signed {digest} is gone from {}", pds.as_deref().unwrap_or("its PDS")));
+                    }
+                    continue;
+                };
+                let mut result = self.check(&car, &document, did, &rkey, digest, repository);
+                if result.is_verified() {
+                    if locator.as_ref().is_none_or(|l| l.rkey != rkey) {
+                        self.cache.write(Kind::Locator, &[did, digest], &LocatorEntry { did: did.to_owned(), digest: digest.to_owned(), rkey: rkey.clone(), fetched_at: self.now });
+                    }
+                    if stale_doc || stale_proof {
+                        result.message.push_str(" — from cached data past its TTL, because the network failed");
+                    }
+                    return result;
+                }
+                if result.reason == Reason::RecordDeleted && !known {
+                    // Absence under a guessed rkey says nothing about deletion: keep looking.
+                    last_failure.get_or_insert(verdict(did, Reason::RecordNotFound, format!("no record for {digest} in {did}")));
+                    continue;
+                }
+                if result.reason == Reason::RecordDeleted {
+                    result.message = format!("{} (it was there before: revoked)", result.message);
+                }
+                return result;
+            }
+            if scanned {
+                break;
+            }
+            scanned = true;
+            let (Some(http), Some(pds)) = (self.http, pds.as_deref()) else { break };
+            match resolve::find_record(http, pds, did, MANIFEST_COLLECTION, digest, repository) {
+                Ok(Some(rkey)) => attempts.push((rkey, false)),
+                Ok(None) => {}
+                Err(e) => return lookup_verdict(did, &format!("the record list of {did}"), &e),
+            }
+        }
+        last_failure.unwrap_or_else(|| verdict(did, Reason::RecordNotFound, format!("no io.atcr.manifest record for {digest} in {did} — was the image pushed through an ATProto registry?")))
+    }
+
+    /// The identity in an ATProto registry path (`host/<handle-or-did>/<repo>`), as a verified
+    /// DID, and the repository name after it.
+    fn path_identity(&self, image: &ImageRef) -> Option<(Result<String, Verdict>, String)> {
+        if !self.config.atproto_registries.iter().any(|h| h.eq_ignore_ascii_case(&image.host)) {
+            return None;
+        }
+        let (identity, repository) = image.path.split_once('/')?;
+        if is_valid_did(identity) {
+            return Some((Ok(identity.to_owned()), repository.to_owned()));
+        }
+        let Some(http) = self.http else {
+            // Offline, a handle can only be trusted through a cached, claiming document of a
+            // trusted DID; leave it to the trusted DIDs.
+            return Some((Err(verdict(identity, Reason::IdentityUnresolved, format!("{identity} cannot be resolved offline"))), repository.to_owned()));
+        };
+        let fail = |message: String| Some((Err(verdict(identity, Reason::IdentityUnresolved, message)), repository.to_owned()));
+        let did = match resolve::resolve_handle(http, self.config.handle_resolver.as_deref(), self.dns, identity) {
+            Ok(did) => did,
+            Err(LookupError::Network(e)) => return Some((Err(verdict(identity, if e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError }, format!("cannot resolve handle {identity}: {e}"))), repository.to_owned())),
+            Err(e) => return fail(format!("cannot resolve handle {identity}: {e}")),
+        };
+        // Bidirectional: the DID document must claim the handle.
+        match self.document(&did) {
+            Ok((document, _)) if document.handle.as_deref() == Some(identity.to_ascii_lowercase().as_str()) => Some((Ok(did), repository.to_owned())),
+            Ok((document, _)) => fail(format!(
+                "handle {identity} points to {did}, but that DID document claims {} — the handle is not verified",
+                document.handle.as_deref().map_or("no handle".to_owned(), |h| format!("handle {h}"))
+            )),
+            Err(v) => Some((Err(v), repository.to_owned())),
+        }
+    }
+
+    /// The full decision for an image at `digest`.
+    pub fn decide(&self, image: &ImageRef, digest: &str) -> Decision {
+        let matched = self.policy.rule_for(image);
+        let Some(rule) = matched.rule else {
+            return self.policy.decide(image, &[], self.now);
+        };
+        if !rule.require.signature {
+            return self.policy.decide(image, &[], self.now);
+        }
+        let mut verdicts: Vec<Verdict> = Vec::new();
+        let mut candidates: Vec<String> = Vec::new();
+        let trusted = self.policy.trusted_for(rule);
+        let mut repository = image.path.rsplit('/').next().map(str::to_owned);
+        if let Some((identity, repo)) = self.path_identity(image) {
+            repository = Some(repo);
+            match identity {
+                Ok(did) if trusted.iter().any(|t| t.did == did) => candidates.push(did),
+                Ok(did) => verdicts.push(verdict(&did, Reason::UntrustedSigner, format!("the image is published by {did}, which policy {:?} does not trust", rule.name))),
+                Err(v) => {
+                    self.note(format!("identity in the image path: {}", v.message));
+                    verdicts.push(v);
+                }
+            }
+        }
+        // In-window trusted DIDs first; the others only to explain a failure.
+        for t in trusted.iter().filter(|t| t.is_valid_at(self.now)).chain(trusted.iter().filter(|t| !t.is_valid_at(self.now))) {
+            if !candidates.contains(&t.did) {
+                candidates.push(t.did.clone());
+            }
+        }
+        candidates.truncate(MAX_CANDIDATES);
+        let mut valid = 0;
+        for did in &candidates {
+            if self.http.is_some_and(|h| h.deadline().expired()) {
+                verdicts.push(verdict(did, Reason::DeadlineExceeded, "the time budget ran out before every candidate signer was checked".into()));
+                break;
+            }
+            let result = self.verify_candidate(did, digest, repository.as_deref(), None);
+            self.note(format!("candidate {did}: {} — {}", result.reason.code(), result.message));
+            if result.is_verified() && trusted.iter().any(|t| &t.did == did && t.is_valid_at(self.now)) {
+                valid += 1;
+            }
+            verdicts.push(result);
+            if valid >= rule.require.min_signatures {
+                break;
+            }
+        }
+        // An untrusted path identity only explains a failure when nothing else verified.
+        if valid >= rule.require.min_signatures {
+            verdicts.retain(|v| v.reason != Reason::UntrustedSigner);
+        }
+        self.policy.decide(image, &verdicts, self.now)
+    }
+}
+
+/// True for reasons that mean "could not decide" (exit 2) rather than "rejected" (exit 1).
+pub fn is_undecided(reason: Reason) -> bool {
+    matches!(reason, Reason::NetworkError | Reason::DeadlineExceeded | Reason::ConfigInvalid)
+}
+
+/// A short label for an outcome.
+pub fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Admit => "admitted",
+        Outcome::AuditAdmit => "admitted (audit)",
+        Outcome::Reject => "rejected",
+    }
+}
+
+/// The rule's summary for audit records.
+pub fn rule_label(rule: Option<&Rule>) -> String {
+    rule.map_or("none".into(), |r| r.name.clone())
+}

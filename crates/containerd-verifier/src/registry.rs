@@ -1,0 +1,363 @@
+//! A small OCI distribution client over ureq, reaching registries the way containerd does:
+//! `<hosts_dir>/<host>/hosts.toml` (mirrors with pull/resolve, `ca`, `skip_verify`, plain http,
+//! `override_path`), anonymous or Bearer token auth from `WWW-Authenticate`, Basic credentials
+//! from a configured docker `config.json` (never printed). Used for tag -> digest, referrers
+//! (API, then the `sha256-<hex>` tag fallback) and pushing attached proofs.
+
+use std::path::Path;
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use atproto_sig_core::reference::ImageRef;
+
+use crate::config::Config;
+use crate::net::{is_loopback_url, Deadline, Fetched, Http, NetError, Tls};
+
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+pub const MAX_MANIFEST: usize = 4 << 20;
+
+/// One way to reach a registry.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// `https://host[:port]` (or http for plain-http endpoints).
+    pub base: String,
+    /// Path prefix replacing `/v2` (hosts.toml `override_path`).
+    pub override_path: bool,
+    pub tls: Tls,
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct HostsFile {
+    server: Option<String>,
+    #[serde(default)]
+    host: std::collections::BTreeMap<String, HostEntry>,
+}
+
+#[derive(Deserialize, Default)]
+struct HostEntry {
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
+    #[serde(default)]
+    ca: Option<toml::Value>,
+    #[serde(default)]
+    skip_verify: bool,
+    #[serde(default)]
+    override_path: bool,
+}
+
+fn default_server(host: &str) -> String {
+    match host {
+        "docker.io" => "https://registry-1.docker.io".into(),
+        // containerd reaches loopback registries over plain http.
+        h if is_loopback_url(&format!("http://{h}")) => format!("http://{h}"),
+        h => format!("https://{h}"),
+    }
+}
+
+fn read_ca(value: &Option<toml::Value>) -> Option<Vec<u8>> {
+    let paths: Vec<String> = match value {
+        Some(toml::Value::String(s)) => vec![s.clone()],
+        Some(toml::Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => return None,
+    };
+    let mut pem = Vec::new();
+    for path in paths {
+        pem.extend(crate::input::read_capped(Path::new(&path), 1 << 20).ok()?);
+    }
+    Some(pem)
+}
+
+/// Endpoints for `host`, mirrors first, as containerd orders them.
+pub fn endpoints(config: &Config, host: &str, capability: &str) -> Vec<Endpoint> {
+    let dir = config.containerd_hosts_dir.join(host);
+    let file = ["hosts.toml"].iter().map(|f| dir.join(f)).find(|p| p.is_file()).or_else(|| {
+        let fallback = config.containerd_hosts_dir.join("_default").join("hosts.toml");
+        fallback.is_file().then_some(fallback)
+    });
+    let parsed: HostsFile = file
+        .and_then(|p| crate::input::read_capped(&p, 1 << 20).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| match toml::from_str(&t) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("hosts.toml for {host}: {e}");
+                None
+            }
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (url, entry) in &parsed.host {
+        let capabilities = entry.capabilities.clone().unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
+        if !capabilities.iter().any(|c| c == capability) {
+            continue;
+        }
+        out.push(Endpoint { base: url.trim_end_matches('/').to_owned(), override_path: entry.override_path, tls: Tls { ca_pem: read_ca(&entry.ca), skip_verify: entry.skip_verify }, capabilities });
+    }
+    let server = parsed.server.unwrap_or_else(|| default_server(host));
+    out.push(Endpoint { base: server.trim_end_matches('/').to_owned(), override_path: false, tls: Tls::default(), capabilities: vec!["pull".into(), "resolve".into(), "push".into()] });
+    out
+}
+
+/// Basic credentials for `host` from the configured docker config.json.
+fn basic_credentials(config: &Config, host: &str) -> Option<String> {
+    let path = config.docker_config.as_ref()?;
+    let bytes = crate::input::read_capped(path, 1 << 20).ok()?;
+    let json: Json = serde_json::from_slice(&bytes).ok()?;
+    let auths = json.get("auths")?.as_object()?;
+    let key = [host.to_owned(), format!("https://{host}"), format!("http://{host}"), if host == "docker.io" { "https://index.docker.io/v1/".into() } else { String::new() }]
+        .into_iter()
+        .find(|k| auths.contains_key(k))?;
+    let entry = auths.get(&key)?;
+    if let Some(auth) = entry.get("auth").and_then(Json::as_str) {
+        return Some(auth.to_owned());
+    }
+    let user = entry.get("username")?.as_str()?;
+    let pass = entry.get("password")?.as_str()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"`.
+fn parse_challenge(header: &str) -> Option<(String, Vec<(String, String)>)> {
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    let mut params = Vec::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let after = after.trim_start();
+        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (quoted.get(..end)?.to_owned(), quoted.get(end + 1..)?.trim_start_matches([',', ' ']))
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after.get(..end)?.trim().to_owned(), after.get(end..)?.trim_start_matches([',', ' ']))
+        };
+        params.push((key.trim().to_ascii_lowercase(), value));
+        rest = tail.trim();
+    }
+    Some((scheme.to_ascii_lowercase(), params))
+}
+
+/// A session with one registry host: endpoints, credentials, and a token once obtained.
+pub struct Session<'a> {
+    config: &'a Config,
+    http: &'a Http,
+    host: String,
+    repository: String,
+    authorization: std::cell::RefCell<Option<String>>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(config: &'a Config, http: &'a Http, image: &ImageRef) -> Session<'a> {
+        Session { config, http, host: image.host.clone(), repository: image.path.clone(), authorization: Default::default() }
+    }
+
+    fn url(&self, endpoint: &Endpoint, tail: &str) -> String {
+        if endpoint.override_path { format!("{}/{tail}", endpoint.base) } else { format!("{}/v2/{tail}", endpoint.base) }
+    }
+
+    /// Sends a request to the first endpoint that answers, handling auth challenges.
+    pub fn request(&self, capability: &str, method: &str, tail: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, String> {
+        let mut last = format!("no endpoint for {} can {capability}", self.host);
+        for endpoint in endpoints(self.config, &self.host, capability) {
+            if !(endpoint.base.starts_with("https://") || endpoint.base.starts_with("http://")) {
+                continue;
+            }
+            let client = if endpoint.tls.ca_pem.is_some() || endpoint.tls.skip_verify { self.http.with_tls(&endpoint.tls) } else { self.http.with_tls(&Tls::default()) };
+            let url = self.url(&endpoint, tail);
+            match self.send_with_auth(&client, method, &url, headers, body, limit) {
+                Ok(response) => return Ok(response),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn send_with_auth(&self, http: &Http, method: &str, url: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, String> {
+        let with_auth = |auth: &Option<String>| {
+            let mut all: Vec<(&str, String)> = headers.to_vec();
+            if let Some(a) = auth {
+                all.push(("authorization", a.clone()));
+            }
+            http.send(method, url, &all, body, limit)
+        };
+        let current = self.authorization.borrow().clone();
+        let response = with_auth(&current).map_err(|e| e.to_string())?;
+        if response.status != 401 {
+            return Ok(response);
+        }
+        let challenge = response.header("www-authenticate").and_then(parse_challenge);
+        let basic = basic_credentials(self.config, &self.host);
+        let authorization = match challenge {
+            Some((scheme, params)) if scheme == "bearer" => {
+                let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+                let realm = get("realm").ok_or("registry sent a Bearer challenge without a realm")?;
+                if !(realm.starts_with("https://") || is_loopback_url(&realm)) {
+                    return Err(format!("refusing token realm {realm:?} (not https)"));
+                }
+                let scope = get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+                let mut query = format!("scope={}", scope.replace(' ', "%20"));
+                if let Some(service) = get("service") {
+                    query.push_str(&format!("&service={service}"));
+                }
+                let separator = if realm.contains('?') { '&' } else { '?' };
+                let auth_headers: Vec<(&str, String)> = basic.iter().map(|b| ("authorization", format!("Basic {b}"))).collect();
+                let token_response = http.get(&format!("{realm}{separator}{query}"), &auth_headers, 64 << 10).map_err(|e| e.to_string())?;
+                if !token_response.is_success() {
+                    return Err(format!("token service answered HTTP {} (credentials missing or refused)", token_response.status));
+                }
+                let json: Json = serde_json::from_slice(&token_response.body).map_err(|_| "token service answered something other than JSON")?;
+                let token = json.get("token").or_else(|| json.get("access_token")).and_then(Json::as_str).ok_or("token service answered no token")?;
+                format!("Bearer {token}")
+            }
+            Some((scheme, _)) if scheme == "basic" => match basic {
+                Some(b) => format!("Basic {b}"),
+                None => return Err(format!("{} requires credentials: set docker_config in config.toml", self.host)),
+            },
+            _ => return Err(format!("{} answered 401 without a usable challenge", self.host)),
+        };
+        *self.authorization.borrow_mut() = Some(authorization.clone());
+        let retried = with_auth(&Some(authorization)).map_err(|e| e.to_string())?;
+        if retried.status == 401 {
+            return Err(format!("{} refused our credentials", self.host));
+        }
+        Ok(retried)
+    }
+
+    /// The digest a tag points to (Docker-Content-Digest, else the hash of the manifest).
+    pub fn resolve(&self, tag: &str) -> Result<String, String> {
+        let tail = format!("{}/manifests/{tag}", self.repository);
+        let response = self.request("resolve", "GET", &tail, &[("accept", MANIFEST_ACCEPT.into())], None, MAX_MANIFEST)?;
+        match response.status {
+            200 => {
+                let computed = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(&response.body)));
+                if let Some(header) = response.header("docker-content-digest")
+                    && header != computed
+                {
+                    return Err(format!("registry says {header} but the manifest hashes to {computed}"));
+                }
+                Ok(computed)
+            }
+            404 => Err(format!("{}:{tag} not found", self.repository)),
+            status => Err(format!("registry answered HTTP {status}")),
+        }
+    }
+
+    /// A manifest by digest, checked against the digest.
+    pub fn manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, String> {
+        let response = self.request("pull", "GET", &format!("{}/manifests/{digest}", self.repository), &[("accept", MANIFEST_ACCEPT.into())], None, MAX_MANIFEST)?;
+        match response.status {
+            200 => {
+                let computed = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(&response.body)));
+                if computed != digest {
+                    return Err(format!("manifest {digest} hashes to {computed}"));
+                }
+                Ok(Some(response.body))
+            }
+            404 => Ok(None),
+            status => Err(format!("registry answered HTTP {status}")),
+        }
+    }
+
+    /// A blob by digest (capped), checked against the digest.
+    pub fn blob(&self, digest: &str, limit: usize) -> Result<Vec<u8>, String> {
+        let tail = format!("{}/blobs/{digest}", self.repository);
+        let mut response = self.request("pull", "GET", &tail, &[], None, limit)?;
+        // Registries may redirect blob downloads to storage on another host (allowed: the digest is checked).
+        for _ in 0..3 {
+            if !matches!(response.status, 301 | 302 | 303 | 307 | 308) {
+                break;
+            }
+            let location = response.header("location").ok_or("redirect without a location")?.to_owned();
+            if !(location.starts_with("https://") || is_loopback_url(&location)) {
+                return Err(format!("refusing blob redirect to {location:?}"));
+            }
+            response = self.http.get(&location, &[], limit).map_err(|e| e.to_string())?;
+        }
+        if response.status != 200 {
+            return Err(format!("blob {digest}: HTTP {}", response.status));
+        }
+        let computed = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(&response.body)));
+        if computed != digest {
+            return Err(format!("blob {digest} hashes to {computed}"));
+        }
+        Ok(response.body)
+    }
+
+    /// Referrers of `digest` with `artifact_type`: the referrers API when the registry has it
+    /// (2xx), else the `sha256-<hex>` tag holding an index (on 404); any other answer fails.
+    pub fn referrers(&self, digest: &str, artifact_type: &str) -> Result<Vec<Json>, String> {
+        let tail = format!("{}/referrers/{digest}?artifactType={}", self.repository, artifact_type.replace('+', "%2B"));
+        let response = self.request("pull", "GET", &tail, &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)?;
+        let index_bytes = match response.status {
+            200..=299 => response.body,
+            404 => {
+                let tag = digest.replace(':', "-");
+                let fallback = self.request("pull", "GET", &format!("{}/manifests/{tag}", self.repository), &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)?;
+                match fallback.status {
+                    200 => fallback.body,
+                    404 => return Ok(Vec::new()),
+                    status => return Err(format!("referrers tag {tag}: HTTP {status}")),
+                }
+            }
+            status => return Err(format!("referrers API answered HTTP {status}")),
+        };
+        let index: Json = serde_json::from_slice(&index_bytes).map_err(|e| format!("referrers index is not JSON: {e}"))?;
+        Ok(index
+            .get("manifests")
+            .and_then(Json::as_array)
+            .map(|m| m.iter().filter(|d| d.get("artifactType").and_then(Json::as_str) == Some(artifact_type)).take(16).cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+/// Resolves the tag of `image` to a digest (for `verify` on a tag).
+pub fn resolve_tag(config: &Config, image: &ImageRef, deadline: Deadline) -> Result<String, String> {
+    if config.offline {
+        return Err("offline: a tag cannot be resolved without the registry; pass IMAGE@sha256:…".into());
+    }
+    let http = Http::new(config.connect_timeout.0, config.request_timeout.0, deadline);
+    let session = Session::new(config, &http, image);
+    session.resolve(image.tag.as_deref().unwrap_or("latest"))
+}
+
+impl From<NetError> for String {
+    fn from(e: NetError) -> String {
+        e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenges() {
+        let (scheme, params) = parse_challenge(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull""#).unwrap();
+        assert_eq!(scheme, "bearer");
+        assert_eq!(params[0], ("realm".into(), "https://auth.example.com/token".into()));
+        assert_eq!(params[2], ("scope".into(), "repository:a/b:pull".into()));
+        assert!(parse_challenge("Bearer").is_none());
+        assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
+    }
+
+    #[test]
+    fn hosts_toml_mirrors_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("registry.example.com")).unwrap();
+        std::fs::write(
+            dir.path().join("registry.example.com/hosts.toml"),
+            "server = \"https://registry.example.com\"\n[host.\"http://127.0.0.1:5001\"]\ncapabilities = [\"pull\", \"resolve\"]\nskip_verify = true\n[host.\"https://push-only.example\"]\ncapabilities = [\"push\"]\n",
+        )
+        .unwrap();
+        let config = Config { containerd_hosts_dir: dir.path().to_owned(), ..Config::default() };
+        let list = endpoints(&config, "registry.example.com", "pull");
+        assert_eq!(list.iter().map(|e| e.base.as_str()).collect::<Vec<_>>(), ["http://127.0.0.1:5001", "https://registry.example.com"]);
+        assert!(list[0].tls.skip_verify);
+        assert_eq!(endpoints(&config, "other.example", "pull")[0].base, "https://other.example");
+        assert_eq!(endpoints(&config, "127.0.0.1:5000", "pull")[0].base, "http://127.0.0.1:5000");
+    }
+}

@@ -1,0 +1,230 @@
+//! Network lookups, each returning bytes or a typed failure; nothing here decides trust.
+//! did:plc from the configured directory, did:web from `/.well-known/did.json` (no redirects),
+//! handles through a resolver service, DNS TXT `_atproto.<handle>` or HTTPS
+//! `/.well-known/atproto-did`, records located by a bounded listRecords scan, proofs from
+//! `com.atproto.sync.getRecord`.
+
+use std::fmt;
+
+use atproto_sig_core::did::{did_method, DidMethod};
+use atproto_sig_core::syntax::{is_disallowed_handle_tld, is_valid_did, is_valid_handle, is_valid_record_key, AtUri};
+use serde_json::Value as Json;
+
+use crate::net::{is_loopback_url, Http, NetError};
+
+/// Largest DID document, audit log, listRecords page and proof accepted.
+pub const MAX_DID_DOC: usize = 256 << 10;
+pub const MAX_AUDIT_LOG: usize = 4 << 20;
+pub const MAX_LIST_PAGE: usize = 2 << 20;
+pub const MAX_PROOF: usize = 4 << 20;
+/// listRecords pages scanned at most (100 records each).
+pub const MAX_LIST_PAGES: usize = 20;
+
+/// Why a lookup failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LookupError {
+    /// The network failed: never evidence about signatures.
+    Network(NetError),
+    /// The server answered, and the thing does not exist (404, RecordNotFound, …).
+    NotFound(String),
+    /// The server answered something unusable.
+    Invalid(String),
+}
+
+impl fmt::Display for LookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LookupError::Network(e) => write!(f, "{e}"),
+            LookupError::NotFound(e) | LookupError::Invalid(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<NetError> for LookupError {
+    fn from(e: NetError) -> LookupError {
+        LookupError::Network(e)
+    }
+}
+
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+fn query(params: &[(&str, &str)]) -> String {
+    params.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect::<Vec<_>>().join("&")
+}
+
+/// The did:web document URL: https, or http for localhost (dev/test only, as in the TS reference).
+pub fn did_web_url(did: &str) -> Option<String> {
+    let host = did.strip_prefix("did:web:")?;
+    match host.split_once("%3A") {
+        Some(("localhost", port)) => Some(format!("http://localhost:{port}/.well-known/did.json")),
+        Some(_) => None,
+        None => Some(format!("https://{host}/.well-known/did.json")),
+    }
+}
+
+/// Fetches a DID document; returns the bytes and the URL it came from.
+pub fn fetch_did_document(http: &Http, plc_directory: &str, did: &str) -> Result<(Vec<u8>, String), LookupError> {
+    let url = match did_method(did).map_err(|e| LookupError::Invalid(e.to_string()))? {
+        DidMethod::Plc => format!("{}/{did}", plc_directory.trim_end_matches('/')),
+        DidMethod::Web => did_web_url(did).ok_or_else(|| LookupError::Invalid(format!("{did} cannot be resolved")))?,
+    };
+    let response = http.get(&url, &[("accept", "application/did+ld+json, application/json".into())], MAX_DID_DOC)?;
+    match response.status {
+        200 => Ok((response.body, url)),
+        // No redirects for did:web: a document must be served by its own host.
+        301 | 302 | 303 | 307 | 308 => Err(LookupError::Invalid(format!("{url} redirects; DID documents are not followed across redirects"))),
+        404 | 410 => Err(LookupError::NotFound(format!("{did} is not known to {url} (unknown or deactivated)"))),
+        status => Err(LookupError::Network(NetError::Io(format!("{url} answered HTTP {status}")))),
+    }
+}
+
+/// Fetches a did:plc audit log.
+pub fn fetch_audit_log(http: &Http, plc_directory: &str, did: &str) -> Result<Vec<u8>, LookupError> {
+    let url = format!("{}/{did}/log/audit", plc_directory.trim_end_matches('/'));
+    let response = http.get(&url, &[], MAX_AUDIT_LOG)?;
+    match response.status {
+        200 => Ok(response.body),
+        404 => Err(LookupError::NotFound(format!("{did} has no audit log at {url}"))),
+        status => Err(LookupError::Network(NetError::Io(format!("{url} answered HTTP {status}")))),
+    }
+}
+
+/// Resolves a handle to a DID (not yet checked against the DID document: the caller does that).
+pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Fn(&str) -> Result<Vec<String>, String>, handle: &str) -> Result<String, LookupError> {
+    let handle = handle.to_ascii_lowercase();
+    if !is_valid_handle(&handle) || is_disallowed_handle_tld(&handle) {
+        return Err(LookupError::Invalid(format!("{handle:?} is not a resolvable handle")));
+    }
+    if let Some(resolver) = resolver {
+        let url = format!("{}/xrpc/com.atproto.identity.resolveHandle?{}", resolver.trim_end_matches('/'), query(&[("handle", &handle)]));
+        let response = http.get(&url, &[], 16 << 10)?;
+        return match response.status {
+            200 => {
+                let json: Json = serde_json::from_slice(&response.body).map_err(|e| LookupError::Invalid(format!("resolveHandle: {e}")))?;
+                match json.get("did").and_then(Json::as_str) {
+                    Some(did) if is_valid_did(did) => Ok(did.to_owned()),
+                    _ => Err(LookupError::Invalid("resolveHandle answered without a valid did".into())),
+                }
+            }
+            400 | 404 => Err(LookupError::NotFound(format!("{handle} does not resolve (resolver {resolver})"))),
+            status => Err(LookupError::Network(NetError::Io(format!("handle resolver answered HTTP {status}")))),
+        };
+    }
+    // DNS TXT first (the spec prefers it), HTTPS well-known second; if both answer, they must agree.
+    let from_dns = match dns(&format!("_atproto.{handle}")) {
+        Ok(records) => {
+            let dids: Vec<&str> = records.iter().filter_map(|r| r.strip_prefix("did=")).collect();
+            match dids.as_slice() {
+                [] => None,
+                [did] if is_valid_did(did) => Some(Ok((*did).to_owned())),
+                [_] => Some(Err(LookupError::Invalid(format!("_atproto.{handle} holds an invalid DID")))),
+                _ => Some(Err(LookupError::Invalid(format!("_atproto.{handle} has several did= records")))),
+            }
+        }
+        Err(_) => None,
+    };
+    let url = format!("https://{handle}/.well-known/atproto-did");
+    let from_https = match http.get(&url, &[], 2048) {
+        Ok(r) if r.status == 200 => {
+            let text = String::from_utf8_lossy(&r.body);
+            let did = text.lines().next().unwrap_or_default().trim().to_owned();
+            if is_valid_did(&did) { Some(Ok(did)) } else { Some(Err(LookupError::Invalid(format!("{url} does not hold a DID")))) }
+        }
+        Ok(_) => None,
+        Err(e) if from_dns.is_none() => Some(Err(LookupError::Network(e))),
+        Err(_) => None,
+    };
+    match (from_dns, from_https) {
+        (Some(Ok(a)), Some(Ok(b))) if a != b => Err(LookupError::Invalid(format!("{handle}: DNS says {a}, HTTPS says {b}"))),
+        (Some(Ok(did)), _) | (_, Some(Ok(did))) => Ok(did),
+        (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
+        (None, None) => Err(LookupError::NotFound(format!("{handle} has neither a _atproto TXT record nor {url}"))),
+    }
+}
+
+/// Checks a PDS endpoint before requesting it: https, or http on loopback.
+fn check_pds(pds: &str) -> Result<(), LookupError> {
+    if pds.starts_with("https://") || is_loopback_url(pds) {
+        Ok(())
+    } else {
+        Err(LookupError::Invalid(format!("PDS endpoint {pds} is not https")))
+    }
+}
+
+/// Finds the rkey of the `collection` record whose `digest` (and `repository`, if given) match,
+/// by a bounded `com.atproto.repo.listRecords` scan. Only a locator: the proof decides.
+pub fn find_record(http: &Http, pds: &str, did: &str, collection: &str, digest: &str, repository: Option<&str>) -> Result<Option<String>, LookupError> {
+    check_pds(pds)?;
+    let mut cursor: Option<String> = None;
+    let mut fallback = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let mut params = vec![("repo", did), ("collection", collection), ("limit", "100")];
+        if let Some(c) = &cursor {
+            params.push(("cursor", c));
+        }
+        let url = format!("{pds}/xrpc/com.atproto.repo.listRecords?{}", query(&params));
+        let response = http.get(&url, &[], MAX_LIST_PAGE)?;
+        if response.status != 200 {
+            return match response.status {
+                400 | 404 => Err(LookupError::NotFound(format!("{pds} has no repository for {did}"))),
+                status => Err(LookupError::Network(NetError::Io(format!("listRecords answered HTTP {status}")))),
+            };
+        }
+        let json: Json = serde_json::from_slice(&response.body).map_err(|e| LookupError::Invalid(format!("listRecords: {e}")))?;
+        let records = json.get("records").and_then(Json::as_array).cloned().unwrap_or_default();
+        for record in &records {
+            let value = record.get("value");
+            if value.and_then(|v| v.get("digest")).and_then(Json::as_str) != Some(digest) {
+                continue;
+            }
+            let rkey = record.get("uri").and_then(Json::as_str).and_then(AtUri::parse).and_then(|u| u.rkey);
+            let Some(rkey) = rkey.filter(|r| is_valid_record_key(r)) else { continue };
+            let same_repository = repository.is_none_or(|r| value.and_then(|v| v.get("repository")).and_then(Json::as_str) == Some(r));
+            if same_repository {
+                return Ok(Some(rkey));
+            }
+            // Keep the first digest match: its proof will say repository-mismatch.
+            fallback.get_or_insert(rkey);
+        }
+        cursor = json.get("cursor").and_then(Json::as_str).map(str::to_owned);
+        if records.is_empty() || cursor.is_none() {
+            break;
+        }
+    }
+    Ok(fallback)
+}
+
+/// A getRecord answer.
+pub enum ProofAnswer {
+    /// The CAR (inclusion or absence proof).
+    Car(Vec<u8>),
+    /// The PDS said RecordNotFound without a proof.
+    NotFound(String),
+}
+
+/// Fetches `com.atproto.sync.getRecord`.
+pub fn fetch_proof(http: &Http, pds: &str, did: &str, collection: &str, rkey: &str) -> Result<ProofAnswer, LookupError> {
+    check_pds(pds)?;
+    let url = format!("{pds}/xrpc/com.atproto.sync.getRecord?{}", query(&[("did", did), ("collection", collection), ("rkey", rkey)]));
+    let response = http.get(&url, &[("accept", "application/vnd.ipld.car".into())], MAX_PROOF)?;
+    match response.status {
+        200 => Ok(ProofAnswer::Car(response.body)),
+        400 | 404 => {
+            let error = serde_json::from_slice::<Json>(&response.body)
+                .ok()
+                .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_owned))
+                .unwrap_or_else(|| format!("HTTP {}", response.status));
+            if error == "RecordNotFound" {
+                Ok(ProofAnswer::NotFound(format!("{pds} has no record {collection}/{rkey} for {did}")))
+            } else {
+                Err(LookupError::NotFound(format!("{pds} cannot serve the repository of {did}: {error}")))
+            }
+        }
+        status => Err(LookupError::Network(NetError::Io(format!("getRecord answered HTTP {status}")))),
+    }
+}
