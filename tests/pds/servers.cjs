@@ -84,6 +84,11 @@ if (require.main === module) {
       const stop = () => s.stop().finally(() => process.exit(0))
       process.on('SIGTERM', stop)
       process.on('SIGINT', stop)
+      // Tests pipe stdin: when the test process goes away, so do the servers.
+      if (process.env.STOP_ON_STDIN_EOF) {
+        process.stdin.on('end', stop)
+        process.stdin.resume()
+      }
     },
     (e) => {
       console.error('failed to start PDS/PLC:', e)

@@ -323,9 +323,15 @@ fn parse_requirement(checker: &mut Checker, node: &Node, trusted: &[TrustedDid],
         }
     };
     let set_size = if trusted_dids.is_empty() { trusted.len() } else { trusted_dids.len() };
-    if signature && min_signatures > set_size {
-        let at = get(&entries, "minSignatures").map_or(node.at, |n| n.at);
-        checker.error(at, format!("{context} needs {min_signatures} distinct signers but trusts only {set_size}"), "lower minSignatures or trust more DIDs: as written, no image could ever be admitted");
+    match get(&entries, "minSignatures") {
+        Some(n) if signature && min_signatures > set_size => {
+            checker.error(n.at, format!("{context} needs {min_signatures} distinct signers but trusts only {set_size}"), "lower minSignatures or trust more DIDs: as written, no image could ever be admitted");
+        }
+        // No trusted DID at all: a deliberate "deny" is legitimate, but say what it does.
+        None if signature && set_size == 0 => {
+            checker.warn(node.at, format!("{context} requires a signature but no DID is trusted, so it admits nothing"), "intended as a deny rule? then this is fine; otherwise add DIDs under trustedDIDs");
+        }
+        _ => {}
     }
     if !signature && (get(&entries, "trustedDIDs").is_some() || get(&entries, "minSignatures").is_some()) {
         checker.warn(node.at, format!("{context} requires no signature, so its trustedDIDs and minSignatures are ignored"), "");
@@ -372,7 +378,7 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
     };
 
     let mut trusted = Vec::new();
-    if let Some(node) = get(&top, "trustedDIDs") {
+    if let Some(node) = get(&top, "trustedDIDs").filter(|n| !matches!(n.kind, Kind::Null)) {
         for (key, value) in checker.mapping(node, "`trustedDIDs`", &[]) {
             let did = key.scalar_text().unwrap_or_default();
             if trusted.iter().any(|t: &TrustedDid| t.did == did) || !check_did_key(&mut checker, key, &did) {
@@ -572,7 +578,7 @@ pub struct Decision {
 fn failure_rank(reason: Reason) -> u8 {
     match reason {
         Reason::SignatureInvalid | Reason::DidMismatch => 0,
-        Reason::DigestMismatch | Reason::RepositoryMismatch | Reason::RecordInvalid => 1,
+        Reason::DigestMismatch | Reason::RepositoryMismatch | Reason::RecordInvalid | Reason::UntrustedSigner | Reason::SignerExpired => 1,
         Reason::RecordDeleted => 2,
         Reason::ProofMalformed | Reason::RevInFuture | Reason::DidDocumentInvalid => 3,
         Reason::RecordNotFound | Reason::IdentityUnresolved | Reason::DidUnresolved => 4,

@@ -170,6 +170,10 @@ pub fn run(raw: &[String]) -> u8 {
     if !is_valid_digest(&digest) {
         return undecided(Reason::InvalidRequest, &format!("-digest {digest:?} is not a sha256 digest"));
     }
+    match invocation.stdin_media_type.as_deref() {
+        None | Some(DESCRIPTOR_MEDIA_TYPE) | Some(INPUT_MEDIA_TYPE) => {}
+        Some(other) => eprintln!("unknown -stdin-media-type {other:?}: reading it as a descriptor"),
+    }
     let mut payload = Vec::new();
     if std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut payload).is_err() || payload.len() > MAX_STDIN {
         return undecided(Reason::InvalidRequest, "stdin could not be read or is too large");

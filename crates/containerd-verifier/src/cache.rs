@@ -89,10 +89,6 @@ impl Cache {
         Cache { root: root.join("v1") }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn path(&self, kind: Kind, parts: &[&str]) -> PathBuf {
         self.root.join(kind.dir()).join(format!("{}.json", key_hash(parts)))
     }
@@ -136,11 +132,6 @@ impl Cache {
         Ok(())
     }
 
-    /// Removes an entry (used by prune and when a cached entry proved wrong).
-    pub fn remove(&self, kind: Kind, parts: &[&str]) {
-        let _ = fs::remove_file(self.path(kind, parts));
-    }
-
     /// Takes the refresh lock of an entry (blocking until other refreshers are done), so that
     /// parallel pulls fetch once and the others read what it wrote. `None` if locking fails.
     pub fn lock(&self, kind: Kind, parts: &[&str]) -> Option<File> {
@@ -149,15 +140,6 @@ impl Cache {
         let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok()?;
         file.lock().ok()?;
         Some(file)
-    }
-
-    /// Every entry file of a kind (for `cache list` / `prune`).
-    pub fn entries(&self, kind: Kind) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = fs::read_dir(self.root.join(kind.dir()))
-            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
-            .unwrap_or_default();
-        out.sort();
-        out
     }
 }
 
@@ -195,7 +177,7 @@ mod tests {
         let entry = LocatorEntry { did: "did:plc:x".into(), digest: "sha256:1".into(), rkey: "r".into(), fetched_at: 5 };
         cache.write(Kind::Locator, &["did:plc:x", "sha256:1"], &entry);
         assert_eq!(cache.read::<LocatorEntry>(Kind::Locator, &["did:plc:x", "sha256:1"]), Some(entry));
-        let path = cache.entries(Kind::Locator).pop().unwrap();
+        let path = std::fs::read_dir(dir.path().join("v1/locator")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).unwrap();
         fs::write(&path, b"{\"did\": tru").unwrap();
         assert_eq!(cache.read::<LocatorEntry>(Kind::Locator, &["did:plc:x", "sha256:1"]), None);
         assert!(cache.lock(Kind::Locator, &["did:plc:x", "sha256:1"]).is_some());

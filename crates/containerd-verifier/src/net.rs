@@ -160,11 +160,6 @@ impl Http {
         self.send("GET", url, headers, None, limit)
     }
 
-    /// HEAD.
-    pub fn head(&self, url: &str, headers: &[(&str, String)]) -> Result<Fetched, NetError> {
-        self.send("HEAD", url, headers, None, 0)
-    }
-
     /// Sends a request with an optional body.
     pub fn send(&self, method: &str, url: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, NetError> {
         if !(url.starts_with("https://") || url.starts_with("http://")) {

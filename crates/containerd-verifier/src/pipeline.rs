@@ -6,12 +6,16 @@
 //! -> per candidate: DID document, record location, proof (cache first, network when stale, stale
 //! cache only when the network fails) -> core verify -> the policy's decision.
 
+// A Verdict is the natural error of each step (it carries the reason and the facts); decisions
+// are made once per process, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use atproto_sig_core::did::{did_method, DidDocument, DidMethod};
 use atproto_sig_core::plc::verify_audit_log;
-use atproto_sig_core::policy::{Decision, Outcome, Policy, Rule};
+use atproto_sig_core::policy::{Decision, Outcome, Policy};
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::reference::ImageRef;
-use atproto_sig_core::syntax::is_valid_did;
+use atproto_sig_core::syntax::{is_valid_did, AtUri};
 use atproto_sig_core::verify::{verify, Expectation, KeySource, ProofInput};
 use atproto_sig_core::{Facts, Limits, Reason, Verdict};
 use base64::Engine;
@@ -20,6 +24,9 @@ use crate::cache::{freshness, Cache, DidEntry, Freshness, Kind, LocatorEntry, Pr
 use crate::config::Config;
 use crate::net::{Http, NetError};
 use crate::resolve::{self, LookupError, ProofAnswer};
+
+/// Said whenever a decision rests on cached material past its TTL.
+pub const STALE_NOTE: &str = " — from cached data past its TTL, because the network failed";
 
 /// Most candidate signers examined per decision.
 pub const MAX_CANDIDATES: usize = 8;
@@ -35,6 +42,8 @@ pub struct Context<'a> {
     pub now: i64,
     /// Diagnostic lines for stderr (containerd's debug log).
     pub notes: std::cell::RefCell<Vec<String>>,
+    /// Set when cached material past its TTL was used because the network failed.
+    pub used_stale: std::cell::Cell<bool>,
 }
 
 fn micros(span: crate::config::Span) -> i64 {
@@ -150,7 +159,7 @@ impl Context<'_> {
                 self.cache.write(Kind::Proof, &parts, &entry);
                 Ok((Some(car), false))
             }
-            Ok(ProofAnswer::NotFound(_)) => Ok((None, false)),
+            Ok(ProofAnswer::NotFound) => Ok((None, false)),
             Err(LookupError::Network(e)) if state == Some(Freshness::Stale) => {
                 self.note(format!("using the cached proof for {did}/{rkey} past its TTL: {e}"));
                 Ok((cached.as_ref().and_then(decode), true))
@@ -214,7 +223,8 @@ impl Context<'_> {
                         self.cache.write(Kind::Locator, &[did, digest], &LocatorEntry { did: did.to_owned(), digest: digest.to_owned(), rkey: rkey.clone(), fetched_at: self.now });
                     }
                     if stale_doc || stale_proof {
-                        result.message.push_str(" — from cached data past its TTL, because the network failed");
+                        self.used_stale.set(true);
+                        result.message.push_str(STALE_NOTE);
                     }
                     return result;
                 }
@@ -274,6 +284,42 @@ impl Context<'_> {
         }
     }
 
+    /// DIDs and record keys named by ATProto signature artifacts that refer to `digest`
+    /// (OCI referrers API, or the `sha256-<hex>` tag). Hints only: the proof decides.
+    fn referrer_hints(&self, image: &ImageRef, digest: &str) -> Vec<(String, String)> {
+        let Some(http) = self.http else { return Vec::new() };
+        let session = crate::registry::Session::new(self.config, http, image);
+        let descriptors = match session.referrers(digest, crate::registry::SIGNATURE_ARTIFACT_TYPE) {
+            Ok(d) => d,
+            Err(e) => {
+                self.note(format!("referrers of {digest}: {e} (continuing without hints)"));
+                return Vec::new();
+            }
+        };
+        let mut hints = Vec::new();
+        for descriptor in descriptors.iter().take(4) {
+            let Some(manifest_digest) = descriptor.get("digest").and_then(serde_json::Value::as_str) else { continue };
+            let hint = session
+                .manifest(manifest_digest)
+                .ok()
+                .flatten()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|manifest| manifest.get("config")?.get("digest")?.as_str().map(str::to_owned))
+                .and_then(|config_digest| session.blob(&config_digest, 64 << 10).ok())
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|meta| {
+                    let did = meta.get("atproto")?.get("did")?.as_str()?.to_owned();
+                    let uri = AtUri::parse(meta.get("atproto")?.get("recordUri")?.as_str()?)?;
+                    (uri.authority == did && uri.collection.as_deref() == Some(MANIFEST_COLLECTION) && is_valid_did(&did)).then_some((did, uri.rkey?))
+                });
+            if let Some(hint) = hint {
+                self.note(format!("signature artifact {manifest_digest} names {} / {}", hint.0, hint.1));
+                hints.push(hint);
+            }
+        }
+        hints
+    }
+
     /// The full decision for an image at `digest`.
     pub fn decide(&self, image: &ImageRef, digest: &str) -> Decision {
         let matched = self.policy.rule_for(image);
@@ -298,6 +344,14 @@ impl Context<'_> {
                 }
             }
         }
+        // Hints from signature artifacts attached to the image (DID and record key only).
+        let mut hints: Vec<(String, String)> = Vec::new();
+        for (did, rkey) in self.referrer_hints(image, digest) {
+            if trusted.iter().any(|t| t.did == did) && !candidates.contains(&did) {
+                candidates.push(did.clone());
+            }
+            hints.push((did, rkey));
+        }
         // In-window trusted DIDs first; the others only to explain a failure.
         for t in trusted.iter().filter(|t| t.is_valid_at(self.now)).chain(trusted.iter().filter(|t| !t.is_valid_at(self.now))) {
             if !candidates.contains(&t.did) {
@@ -311,7 +365,8 @@ impl Context<'_> {
                 verdicts.push(verdict(did, Reason::DeadlineExceeded, "the time budget ran out before every candidate signer was checked".into()));
                 break;
             }
-            let result = self.verify_candidate(did, digest, repository.as_deref(), None);
+            let hint = hints.iter().find(|(d, _)| d == did).map(|(_, r)| r.as_str());
+            let result = self.verify_candidate(did, digest, repository.as_deref(), hint);
             self.note(format!("candidate {did}: {} — {}", result.reason.code(), result.message));
             if result.is_verified() && trusted.iter().any(|t| &t.did == did && t.is_valid_at(self.now)) {
                 valid += 1;
@@ -325,7 +380,11 @@ impl Context<'_> {
         if valid >= rule.require.min_signatures {
             verdicts.retain(|v| v.reason != Reason::UntrustedSigner);
         }
-        self.policy.decide(image, &verdicts, self.now)
+        let mut decision = self.policy.decide(image, &verdicts, self.now);
+        if decision.outcome != Outcome::Reject && self.used_stale.get() {
+            decision.message.push_str(STALE_NOTE);
+        }
+        decision
     }
 }
 
@@ -341,9 +400,4 @@ pub fn outcome_label(outcome: Outcome) -> &'static str {
         Outcome::AuditAdmit => "admitted (audit)",
         Outcome::Reject => "rejected",
     }
-}
-
-/// The rule's summary for audit records.
-pub fn rule_label(rule: Option<&Rule>) -> String {
-    rule.map_or("none".into(), |r| r.name.clone())
 }

@@ -18,6 +18,8 @@ use crate::net::{is_loopback_url, Deadline, Fetched, Http, NetError, Tls};
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 pub const MAX_MANIFEST: usize = 4 << 20;
+/// Artifact type of ATProto signature artifacts (ATCR's design, and ours from `attach`).
+pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.atproto.signature.v1+json";
 
 /// One way to reach a registry.
 #[derive(Clone, Debug)]
@@ -27,7 +29,6 @@ pub struct Endpoint {
     /// Path prefix replacing `/v2` (hosts.toml `override_path`).
     pub override_path: bool,
     pub tls: Tls,
-    pub capabilities: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -95,10 +96,10 @@ pub fn endpoints(config: &Config, host: &str, capability: &str) -> Vec<Endpoint>
         if !capabilities.iter().any(|c| c == capability) {
             continue;
         }
-        out.push(Endpoint { base: url.trim_end_matches('/').to_owned(), override_path: entry.override_path, tls: Tls { ca_pem: read_ca(&entry.ca), skip_verify: entry.skip_verify }, capabilities });
+        out.push(Endpoint { base: url.trim_end_matches('/').to_owned(), override_path: entry.override_path, tls: Tls { ca_pem: read_ca(&entry.ca), skip_verify: entry.skip_verify } });
     }
     let server = parsed.server.unwrap_or_else(|| default_server(host));
-    out.push(Endpoint { base: server.trim_end_matches('/').to_owned(), override_path: false, tls: Tls::default(), capabilities: vec!["pull".into(), "resolve".into(), "push".into()] });
+    out.push(Endpoint { base: server.trim_end_matches('/').to_owned(), override_path: false, tls: Tls::default() });
     out
 }
 

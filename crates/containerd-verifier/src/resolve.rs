@@ -204,7 +204,7 @@ pub enum ProofAnswer {
     /// The CAR (inclusion or absence proof).
     Car(Vec<u8>),
     /// The PDS said RecordNotFound without a proof.
-    NotFound(String),
+    NotFound,
 }
 
 /// Fetches `com.atproto.sync.getRecord`.
@@ -220,7 +220,7 @@ pub fn fetch_proof(http: &Http, pds: &str, did: &str, collection: &str, rkey: &s
                 .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_owned))
                 .unwrap_or_else(|| format!("HTTP {}", response.status));
             if error == "RecordNotFound" {
-                Ok(ProofAnswer::NotFound(format!("{pds} has no record {collection}/{rkey} for {did}")))
+                Ok(ProofAnswer::NotFound)
             } else {
                 Err(LookupError::NotFound(format!("{pds} cannot serve the repository of {did}: {error}")))
             }

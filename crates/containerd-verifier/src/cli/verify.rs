@@ -57,6 +57,7 @@ pub fn decide(config: &Config, policy: &Policy, image: &ImageRef, digest: &str, 
         dns: &dns,
         now: crate::input::now_micros(None).unwrap_or(0),
         notes: Default::default(),
+        used_stale: Default::default(),
     };
     let decision = context.decide(image, digest);
     let requests = http.as_ref().map_or(0, Http::request_count);
