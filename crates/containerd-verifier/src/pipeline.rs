@@ -234,7 +234,8 @@ impl Context<'_> {
                     continue;
                 }
                 if result.reason == Reason::RecordDeleted {
-                    result.message = format!("{} (it was there before: revoked)", result.message);
+                    let rev = result.facts.rev.clone().unwrap_or_default();
+                    result.message = format!("{did} deleted the record that signed {digest} (at://{did}/{MANIFEST_COLLECTION}/{rkey}); its signed repository at rev {rev} proves it is gone: the image is revoked");
                 }
                 return result;
             }
@@ -322,6 +323,8 @@ impl Context<'_> {
 
     /// The full decision for an image at `digest`.
     pub fn decide(&self, image: &ImageRef, digest: &str) -> Decision {
+        // Messages name the digest being pulled, whatever the reference carried.
+        let image = &ImageRef { digest: Some(digest.to_owned()), ..image.clone() };
         let matched = self.policy.rule_for(image);
         let Some(rule) = matched.rule else {
             return self.policy.decide(image, &[], self.now);
