@@ -4,6 +4,7 @@
 //! and errors that stay network errors: a timeout is never a bad signature.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -94,7 +95,8 @@ pub struct Http {
     request_timeout: Duration,
     connect_timeout: Duration,
     deadline: Deadline,
-    requests: Cell<usize>,
+    /// Shared by every client derived with `with_tls`, so a decision counts all its requests.
+    requests: Rc<Cell<usize>>,
 }
 
 const USER_AGENT: &str = concat!("atproto-verifier/", env!("CARGO_PKG_VERSION"));
@@ -124,7 +126,7 @@ fn agent(connect_timeout: Duration, tls: &Tls) -> ureq::Agent {
 
 impl Http {
     pub fn new(connect_timeout: Duration, request_timeout: Duration, deadline: Deadline) -> Http {
-        Http { agent: agent(connect_timeout, &Tls::default()), request_timeout, connect_timeout, deadline, requests: Cell::new(0) }
+        Http { agent: agent(connect_timeout, &Tls::default()), request_timeout, connect_timeout, deadline, requests: Rc::new(Cell::new(0)) }
     }
 
     /// A client for endpoints with their own TLS settings, sharing budget and counters.
@@ -134,7 +136,7 @@ impl Http {
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
             deadline: self.deadline,
-            requests: Cell::new(0),
+            requests: Rc::clone(&self.requests),
         }
     }
 
