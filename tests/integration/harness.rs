@@ -280,13 +280,45 @@ impl Registry {
     }
 }
 
-/// A minimal HTTP/1.1 server on loopback for fakes; `handler(method, path)` -> (status, type, body).
+/// A minimal HTTP/1.1 server on loopback for fakes; `handler(request)` -> response.
 pub struct FakeServer {
     pub url: String,
     pub hits: Arc<Mutex<Vec<String>>>,
 }
 
-type Handler = dyn Fn(&str, &str) -> (u16, String, Vec<u8>) + Send + Sync;
+/// What a fake server saw.
+pub struct FakeRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl FakeRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Status, extra headers, content type, body.
+pub struct FakeResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl FakeResponse {
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> FakeResponse {
+        FakeResponse { status, headers: Vec::new(), content_type: content_type.into(), body: body.into() }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> FakeResponse {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+type Handler = dyn Fn(&FakeRequest) -> FakeResponse + Send + Sync;
 
 impl FakeServer {
     pub fn start(handler: Box<Handler>) -> FakeServer {
@@ -308,15 +340,20 @@ impl FakeServer {
                         return;
                     }
                     let mut line = String::new();
+                    let mut headers = Vec::new();
                     while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        if let Some((k, v)) = line.trim_end().split_once(':') {
+                            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                        }
                         line.clear();
                     }
                     let mut parts = request_line.split_whitespace();
-                    let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
-                    recorded.lock().unwrap().push(path.clone());
-                    let (status, content_type, body) = handler(&method, &path);
-                    let _ = write!(stream, "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
-                    let _ = stream.write_all(&body);
+                    let request = FakeRequest { method: parts.next().unwrap_or("").to_owned(), path: parts.next().unwrap_or("").to_owned(), headers };
+                    recorded.lock().unwrap().push(request.path.clone());
+                    let response = handler(&request);
+                    let extra: String = response.headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+                    let _ = write!(stream, "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n", response.status, response.content_type, response.body.len());
+                    let _ = stream.write_all(&response.body);
                 });
             }
         });

@@ -9,7 +9,7 @@ mod harness;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use harness::{policy, Account, FakeServer, Pds, Pull, Registry, Verifier};
+use harness::{policy, Account, FakeResponse, FakeServer, Pds, Pull, Registry, Verifier};
 use serde_json::json;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -148,7 +148,7 @@ fn audit_rule_admits_and_says_it_would_reject() {
 #[test]
 fn unsigned_image_under_a_signature_false_rule_makes_no_network_call() {
     let env = env();
-    let watched = FakeServer::start(Box::new(|_, _| (500, "text/plain".into(), b"should not be called".to_vec())));
+    let watched = FakeServer::start(Box::new(|_| FakeResponse::new(500, "text/plain", "should not be called")));
     let digest = env.registry.push_image("library/tool", "v1", "unsigned");
     let rules = format!("  - name: tools\n    scope: \"{}/library/*\"\n    require: {{ signature: false }}\n", env.registry.host);
     let config = format!("plc_directory = {:?}\nhandle_resolver = {:?}\n", watched.url, watched.url);
@@ -205,8 +205,8 @@ fn a_handle_its_did_document_does_not_claim_is_rejected() {
     env.pds.put_manifest(&jack, &digest, "app", OCI_MANIFEST);
     // A resolver that says mallory.test is jack's DID; jack's document claims jack10.test.
     let jack_did = jack.did.clone();
-    let resolver = FakeServer::start(Box::new(move |_, path| {
-        if path.contains("handle=mallory.test") { (200, "application/json".into(), format!("{{\"did\":\"{jack_did}\"}}").into_bytes()) } else { (400, "application/json".into(), b"{}".to_vec()) }
+    let resolver = FakeServer::start(Box::new(move |r| {
+        if r.path.contains("handle=mallory.test") { FakeResponse::new(200, "application/json", format!("{{\"did\":\"{jack_did}\"}}")) } else { FakeResponse::new(400, "application/json", "{}") }
     }));
     let config = format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, resolver.url, env.registry.host);
     let verifier = Verifier::new(&config, &trusting(env, &[&kim], "enforce"));
@@ -265,8 +265,8 @@ fn did_documents_in_legacy_and_multikey_form_both_verify() {
         "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": data["services"]["atproto_pds"]["endpoint"]}],
     })
     .to_string();
-    let directory = FakeServer::start(Box::new(move |_, path| {
-        if path == format!("/{did}") { (200, "application/did+ld+json".into(), document.clone().into_bytes()) } else { (404, "text/plain".into(), Vec::new()) }
+    let directory = FakeServer::start(Box::new(move |r| {
+        if r.path == format!("/{did}") { FakeResponse::new(200, "application/did+ld+json", document.clone()) } else { FakeResponse::new(404, "text/plain", "") }
     }));
     let config = format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", directory.url, env.pds.pds, env.registry.host);
     let verifier = Verifier::new(&config, &trusting(env, &[&mia], "enforce"));

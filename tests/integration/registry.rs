@@ -1,0 +1,129 @@
+//! The registry client against a registry that behaves like the hosted ones (which Debian's
+//! docker-registry does not): Bearer token auth whose token service wants Basic credentials
+//! from a docker config.json, the referrers API, and hosts.toml mirrors. Secrets must never
+//! reach stdout or stderr.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::process::Command;
+
+use base64::Engine;
+use harness::{policy, sha256, FakeResponse, FakeServer, Verifier};
+use serde_json::json;
+
+const SECRET: &str = "canary-password-7f3a";
+const TOKEN: &str = "canary-token-91b2";
+
+fn manifest() -> Vec<u8> {
+    serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", "c".repeat(64)), "size": 2}, "layers": []})).unwrap()
+}
+
+/// A registry at `/v2/…` whose token service at `/token` wants `user:SECRET`.
+fn fake_registry(signature_meta: Option<Vec<u8>>) -> (FakeServer, String) {
+    let manifest = manifest();
+    let digest = sha256(&manifest);
+    let meta = signature_meta.unwrap_or_default();
+    let meta_digest = sha256(&meta);
+    let artifact = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": "application/vnd.atproto.signature.v1+json", "config": {"mediaType": "application/vnd.atproto.signature.v1+json", "digest": meta_digest, "size": meta.len()}, "layers": []})).unwrap();
+    let artifact_digest = sha256(&artifact);
+    let expected_basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}")));
+    let (d, ad, md) = (digest.clone(), artifact_digest.clone(), meta_digest.clone());
+    let server = FakeServer::start(Box::new(move |r| {
+        let realm_host = r.header("host").unwrap_or_default().to_owned();
+        if r.path.starts_with("/token") {
+            return if r.header("authorization") == Some(expected_basic.as_str()) {
+                FakeResponse::new(200, "application/json", format!("{{\"token\":\"{TOKEN}\"}}"))
+            } else {
+                FakeResponse::new(401, "application/json", "{}")
+            };
+        }
+        if r.header("authorization") != Some(&format!("Bearer {TOKEN}")) {
+            return FakeResponse::new(401, "application/json", "{}")
+                .with_header("www-authenticate", &format!("Bearer realm=\"http://{realm_host}/token\",service=\"fake\",scope=\"repository:app:pull\""));
+        }
+        match r.path.as_str() {
+            "/v2/app/manifests/v1" => FakeResponse::new(200, "application/vnd.oci.image.manifest.v1+json", manifest.clone()).with_header("docker-content-digest", &d),
+            p if p == format!("/v2/app/manifests/{d}") => FakeResponse::new(200, "application/vnd.oci.image.manifest.v1+json", manifest.clone()),
+            p if p.starts_with(&format!("/v2/app/referrers/{d}")) => FakeResponse::new(200, "application/vnd.oci.image.index.v1+json", serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": ad, "size": artifact.len(), "artifactType": "application/vnd.atproto.signature.v1+json"}]})).unwrap()),
+            p if p == format!("/v2/app/manifests/{ad}") => FakeResponse::new(200, "application/vnd.oci.image.manifest.v1+json", artifact.clone()),
+            p if p == format!("/v2/app/blobs/{md}") => FakeResponse::new(200, "application/octet-stream", meta.clone()),
+            _ => FakeResponse::new(404, "application/json", "{}"),
+        }
+    }));
+    (server, digest)
+}
+
+fn host_of(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+fn verify(verifier: &Verifier, image: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(["verify", image, "--config", verifier.config.to_str().unwrap(), "--format", "json"]).output().unwrap()
+}
+
+fn no_secret(output: &[u8]) {
+    let text = String::from_utf8_lossy(output);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"));
+    for secret in [SECRET, TOKEN, encoded.as_str()] {
+        assert!(!text.contains(secret), "a secret leaked: {text}");
+    }
+}
+
+fn unsigned_ok_policy(host: &str) -> String {
+    policy(&[], &format!("  - name: fake\n    scope: \"{host}/**\"\n    require: {{ signature: false }}\n"), "{ action: enforce, require: { signature: true } }")
+}
+
+#[test]
+fn bearer_token_from_basic_credentials_resolves_tags_and_keeps_secrets() {
+    let (server, digest) = fake_registry(None);
+    let host = host_of(&server.url);
+    let dir = tempfile::tempdir().unwrap();
+    let docker_config = dir.path().join("docker-config.json");
+    std::fs::write(&docker_config, json!({"auths": {host.clone(): {"auth": base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"))}}}).to_string()).unwrap();
+    let verifier = Verifier::in_dir(dir, &format!("docker_config = {docker_config:?}\n"), &unsigned_ok_policy(&host));
+    let out = verify(&verifier, &format!("{host}/app:v1"));
+    no_secret(&out.stdout);
+    no_secret(&out.stderr);
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((out.status.code(), result["digest"].as_str(), result["reason"].as_str()), (Some(0), Some(digest.as_str()), Some("not-required")), "{result}");
+    assert!(server.hits.lock().unwrap().iter().any(|p| p.starts_with("/token")));
+    let sarif = Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(["verify", &format!("{host}/app:v1"), "--config", verifier.config.to_str().unwrap(), "--format", "sarif"]).output().unwrap();
+    let sarif: serde_json::Value = serde_json::from_slice(&sarif.stdout).unwrap();
+    assert_eq!(sarif["version"], "2.1.0");
+    assert_eq!(sarif["runs"][0]["results"][0]["ruleId"], "not-required");
+    assert_eq!(sarif["runs"][0]["results"][0]["kind"], "pass");
+
+    // Without credentials the token service refuses: could not decide (exit 2), said plainly.
+    let verifier = Verifier::new("", &unsigned_ok_policy(&host));
+    let out = verify(&verifier, &format!("{host}/app:v1"));
+    assert_eq!(out.status.code(), Some(2));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(result["message"].as_str().unwrap().contains("credentials"), "{result}");
+}
+
+#[test]
+fn referrers_api_artifacts_give_hints_and_hosts_toml_mirrors_are_used() {
+    let did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+    let meta = serde_json::to_vec(&json!({"$type": "io.atcr.atproto.signature", "version": "1.0", "atproto": {"did": did, "recordUri": format!("at://{did}/io.atcr.manifest/3mabcdefghijk")}})).unwrap();
+    let (server, digest) = fake_registry(Some(meta));
+    let mirror = host_of(&server.url);
+    // Images are named after registry.example.com; hosts.toml sends pulls to the fake mirror.
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("certs.d/registry.example.com");
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(hosts.join("hosts.toml"), format!("server = \"https://registry.example.com\"\n[host.\"http://{mirror}\"]\ncapabilities = [\"pull\", \"resolve\"]\n")).unwrap();
+    let docker_config = dir.path().join("docker-config.json");
+    std::fs::write(&docker_config, json!({"auths": {"registry.example.com": {"auth": base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"))}}}).to_string()).unwrap();
+    let plc = FakeServer::start(Box::new(|_| FakeResponse::new(404, "text/plain", "")));
+    let config = format!("containerd_hosts_dir = {:?}\ndocker_config = {docker_config:?}\nplc_directory = {:?}\n", dir.path().join("certs.d"), plc.url);
+    let rules = "  - name: example\n    scope: \"registry.example.com/**\"\n    require: { signature: true }\n";
+    let verifier = Verifier::in_dir(dir, &config, &policy(&[("release", did, None)], rules, "{ action: enforce, require: { signature: true } }"));
+    let pull = verifier.pull("registry.example.com/app:v1", &digest);
+    no_secret(pull.stdout.as_bytes());
+    no_secret(pull.stderr.as_bytes());
+    assert!(pull.stderr.contains(&format!("names {did} / 3mabcdefghijk")), "{}", pull.stderr);
+    // The DID itself is unknown to this PLC: rejected for that reason, not for a signature.
+    assert_eq!((pull.code, pull.reason()), (Some(1), "did-unresolved"), "{}", pull.stdout);
+}
