@@ -67,6 +67,8 @@ pub enum Reason {
     ConfigInvalid,
     /// The request itself is malformed (bad digest, rkey, DID).
     InvalidRequest,
+    /// Offline, the only proof available is older than the configured maximum age.
+    ProofTooOld,
 }
 
 impl Reason {
@@ -95,11 +97,12 @@ impl Reason {
             Reason::DeadlineExceeded => "deadline-exceeded",
             Reason::ConfigInvalid => "config-invalid",
             Reason::InvalidRequest => "invalid-request",
+            Reason::ProofTooOld => "proof-too-old",
         }
     }
 
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::Verified,
         Reason::NotRequired,
         Reason::NoMatchingRule,
@@ -122,6 +125,7 @@ impl Reason {
         Reason::DeadlineExceeded,
         Reason::ConfigInvalid,
         Reason::InvalidRequest,
+        Reason::ProofTooOld,
     ];
 }
 

@@ -21,6 +21,8 @@ pub enum Kind {
     Did,
     Locator,
     Proof,
+    /// Bundles of `bundle_dir` already imported.
+    Imported,
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
             Kind::Did => "did",
             Kind::Locator => "locator",
             Kind::Proof => "proof",
+            Kind::Imported => "imported",
         }
     }
 }
@@ -130,6 +133,32 @@ impl Cache {
             let _ = d.sync_all();
         }
         Ok(())
+    }
+
+    /// Every entry of a kind, parsed; corrupt ones are skipped (and reported).
+    pub fn all<T: DeserializeOwned>(&self, kind: Kind) -> Vec<(PathBuf, T)> {
+        let mut paths: Vec<PathBuf> = fs::read_dir(self.root.join(kind.dir()))
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
+            .unwrap_or_default();
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|path| {
+                let bytes = crate::input::read_capped(&path, MAX_ENTRY_BYTES).ok()?;
+                match serde_json::from_slice(&bytes) {
+                    Ok(entry) => Some((path, entry)),
+                    Err(e) => {
+                        eprintln!("cache: ignoring corrupt entry {}: {e}", path.display());
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Removes an entry file.
+    pub fn remove_path(&self, path: &Path) -> bool {
+        fs::remove_file(path).is_ok()
     }
 
     /// Takes the refresh lock of an entry (blocking until other refreshers are done), so that

@@ -71,6 +71,8 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// Make no network call at all: material comes from the cache, bundles and the registry.
     pub offline: bool,
+    /// Read-only directory of bundles, imported (after verification) before each decision.
+    pub bundle_dir: Option<PathBuf>,
     /// Time budget for one decision, network included; decided and explained when it runs out.
     pub budget: Span,
     /// TCP connect timeout per request.
@@ -109,6 +111,7 @@ impl Default for Config {
             policy: PathBuf::from("/etc/atproto-verifier/trust-policy.yaml"),
             cache_dir: PathBuf::from("/var/lib/atproto-verifier"),
             offline: false,
+            bundle_dir: None,
             budget: Span(Duration::from_secs(8)),
             connect_timeout: Span(Duration::from_secs(2)),
             request_timeout: Span(Duration::from_secs(3)),
@@ -217,9 +220,10 @@ mod tests {
         expected.docker_config = documented.docker_config.clone();
         expected.audit_log = documented.audit_log.clone();
         expected.handle_resolver = documented.handle_resolver.clone();
+        expected.bundle_dir = documented.bundle_dir.clone();
         assert_eq!(documented, expected);
         let keys: Vec<String> = toml::to_string(&Config::default()).map(|t| t.lines().filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_owned())).collect()).unwrap_or_default();
-        for key in keys.iter().chain(["docker_config", "audit_log", "handle_resolver"].map(String::from).iter()) {
+        for key in keys.iter().chain(["docker_config", "audit_log", "handle_resolver", "bundle_dir"].map(String::from).iter()) {
             assert!(uncommented.contains(&format!("{key} = ")), "packaging/config.toml does not document `{key}`");
         }
     }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bindir;
+mod bundle;
 mod cache;
 mod cli;
 mod config;

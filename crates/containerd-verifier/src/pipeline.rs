@@ -123,7 +123,7 @@ impl Context<'_> {
     }
 
     /// A proof for `did`/`rkey`: cached if fresh, else fetched; stale only on network failure.
-    fn proof(&self, did: &str, pds: Option<&str>, rkey: &str) -> Result<(Option<Vec<u8>>, bool), Verdict> {
+    pub fn proof(&self, did: &str, pds: Option<&str>, rkey: &str) -> Result<(Option<Vec<u8>>, bool), Verdict> {
         let parts = [did, MANIFEST_COLLECTION, rkey];
         let decode = |entry: &ProofEntry| base64::engine::general_purpose::STANDARD.decode(&entry.car).ok();
         let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
@@ -134,8 +134,19 @@ impl Context<'_> {
             return Ok((Some(car), false));
         }
         let Some(http) = self.http else {
-            return match cached.as_ref().and_then(decode) {
-                Some(car) => Ok((Some(car), false)),
+            return match cached.as_ref().and_then(|e| decode(e).map(|car| (e.fetched_at, car))) {
+                // Offline, a proof can only show what was true when it was fetched: a revoked
+                // image stays admitted at most `max_proof_age`.
+                Some((fetched_at, _)) if self.now.saturating_sub(fetched_at) > micros(self.config.max_proof_age) => Err(verdict(
+                    did,
+                    Reason::ProofTooOld,
+                    format!(
+                        "the newest proof for {did}/{MANIFEST_COLLECTION}/{rkey} was fetched {} and is older than max_proof_age ({}) — import a fresh bundle (`atproto-verifier bundle create` on a connected machine)",
+                        atproto_sig_core::syntax::format_datetime_micros(fetched_at),
+                        self.config.max_proof_age
+                    ),
+                )),
+                Some((_, car)) => Ok((Some(car), false)),
                 None => Err(verdict(did, Reason::RecordNotFound, self.offline_hint(&format!("a proof for {did}/{MANIFEST_COLLECTION}/{rkey}")))),
             };
         };

@@ -228,3 +228,34 @@ pub fn fetch_proof(http: &Http, pds: &str, did: &str, collection: &str, rkey: &s
         status => Err(LookupError::Network(NetError::Io(format!("getRecord answered HTTP {status}")))),
     }
 }
+
+/// Every `collection` record of `did` with its `digest` field: (rkey, digest), bounded.
+pub fn list_manifest_records(http: &Http, pds: &str, did: &str, collection: &str) -> Result<Vec<(String, String)>, LookupError> {
+    check_pds(pds)?;
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_LIST_PAGES {
+        let mut params = vec![("repo", did), ("collection", collection), ("limit", "100")];
+        if let Some(c) = &cursor {
+            params.push(("cursor", c));
+        }
+        let response = http.get(&format!("{pds}/xrpc/com.atproto.repo.listRecords?{}", query(&params)), &[], MAX_LIST_PAGE)?;
+        if response.status != 200 {
+            return Err(LookupError::Network(NetError::Io(format!("listRecords answered HTTP {}", response.status))));
+        }
+        let json: Json = serde_json::from_slice(&response.body).map_err(|e| LookupError::Invalid(format!("listRecords: {e}")))?;
+        let records = json.get("records").and_then(Json::as_array).cloned().unwrap_or_default();
+        for record in &records {
+            let rkey = record.get("uri").and_then(Json::as_str).and_then(AtUri::parse).and_then(|u| u.rkey);
+            let digest = record.get("value").and_then(|v| v.get("digest")).and_then(Json::as_str);
+            if let (Some(rkey), Some(digest)) = (rkey, digest) {
+                out.push((rkey, digest.to_owned()));
+            }
+        }
+        cursor = json.get("cursor").and_then(Json::as_str).map(str::to_owned);
+        if records.is_empty() || cursor.is_none() {
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -1,5 +1,6 @@
 //! The operator and CI command line.
 
+mod bundle;
 mod did;
 pub mod policy;
 mod proof;
@@ -23,6 +24,9 @@ enum Command {
     /// Work with DID documents and did:plc audit logs from files.
     #[command(subcommand)]
     Did(did::DidCommand),
+    /// Carry verification material to air-gapped nodes.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
     /// Decide for an image exactly as the containerd verifier would (tag resolved to a digest first).
     Verify(verify::VerifyArgs),
     /// Check a trust policy, or explain what it decides for an image.
@@ -37,5 +41,6 @@ pub fn run(cli: Cli) -> u8 {
         Command::Did(command) => did::run(command),
         Command::Policy(command) => policy::run(command),
         Command::Verify(args) => verify::run(args),
+        Command::Bundle(command) => bundle::run(command),
     }
 }

@@ -48,6 +48,7 @@ pub fn decide(config: &Config, policy: &Policy, image: &ImageRef, digest: &str, 
     // Offline: no client is built, so no request can be made.
     let http = (!config.offline).then(|| Http::new(config.connect_timeout.0, config.request_timeout.0, deadline));
     let cache = Cache::new(&config.cache_dir);
+    let bundle_notes = crate::bundle::sync_bundle_dir(config, &cache);
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0.min(deadline.remaining()));
     let context = Context {
         config,
@@ -59,6 +60,7 @@ pub fn decide(config: &Config, policy: &Policy, image: &ImageRef, digest: &str, 
         notes: Default::default(),
         used_stale: Default::default(),
     };
+    context.notes.borrow_mut().extend(bundle_notes);
     let decision = context.decide(image, digest);
     let requests = http.as_ref().map_or(0, Http::request_count);
     (decision, context.notes.into_inner(), requests)

@@ -1,0 +1,148 @@
+//! `bundle create | inspect | import`: carrying verification material to air-gapped nodes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::bundle;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::exit;
+use crate::input::read_capped;
+use crate::output::{print_json, print_undecided, Format};
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCommand {
+    /// On a connected machine: DID documents, did:plc audit logs and current proofs in one file.
+    Create(CreateArgs),
+    /// List what a bundle holds.
+    Inspect(InspectArgs),
+    /// Verify every entry of a bundle and load the valid ones into the cache.
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Output file.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+    /// Images whose proofs to include (signers come from the trust policy).
+    #[arg(long = "image")]
+    images: Vec<String>,
+    /// DIDs whose io.atcr.manifest records to include, all of them.
+    #[arg(long = "did")]
+    dids: Vec<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    file: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    file: PathBuf,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn run(command: BundleCommand) -> u8 {
+    match command {
+        BundleCommand::Create(args) => create(&args),
+        BundleCommand::Inspect(args) => inspect(&args),
+        BundleCommand::Import(args) => import(&args),
+    }
+}
+
+fn create(args: &CreateArgs) -> u8 {
+    if args.images.is_empty() && args.dids.is_empty() {
+        print_undecided(Format::Text, "nothing to bundle", "name images (--image REF) and/or DIDs (--did DID)");
+        return exit::UNDECIDED;
+    }
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_undecided(Format::Text, &e.to_string(), "");
+            return exit::UNDECIDED;
+        }
+    };
+    let policy = super::policy::load_policy(&config.policy).ok();
+    match bundle::create(&config, policy.as_ref(), &args.images, &args.dids, &args.output) {
+        Ok(b) => {
+            println!("{}: {} DID documents ({} with audit logs), {} proofs, {} locators", args.output.display(), b.dids.len(), b.dids.iter().filter(|d| d.audit_log.is_some()).count(), b.proofs.len(), b.locators.len());
+            exit::ADMITTED
+        }
+        Err(e) => {
+            print_undecided(Format::Text, &e, "check the network, the DIDs and the image references");
+            exit::UNDECIDED
+        }
+    }
+}
+
+fn load(path: &std::path::Path, format: Format) -> Option<bundle::Bundle> {
+    match read_capped(path, bundle::MAX_BUNDLE).map_err(|e| e.to_string()).and_then(|b| bundle::parse(&b)) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            print_undecided(format, &format!("{}: {e}", path.display()), "");
+            None
+        }
+    }
+}
+
+fn inspect(args: &InspectArgs) -> u8 {
+    let Some(b) = load(&args.file, args.format) else { return exit::UNDECIDED };
+    let time = atproto_sig_core::syntax::format_datetime_micros;
+    match args.format {
+        Format::Json => print_json(&serde_json::json!({
+            "createdAt": b.created_at,
+            "dids": b.dids.iter().map(|d| serde_json::json!({"did": d.did, "fetchedAt": time(d.fetched_at), "source": d.source, "auditLog": d.audit_log.is_some()})).collect::<Vec<_>>(),
+            "proofs": b.proofs.iter().map(|p| serde_json::json!({"did": p.did, "collection": p.collection, "rkey": p.rkey, "fetchedAt": time(p.fetched_at), "bytes": p.car.len() * 3 / 4})).collect::<Vec<_>>(),
+            "locators": b.locators.iter().map(|l| serde_json::json!({"did": l.did, "digest": l.digest, "rkey": l.rkey})).collect::<Vec<_>>(),
+        })),
+        Format::Text => {
+            println!("bundle created {}", b.created_at);
+            for d in &b.dids {
+                println!("  DID      {} fetched {} from {}{}", d.did, time(d.fetched_at), d.source, if d.audit_log.is_some() { ", with audit log" } else { "" });
+            }
+            for p in &b.proofs {
+                println!("  proof    at://{}/{}/{} fetched {}", p.did, p.collection, p.rkey, time(p.fetched_at));
+            }
+            for l in &b.locators {
+                println!("  locator  {} -> {} in {}", l.digest, l.rkey, l.did);
+            }
+        }
+    }
+    exit::ADMITTED
+}
+
+fn import(args: &ImportArgs) -> u8 {
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_undecided(args.format, &e.to_string(), "");
+            return exit::UNDECIDED;
+        }
+    };
+    let Some(b) = load(&args.file, args.format) else { return exit::UNDECIDED };
+    let cache = Cache::new(&config.cache_dir);
+    let report = bundle::import(&b, &cache, &args.file.display().to_string(), &config);
+    match args.format {
+        Format::Json => print_json(&serde_json::json!({"accepted": report.accepted, "refused": report.refused, "notes": report.notes})),
+        Format::Text => {
+            println!("{}: imported {} entries, refused {}", args.file.display(), report.accepted.len(), report.refused.len());
+            for r in &report.refused {
+                println!("  refused: {r}");
+            }
+            for n in &report.notes {
+                println!("  note: {n}");
+            }
+        }
+    }
+    if report.refused.is_empty() { exit::ADMITTED } else { exit::REJECTED }
+}
