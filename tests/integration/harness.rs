@@ -421,8 +421,28 @@ impl Verifier {
     }
 
     pub fn pull_with_stdin(&self, name: &str, digest: &str, stdin: &str) -> Pull {
+        self.run_pull(false, name, digest, stdin)
+    }
+
+    /// The same, inside a new network namespace with no usable interface (`unshare -n`): any
+    /// network call fails, so an admitted pull proves none was needed.
+    pub fn pull_without_network(&self, name: &str, digest: &str) -> Pull {
+        let descriptor = format!("{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"{digest}\",\"size\":123}}\n");
+        self.run_pull(true, name, digest, &descriptor)
+    }
+
+    fn run_pull(&self, isolated: bool, name: &str, digest: &str, stdin: &str) -> Pull {
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        let binary = env!("CARGO_BIN_EXE_atproto-verifier");
+        let mut command = if isolated {
+            let unshare = ["/usr/bin/unshare", "/bin/unshare"].into_iter().find(|p| Path::new(p).exists()).expect("unshare is missing: apt-get install util-linux");
+            let mut c = Command::new(unshare);
+            c.args(["--net", binary]);
+            c
+        } else {
+            Command::new(binary)
+        };
+        let mut child = command
             .args(["-name", name, "-digest", digest, "-stdin-media-type", "application/vnd.oci.descriptor.v1+json"])
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -431,7 +451,7 @@ impl Verifier {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .expect("cannot start the verifier (unshare --net needs root)");
         let mut stdin_pipe = child.stdin.take().unwrap();
         let payload = stdin.to_owned();
         std::thread::spawn(move || {
@@ -473,6 +493,11 @@ impl Verifier {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// Runs an operator command of the verifier with this installation's config.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(args).env("ATPROTO_VERIFIER_CONFIG", &self.config).output().unwrap()
     }
 
     /// Every cache entry parses (no torn or corrupt files).

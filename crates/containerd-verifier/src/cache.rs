@@ -38,6 +38,7 @@ impl Kind {
 
 /// A cached DID document (and, for did:plc, the audit log it was checked against).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct DidEntry {
     pub did: String,
     /// Microseconds since the epoch.
@@ -53,6 +54,7 @@ pub struct DidEntry {
 
 /// Where the record for a digest lives.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct LocatorEntry {
     pub did: String,
     pub digest: String,
@@ -62,6 +64,7 @@ pub struct LocatorEntry {
 
 /// A proof CAR as fetched (or a note that the PDS had no record).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct ProofEntry {
     pub did: String,
     pub collection: String,

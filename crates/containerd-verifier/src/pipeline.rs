@@ -127,16 +127,10 @@ impl Context<'_> {
         let parts = [did, MANIFEST_COLLECTION, rkey];
         let decode = |entry: &ProofEntry| base64::engine::general_purpose::STANDARD.decode(&entry.car).ok();
         let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
-        let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), micros(self.config.max_stale)));
-        if let (Some(entry), Some(Freshness::Fresh)) = (&cached, state)
-            && let Some(car) = decode(entry)
-        {
-            return Ok((Some(car), false));
-        }
         let Some(http) = self.http else {
             return match cached.as_ref().and_then(|e| decode(e).map(|car| (e.fetched_at, car))) {
                 // Offline, a proof can only show what was true when it was fetched: a revoked
-                // image stays admitted at most `max_proof_age`.
+                // image stays admitted at most `max_proof_age`. Checked before any TTL.
                 Some((fetched_at, _)) if self.now.saturating_sub(fetched_at) > micros(self.config.max_proof_age) => Err(verdict(
                     did,
                     Reason::ProofTooOld,
@@ -150,6 +144,12 @@ impl Context<'_> {
                 None => Err(verdict(did, Reason::RecordNotFound, self.offline_hint(&format!("a proof for {did}/{MANIFEST_COLLECTION}/{rkey}")))),
             };
         };
+        let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), micros(self.config.max_stale)));
+        if let (Some(entry), Some(Freshness::Fresh)) = (&cached, state)
+            && let Some(car) = decode(entry)
+        {
+            return Ok((Some(car), false));
+        }
         let Some(pds) = pds else {
             return Err(verdict(did, Reason::DidDocumentInvalid, format!("the DID document of {did} names no AtprotoPersonalDataServer")));
         };

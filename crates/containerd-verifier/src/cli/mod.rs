@@ -1,6 +1,7 @@
 //! The operator and CI command line.
 
 mod bundle;
+mod cache;
 mod did;
 pub mod policy;
 mod proof;
@@ -24,6 +25,9 @@ enum Command {
     /// Work with DID documents and did:plc audit logs from files.
     #[command(subcommand)]
     Did(did::DidCommand),
+    /// Inspect, refresh or prune the on-disk cache.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Carry verification material to air-gapped nodes.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
@@ -42,5 +46,6 @@ pub fn run(cli: Cli) -> u8 {
         Command::Policy(command) => policy::run(command),
         Command::Verify(args) => verify::run(args),
         Command::Bundle(command) => bundle::run(command),
+        Command::Cache(command) => cache::run(command),
     }
 }

@@ -1,0 +1,161 @@
+//! `cache list | refresh | prune`. `refresh` is what the systemd timer runs: it re-fetches the
+//! DID documents and proofs that are past half their TTL, so pulls find them fresh.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::cache::{freshness, Cache, DidEntry, Freshness, Kind, ProofEntry};
+use crate::config::Config;
+use crate::exit;
+use crate::net::{Deadline, Http};
+use crate::output::{print_json, print_undecided, Format};
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// What the cache holds and how fresh it is.
+    List(CommonArgs),
+    /// Re-fetch DID documents and proofs past half their TTL (run by the systemd timer).
+    Refresh(CommonArgs),
+    /// Delete entries too old to be used (past TTL + max_stale, or max_proof_age offline).
+    Prune(CommonArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+fn micros(span: crate::config::Span) -> i64 {
+    i64::try_from(span.0.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub fn run(command: CacheCommand) -> u8 {
+    let args = match &command {
+        CacheCommand::List(a) | CacheCommand::Refresh(a) | CacheCommand::Prune(a) => a,
+    };
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_undecided(args.format, &e.to_string(), "");
+            return exit::UNDECIDED;
+        }
+    };
+    let cache = Cache::new(&config.cache_dir);
+    let now = crate::input::now_micros(None).unwrap_or(0);
+    match command {
+        CacheCommand::List(a) => list(&config, &cache, now, a.format),
+        CacheCommand::Refresh(a) => refresh(&config, &cache, now, a.format),
+        CacheCommand::Prune(a) => prune(&config, &cache, now, a.format),
+    }
+}
+
+fn state(f: Freshness) -> &'static str {
+    match f {
+        Freshness::Fresh => "fresh",
+        Freshness::Stale => "stale (used only if the network fails)",
+        Freshness::Expired => "expired",
+    }
+}
+
+fn list(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
+    let time = atproto_sig_core::syntax::format_datetime_micros;
+    let dids = cache.all::<DidEntry>(Kind::Did);
+    let proofs = cache.all::<ProofEntry>(Kind::Proof);
+    let did_state = |e: &DidEntry| state(freshness(e.fetched_at, now, micros(config.did_ttl), micros(config.max_stale)));
+    let proof_state = |e: &ProofEntry| state(freshness(e.fetched_at, now, micros(config.proof_ttl), micros(config.max_stale)));
+    match format {
+        Format::Json => print_json(&serde_json::json!({
+            "dids": dids.iter().map(|(_, e)| serde_json::json!({"did": e.did, "fetchedAt": time(e.fetched_at), "source": e.source, "auditLog": e.audit_log.is_some(), "state": did_state(e)})).collect::<Vec<_>>(),
+            "proofs": proofs.iter().map(|(_, e)| serde_json::json!({"uri": format!("at://{}/{}/{}", e.did, e.collection, e.rkey), "fetchedAt": time(e.fetched_at), "source": e.source, "state": proof_state(e)})).collect::<Vec<_>>(),
+        })),
+        Format::Text => {
+            println!("{}: {} DID documents, {} proofs", cache_dir(config), dids.len(), proofs.len());
+            for (_, e) in &dids {
+                println!("  DID    {} fetched {} from {} — {}", e.did, time(e.fetched_at), e.source, did_state(e));
+            }
+            for (_, e) in &proofs {
+                println!("  proof  at://{}/{}/{} fetched {} — {}", e.did, e.collection, e.rkey, time(e.fetched_at), proof_state(e));
+            }
+        }
+    }
+    exit::ADMITTED
+}
+
+fn cache_dir(config: &Config) -> String {
+    config.cache_dir.display().to_string()
+}
+
+fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
+    if config.offline {
+        print_undecided(format, "offline = true: nothing can be refreshed over the network", "import a bundle instead: atproto-verifier bundle import FILE");
+        return exit::UNDECIDED;
+    }
+    let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(std::time::Duration::from_secs(600)));
+    let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
+    let empty = atproto_sig_core::policy::Policy { version: "1.0".into(), trusted: Vec::new(), rules: Vec::new(), default: None, warnings: Vec::new() };
+    // Entries past half their TTL are refetched: the context treats them as not fresh.
+    let mut eager = config.clone();
+    eager.did_ttl = crate::config::Span(config.did_ttl.0 / 2);
+    eager.proof_ttl = crate::config::Span(config.proof_ttl.0 / 2);
+    let context = crate::pipeline::Context { config: &eager, policy: &empty, cache, http: Some(&http), dns: &dns, now, notes: Default::default(), used_stale: Default::default() };
+    let (mut refreshed, mut failed) = (Vec::new(), Vec::new());
+    for (_, entry) in cache.all::<DidEntry>(Kind::Did) {
+        if freshness(entry.fetched_at, now, micros(eager.did_ttl), 0) == Freshness::Fresh {
+            continue;
+        }
+        match context.document(&entry.did) {
+            Ok(_) => refreshed.push(entry.did.clone()),
+            Err(v) => failed.push(format!("{}: {}", entry.did, v.message)),
+        }
+    }
+    for (_, entry) in cache.all::<ProofEntry>(Kind::Proof) {
+        if freshness(entry.fetched_at, now, micros(eager.proof_ttl), 0) == Freshness::Fresh {
+            continue;
+        }
+        let pds = context.document(&entry.did).ok().and_then(|(d, _)| d.pds);
+        let uri = format!("at://{}/{}/{}", entry.did, entry.collection, entry.rkey);
+        match context.proof(&entry.did, pds.as_deref(), &entry.rkey) {
+            Ok(_) => refreshed.push(uri),
+            Err(v) => failed.push(format!("{uri}: {}", v.message)),
+        }
+    }
+    match format {
+        Format::Json => print_json(&serde_json::json!({"refreshed": refreshed, "failed": failed, "requests": http.request_count()})),
+        Format::Text => {
+            println!("refreshed {} entries ({} requests), {} failed", refreshed.len(), http.request_count(), failed.len());
+            for f in &failed {
+                println!("  failed: {f}");
+            }
+        }
+    }
+    if failed.is_empty() { exit::ADMITTED } else { exit::UNDECIDED }
+}
+
+fn prune(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
+    let mut removed = Vec::new();
+    for (path, entry) in cache.all::<DidEntry>(Kind::Did) {
+        // Offline nodes keep documents (they cannot refetch them); online ones drop expired ones.
+        if !config.offline && freshness(entry.fetched_at, now, micros(config.did_ttl), micros(config.max_stale)) == Freshness::Expired && cache.remove_path(&path) {
+            removed.push(entry.did);
+        }
+    }
+    for (path, entry) in cache.all::<ProofEntry>(Kind::Proof) {
+        let too_old = if config.offline {
+            now.saturating_sub(entry.fetched_at) > micros(config.max_proof_age)
+        } else {
+            freshness(entry.fetched_at, now, micros(config.proof_ttl), micros(config.max_stale)) == Freshness::Expired
+        };
+        if too_old && cache.remove_path(&path) {
+            removed.push(format!("at://{}/{}/{}", entry.did, entry.collection, entry.rkey));
+        }
+    }
+    match format {
+        Format::Json => print_json(&serde_json::json!({"removed": removed})),
+        Format::Text => println!("removed {} entries from {}", removed.len(), cache_dir(config)),
+    }
+    exit::ADMITTED
+}

@@ -1,0 +1,176 @@
+//! Air-gapped nodes: a bundle is created on a connected machine (real PDS + PLC on loopback),
+//! carried, imported, and the verifier then decides inside a network namespace with no usable
+//! interface (`unshare --net`), proving it made no network call. Tampered bundles are refused at
+//! import; proofs older than max_proof_age are refused at decision time; strict_plc takes keys
+//! from the verified audit log, not from the directory's rendered document.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::sync::OnceLock;
+
+use harness::{policy, Account, FakeResponse, FakeServer, Pds, Registry, Verifier};
+use serde_json::Value as Json;
+
+struct Env {
+    pds: Pds,
+    registry: Registry,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| Env { pds: Pds::start(), registry: Registry::start() })
+}
+
+fn online_config(env: &Env) -> String {
+    format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, env.pds.pds, env.registry.host)
+}
+
+fn trusting(env: &Env, account: &Account) -> String {
+    policy(&[(account.handle.as_str(), account.did.as_str(), None)], &format!("  - name: signed\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n", env.registry.host), "{ action: enforce, require: { signature: true } }")
+}
+
+/// A signed image, and a bundle of its signer's records created on the connected side.
+fn signed_image_and_bundle(name: &str) -> (Account, String, String, tempfile::TempDir, std::path::PathBuf) {
+    let env = env();
+    let account = env.pds.create_account(name);
+    let repository = format!("{name}.test/app");
+    let digest = env.registry.push_image(&repository, "v1", name);
+    env.pds.put_manifest(&account, &digest, "app", "application/vnd.oci.image.manifest.v1+json");
+    let connected = Verifier::new(&online_config(env), &trusting(env, &account));
+    let carry = tempfile::tempdir().unwrap();
+    let bundle = carry.path().join("bundle.json");
+    let out = connected.command(&["bundle", "create", "-o", bundle.to_str().unwrap(), "--did", &account.did]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let image = format!("{}/{repository}:v1", env.registry.host);
+    (account, image, digest, carry, bundle)
+}
+
+fn offline_node(env: &Env, account: &Account, extra: &str) -> Verifier {
+    // The node's own config: offline, and a PLC directory it could never reach anyway.
+    Verifier::new(&format!("offline = true\nplc_directory = \"https://plc.invalid\"\n{extra}"), &trusting(env, account))
+}
+
+#[test]
+fn imported_bundle_admits_without_any_network_and_missing_material_is_named() {
+    let env = env();
+    let (account, image, digest, _carry, bundle) = signed_image_and_bundle("olga20");
+    let node = offline_node(env, &account, "");
+    let out = node.command(&["bundle", "import", bundle.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let pull = node.pull_without_network(&image, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(0), "verified"), "{}{}", pull.stdout, pull.stderr);
+    assert_eq!(node.audit()[0]["requests"], 0);
+
+    // An image the bundle does not cover: rejected, and the reason says how to fix it.
+    let other = env.registry.push_image("olga20.test/app", "v2", "olga20-unbundled");
+    env.pds.put_manifest(&account, &other, "app", "application/vnd.oci.image.manifest.v1+json");
+    let pull = node.pull_without_network(&image.replace(":v1", ":v2"), &other);
+    assert_eq!((pull.code, pull.reason()), (Some(1), "record-not-found"), "{}", pull.stdout);
+    assert!(pull.stdout.contains("bundle create") && pull.stdout.contains("bundle import"), "{}", pull.stdout);
+
+    // A node with nothing imported: the DID document is what is missing.
+    let empty = offline_node(env, &account, "");
+    let pull = empty.pull_without_network(&image, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(1), "did-unresolved"), "{}", pull.stdout);
+    assert!(pull.stdout.contains("bundle import"), "{}", pull.stdout);
+}
+
+#[test]
+fn a_read_only_bundle_directory_is_used_directly() {
+    let env = env();
+    let (account, image, digest, carry, _bundle) = signed_image_and_bundle("pia21");
+    let node = offline_node(env, &account, &format!("bundle_dir = {:?}\n", carry.path()));
+    let pull = node.pull_without_network(&image, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(0), "verified"), "{}{}", pull.stdout, pull.stderr);
+}
+
+#[test]
+fn tampered_bundles_are_refused_at_import() {
+    let env = env();
+    let (account, image, digest, carry, bundle_path) = signed_image_and_bundle("quinn22");
+    let original: Json = serde_json::from_slice(&std::fs::read(&bundle_path).unwrap()).unwrap();
+    let mallory = env.pds.create_account("mallory22");
+    // Mallory's key, in the same (legacy) form the PLC renders documents in.
+    let (_, _, mallory_doc) = harness::http("GET", &format!("{}/{}", env.pds.plc, mallory.did), &[], None);
+    let mallory_key = serde_json::from_slice::<Json>(&mallory_doc).unwrap()["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap().to_owned();
+    let edit = |f: &dyn Fn(&mut Json)| {
+        let mut b = original.clone();
+        f(&mut b);
+        b
+    };
+    let set_document = |b: &mut Json, from: &str, to: &str| {
+        let doc = b["dids"][0]["document"].as_str().unwrap().replace(from, to);
+        b["dids"][0]["document"] = Json::String(doc);
+    };
+    let document: Json = serde_json::from_str(original["dids"][0]["document"].as_str().unwrap()).unwrap();
+    let real_key = document["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap().to_owned();
+    let cases: Vec<(&str, Json, &str)> = vec![
+        ("edited document", edit(&|b| set_document(b, "at://quinn22.test", "at://admin.test")), "differs from its audit log"),
+        ("swapped key", edit(&|b| set_document(b, &real_key, &mallory_key)), "differs from the key"),
+        ("forged audit-log entry", edit(&|b| {
+            let log = b["dids"][0]["auditLog"].as_str().unwrap().replace("at://quinn22.test", "at://admin.test");
+            b["dids"][0]["auditLog"] = Json::String(log);
+        }), "audit log invalid"),
+        ("missing audit log", edit(&|b| b["dids"][0]["auditLog"] = Json::Null), "no audit log"),
+    ];
+    for (label, tampered, expected) in cases {
+        let path = carry.path().join(format!("{}.json", label.replace(' ', "-")));
+        std::fs::write(&path, serde_json::to_vec(&tampered).unwrap()).unwrap();
+        let node = offline_node(env, &account, "");
+        let out = node.command(&["bundle", "import", path.to_str().unwrap(), "--format", "json"]);
+        assert_eq!(out.status.code(), Some(1), "{label}");
+        let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+        let refused = report["refused"].to_string();
+        assert!(refused.contains(&account.did) && refused.contains(expected), "{label}: {refused}");
+        // Nothing of the tampered identity entered the cache: the pull is not admitted.
+        let pull = node.pull_without_network(&image, &digest);
+        assert_ne!(pull.code, Some(0), "{label}: {}", pull.stdout);
+    }
+}
+
+#[test]
+fn proofs_older_than_max_proof_age_are_refused_at_decision_time() {
+    let env = env();
+    let (account, image, digest, _carry, bundle) = signed_image_and_bundle("rosa23");
+    let node = offline_node(env, &account, "max_proof_age = \"1s\"\n");
+    assert_eq!(node.command(&["bundle", "import", bundle.to_str().unwrap()]).status.code(), Some(0));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let pull = node.pull_without_network(&image, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(1), "proof-too-old"), "{}", pull.stdout);
+    assert!(pull.stdout.contains("max_proof_age"), "{}", pull.stdout);
+}
+
+#[test]
+fn strict_plc_takes_the_key_from_the_audit_log_not_the_rendered_document() {
+    let env = env();
+    let sam = env.pds.create_account("sam24");
+    let mallory = env.pds.create_account("mallory24");
+    let digest = env.registry.push_image("sam24.test/app", "v1", "sam24");
+    env.pds.put_manifest(&sam, &digest, "app", "application/vnd.oci.image.manifest.v1+json");
+    // A directory that lies: sam's document carries mallory's key; the audit log is genuine.
+    let (_, _, document) = harness::http("GET", &format!("{}/{}", env.pds.plc, sam.did), &[], None);
+    let (_, _, mallory_doc) = harness::http("GET", &format!("{}/{}", env.pds.plc, mallory.did), &[], None);
+    let (_, _, log) = harness::http("GET", &format!("{}/{}/log/audit", env.pds.plc, sam.did), &[], None);
+    let key = |doc: &[u8]| serde_json::from_slice::<Json>(doc).unwrap()["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap().to_owned();
+    let lying = String::from_utf8(document).unwrap().replace(&key(&{ let (_, _, d) = harness::http("GET", &format!("{}/{}", env.pds.plc, sam.did), &[], None); d }), &key(&mallory_doc));
+    let did = sam.did.clone();
+    let directory = FakeServer::start(Box::new(move |r| {
+        if r.path == format!("/{did}") {
+            FakeResponse::new(200, "application/json", lying.clone())
+        } else if r.path == format!("/{did}/log/audit") {
+            FakeResponse::new(200, "application/json", log.clone())
+        } else {
+            FakeResponse::new(404, "text/plain", "")
+        }
+    }));
+    let config = |strict: bool| format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\nstrict_plc = {strict}\n", directory.url, env.pds.pds, env.registry.host);
+    let name = format!("{}/sam24.test/app:v1", env.registry.host);
+    let trusting_directory = Verifier::new(&config(false), &trusting(env, &sam));
+    let pull = trusting_directory.pull(&name, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(1), "signature-invalid"), "{}", pull.stdout);
+    let strict = Verifier::new(&config(true), &trusting(env, &sam));
+    let pull = strict.pull(&name, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(0), "verified"), "{}{}", pull.stdout, pull.stderr);
+}
