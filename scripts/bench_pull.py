@@ -49,8 +49,8 @@ try:
     one_run(True)
     with open(os.path.join(env.work, "audit.jsonl")) as f:
         audit = [json.loads(l) for l in f]
-    warm_requests = sorted({a["requests"] for a in audit[5:10]})
-    cold_requests = audit[-1]["requests"]
+    warm_requests = sorted({a["requests"] + a["registryRequests"] for a in audit[5:10]})
+    cold_requests = audit[-1]["requests"] + audit[-1]["registryRequests"]
     for label in ("warm", "cold"):
         r = results[label]
         print(f"{label}: mean {r['mean']*1000:.1f} ms ± {r['stddev']*1000:.1f} ms, median {r['median']*1000:.1f} ms, min {r['min']*1000:.1f} ms, max {r['max']*1000:.1f} ms ({len(r['times'])} runs)")

@@ -170,6 +170,9 @@ impl Pds {
 /// Debian's docker-registry (distribution 2.8) on loopback.
 pub struct Registry {
     pub host: String,
+    /// Its config file and binary, to start a second instance on the same storage elsewhere.
+    pub config: PathBuf,
+    pub binary: String,
     guard: Guard,
     _dir: tempfile::TempDir,
 }
@@ -196,7 +199,7 @@ impl Registry {
             assert!(started.elapsed() < Duration::from_secs(20), "docker-registry did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Registry { host, guard, _dir: dir }
+        Registry { host, config, binary: binary.to_owned(), guard, _dir: dir }
     }
 
     pub fn push_blob(&self, repository: &str, bytes: &[u8]) -> String {
@@ -431,21 +434,39 @@ impl Verifier {
         self.run_pull(true, name, digest, &descriptor)
     }
 
+    /// Inside a new network namespace whose only server is a registry on the same storage and
+    /// address as `registry` (a mirror): the one remote an offline node may reach.
+    pub fn pull_with_only_the_registry(&self, registry: &Registry, name: &str, digest: &str) -> Pull {
+        let descriptor = format!("{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"{digest}\",\"size\":123}}\n");
+        let port = registry.host.rsplit(':').next().unwrap().to_owned();
+        let script = format!(
+            "ip link set lo up; {} serve {} >/dev/null 2>&1 & r=$!; for i in $(seq 400); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.025; done; \"$@\"; c=$?; kill $r; wait $r 2>/dev/null; exit $c",
+            registry.binary,
+            registry.config.display()
+        );
+        self.run_command(&["/usr/bin/unshare", "--net", "bash", "-c", &script, "_", env!("CARGO_BIN_EXE_atproto-verifier")], name, digest, &descriptor)
+    }
+
     fn run_pull(&self, isolated: bool, name: &str, digest: &str, stdin: &str) -> Pull {
-        let started = Instant::now();
         let binary = env!("CARGO_BIN_EXE_atproto-verifier");
-        let mut command = if isolated {
+        if isolated {
             let unshare = ["/usr/bin/unshare", "/bin/unshare"].into_iter().find(|p| Path::new(p).exists()).expect("unshare is missing: apt-get install util-linux");
-            let mut c = Command::new(unshare);
-            c.args(["--net", binary]);
+            return self.run_command(&[unshare, "--net", binary], name, digest, stdin);
+        }
+        self.run_command(&[binary], name, digest, stdin)
+    }
+
+    fn run_command(&self, program: &[&str], name: &str, digest: &str, stdin: &str) -> Pull {
+        let started = Instant::now();
+        let mut command = {
+            let mut c = Command::new(program[0]);
+            c.args(&program[1..]);
             c
-        } else {
-            Command::new(binary)
         };
         let mut child = command
             .args(["-name", name, "-digest", digest, "-stdin-media-type", "application/vnd.oci.descriptor.v1+json"])
             .env_clear()
-            .env("PATH", "/usr/bin:/bin")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("ATPROTO_VERIFIER_CONFIG", &self.config)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -174,3 +174,29 @@ fn strict_plc_takes_the_key_from_the_audit_log_not_the_rendered_document() {
     let pull = strict.pull(&name, &digest);
     assert_eq!((pull.code, pull.reason()), (Some(0), "verified"), "{}{}", pull.stdout, pull.stderr);
 }
+
+#[test]
+fn an_attached_proof_is_read_from_the_registry_with_no_other_network() {
+    let env = env();
+    let (account, image, digest, _carry, bundle) = signed_image_and_bundle("tara25");
+    // Connected side: attach the proof to the image in the registry.
+    let connected = Verifier::new(&online_config(env), &trusting(env, &account));
+    let out = connected.command(&["attach", &image]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("listed under the tag sha256-"), "{}", String::from_utf8_lossy(&out.stdout));
+    // The node: DID documents from the bundle, but no proof in its cache.
+    let node = offline_node(env, &account, "");
+    assert_eq!(node.command(&["bundle", "import", bundle.to_str().unwrap()]).status.code(), Some(0));
+    for kind in ["proof", "locator"] {
+        let _ = std::fs::remove_dir_all(node.dir.path().join("cache/v1").join(kind));
+    }
+    let pull = node.pull_without_network(&image, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(1), "record-not-found"), "without the registry: {}", pull.stdout);
+    let pull = node.pull_with_only_the_registry(&env.registry, &image, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(0), "verified"), "{}{}", pull.stdout, pull.stderr);
+    assert!(pull.stderr.contains("carries a proof"), "{}", pull.stderr);
+    let audit = node.audit();
+    let last = audit.last().unwrap();
+    assert_eq!(last["requests"], 0, "no PLC, PDS or handle request");
+    assert!(last["registryRequests"].as_u64().unwrap() >= 2);
+}

@@ -227,7 +227,8 @@ pub fn run(raw: &[String]) -> u8 {
         "message": decision.message,
         "rule": decision.rule,
         "signers": decision.signers,
-        "requests": requests,
+        "requests": requests.identity,
+        "registryRequests": requests.registry,
         "durationMs": started.elapsed().as_millis() as u64,
         "exit": code,
     }));

@@ -65,10 +65,12 @@ pub fn create(config: &Config, policy: Option<&atproto_sig_core::policy::Policy>
         policy: policy.unwrap_or(&empty),
         cache: &cache,
         http: Some(&http),
+        registry: Some(&http),
         dns: &dns,
         now: crate::input::now_micros(None).unwrap_or(0),
         notes: Default::default(),
         used_stale: Default::default(),
+        attached: Default::default(),
     };
     for name in images {
         let image = atproto_sig_core::reference::ImageRef::parse(name).map_err(|e| e.to_string())?;

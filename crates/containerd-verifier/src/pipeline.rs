@@ -38,12 +38,25 @@ pub struct Context<'a> {
     pub cache: &'a Cache,
     /// `None` when offline: no client exists, so no request can be made.
     pub http: Option<&'a Http>,
+    /// The registry client: also present offline (the registry or its mirror is the one remote
+    /// an offline node still reaches, for proofs attached to images).
+    pub registry: Option<&'a Http>,
     pub dns: &'a dyn Fn(&str) -> Result<Vec<String>, String>,
     pub now: i64,
     /// Diagnostic lines for stderr (containerd's debug log).
     pub notes: std::cell::RefCell<Vec<String>>,
     /// Set when cached material past its TTL was used because the network failed.
     pub used_stale: std::cell::Cell<bool>,
+    /// Proof CARs found attached to the image in the registry: (did, rkey, car).
+    pub attached: std::cell::RefCell<Vec<(String, String, Vec<u8>)>>,
+}
+
+/// The commit time (rev) of a proof CAR, in microseconds: how old an attached proof is.
+fn proof_rev_micros(car: &[u8]) -> Option<i64> {
+    let limits = Limits::default();
+    let parsed = atproto_sig_core::car::Car::parse(car, &limits).ok()?;
+    let commit = atproto_sig_core::commit::Commit::decode(parsed.block(&parsed.root)?, &limits).ok()?;
+    atproto_sig_core::syntax::tid_timestamp_micros(commit.rev.as_deref()?).and_then(|t| i64::try_from(t).ok())
 }
 
 fn micros(span: crate::config::Span) -> i64 {
@@ -128,7 +141,16 @@ impl Context<'_> {
         let decode = |entry: &ProofEntry| base64::engine::general_purpose::STANDARD.decode(&entry.car).ok();
         let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
         let Some(http) = self.http else {
-            return match cached.as_ref().and_then(|e| decode(e).map(|car| (e.fetched_at, car))) {
+            // Offline sources: the cache (imports, bundle_dir), then proofs attached to the image.
+            // An attached proof's age is its commit's rev: a timestamp in the artifact could be
+            // forged by anyone able to push to the registry.
+            let attached = self.attached.borrow().iter().find(|(d, r, _)| d == did && r == rkey).and_then(|(_, _, car)| proof_rev_micros(car).map(|t| (t, car.clone())));
+            let from_cache = cached.as_ref().and_then(|e| decode(e).map(|car| (e.fetched_at, car)));
+            let newest = match (from_cache, attached) {
+                (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+                (a, b) => a.or(b),
+            };
+            return match newest {
                 // Offline, a proof can only show what was true when it was fetched: a revoked
                 // image stays admitted at most `max_proof_age`. Checked before any TTL.
                 Some((fetched_at, _)) if self.now.saturating_sub(fetched_at) > micros(self.config.max_proof_age) => Err(verdict(
@@ -299,7 +321,7 @@ impl Context<'_> {
     /// DIDs and record keys named by ATProto signature artifacts that refer to `digest`
     /// (OCI referrers API, or the `sha256-<hex>` tag). Hints only: the proof decides.
     fn referrer_hints(&self, image: &ImageRef, digest: &str) -> Vec<(String, String)> {
-        let Some(http) = self.http else { return Vec::new() };
+        let Some(http) = self.registry else { return Vec::new() };
         let session = crate::registry::Session::new(self.config, http, image);
         let descriptors = match session.referrers(digest, crate::registry::SIGNATURE_ARTIFACT_TYPE) {
             Ok(d) => d,
@@ -311,11 +333,14 @@ impl Context<'_> {
         let mut hints = Vec::new();
         for descriptor in descriptors.iter().take(4) {
             let Some(manifest_digest) = descriptor.get("digest").and_then(serde_json::Value::as_str) else { continue };
-            let hint = session
-                .manifest(manifest_digest)
-                .ok()
-                .flatten()
-                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            let manifest = session.manifest(manifest_digest).ok().flatten().and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+            // A layer holding the proof CAR (written by `attach`): verified like any other proof.
+            let car = manifest
+                .as_ref()
+                .and_then(|m| m.get("layers")?.as_array()?.iter().find(|l| l.get("mediaType").and_then(serde_json::Value::as_str) == Some(crate::registry::CAR_MEDIA_TYPE)).cloned())
+                .and_then(|layer| layer.get("digest")?.as_str().map(str::to_owned))
+                .and_then(|d| session.blob(&d, crate::resolve::MAX_PROOF).ok());
+            let hint = manifest
                 .and_then(|manifest| manifest.get("config")?.get("digest")?.as_str().map(str::to_owned))
                 .and_then(|config_digest| session.blob(&config_digest, 64 << 10).ok())
                 .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
@@ -325,7 +350,10 @@ impl Context<'_> {
                     (uri.authority == did && uri.collection.as_deref() == Some(MANIFEST_COLLECTION) && is_valid_did(&did)).then_some((did, uri.rkey?))
                 });
             if let Some(hint) = hint {
-                self.note(format!("signature artifact {manifest_digest} names {} / {}", hint.0, hint.1));
+                self.note(format!("signature artifact {manifest_digest} names {} / {}{}", hint.0, hint.1, if car.is_some() { " and carries a proof" } else { "" }));
+                if let Some(car) = car {
+                    self.attached.borrow_mut().push((hint.0.clone(), hint.1.clone(), car));
+                }
                 hints.push(hint);
             }
         }

@@ -18,6 +18,8 @@ use crate::net::{is_loopback_url, Deadline, Fetched, Http, NetError, Tls};
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 pub const MAX_MANIFEST: usize = 4 << 20;
+/// Media type of a layer holding a proof CAR.
+pub const CAR_MEDIA_TYPE: &str = "application/vnd.ipld.car";
 /// Artifact type of ATProto signature artifacts (ATCR's design, and ours from `attach`).
 pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.atproto.signature.v1+json";
 
@@ -149,11 +151,13 @@ pub struct Session<'a> {
     host: String,
     repository: String,
     authorization: std::cell::RefCell<Option<String>>,
+    /// The endpoint that answered last (relative upload locations resolve against it).
+    last_endpoint: std::cell::RefCell<Option<Endpoint>>,
 }
 
 impl<'a> Session<'a> {
     pub fn new(config: &'a Config, http: &'a Http, image: &ImageRef) -> Session<'a> {
-        Session { config, http, host: image.host.clone(), repository: image.path.clone(), authorization: Default::default() }
+        Session { config, http, host: image.host.clone(), repository: image.path.clone(), authorization: Default::default(), last_endpoint: Default::default() }
     }
 
     fn url(&self, endpoint: &Endpoint, tail: &str) -> String {
@@ -170,7 +174,10 @@ impl<'a> Session<'a> {
             let client = if endpoint.tls.ca_pem.is_some() || endpoint.tls.skip_verify { self.http.with_tls(&endpoint.tls) } else { self.http.with_tls(&Tls::default()) };
             let url = self.url(&endpoint, tail);
             match self.send_with_auth(&client, method, &url, headers, body, limit) {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    *self.last_endpoint.borrow_mut() = Some(endpoint);
+                    return Ok(response);
+                }
                 Err(e) => last = e,
             }
         }
@@ -226,6 +233,56 @@ impl<'a> Session<'a> {
             return Err(format!("{} refused our credentials", self.host));
         }
         Ok(retried)
+    }
+
+    /// Uploads a blob (monolithic upload); returns its digest.
+    pub fn push_blob(&self, bytes: &[u8]) -> Result<String, String> {
+        let digest = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(bytes)));
+        let start = self.request("push", "POST", &format!("{}/blobs/uploads/", self.repository), &[], Some(&[]), 64 << 10)?;
+        if start.status != 202 {
+            return Err(format!("blob upload refused: HTTP {}", start.status));
+        }
+        let location = start.header("location").ok_or("blob upload without a location")?.to_owned();
+        let endpoint = self.last_endpoint.borrow().clone().ok_or("no endpoint")?;
+        let url = if location.starts_with("http://") || location.starts_with("https://") {
+            location
+        } else {
+            let origin = endpoint.base.split('/').take(3).collect::<Vec<_>>().join("/");
+            format!("{origin}{location}")
+        };
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let client = self.http.with_tls(&endpoint.tls);
+        let done = self.send_with_auth(&client, "PUT", &format!("{url}{separator}digest={digest}"), &[("content-type", "application/octet-stream".into())], Some(bytes), 64 << 10)?;
+        if done.status != 201 {
+            return Err(format!("blob upload failed: HTTP {}", done.status));
+        }
+        Ok(digest)
+    }
+
+    /// Puts a manifest under `reference` (a tag or its digest); returns its digest.
+    pub fn push_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<String, String> {
+        let response = self.request("push", "PUT", &format!("{}/manifests/{reference}", self.repository), &[("content-type", media_type.into())], Some(bytes), 64 << 10)?;
+        if response.status != 201 {
+            return Err(format!("manifest push failed: HTTP {}: {}", response.status, String::from_utf8_lossy(&response.body).chars().take(200).collect::<String>()));
+        }
+        Ok(format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(bytes))))
+    }
+
+    /// True when the registry serves the referrers API (it then indexes `subject` itself).
+    pub fn has_referrers_api(&self, digest: &str) -> bool {
+        self.request("pull", "GET", &format!("{}/referrers/{digest}", self.repository), &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)
+            .is_ok_and(|r| r.is_success())
+    }
+
+    /// The index under the `sha256-<hex>` fallback tag, if any.
+    pub fn fallback_index(&self, digest: &str) -> Result<Option<Json>, String> {
+        let tag = digest.replace(':', "-");
+        let response = self.request("pull", "GET", &format!("{}/manifests/{tag}", self.repository), &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)?;
+        match response.status {
+            200 => serde_json::from_slice(&response.body).map(Some).map_err(|e| format!("fallback index is not JSON: {e}")),
+            404 => Ok(None),
+            status => Err(format!("fallback tag {tag}: HTTP {status}")),
+        }
     }
 
     /// The digest a tag points to (Docker-Content-Digest, else the hash of the manifest).

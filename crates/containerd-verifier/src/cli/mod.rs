@@ -1,5 +1,6 @@
 //! The operator and CI command line.
 
+mod attach;
 mod bundle;
 mod cache;
 mod did;
@@ -25,6 +26,8 @@ enum Command {
     /// Work with DID documents and did:plc audit logs from files.
     #[command(subcommand)]
     Did(did::DidCommand),
+    /// Store an image's proof in its registry (OCI artifact) for offline nodes behind mirrors.
+    Attach(attach::AttachArgs),
     /// Inspect, refresh or prune the on-disk cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -47,5 +50,6 @@ pub fn run(cli: Cli) -> u8 {
         Command::Verify(args) => verify::run(args),
         Command::Bundle(command) => bundle::run(command),
         Command::Cache(command) => cache::run(command),
+        Command::Attach(args) => attach::run(args),
     }
 }

@@ -42,11 +42,20 @@ pub struct VerifyArgs {
 }
 
 /// Runs the pipeline with a fresh client (unless offline) and the configured cache.
-/// Returns the decision, diagnostic notes and the number of requests made.
-pub fn decide(config: &Config, policy: &Policy, image: &ImageRef, digest: &str, started: Instant) -> (Decision, Vec<String>, usize) {
+/// Requests a decision made: to PLC directories, PDSes and handle hosts; and to the registry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Requests {
+    pub identity: usize,
+    pub registry: usize,
+}
+
+/// Returns the decision, diagnostic notes and the requests made.
+pub fn decide(config: &Config, policy: &Policy, image: &ImageRef, digest: &str, started: Instant) -> (Decision, Vec<String>, Requests) {
     let deadline = Deadline::after(config.budget.0.saturating_sub(started.elapsed()));
-    // Offline: no client is built, so no request can be made.
+    // Offline: no client for PLC, PDS or handles is built, so none of them can be asked. The
+    // registry client exists either way (for attached proofs).
     let http = (!config.offline).then(|| Http::new(config.connect_timeout.0, config.request_timeout.0, deadline));
+    let registry = Http::new(config.connect_timeout.0, config.request_timeout.0, deadline);
     let cache = Cache::new(&config.cache_dir);
     let bundle_notes = crate::bundle::sync_bundle_dir(config, &cache);
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0.min(deadline.remaining()));
@@ -55,14 +64,16 @@ pub fn decide(config: &Config, policy: &Policy, image: &ImageRef, digest: &str, 
         policy,
         cache: &cache,
         http: http.as_ref(),
+        registry: Some(&registry),
         dns: &dns,
         now: crate::input::now_micros(None).unwrap_or(0),
         notes: Default::default(),
         used_stale: Default::default(),
+        attached: Default::default(),
     };
     context.notes.borrow_mut().extend(bundle_notes);
     let decision = context.decide(image, digest);
-    let requests = http.as_ref().map_or(0, Http::request_count);
+    let requests = Requests { identity: http.as_ref().map_or(0, Http::request_count), registry: registry.request_count() };
     (decision, context.notes.into_inner(), requests)
 }
 
@@ -124,7 +135,8 @@ pub fn run(args: VerifyArgs) -> u8 {
         "message": decision.message,
         "rule": decision.rule,
         "signers": decision.signers,
-        "requests": requests,
+        "requests": requests.identity,
+        "registryRequests": requests.registry,
         "durationMs": started.elapsed().as_millis() as u64,
     });
     match args.format {
