@@ -200,3 +200,46 @@ fn an_attached_proof_is_read_from_the_registry_with_no_other_network() {
     assert_eq!(last["requests"], 0, "no PLC, PDS or handle request");
     assert!(last["registryRequests"].as_u64().unwrap() >= 2);
 }
+
+#[test]
+fn cache_list_refresh_and_prune() {
+    let env = env();
+    let uma = env.pds.create_account("uma26");
+    let digest = env.registry.push_image("uma26.test/app", "v1", "uma26");
+    env.pds.put_manifest(&uma, &digest, "app", "application/vnd.oci.image.manifest.v1+json");
+    let config = format!("{}did_ttl = \"2s\"\nproof_ttl = \"2s\"\nmax_stale = \"1s\"\n", online_config(env));
+    let node = Verifier::new(&config, &trusting(env, &uma));
+    assert_eq!(node.pull(&format!("{}/uma26.test/app:v1", env.registry.host), &digest).code, Some(0));
+    let json = |args: &[&str]| -> Json {
+        let out = node.command(args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let listed = json(&["cache", "list", "--format", "json"]);
+    assert_eq!((listed["dids"].as_array().unwrap().len(), listed["proofs"].as_array().unwrap().len()), (1, 1));
+    assert_eq!(listed["proofs"][0]["state"], "fresh");
+    // Past half their TTL, refresh fetches them again (what the systemd timer runs).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let refreshed = json(&["cache", "refresh", "--format", "json"]);
+    assert_eq!(refreshed["refreshed"].as_array().unwrap().len(), 2, "{refreshed}");
+    assert!(refreshed["failed"].as_array().unwrap().is_empty());
+    // Past TTL + max_stale, prune removes them.
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let pruned = json(&["cache", "prune", "--format", "json"]);
+    assert_eq!(pruned["removed"].as_array().unwrap().len(), 2, "{pruned}");
+    assert_eq!(json(&["cache", "list", "--format", "json"])["proofs"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn systemd_units_run_commands_that_exist() {
+    let unit = std::fs::read_to_string(harness::repo_root().join("systemd/atproto-verifier-refresh.service")).unwrap();
+    let timer = std::fs::read_to_string(harness::repo_root().join("systemd/atproto-verifier-refresh.timer")).unwrap();
+    assert!(timer.contains("OnUnitActiveSec="));
+    for line in unit.lines().filter(|l| l.starts_with("ExecStart")) {
+        let args: Vec<&str> = line.split_once('=').unwrap().1.split_whitespace().skip(1).collect();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(&args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for directive in ["ProtectSystem=strict", "ReadWritePaths=/var/lib/atproto-verifier", "NoNewPrivileges=yes", "CapabilityBoundingSet="] {
+        assert!(unit.contains(directive), "missing sandboxing directive {directive}");
+    }
+}
