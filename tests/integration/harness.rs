@@ -377,6 +377,18 @@ impl FakeServer {
     }
 }
 
+/// The PDS + PLC and registry shared by the tests of one test binary. Both stop when the test
+/// process exits (they watch their stdin).
+pub struct Env {
+    pub pds: Pds,
+    pub registry: Registry,
+}
+
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| Env { pds: Pds::start(), registry: Registry::start() })
+}
+
 /// What containerd sees from one verifier run.
 #[derive(Debug)]
 pub struct Pull {

@@ -8,20 +8,9 @@
 #[path = "harness.rs"]
 mod harness;
 
-use std::sync::OnceLock;
-
-use harness::{policy, Account, FakeResponse, FakeServer, Pds, Registry, Verifier};
+use harness::{env, policy, Env, Account, FakeResponse, FakeServer, Pds, Registry, Verifier};
 use serde_json::Value as Json;
 
-struct Env {
-    pds: Pds,
-    registry: Registry,
-}
-
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| Env { pds: Pds::start(), registry: Registry::start() })
-}
 
 fn online_config(env: &Env) -> String {
     format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, env.pds.pds, env.registry.host)

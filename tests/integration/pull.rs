@@ -9,21 +9,12 @@ mod harness;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use harness::{policy, Account, FakeResponse, FakeServer, Pds, Pull, Registry, Verifier};
+use harness::{env, policy, Env, Account, FakeResponse, FakeServer, Pds, Pull, Registry, Verifier};
 use serde_json::json;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-struct Env {
-    pds: Pds,
-    registry: Registry,
-}
-
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| Env { pds: Pds::start(), registry: Registry::start() })
-}
 
 fn base_config(env: &Env) -> String {
     format!(

@@ -128,6 +128,9 @@ pub struct TestRepo {
     pub now_micros: i64,
 }
 
+/// A signed commit (CID, block), its MST root, and every MST block.
+type SignedTree = (Cid, Vec<u8>, Cid, Vec<(Cid, Vec<u8>)>);
+
 /// A way to spoil a proof; each should produce one specific verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Tamper {
@@ -192,7 +195,7 @@ impl TestRepo {
     }
 
     /// The signed commit block and its CID, plus every MST block.
-    fn commit(&self, tamper: &Tamper) -> (Cid, Vec<u8>, Cid, Vec<(Cid, Vec<u8>)>) {
+    fn commit(&self, tamper: &Tamper) -> SignedTree {
         let entries: BTreeMap<Vec<u8>, Cid> =
             self.records.iter().map(|(k, v)| (k.clone().into_bytes(), Cid::for_dag_cbor(v))).collect();
         let (root, blocks) = mst::build(&entries);

@@ -206,11 +206,7 @@ pub fn run(raw: &[String]) -> u8 {
     for note in &notes {
         eprintln!("{note}");
     }
-    let code = match decision.outcome {
-        Outcome::Admit | Outcome::AuditAdmit => exit::ADMITTED,
-        Outcome::Reject if crate::pipeline::is_undecided(decision.reason) => exit::UNDECIDED,
-        Outcome::Reject => exit::REJECTED,
-    };
+    let code = crate::pipeline::exit_code(&decision);
     let shown_code = if decision.outcome == Outcome::AuditAdmit { "audit" } else { decision.reason.code() };
     let shown = if decision.outcome == Outcome::AuditAdmit { decision.message.trim_start_matches("audit: ").to_owned() } else { decision.message.clone() };
     if !answer.give(shown_code, &shown) {

@@ -60,18 +60,7 @@ pub fn create(config: &Config, policy: Option<&atproto_sig_core::policy::Policy>
     let cache = Cache::new(scratch.path());
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
     let empty = atproto_sig_core::policy::Policy { version: "1.0".into(), trusted: Vec::new(), rules: Vec::new(), default: None, warnings: Vec::new() };
-    let context = crate::pipeline::Context {
-        config: &online,
-        policy: policy.unwrap_or(&empty),
-        cache: &cache,
-        http: Some(&http),
-        registry: Some(&http),
-        dns: &dns,
-        now: crate::input::now_micros(None).unwrap_or(0),
-        notes: Default::default(),
-        used_stale: Default::default(),
-        attached: Default::default(),
-    };
+    let context = crate::pipeline::Context::new(&online, policy.unwrap_or(&empty), &cache, Some(&http), Some(&http), &dns, crate::input::now_micros(None).unwrap_or(0));
     for name in images {
         let image = atproto_sig_core::reference::ImageRef::parse(name).map_err(|e| e.to_string())?;
         if policy.is_none() {

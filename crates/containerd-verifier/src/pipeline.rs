@@ -430,6 +430,22 @@ impl Context<'_> {
     }
 }
 
+impl<'a> Context<'a> {
+    /// A context for one decision (or one batch, for bundles and refreshes).
+    pub fn new(config: &'a Config, policy: &'a Policy, cache: &'a Cache, http: Option<&'a Http>, registry: Option<&'a Http>, dns: &'a dyn Fn(&str) -> Result<Vec<String>, String>, now: i64) -> Context<'a> {
+        Context { config, policy, cache, http, registry, dns, now, notes: Default::default(), used_stale: Default::default(), attached: Default::default() }
+    }
+}
+
+/// The exit code of a decision: 0 admitted (also in audit mode), 1 rejected, 2 undecided.
+pub fn exit_code(decision: &Decision) -> u8 {
+    match decision.outcome {
+        Outcome::Admit | Outcome::AuditAdmit => crate::exit::ADMITTED,
+        Outcome::Reject if is_undecided(decision.reason) => crate::exit::UNDECIDED,
+        Outcome::Reject => crate::exit::REJECTED,
+    }
+}
+
 /// True for reasons that mean "could not decide" (exit 2) rather than "rejected" (exit 1).
 pub fn is_undecided(reason: Reason) -> bool {
     matches!(reason, Reason::NetworkError | Reason::DeadlineExceeded | Reason::ConfigInvalid)

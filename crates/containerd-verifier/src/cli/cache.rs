@@ -101,7 +101,7 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     let mut eager = config.clone();
     eager.did_ttl = crate::config::Span(config.did_ttl.0 / 2);
     eager.proof_ttl = crate::config::Span(config.proof_ttl.0 / 2);
-    let context = crate::pipeline::Context { config: &eager, policy: &empty, cache, http: Some(&http), registry: Some(&http), dns: &dns, now, notes: Default::default(), used_stale: Default::default(), attached: Default::default() };
+    let context = crate::pipeline::Context::new(&eager, &empty, cache, Some(&http), Some(&http), &dns, now);
     let (mut refreshed, mut failed) = (Vec::new(), Vec::new());
     for (_, entry) in cache.all::<DidEntry>(Kind::Did) {
         if freshness(entry.fetched_at, now, micros(eager.did_ttl), 0) == Freshness::Fresh {

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::exit;
 use crate::net::{Deadline, Http};
 use crate::output::{print_json, print_undecided, Format};
-use crate::pipeline::{is_undecided, outcome_label, Context};
+use crate::pipeline::{outcome_label, Context};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum VerifyFormat {
@@ -59,18 +59,7 @@ pub fn decide(config: &Config, policy: &Policy, image: &ImageRef, digest: &str, 
     let cache = Cache::new(&config.cache_dir);
     let bundle_notes = crate::bundle::sync_bundle_dir(config, &cache);
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0.min(deadline.remaining()));
-    let context = Context {
-        config,
-        policy,
-        cache: &cache,
-        http: http.as_ref(),
-        registry: Some(&registry),
-        dns: &dns,
-        now: crate::input::now_micros(None).unwrap_or(0),
-        notes: Default::default(),
-        used_stale: Default::default(),
-        attached: Default::default(),
-    };
+    let context = Context::new(config, policy, &cache, http.as_ref(), Some(&registry), &dns, crate::input::now_micros(None).unwrap_or(0));
     context.notes.borrow_mut().extend(bundle_notes);
     let decision = context.decide(image, digest);
     let requests = Requests { identity: http.as_ref().map_or(0, Http::request_count), registry: registry.request_count() };
@@ -121,11 +110,7 @@ pub fn run(args: VerifyArgs) -> u8 {
         }
     };
     let (decision, notes, requests) = decide(&config, &policy, &image, &digest, started);
-    let code = match decision.outcome {
-        Outcome::Admit | Outcome::AuditAdmit => exit::ADMITTED,
-        Outcome::Reject if is_undecided(decision.reason) => exit::UNDECIDED,
-        Outcome::Reject => exit::REJECTED,
-    };
+    let code = crate::pipeline::exit_code(&decision);
     let result = json!({
         "image": args.image,
         "digest": digest,
