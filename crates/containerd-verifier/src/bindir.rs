@@ -213,21 +213,10 @@ pub fn run(raw: &[String]) -> u8 {
         // The watchdog already answered and is exiting.
         return exit::UNDECIDED;
     }
-    audit(&config, json!({
-        "time": now_string(),
-        "name": name,
-        "digest": digest,
-        "operation": invocation.operation,
-        "outcome": crate::pipeline::outcome_label(decision.outcome),
-        "reason": decision.reason.code(),
-        "message": decision.message,
-        "rule": decision.rule,
-        "signers": decision.signers,
-        "requests": requests.identity,
-        "registryRequests": requests.registry,
-        "durationMs": started.elapsed().as_millis() as u64,
-        "exit": code,
-    }));
+    let mut record = crate::pipeline::decision_record(&name, &digest, &decision, (requests.identity, requests.registry), started.elapsed());
+    record.insert("time".into(), json!(now_string()));
+    record.insert("operation".into(), json!(invocation.operation));
+    audit(&config, Json::Object(record));
     code
 }
 

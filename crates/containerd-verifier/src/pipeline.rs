@@ -437,6 +437,28 @@ impl<'a> Context<'a> {
     }
 }
 
+/// The JSON record of a decision: one audit-log line, and `verify --format json`.
+pub fn decision_record(name: &str, digest: &str, decision: &Decision, requests: (usize, usize), elapsed: std::time::Duration) -> serde_json::Map<String, serde_json::Value> {
+    let value = serde_json::json!({
+        "name": name,
+        "digest": digest,
+        "admitted": decision.outcome != Outcome::Reject,
+        "outcome": outcome_label(decision.outcome),
+        "reason": decision.reason.code(),
+        "message": decision.message,
+        "rule": decision.rule,
+        "signers": decision.signers,
+        "requests": requests.0,
+        "registryRequests": requests.1,
+        "durationMs": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        "exit": exit_code(decision),
+    });
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// The exit code of a decision: 0 admitted (also in audit mode), 1 rejected, 2 undecided.
 pub fn exit_code(decision: &Decision) -> u8 {
     match decision.outcome {

@@ -111,19 +111,9 @@ pub fn run(args: VerifyArgs) -> u8 {
     };
     let (decision, notes, requests) = decide(&config, &policy, &image, &digest, started);
     let code = crate::pipeline::exit_code(&decision);
-    let result = json!({
-        "image": args.image,
-        "digest": digest,
-        "admitted": decision.outcome != Outcome::Reject,
-        "outcome": outcome_label(decision.outcome),
-        "reason": decision.reason.code(),
-        "message": decision.message,
-        "rule": decision.rule,
-        "signers": decision.signers,
-        "requests": requests.identity,
-        "registryRequests": requests.registry,
-        "durationMs": started.elapsed().as_millis() as u64,
-    });
+    let mut record = crate::pipeline::decision_record(&args.image, &digest, &decision, (requests.identity, requests.registry), started.elapsed());
+    record.insert("image".into(), json!(args.image));
+    let result = serde_json::Value::Object(record);
     match args.format {
         VerifyFormat::Json => print_json(&result),
         VerifyFormat::Sarif => print_json(&sarif(&args.image, &digest, &decision)),
