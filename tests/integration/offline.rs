@@ -59,6 +59,21 @@ fn imported_bundle_admits_without_any_network_and_missing_material_is_named() {
     assert_eq!((pull.code, pull.reason()), (Some(1), "record-not-found"), "{}", pull.stdout);
     assert!(pull.stdout.contains("bundle create") && pull.stdout.contains("bundle import"), "{}", pull.stdout);
 
+    // A bundle made from the image reference (signers from the policy) works the same way.
+    let connected = Verifier::new(&online_config(env), &trusting(env, &account));
+    let by_image = node.dir.path().join("by-image.bundle");
+    let out = connected.command(&["bundle", "create", "-o", by_image.to_str().unwrap(), "--image", &image]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let inspected = connected.command(&["bundle", "inspect", by_image.to_str().unwrap(), "--format", "json"]);
+    let listing: Json = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(listing["dids"][0]["did"], account.did.as_str());
+    assert_eq!(listing["dids"][0]["auditLog"], true, "did:plc documents travel with their audit log");
+    assert_eq!(listing["proofs"].as_array().unwrap().len(), 1);
+    let fresh = offline_node(env, &account, "");
+    assert_eq!(fresh.command(&["bundle", "import", by_image.to_str().unwrap()]).status.code(), Some(0));
+    let pull = fresh.pull_without_network(&image, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(0), "verified"), "{}", pull.stdout);
+
     // A node with nothing imported: the DID document is what is missing.
     let empty = offline_node(env, &account, "");
     let pull = empty.pull_without_network(&image, &digest);
