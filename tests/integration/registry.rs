@@ -127,3 +127,61 @@ fn referrers_api_artifacts_give_hints_and_hosts_toml_mirrors_are_used() {
     // The DID itself is unknown to this PLC: rejected for that reason, not for a signature.
     assert_eq!((pull.code, pull.reason()), (Some(1), "did-unresolved"), "{}", pull.stdout);
 }
+
+/// A TLS registry endpoint with a private CA (openssl makes the PKI, Python serves the manifest):
+/// hosts.toml `ca` makes it trusted, `skip_verify` accepts it without one, and without either
+/// the certificate is refused.
+#[test]
+fn hosts_toml_ca_and_skip_verify_for_tls_mirrors() {
+    let openssl = ["/usr/bin/openssl", "/bin/openssl"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("openssl is missing: apt-get install openssl");
+    let dir = tempfile::tempdir().unwrap();
+    // A private CA, and a server certificate it signs (as a site with its own PKI has).
+    let path = |name: &str| dir.path().join(name);
+    let openssl_ok = |args: &[&str]| {
+        let status = Command::new(openssl).args(args).current_dir(dir.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap();
+        assert!(status.success(), "openssl {args:?}");
+    };
+    std::fs::write(path("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl_ok(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=test private CA", "-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl_ok(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "leaf.csr"]);
+    openssl_ok(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "leaf.ext", "-out", "cert.pem"]);
+    let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(root.join("v2/app/manifests")).unwrap();
+    let body = manifest();
+    std::fs::write(root.join("v2/app/manifests/v1"), &body).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Python's HTTP/1.1 file server behind TLS with that certificate.
+    let script = format!(
+        "import http.server, ssl, sys\nclass H(http.server.SimpleHTTPRequestHandler):\n    protocol_version = 'HTTP/1.1'\n    def log_message(self, *a): pass\nhttpd = http.server.ThreadingHTTPServer(('127.0.0.1', {port}), lambda *a, **k: H(*a, directory={root:?}, **k))\nctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\nctx.load_cert_chain({cert:?}, {key:?})\nhttpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)\nhttpd.serve_forever()\n",
+        root = root.display().to_string(),
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    );
+    let mut server = harness::Guard(Some(
+        Command::new("python3").arg("-c").arg(&script).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("python3 is required"),
+    ));
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the TLS server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let run = |hosts: &str| {
+        let d = tempfile::tempdir().unwrap();
+        let host_dir = d.path().join("certs.d/tls.example.com");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::write(host_dir.join("hosts.toml"), format!("server = \"https://tls.example.com\"\n[host.\"https://127.0.0.1:{port}\"]\ncapabilities = [\"pull\", \"resolve\"]\n{hosts}")).unwrap();
+        let config = format!("containerd_hosts_dir = {:?}\n", d.path().join("certs.d"));
+        let verifier = Verifier::in_dir(d, &config, &unsigned_ok_policy("tls.example.com"));
+        let out = verify(&verifier, "tls.example.com/app:v1");
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code(), result)
+    };
+    let (code, result) = run(&format!("ca = {:?}\n", ca));
+    assert_eq!((code, result["digest"].as_str()), (Some(0), Some(sha256(&body).as_str())), "with ca: {result}");
+    let (code, result) = run("skip_verify = true\n");
+    assert_eq!(code, Some(0), "with skip_verify: {result}");
+    let (code, result) = run("");
+    assert_eq!(code, Some(2), "an unknown CA must be refused: {result}");
+    server.stop();
+}

@@ -166,7 +166,8 @@ impl<'a> Session<'a> {
 
     /// Sends a request to the first endpoint that answers, handling auth challenges.
     pub fn request(&self, capability: &str, method: &str, tail: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, String> {
-        let mut last = format!("no endpoint for {} can {capability}", self.host);
+        // Every endpoint's failure is reported: a broken mirror must not hide behind its upstream.
+        let mut failures: Vec<String> = Vec::new();
         for endpoint in endpoints(self.config, &self.host, capability) {
             if !(endpoint.base.starts_with("https://") || endpoint.base.starts_with("http://")) {
                 continue;
@@ -178,10 +179,13 @@ impl<'a> Session<'a> {
                     *self.last_endpoint.borrow_mut() = Some(endpoint);
                     return Ok(response);
                 }
-                Err(e) => last = e,
+                Err(e) => failures.push(format!("{}: {e}", endpoint.base)),
             }
         }
-        Err(last)
+        if failures.is_empty() {
+            return Err(format!("no endpoint for {} can {capability}", self.host));
+        }
+        Err(failures.join("; "))
     }
 
     fn send_with_auth(&self, http: &Http, method: &str, url: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, String> {
