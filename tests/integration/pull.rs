@@ -50,6 +50,10 @@ fn signed_and_trusted_images_are_admitted_single_and_index() {
     let pull = verifier.pull(&format!("{image}:v1"), &digest);
     expect(&pull, 0, "verified");
     assert!(pull.stdout.contains(&alice.did));
+    // Pulled again within the TTLs: decided from the cache, with no request at all.
+    expect(&verifier.pull(&format!("{image}:v1"), &digest), 0, "verified");
+    let again = verifier.audit().pop().unwrap();
+    assert_eq!((again["requests"].as_u64(), again["registryRequests"].as_u64()), (Some(0), Some(0)), "{again}");
 
     // An index: containerd passes the index digest, and ATCR records indexes too.
     let index = env.registry.push_index("alice1.test/myapp", "multi", "alice1-multi");
@@ -62,7 +66,7 @@ fn signed_and_trusted_images_are_admitted_single_and_index() {
     expect(&verifier.pull(&format!("{image}:v2"), &tid_digest), 0, "verified");
 
     let audit = verifier.audit();
-    assert_eq!(audit.len(), 3);
+    assert_eq!(audit.len(), 4);
     assert!(audit.iter().all(|a| a["outcome"] == "admitted" && a["signers"][0] == json!(alice.did)));
 
     // The CLI: the tag is resolved through the registry, then the same decision.

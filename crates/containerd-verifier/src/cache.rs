@@ -23,6 +23,10 @@ pub enum Kind {
     Proof,
     /// Bundles of `bundle_dir` already imported.
     Imported,
+    /// Handle -> DID resolutions (still checked against the DID document on every use).
+    Handle,
+    /// Signature-artifact hints found through referrers, per image digest.
+    Referrers,
 }
 
 impl Kind {
@@ -32,6 +36,8 @@ impl Kind {
             Kind::Locator => "locator",
             Kind::Proof => "proof",
             Kind::Imported => "imported",
+            Kind::Handle => "handle",
+            Kind::Referrers => "referrers",
         }
     }
 }
@@ -73,6 +79,24 @@ pub struct ProofEntry {
     pub source: String,
     /// Base64 of the CAR bytes.
     pub car: String,
+}
+
+/// A handle resolution.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HandleEntry {
+    pub handle: String,
+    pub did: String,
+    pub fetched_at: i64,
+}
+
+/// The (DID, rkey) hints of an image's signature artifacts (possibly none).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferrersEntry {
+    pub digest: String,
+    pub hints: Vec<(String, String)>,
+    pub fetched_at: i64,
 }
 
 /// The cache rooted at a directory.

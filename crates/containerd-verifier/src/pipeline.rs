@@ -20,7 +20,7 @@ use atproto_sig_core::verify::{verify, Expectation, KeySource, ProofInput};
 use atproto_sig_core::{Facts, Limits, Reason, Verdict};
 use base64::Engine;
 
-use crate::cache::{freshness, Cache, DidEntry, Freshness, Kind, LocatorEntry, ProofEntry};
+use crate::cache::{freshness, Cache, DidEntry, Freshness, HandleEntry, Kind, LocatorEntry, ProofEntry, ReferrersEntry};
 use crate::config::Config;
 use crate::net::{Http, NetError};
 use crate::resolve::{self, LookupError, ProofAnswer};
@@ -302,10 +302,23 @@ impl Context<'_> {
             return Some((Err(verdict(identity, Reason::IdentityUnresolved, format!("{identity} cannot be resolved offline"))), repository.to_owned()));
         };
         let fail = |message: String| Some((Err(verdict(identity, Reason::IdentityUnresolved, message)), repository.to_owned()));
-        let did = match resolve::resolve_handle(http, self.config.handle_resolver.as_deref(), self.dns, identity) {
-            Ok(did) => did,
-            Err(LookupError::Network(e)) => return Some((Err(verdict(identity, if e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError }, format!("cannot resolve handle {identity}: {e}"))), repository.to_owned())),
-            Err(e) => return fail(format!("cannot resolve handle {identity}: {e}")),
+        let handle = identity.to_ascii_lowercase();
+        let cached: Option<HandleEntry> = self.cache.read(Kind::Handle, &[&handle]);
+        let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), micros(self.config.max_stale)));
+        let did = match (&cached, state) {
+            (Some(entry), Some(Freshness::Fresh)) => entry.did.clone(),
+            _ => match resolve::resolve_handle(http, self.config.handle_resolver.as_deref(), self.dns, identity) {
+                Ok(did) => {
+                    self.cache.write(Kind::Handle, &[&handle], &HandleEntry { handle: handle.clone(), did: did.clone(), fetched_at: self.now });
+                    did
+                }
+                Err(LookupError::Network(e)) if state == Some(Freshness::Stale) => {
+                    self.note(format!("using the cached resolution of {handle} past its TTL: {e}"));
+                    cached.map(|c| c.did).unwrap_or_default()
+                }
+                Err(LookupError::Network(e)) => return Some((Err(verdict(identity, if e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError }, format!("cannot resolve handle {identity}: {e}"))), repository.to_owned())),
+                Err(e) => return fail(format!("cannot resolve handle {identity}: {e}")),
+            },
         };
         // Bidirectional: the DID document must claim the handle.
         match self.document(&did) {
@@ -322,12 +335,32 @@ impl Context<'_> {
     /// (OCI referrers API, or the `sha256-<hex>` tag). Hints only: the proof decides.
     fn referrer_hints(&self, image: &ImageRef, digest: &str) -> Vec<(String, String)> {
         let Some(http) = self.registry else { return Vec::new() };
+        // Online, hints are cached like proofs (registries rate-limit); offline the registry is
+        // where proofs come from, so it is always asked.
+        let key = [image.host.as_str(), image.path.as_str(), digest];
+        if self.http.is_some()
+            && let Some(entry) = self.cache.read::<ReferrersEntry>(Kind::Referrers, &key)
+            && freshness(entry.fetched_at, self.now, micros(self.config.proof_ttl), 0) == Freshness::Fresh
+        {
+            return entry.hints;
+        }
+        let hints = self.fetch_referrer_hints(http, image, digest);
+        if self.http.is_some()
+            && let Some(hints) = &hints
+        {
+            self.cache.write(Kind::Referrers, &key, &ReferrersEntry { digest: digest.to_owned(), hints: hints.clone(), fetched_at: self.now });
+        }
+        hints.unwrap_or_default()
+    }
+
+    /// The hints from the registry; `None` when the registry could not be asked.
+    fn fetch_referrer_hints(&self, http: &Http, image: &ImageRef, digest: &str) -> Option<Vec<(String, String)>> {
         let session = crate::registry::Session::new(self.config, http, image);
         let descriptors = match session.referrers(digest, crate::registry::SIGNATURE_ARTIFACT_TYPE) {
             Ok(d) => d,
             Err(e) => {
                 self.note(format!("referrers of {digest}: {e} (continuing without hints)"));
-                return Vec::new();
+                return None;
             }
         };
         let mut hints = Vec::new();
@@ -357,7 +390,7 @@ impl Context<'_> {
                 hints.push(hint);
             }
         }
-        hints
+        Some(hints)
     }
 
     /// The full decision for an image at `digest`.
