@@ -155,6 +155,27 @@ pub fn config_path(flag: Option<&Path>) -> (PathBuf, bool) {
     }
 }
 
+/// True when the process runs with effective uid 0 (read from /proc; unknown counts as root,
+/// which keeps containerd's fixed system paths).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0")))
+        .unwrap_or(true)
+}
+
+/// The default cache directory: the system one for root (containerd), else the user's cache.
+pub fn default_cache_dir(root: bool, xdg_cache_home: Option<&str>, home: Option<&str>) -> PathBuf {
+    if root {
+        return Config::default().cache_dir;
+    }
+    match (xdg_cache_home.filter(|x| x.starts_with('/')), home.filter(|h| h.starts_with('/'))) {
+        (Some(xdg), _) => Path::new(xdg).join("atproto-verifier"),
+        (None, Some(home)) => Path::new(home).join(".cache/atproto-verifier"),
+        (None, None) => Config::default().cache_dir,
+    }
+}
+
 impl Config {
     /// Parses config text.
     pub fn parse(text: &str) -> Result<Config, String> {
@@ -168,10 +189,16 @@ impl Config {
         let error = |message: String| ConfigError { path: path.clone(), message };
         let text = match crate::input::read_capped(&path, 1 << 20) {
             Ok(bytes) => String::from_utf8(bytes).map_err(|_| error("not UTF-8".into()))?,
-            Err(_) if !explicit && !path.exists() => return Ok(Config::default()),
+            Err(_) if !explicit && !path.exists() => String::new(),
             Err(e) => return Err(error(e.problem)),
         };
-        let config = Config::parse(&text).map_err(error)?;
+        let mut config = Config::parse(&text).map_err(error)?;
+        // An operator running the CLI as themselves gets their own cache, unless one is configured.
+        let cache_dir_set = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("cache_dir"));
+        if !cache_dir_set {
+            let (xdg, home) = (std::env::var("XDG_CACHE_HOME").ok(), std::env::var("HOME").ok());
+            config.cache_dir = default_cache_dir(running_as_root(), xdg.as_deref(), home.as_deref());
+        }
         config.check().map_err(error)?;
         Ok(config)
     }
@@ -194,6 +221,14 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_dir_for_root_and_users() {
+        assert_eq!(default_cache_dir(true, Some("/x"), Some("/home/u")), PathBuf::from("/var/lib/atproto-verifier"));
+        assert_eq!(default_cache_dir(false, Some("/x"), Some("/home/u")), PathBuf::from("/x/atproto-verifier"));
+        assert_eq!(default_cache_dir(false, None, Some("/home/u")), PathBuf::from("/home/u/.cache/atproto-verifier"));
+        assert_eq!(default_cache_dir(false, Some("relative"), None), PathBuf::from("/var/lib/atproto-verifier"));
+    }
 
     #[test]
     fn durations() {
