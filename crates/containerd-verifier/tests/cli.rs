@@ -227,3 +227,38 @@ fn policy_explain_text_snapshot_and_json() {
     let out = run(&["policy", "explain", "--policy", &policy, "Not A Ref"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn doctor_catches_the_silent_failure_modes_of_containerds_hook() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = dir.path().join("verifiers");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let policy = policy_file("valid/atcr-example.yaml");
+    let config = write(dir.path(), "config.toml", format!("policy = {policy:?}\ncache_dir = {:?}\n", dir.path().join("cache")).as_bytes());
+    let containerd = |extra: &str| {
+        write(dir.path(), "containerd.toml", format!("version = 3\n[plugins.\"io.containerd.image-verifier.v1.bindir\"]\nbin_dir = {bin_dir:?}\nmax_verifiers = 10\n{extra}").as_bytes())
+    };
+    let doctor = |containerd_config: &str| {
+        let out = run(&["doctor", "--config", &config, "--containerd-config", containerd_config]);
+        (out.status.code(), stdout(&out))
+    };
+    // Empty bin_dir: containerd would admit everything.
+    let (code, text) = doctor(&containerd("per_verifier_timeout = \"10s\"\n"));
+    assert_eq!(code, Some(1));
+    assert!(text.contains("admits EVERY pull"), "{text}");
+    // Installed, executable, timeout above the 8 s budget: healthy.
+    let installed = bin_dir.join("atproto-verifier");
+    std::fs::copy(env!("CARGO_BIN_EXE_atproto-verifier"), &installed).unwrap();
+    let (code, text) = doctor(&containerd("per_verifier_timeout = \"10s\"\n"));
+    assert_eq!(code, Some(0), "{text}");
+    // A stray non-executable file, a timeout below the budget, and CRI's local pull.
+    let stray = bin_dir.join("README");
+    std::fs::write(&stray, "notes").unwrap();
+    std::fs::set_permissions(&stray, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let broken = containerd("per_verifier_timeout = \"5s\"\n[plugins.\"io.containerd.cri.v1.images\"]\nuse_local_image_pull = true\n");
+    let (code, text) = doctor(&broken);
+    assert_eq!(code, Some(1));
+    let report: String = text.replace(&dir.path().display().to_string(), "<dir>").replace(&policy, "<policy>");
+    insta::assert_snapshot!("doctor_broken", report);
+}

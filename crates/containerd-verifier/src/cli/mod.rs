@@ -4,6 +4,7 @@ mod attach;
 mod bundle;
 mod cache;
 mod did;
+mod doctor;
 pub mod policy;
 mod proof;
 pub mod verify;
@@ -36,6 +37,8 @@ enum Command {
     Bundle(bundle::BundleCommand),
     /// Decide for an image exactly as the containerd verifier would (tag resolved to a digest first).
     Verify(verify::VerifyArgs),
+    /// Check this node's setup: config, policy, cache, and containerd's verifier hook.
+    Doctor(doctor::DoctorArgs),
     /// Check a trust policy, or explain what it decides for an image.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -51,5 +54,6 @@ pub fn run(cli: Cli) -> u8 {
         Command::Bundle(command) => bundle::run(command),
         Command::Cache(command) => cache::run(command),
         Command::Attach(args) => attach::run(args),
+        Command::Doctor(args) => doctor::run(args),
     }
 }
