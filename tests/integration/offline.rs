@@ -119,6 +119,18 @@ fn tampered_bundles_are_refused_at_import() {
         }), "audit log invalid"),
         ("missing audit log", edit(&|b| b["dids"][0]["auditLog"] = Json::Null), "no audit log"),
     ];
+    // A locator pointing a digest at a record that names another digest is refused, while the
+    // (authentic) proof itself is kept.
+    let mut wrong_locator = original.clone();
+    wrong_locator["locators"][0]["digest"] = Json::String(format!("sha256:{}", "e".repeat(64)));
+    let path = carry.path().join("wrong-locator.json");
+    std::fs::write(&path, serde_json::to_vec(&wrong_locator).unwrap()).unwrap();
+    let node = offline_node(env, &account, "");
+    let out = node.command(&["bundle", "import", path.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["refused"].to_string().contains("does not verify for that digest"), "{report}");
+    assert_eq!(report["accepted"].as_array().unwrap().len(), 2, "document and proof: {report}");
     for (label, tampered, expected) in cases {
         let path = carry.path().join(format!("{}.json", label.replace(' ', "-")));
         std::fs::write(&path, serde_json::to_vec(&tampered).unwrap()).unwrap();

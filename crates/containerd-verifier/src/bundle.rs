@@ -151,7 +151,8 @@ pub fn import(bundle: &Bundle, cache: &Cache, source: &str, config: &Config) -> 
             Err(e) => report.refused.push(format!("DID document {}: {e}", entry.did)),
         }
     }
-    let mut proven: Vec<(String, String)> = Vec::new();
+    // (did, rkey, digest) whose proof verified for exactly that digest: only these locators count.
+    let mut proven: Vec<(String, String, String)> = Vec::new();
     for entry in &bundle.proofs {
         let label = format!("proof {}/{}/{}", entry.did, entry.collection, entry.rkey);
         let document = documents.get(&entry.did).cloned().or_else(|| {
@@ -185,12 +186,18 @@ pub fn import(bundle: &Bundle, cache: &Cache, source: &str, config: &Config) -> 
         if !newer {
             cache.write(Kind::Proof, &[&entry.did, &entry.collection, &entry.rkey], entry);
         }
-        proven.push((entry.did.clone(), entry.rkey.clone()));
+        if verdict.reason == Reason::Verified {
+            proven.push((entry.did.clone(), entry.rkey.clone(), digest.clone()));
+        }
         report.accepted.push(label);
     }
     for locator in &bundle.locators {
-        if proven.iter().any(|(d, r)| *d == locator.did && *r == locator.rkey) {
+        if proven.iter().any(|(d, r, g)| *d == locator.did && *r == locator.rkey && *g == locator.digest) {
             cache.write(Kind::Locator, &[&locator.did, &locator.digest], locator);
+        } else {
+            // A locator must point at a record that names its digest; otherwise it could make a
+            // good image look mismatched or revoked.
+            report.refused.push(format!("locator {} -> {}/{}: its record does not verify for that digest", locator.digest, locator.did, locator.rkey));
         }
     }
     report
