@@ -292,3 +292,19 @@ fn signature_artifacts_found_through_the_tag_fallback_are_used_as_hints() {
     expect(&pull, 0, "verified");
     assert!(pull.stderr.contains(&format!("names {} / {rkey}", nora.did)), "{}", pull.stderr);
 }
+
+#[test]
+fn a_misleading_signature_artifact_cannot_hide_the_real_record() {
+    let env = env();
+    let vera = env.pds.create_account("vera14");
+    let digest = env.registry.push_image("vera14.test/app", "v1", "vera14");
+    env.pds.put_manifest(&vera, &digest, "app", OCI_MANIFEST);
+    // Someone with push access attaches an artifact pointing at vera's record of another image.
+    let other = env.registry.push_image("vera14.test/app", "v0", "vera14-old");
+    let other_rkey = env.pds.put_manifest(&vera, &other, "app", OCI_MANIFEST);
+    env.registry.push_signature_artifact("vera14.test/app", &digest, &vera.did, &other_rkey);
+    let verifier = Verifier::new(&base_config(env), &trusting(env, &[&vera], "enforce"));
+    let pull = verifier.pull(&format!("{}/vera14.test/app:v1", env.registry.host), &digest);
+    expect(&pull, 0, "verified");
+    assert!(pull.stderr.contains("does not prove"), "{}", pull.stderr);
+}

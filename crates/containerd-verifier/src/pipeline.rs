@@ -222,20 +222,30 @@ impl Context<'_> {
         let pds = document.pds.clone();
         let locator: Option<LocatorEntry> = self.cache.read(Kind::Locator, &[did, digest]);
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest).to_owned();
-        // (rkey, known to have held the record): absence there means deletion.
+        // Where an rkey came from decides what a failure there means.
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Source {
+            /// From a signature artifact in the registry: anyone able to push controls it, so a
+            /// failure there is never decisive.
+            Hint,
+            /// Held this digest's record before (our cache): absence there means deletion.
+            Known,
+            /// The digest's hex, or a listRecords match.
+            Guess,
+        }
         let mut tried: Vec<String> = Vec::new();
-        let mut attempts: Vec<(String, bool)> = Vec::new();
+        let mut attempts: Vec<(String, Source)> = Vec::new();
         if let Some(h) = hint_rkey {
-            attempts.push((h.to_owned(), false));
+            attempts.push((h.to_owned(), Source::Hint));
         }
         if let Some(l) = &locator {
-            attempts.push((l.rkey.clone(), true));
+            attempts.push((l.rkey.clone(), Source::Known));
         }
-        attempts.push((hex, false));
+        attempts.push((hex, Source::Guess));
         let mut last_failure: Option<Verdict> = None;
         let mut scanned = false;
         loop {
-            while let Some((rkey, known)) = (!attempts.is_empty()).then(|| attempts.remove(0)) {
+            while let Some((rkey, source)) = (!attempts.is_empty()).then(|| attempts.remove(0)) {
                 if tried.contains(&rkey) {
                     continue;
                 }
@@ -245,7 +255,7 @@ impl Context<'_> {
                     Err(v) => return v,
                 };
                 let Some(car) = car else {
-                    if known {
+                    if source == Source::Known {
                         return verdict(did, Reason::RecordDeleted, format!("the record at://{did}/{MANIFEST_COLLECTION}/{rkey} that signed {digest} is gone from {}", pds.as_deref().unwrap_or("its PDS")));
                     }
                     continue;
@@ -261,9 +271,15 @@ impl Context<'_> {
                     }
                     return result;
                 }
-                if result.reason == Reason::RecordDeleted && !known {
-                    // Absence under a guessed rkey says nothing about deletion: keep looking.
+                if result.reason == Reason::RecordDeleted && source != Source::Known {
+                    // Absence under a guessed or hinted rkey says nothing about deletion: keep looking.
                     last_failure.get_or_insert(verdict(did, Reason::RecordNotFound, format!("no record for {digest} in {did}")));
+                    continue;
+                }
+                if source == Source::Hint {
+                    // A misleading hint must not hide a record found elsewhere.
+                    self.note(format!("hinted record {did}/{rkey} does not prove {digest}: {}", result.message));
+                    last_failure = Some(result);
                     continue;
                 }
                 if result.reason == Reason::RecordDeleted {
@@ -278,7 +294,7 @@ impl Context<'_> {
             scanned = true;
             let (Some(http), Some(pds)) = (self.http, pds.as_deref()) else { break };
             match resolve::find_record(http, pds, did, MANIFEST_COLLECTION, digest, repository) {
-                Ok(Some(rkey)) => attempts.push((rkey, false)),
+                Ok(Some(rkey)) => attempts.push((rkey, Source::Guess)),
                 Ok(None) => {}
                 Err(e) => return lookup_verdict(did, &format!("the record list of {did}"), &e),
             }
