@@ -308,3 +308,24 @@ fn a_misleading_signature_artifact_cannot_hide_the_real_record() {
     expect(&pull, 0, "verified");
     assert!(pull.stderr.contains("does not prove"), "{}", pull.stderr);
 }
+
+#[test]
+fn resolve_prints_the_did_for_a_policy_and_checks_the_handle_both_ways() {
+    let env = env();
+    let wes = env.pds.create_account("wes15");
+    let verifier = Verifier::new(&base_config(env), &trusting(env, &[&wes], "enforce"));
+    let out = verifier.command(&["resolve", "wes15.test", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["did"].as_str(), v["handle"].as_str(), v["handleVerified"].as_bool()), (Some(wes.did.as_str()), Some("wes15.test"), Some(true)));
+    let out = verifier.command(&["resolve", &wes.did]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("      {}:", wes.did)), "policy snippet");
+    // A resolver that lies about a handle: the DID document does not claim it back.
+    let did = wes.did.clone();
+    let liar = FakeServer::start(Box::new(move |_| FakeResponse::new(200, "application/json", format!("{{\"did\":\"{did}\"}}"))));
+    let lied = Verifier::new(&format!("plc_directory = {:?}\nhandle_resolver = {:?}\n", env.pds.plc, liar.url), "version: 1.0\ndefault: { action: enforce, require: { signature: false } }\n");
+    let out = lied.command(&["resolve", "someone-else.test"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT verified"), "{}", String::from_utf8_lossy(&out.stdout));
+}

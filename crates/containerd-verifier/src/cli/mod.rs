@@ -7,6 +7,7 @@ mod did;
 mod doctor;
 pub mod policy;
 mod proof;
+mod resolve;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Bundle(bundle::BundleCommand),
     /// Decide for an image exactly as the containerd verifier would (tag resolved to a digest first).
     Verify(verify::VerifyArgs),
+    /// Resolve a handle or DID: the DID, its key, PDS and handle, ready for a trust policy.
+    Resolve(resolve::ResolveArgs),
     /// Check this node's setup: config, policy, cache, and containerd's verifier hook.
     Doctor(doctor::DoctorArgs),
     /// Check a trust policy, or explain what it decides for an image.
@@ -55,5 +58,6 @@ pub fn run(cli: Cli) -> u8 {
         Command::Cache(command) => cache::run(command),
         Command::Attach(args) => attach::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Resolve(args) => resolve::run(args),
     }
 }

@@ -1,0 +1,89 @@
+//! `resolve HANDLE|DID`: what to put in a trust policy. Resolves a handle to its DID (checked
+//! both ways against the DID document), and shows the document's key, PDS and claimed handle.
+
+use std::path::PathBuf;
+
+use atproto_sig_core::syntax::is_valid_did;
+use clap::Args;
+use serde_json::json;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::exit;
+use crate::net::{Deadline, Http};
+use crate::output::{print_json, print_undecided, Format};
+
+#[derive(Args, Debug)]
+pub struct ResolveArgs {
+    /// A handle (alice.bsky.social) or a DID.
+    identity: String,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn run(args: ResolveArgs) -> u8 {
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_undecided(args.format, &e.to_string(), "");
+            return exit::UNDECIDED;
+        }
+    };
+    let http = (!config.offline).then(|| Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(config.budget.0)));
+    let cache = Cache::new(&config.cache_dir);
+    let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
+    let empty = atproto_sig_core::policy::Policy { version: "1.0".into(), trusted: Vec::new(), rules: Vec::new(), default: None, warnings: Vec::new() };
+    let now = crate::input::now_micros(None).unwrap_or(0);
+    let context = crate::pipeline::Context::new(&config, &empty, &cache, http.as_ref(), None, &dns, now);
+    let (did, from_handle) = if is_valid_did(&args.identity) {
+        (args.identity.clone(), None)
+    } else {
+        let Some(http) = http.as_ref() else {
+            print_undecided(args.format, "offline: a handle cannot be resolved", "resolve it on a connected machine, or give the DID");
+            return exit::UNDECIDED;
+        };
+        match crate::resolve::resolve_handle(http, config.handle_resolver.as_deref(), &dns, &args.identity) {
+            Ok(did) => (did, Some(args.identity.to_ascii_lowercase())),
+            Err(e) => {
+                print_undecided(args.format, &format!("cannot resolve {}: {e}", args.identity), "check the spelling, DNS (_atproto TXT) or https://<handle>/.well-known/atproto-did");
+                return exit::REJECTED;
+            }
+        }
+    };
+    let document = match context.document(&did) {
+        Ok((d, _)) => d,
+        Err(v) => {
+            print_undecided(args.format, &v.message, "");
+            return if crate::pipeline::is_undecided(v.reason) { exit::UNDECIDED } else { exit::REJECTED };
+        }
+    };
+    // A handle counts only if the DID document claims it back.
+    let handle_verified = from_handle.as_ref().is_none_or(|h| document.handle.as_deref() == Some(h.as_str()));
+    let key = document.signing_key.as_ref().ok();
+    match args.format {
+        Format::Json => print_json(&json!({
+            "did": did,
+            "handle": document.handle,
+            "handleVerified": handle_verified,
+            "pds": document.pds,
+            "signingKey": key.map(|k| k.to_did_key()),
+            "curve": key.map(|k| k.curve().jwt_alg()),
+        })),
+        Format::Text => {
+            println!("{did}");
+            match (&from_handle, handle_verified) {
+                (Some(h), false) => println!("  handle:      {h} points here, but the DID document claims {} — NOT verified", document.handle.as_deref().unwrap_or("no handle")),
+                _ => println!("  handle:      {} (claimed by the DID document{})", document.handle.as_deref().unwrap_or("none"), if from_handle.is_some() { ", verified both ways" } else { "" }),
+            }
+            println!("  PDS:         {}", document.pds.as_deref().unwrap_or("none"));
+            match &document.signing_key {
+                Ok(k) => println!("  signing key: {} ({})", k.to_did_key(), k.curve().jwt_alg()),
+                Err(e) => println!("  signing key: unusable: {e}"),
+            }
+            println!("  for a trust policy:\n    trustedDIDs:\n      {did}:\n        name: {:?}\n        validFrom: \"{}\"\n        expiresAt: null", document.handle.as_deref().unwrap_or("…"), atproto_sig_core::syntax::format_datetime_micros(now - now % 1_000_000));
+        }
+    }
+    if handle_verified { exit::ADMITTED } else { exit::REJECTED }
+}
