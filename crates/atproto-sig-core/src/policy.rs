@@ -587,6 +587,12 @@ fn failure_rank(reason: Reason) -> u8 {
 }
 
 impl Policy {
+    /// A policy with no rules and no trusted DIDs (for operations that resolve and fetch
+    /// without deciding, such as bundles and cache refreshes).
+    pub fn empty() -> Policy {
+        Policy { version: "1.0".into(), trusted: Vec::new(), rules: Vec::new(), default: None, warnings: Vec::new() }
+    }
+
     /// Parses and validates; see [`parse_policy`].
     pub fn parse(text: &str) -> Result<Policy, Vec<Issue>> {
         parse_policy(text)

@@ -165,6 +165,10 @@ fn failures_are_explained_by_the_most_telling_verdict() {
     assert_eq!(decision.reason, Reason::SignatureInvalid);
     let decision = policy.decide(&img, &[failed(B, Reason::NetworkError)], now);
     assert_eq!(decision.reason, Reason::NetworkError, "a network failure is never reported as a bad signature");
+    // Failures of other candidates (an untrusted publisher in the path, say) never outweigh
+    // enough trusted signers.
+    let decision = policy.decide(&img, &[failed("did:plc:zzzzzzzzzzzzzzzzzzzzzzzz", Reason::UntrustedSigner), signed_by(A), signed_by(B)], now);
+    assert_eq!((decision.outcome, decision.reason), (Outcome::Admit, Reason::Verified));
 }
 
 #[test]

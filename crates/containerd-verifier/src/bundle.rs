@@ -59,7 +59,7 @@ pub fn create(config: &Config, policy: Option<&atproto_sig_core::policy::Policy>
     let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(Duration::from_secs(300)));
     let cache = Cache::new(scratch.path());
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
-    let empty = atproto_sig_core::policy::Policy { version: "1.0".into(), trusted: Vec::new(), rules: Vec::new(), default: None, warnings: Vec::new() };
+    let empty = atproto_sig_core::policy::Policy::empty();
     let context = crate::pipeline::Context::new(&online, policy.unwrap_or(&empty), &cache, Some(&http), Some(&http), &dns, crate::input::now_micros(None).unwrap_or(0));
     for name in images {
         let image = atproto_sig_core::reference::ImageRef::parse(name).map_err(|e| e.to_string())?;

@@ -67,12 +67,21 @@ fn verdict(did: &str, reason: Reason, message: String) -> Verdict {
     Verdict { reason, message, facts: Facts { did: did.to_owned(), ..Facts::default() } }
 }
 
-fn lookup_verdict(did: &str, what: &str, error: &LookupError) -> Verdict {
-    match error {
-        LookupError::Network(NetError::Deadline) => verdict(did, Reason::DeadlineExceeded, format!("the time budget ran out while fetching {what}")),
-        LookupError::Network(e) => verdict(did, Reason::NetworkError, format!("cannot fetch {what}: {e} (a network failure, not a signature problem)")),
-        LookupError::NotFound(e) => verdict(did, if what.starts_with("the DID") { Reason::DidUnresolved } else { Reason::RecordNotFound }, e.clone()),
-        LookupError::Invalid(e) => verdict(did, if what.starts_with("the DID") { Reason::DidDocumentInvalid } else { Reason::ProofMalformed }, e.clone()),
+/// What a failed lookup was for: it decides the reason an answer like "not found" maps to.
+#[derive(Clone, Copy)]
+enum Lookup {
+    Document,
+    Record,
+}
+
+fn lookup_verdict(did: &str, what: &str, kind: Lookup, error: &LookupError) -> Verdict {
+    match (error, kind) {
+        (LookupError::Network(NetError::Deadline), _) => verdict(did, Reason::DeadlineExceeded, format!("the time budget ran out while fetching {what}")),
+        (LookupError::Network(e), _) => verdict(did, Reason::NetworkError, format!("cannot fetch {what}: {e} (a network failure, not a signature problem)")),
+        (LookupError::NotFound(e), Lookup::Document) => verdict(did, Reason::DidUnresolved, e.clone()),
+        (LookupError::NotFound(e), Lookup::Record) => verdict(did, Reason::RecordNotFound, e.clone()),
+        (LookupError::Invalid(e), Lookup::Document) => verdict(did, Reason::DidDocumentInvalid, e.clone()),
+        (LookupError::Invalid(e), Lookup::Record) => verdict(did, Reason::ProofMalformed, e.clone()),
     }
 }
 
@@ -131,7 +140,7 @@ impl Context<'_> {
                 let entry = cached.ok_or_else(|| verdict(did, Reason::NetworkError, e.to_string()))?;
                 parse(&entry).map(|d| (d, true))
             }
-            Err(e) => Err(lookup_verdict(did, &format!("the DID document of {did}"), &e)),
+            Err(e) => Err(lookup_verdict(did, &format!("the DID document of {did}"), Lookup::Document, &e)),
         }
     }
 
@@ -197,7 +206,7 @@ impl Context<'_> {
                 self.note(format!("using the cached proof for {did}/{rkey} past its TTL: {e}"));
                 Ok((cached.as_ref().and_then(decode), true))
             }
-            Err(e) => Err(lookup_verdict(did, &format!("the proof from {pds}"), &e)),
+            Err(e) => Err(lookup_verdict(did, &format!("the proof from {pds}"), Lookup::Record, &e)),
         }
     }
 
@@ -296,7 +305,7 @@ impl Context<'_> {
             match resolve::find_record(http, pds, did, MANIFEST_COLLECTION, digest, repository) {
                 Ok(Some(rkey)) => attempts.push((rkey, Source::Guess)),
                 Ok(None) => {}
-                Err(e) => return lookup_verdict(did, &format!("the record list of {did}"), &e),
+                Err(e) => return lookup_verdict(did, &format!("the record list of {did}"), Lookup::Record, &e),
             }
         }
         last_failure.unwrap_or_else(|| verdict(did, Reason::RecordNotFound, format!("no io.atcr.manifest record for {digest} in {did} — was the image pushed through an ATProto registry?")))
@@ -466,10 +475,6 @@ impl Context<'_> {
             if valid >= rule.require.min_signatures {
                 break;
             }
-        }
-        // An untrusted path identity only explains a failure when nothing else verified.
-        if valid >= rule.require.min_signatures {
-            verdicts.retain(|v| v.reason != Reason::UntrustedSigner);
         }
         let mut decision = self.policy.decide(image, &verdicts, self.now);
         if decision.outcome != Outcome::Reject && self.used_stale.get() {

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use atproto_sig_core::reference::ImageRef;
 
 use crate::config::Config;
-use crate::net::{is_loopback_url, Deadline, Fetched, Http, NetError, Tls};
+use crate::net::{is_loopback_url, Deadline, Fetched, Http, Tls};
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -384,12 +384,6 @@ pub fn resolve_tag(config: &Config, image: &ImageRef, deadline: Deadline) -> Res
     let http = Http::new(config.connect_timeout.0, config.request_timeout.0, deadline);
     let session = Session::new(config, &http, image);
     session.resolve(image.tag.as_deref().unwrap_or("latest"))
-}
-
-impl From<NetError> for String {
-    fn from(e: NetError) -> String {
-        e.to_string()
-    }
 }
 
 #[cfg(test)]

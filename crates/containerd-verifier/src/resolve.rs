@@ -156,12 +156,12 @@ fn check_pds(pds: &str) -> Result<(), LookupError> {
     }
 }
 
-/// Finds the rkey of the `collection` record whose `digest` (and `repository`, if given) match,
-/// by a bounded `com.atproto.repo.listRecords` scan. Only a locator: the proof decides.
-pub fn find_record(http: &Http, pds: &str, did: &str, collection: &str, digest: &str, repository: Option<&str>) -> Result<Option<String>, LookupError> {
+/// Visits the `collection` records of `did` page by page (`com.atproto.repo.listRecords`),
+/// at most [`MAX_LIST_PAGES`] pages, until `visit` returns true. Each record is passed as
+/// (rkey, value); records without a valid rkey are skipped.
+fn scan_records(http: &Http, pds: &str, did: &str, collection: &str, mut visit: impl FnMut(String, &Json) -> bool) -> Result<(), LookupError> {
     check_pds(pds)?;
     let mut cursor: Option<String> = None;
-    let mut fallback = None;
     for _ in 0..MAX_LIST_PAGES {
         let mut params = vec![("repo", did), ("collection", collection), ("limit", "100")];
         if let Some(c) = &cursor {
@@ -169,34 +169,47 @@ pub fn find_record(http: &Http, pds: &str, did: &str, collection: &str, digest: 
         }
         let url = format!("{pds}/xrpc/com.atproto.repo.listRecords?{}", query(&params));
         let response = http.get(&url, &[], MAX_LIST_PAGE)?;
-        if response.status != 200 {
-            return match response.status {
-                400 | 404 => Err(LookupError::NotFound(format!("{pds} has no repository for {did}"))),
-                status => Err(LookupError::Network(NetError::Io(format!("listRecords answered HTTP {status}")))),
-            };
+        match response.status {
+            200 => {}
+            400 | 404 => return Err(LookupError::NotFound(format!("{pds} has no repository for {did}"))),
+            status => return Err(LookupError::Network(NetError::Io(format!("listRecords answered HTTP {status}")))),
         }
         let json: Json = serde_json::from_slice(&response.body).map_err(|e| LookupError::Invalid(format!("listRecords: {e}")))?;
-        let records = json.get("records").and_then(Json::as_array).cloned().unwrap_or_default();
-        for record in &records {
-            let value = record.get("value");
-            if value.and_then(|v| v.get("digest")).and_then(Json::as_str) != Some(digest) {
-                continue;
+        let records = json.get("records").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default();
+        for record in records {
+            let rkey = record.get("uri").and_then(Json::as_str).and_then(AtUri::parse).and_then(|u| u.rkey).filter(|r| is_valid_record_key(r));
+            if let (Some(rkey), Some(value)) = (rkey, record.get("value"))
+                && visit(rkey, value)
+            {
+                return Ok(());
             }
-            let rkey = record.get("uri").and_then(Json::as_str).and_then(AtUri::parse).and_then(|u| u.rkey);
-            let Some(rkey) = rkey.filter(|r| is_valid_record_key(r)) else { continue };
-            let same_repository = repository.is_none_or(|r| value.and_then(|v| v.get("repository")).and_then(Json::as_str) == Some(r));
-            if same_repository {
-                return Ok(Some(rkey));
-            }
-            // Keep the first digest match: its proof will say repository-mismatch.
-            fallback.get_or_insert(rkey);
         }
         cursor = json.get("cursor").and_then(Json::as_str).map(str::to_owned);
         if records.is_empty() || cursor.is_none() {
             break;
         }
     }
-    Ok(fallback)
+    Ok(())
+}
+
+/// Finds the rkey of the `collection` record whose `digest` (and `repository`, if given) match,
+/// by a bounded listRecords scan. Only a locator: the proof decides.
+pub fn find_record(http: &Http, pds: &str, did: &str, collection: &str, digest: &str, repository: Option<&str>) -> Result<Option<String>, LookupError> {
+    let mut exact = None;
+    let mut fallback = None;
+    scan_records(http, pds, did, collection, |rkey, value| {
+        if value.get("digest").and_then(Json::as_str) != Some(digest) {
+            return false;
+        }
+        if repository.is_none_or(|r| value.get("repository").and_then(Json::as_str) == Some(r)) {
+            exact = Some(rkey);
+            return true;
+        }
+        // Keep the first digest match: its proof will say repository-mismatch.
+        fallback.get_or_insert(rkey);
+        false
+    })?;
+    Ok(exact.or(fallback))
 }
 
 /// A getRecord answer.
@@ -231,31 +244,12 @@ pub fn fetch_proof(http: &Http, pds: &str, did: &str, collection: &str, rkey: &s
 
 /// Every `collection` record of `did` with its `digest` field: (rkey, digest), bounded.
 pub fn list_manifest_records(http: &Http, pds: &str, did: &str, collection: &str) -> Result<Vec<(String, String)>, LookupError> {
-    check_pds(pds)?;
     let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..MAX_LIST_PAGES {
-        let mut params = vec![("repo", did), ("collection", collection), ("limit", "100")];
-        if let Some(c) = &cursor {
-            params.push(("cursor", c));
+    scan_records(http, pds, did, collection, |rkey, value| {
+        if let Some(digest) = value.get("digest").and_then(Json::as_str) {
+            out.push((rkey, digest.to_owned()));
         }
-        let response = http.get(&format!("{pds}/xrpc/com.atproto.repo.listRecords?{}", query(&params)), &[], MAX_LIST_PAGE)?;
-        if response.status != 200 {
-            return Err(LookupError::Network(NetError::Io(format!("listRecords answered HTTP {}", response.status))));
-        }
-        let json: Json = serde_json::from_slice(&response.body).map_err(|e| LookupError::Invalid(format!("listRecords: {e}")))?;
-        let records = json.get("records").and_then(Json::as_array).cloned().unwrap_or_default();
-        for record in &records {
-            let rkey = record.get("uri").and_then(Json::as_str).and_then(AtUri::parse).and_then(|u| u.rkey);
-            let digest = record.get("value").and_then(|v| v.get("digest")).and_then(Json::as_str);
-            if let (Some(rkey), Some(digest)) = (rkey, digest) {
-                out.push((rkey, digest.to_owned()));
-            }
-        }
-        cursor = json.get("cursor").and_then(Json::as_str).map(str::to_owned);
-        if records.is_empty() || cursor.is_none() {
-            break;
-        }
-    }
+        false
+    })?;
     Ok(out)
 }

@@ -96,7 +96,7 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     }
     let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(std::time::Duration::from_secs(600)));
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
-    let empty = atproto_sig_core::policy::Policy { version: "1.0".into(), trusted: Vec::new(), rules: Vec::new(), default: None, warnings: Vec::new() };
+    let empty = atproto_sig_core::policy::Policy::empty();
     // Entries past half their TTL are refetched: the context treats them as not fresh.
     let mut eager = config.clone();
     eager.did_ttl = crate::config::Span(config.did_ttl.0 / 2);

@@ -34,7 +34,7 @@ pub fn run(args: ResolveArgs) -> u8 {
     let http = (!config.offline).then(|| Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(config.budget.0)));
     let cache = Cache::new(&config.cache_dir);
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
-    let empty = atproto_sig_core::policy::Policy { version: "1.0".into(), trusted: Vec::new(), rules: Vec::new(), default: None, warnings: Vec::new() };
+    let empty = atproto_sig_core::policy::Policy::empty();
     let now = crate::input::now_micros(None).unwrap_or(0);
     let context = crate::pipeline::Context::new(&config, &empty, &cache, http.as_ref(), None, &dns, now);
     let (did, from_handle) = if is_valid_did(&args.identity) {
