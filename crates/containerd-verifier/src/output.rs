@@ -19,8 +19,17 @@ pub fn print_json(value: &serde_json::Value) {
 
 /// Prints an error for a command that could not run (exit 2), with a hint.
 pub fn print_undecided(format: Format, message: &str, hint: &str) {
+    print_failure(format, "invalid-request", message, hint);
+}
+
+/// Prints a config.toml problem (exit 2), with the `config-invalid` reason code.
+pub fn print_config_invalid(format: Format, message: &str) {
+    print_failure(format, "config-invalid", message, "fix config.toml (every setting is documented in packaging/config.toml)");
+}
+
+fn print_failure(format: Format, reason: &str, message: &str, hint: &str) {
     match format {
-        Format::Json => print_json(&serde_json::json!({"admitted": false, "reason": "invalid-request", "message": message, "hint": hint})),
+        Format::Json => print_json(&serde_json::json!({"admitted": false, "reason": reason, "message": message, "hint": hint})),
         Format::Text => {
             eprintln!("error: {message}");
             if !hint.is_empty() {

@@ -211,6 +211,10 @@ fn policy_check_summary_errors_and_missing_file() {
     let out = bin().args(["policy", "check"]).env("ATPROTO_VERIFIER_CONFIG", &bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("polcy"));
+    // Scripts reading JSON get the config-invalid code, not a generic one.
+    let out = bin().args(["verify", "nginx@sha256:0000000000000000000000000000000000000000000000000000000000000000", "--format", "json"]).env("ATPROTO_VERIFIER_CONFIG", &bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(json(&out)["reason"], "config-invalid");
 }
 
 #[test]

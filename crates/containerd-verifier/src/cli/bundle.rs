@@ -9,7 +9,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::exit;
 use crate::input::read_capped;
-use crate::output::{print_json, print_undecided, Format};
+use crate::output::{print_config_invalid, print_json, print_undecided, Format};
 
 #[derive(Subcommand, Debug)]
 pub enum BundleCommand {
@@ -68,7 +68,7 @@ fn create(args: &CreateArgs) -> u8 {
     let config = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            print_undecided(Format::Text, &e.to_string(), "");
+            print_config_invalid(Format::Text, &e.to_string());
             return exit::UNDECIDED;
         }
     };
@@ -125,7 +125,7 @@ fn import(args: &ImportArgs) -> u8 {
     let config = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            print_undecided(args.format, &e.to_string(), "");
+            print_config_invalid(args.format, &e.to_string());
             return exit::UNDECIDED;
         }
     };

@@ -11,7 +11,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::exit;
 use crate::net::{Deadline, Http};
-use crate::output::{print_json, print_undecided, Format};
+use crate::output::{print_config_invalid, print_json, print_undecided, Format};
 
 #[derive(Args, Debug)]
 pub struct ResolveArgs {
@@ -27,7 +27,7 @@ pub fn run(args: ResolveArgs) -> u8 {
     let config = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            print_undecided(args.format, &e.to_string(), "");
+            print_config_invalid(args.format, &e.to_string());
             return exit::UNDECIDED;
         }
     };

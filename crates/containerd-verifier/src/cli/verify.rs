@@ -13,7 +13,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::exit;
 use crate::net::{Deadline, Http};
-use crate::output::{print_json, print_undecided, Format};
+use crate::output::{print_config_invalid, print_json, print_undecided, Format};
 use crate::pipeline::{outcome_label, Context};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -72,7 +72,7 @@ pub fn run(args: VerifyArgs) -> u8 {
     let mut config = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            print_undecided(text_format, &e.to_string(), "fix config.toml (every setting is documented in packaging/config.toml)");
+            print_config_invalid(text_format, &e.to_string());
             return exit::UNDECIDED;
         }
     };
