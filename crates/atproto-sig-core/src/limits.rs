@@ -49,4 +49,10 @@ impl Limits {
     pub fn repository() -> Limits {
         Limits { max_car_bytes: 1 << 30, max_blocks: 4_000_000, ..Limits::default() }
     }
+
+    /// Limits for the signed state of one collection carried in a bundle (commit, the MST
+    /// nodes covering the collection, and its records).
+    pub fn collection() -> Limits {
+        Limits { max_car_bytes: 64 << 20, max_blocks: 200_000, ..Limits::default() }
+    }
 }

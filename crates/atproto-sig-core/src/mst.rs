@@ -303,6 +303,56 @@ pub fn walk<'a>(
     }
 }
 
+/// The nodes that cover every key starting with `prefix` (a collection's `io.atcr.manifest/`):
+/// each node whose key range meets the prefix's range, root first, and the entries found
+/// there. A CAR holding the commit, these nodes and the records is a proof for every key of
+/// the collection at once: [`walk`] finds each record present, and proves each other key
+/// absent. Bounded by `max_mst_depth` and `max_blocks` nodes.
+pub fn covering<'a>(
+    block: impl Fn(&Cid) -> Option<&'a [u8]>,
+    root: Cid,
+    prefix: &[u8],
+    limits: &Limits,
+) -> Result<(Vec<Cid>, Vec<(Vec<u8>, Cid)>), MstError> {
+    // Keys with the prefix lie in [prefix, end): the prefix with its last byte incremented.
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last = last.saturating_add(1);
+    }
+    let meets = |low: &Option<Vec<u8>>, high: &Option<Vec<u8>>| {
+        low.as_deref().is_none_or(|l| l < end.as_slice()) && high.as_deref().is_none_or(|h| h > prefix)
+    };
+    let mut nodes = Vec::new();
+    let mut entries = Vec::new();
+    // (node, depth, gap low, gap high)
+    let mut stack: Vec<(Cid, usize, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![(root, 0, None, None)];
+    while let Some((cid, depth, low, high)) = stack.pop() {
+        if depth >= limits.max_mst_depth || nodes.len() >= limits.max_blocks {
+            return Err(MstError::TooLarge);
+        }
+        let node = Node::decode(block(&cid).ok_or(MstError::MissingBlock(cid))?, limits)?;
+        nodes.push(cid);
+        let mut gap_low = low;
+        let mut link = node.left;
+        for entry in node.entries.iter().map(Some).chain(std::iter::once(None)) {
+            let gap_high = entry.map_or(high.clone(), |e| Some(e.key.clone()));
+            if let Some(child) = link
+                && meets(&gap_low, &gap_high)
+            {
+                stack.push((child, depth + 1, gap_low.clone(), gap_high.clone()));
+            }
+            let Some(entry) = entry else { break };
+            if entry.key.starts_with(prefix) {
+                entries.push((entry.key.clone(), entry.value));
+            }
+            gap_low = Some(entry.key.clone());
+            link = entry.right;
+        }
+    }
+    entries.sort();
+    Ok((nodes, entries))
+}
+
 /// Builds the canonical MST for `entries`; returns the root CID and every node block.
 pub fn build(entries: &BTreeMap<Vec<u8>, Cid>) -> (Cid, Vec<(Cid, Vec<u8>)>) {
     let keyed: Vec<(&[u8], Cid, u32)> = entries.iter().map(|(k, v)| (k.as_slice(), *v, key_height(k))).collect();

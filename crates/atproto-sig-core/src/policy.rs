@@ -97,7 +97,7 @@ pub struct Requirement {
 pub struct Rule {
     /// Rule name (`default` for the default rule).
     pub name: String,
-    /// Scope glob over `host/path` (`**` for the default rule).
+    /// Scope glob over canonical `host/path` (`**` for the default rule); see [`crate::reference::canonical_scope`].
     pub scope: String,
     /// Requirement.
     pub require: Requirement,
@@ -422,8 +422,10 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
                 let context = if name.is_empty() { "this policy".to_owned() } else { format!("policy {name:?}") };
                 let scope = match get(&fields, "scope") {
                     Some(n) => {
-                        let scope = checker.string(n, "scope").unwrap_or_default();
-                        check_scope(&mut checker, n, &scope);
+                        let written = checker.string(n, "scope").unwrap_or_default();
+                        check_scope(&mut checker, n, &written);
+                        // Matched in canonical form: `atcr.io:443/*` and `atcr.io/*` are one scope.
+                        let scope = crate::reference::canonical_scope(&written);
                         if let Some(earlier) = rules.iter().find(|r| r.scope == scope && !scope.is_empty()) {
                             checker.warn(n.at, format!("{context} can never match: policy {:?} above has the same scope", earlier.name), "the first matching policy in file order applies");
                         }

@@ -1,13 +1,31 @@
-//! Image references, normalized the way Docker and containerd do: registry host (lowercased,
-//! with port), repository path, tag and digest; `docker.io/library/` defaults for short names.
+//! Image references in one canonical spelling, so that every comparison (policy scopes,
+//! ATProto-registry detection, repository checks, cache keys, hosts.toml lookup) sees one name
+//! per registry and repository.
+//!
+//! Parsing follows the OCI distribution reference grammar (`distribution/reference`, which
+//! containerd and Docker use) and is strict: anything it refuses is refused here, never
+//! defaulted. Normalization then folds the spellings that reach the same place:
+//! - the registry host is lowercased (DNS names are case-insensitive), an IPv6 literal is
+//!   written in its compressed form, and `:443` (the port every registry client uses for
+//!   https) is dropped;
+//! - `index.docker.io` and `registry-1.docker.io` (Docker Hub's API host, where containerd
+//!   sends `docker.io` requests) are `docker.io`;
+//! - a single-component Docker Hub repository gets `library/` (`nginx`, `docker.io/nginx`).
+//!
 //! Policies match on `host/path` only: tags and digests are mutable or irrelevant to scope.
 
 use std::fmt;
+use std::net::Ipv6Addr;
 
-/// A parsed, normalized image reference.
+/// Longest `host/path` the distribution grammar accepts.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest tag the distribution grammar accepts.
+pub const MAX_TAG_LEN: usize = 128;
+
+/// A parsed, canonical image reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageRef {
-    /// Registry host, lowercase, with `:port` if any (`docker.io` for Docker Hub).
+    /// Registry host in canonical form: lowercase, `:port` unless 443, `docker.io` for Docker Hub.
     pub host: String,
     /// Repository path (`library/nginx`, `alice.example.com/myapp`).
     pub path: String,
@@ -29,50 +47,114 @@ impl fmt::Display for ReferenceError {
 
 impl std::error::Error for ReferenceError {}
 
+/// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`: one repository path component.
 fn is_path_component(c: &str) -> bool {
-    // Docker: [a-z0-9]+ separated by '.', '_', '__' or '-'+. Checked loosely but strictly enough
-    // that no '/', ':', '@', space or uppercase slips into a scope match.
-    !c.is_empty()
-        && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    let bytes = c.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !bytes.first().copied().is_some_and(alnum) || !bytes.last().copied().is_some_and(alnum) {
+        return false;
+    }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if alnum(b) {
+            i += 1;
+            continue;
+        }
+        // A separator run: `.`, `_`, `__`, or any number of `-`.
+        let run = bytes.get(i..).unwrap_or_default().iter().take_while(|&&x| !alnum(x)).count();
+        let sep = bytes.get(i..i + run).unwrap_or_default();
+        let ok = sep == b"." || sep == b"_" || sep == b"__" || sep.iter().all(|&x| x == b'-');
+        if !ok {
+            return false;
+        }
+        i += run;
+    }
+    true
 }
 
-fn is_host(h: &str) -> bool {
-    let (name, port) = match h.strip_prefix('[') {
-        // IPv6 literal: [addr]:port
-        Some(rest) => match rest.split_once(']') {
-            Some((addr, tail)) => {
-                if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
-                    return false;
-                }
-                ("ipv6", tail.strip_prefix(':'))
-            }
-            None => return false,
-        },
-        None => match h.rsplit_once(':') {
+/// `[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]`: one DNS label of a registry host.
+fn is_domain_label(l: &str) -> bool {
+    let b = l.as_bytes();
+    !b.is_empty()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// The canonical spelling of a registry host (`name[:port]` or `[ipv6][:port]`), or why not.
+pub fn canonical_host(host: &str) -> Result<String, String> {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (addr, tail) = rest.split_once(']').ok_or("an IPv6 literal lacks its closing ']'")?;
+        // The grammar admits hex digits and ':' only: no zone (`%eth0`), no embedded IPv4.
+        if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+            return Err("the IPv6 literal holds characters other than hex digits and ':'".into());
+        }
+        let parsed: Ipv6Addr = addr.parse().map_err(|_| "the IPv6 literal is malformed")?;
+        let port = match tail {
+            "" => None,
+            t => Some(t.strip_prefix(':').ok_or("junk after the IPv6 literal")?),
+        };
+        (format!("[{parsed}]"), port)
+    } else {
+        let (name, port) = match host.split_once(':') {
             Some((name, port)) => (name, Some(port)),
-            None => (h, None),
-        },
+            None => (host, None),
+        };
+        if name.is_empty() || !name.split('.').all(is_domain_label) {
+            return Err("the registry host is not a DNS name, IPv4 address or [IPv6] literal".into());
+        }
+        (name.to_ascii_lowercase(), port)
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    port_ok
-        && !name.is_empty()
-        && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    let port = match port {
+        None => None,
+        Some(p) => {
+            let number: u16 = p.parse().ok().filter(|n| *n > 0 && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())).ok_or("the port is not a number from 1 to 65535")?;
+            (number != 443).then_some(number)
+        }
+    };
+    let host = match port {
+        Some(p) => format!("{name}:{p}"),
+        None => name,
+    };
+    Ok(match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
+        _ => host,
+    })
+}
+
+/// Docker's rule: the first component is a registry host when it has a '.', a ':', is
+/// `localhost`, or holds an uppercase letter (repository paths are lowercase).
+fn looks_like_host(first: &str) -> bool {
+    first.contains(['.', ':']) || first.starts_with('[') || first == "localhost" || first.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// The canonical form of a policy scope: its registry host and (for Docker Hub) its
+/// `library/` prefix are normalized like references, so a scope written `atcr.io:443/*` or
+/// `registry-1.docker.io/library/*` matches what references normalize to. Globs are untouched.
+pub fn canonical_scope(scope: &str) -> String {
+    let Some((first, rest)) = scope.split_once('/') else { return scope.to_owned() };
+    if first.contains('*') || !looks_like_host(first) {
+        return scope.to_owned();
+    }
+    let Ok(host) = canonical_host(first) else { return scope.to_owned() };
+    if host == "docker.io" && !rest.contains('/') && !rest.contains('*') && !rest.is_empty() {
+        return format!("docker.io/library/{rest}");
+    }
+    format!("{host}/{rest}")
 }
 
 impl ImageRef {
-    /// Parses and normalizes a reference such as `nginx`, `atcr.io/alice.test/app:v1`,
-    /// `127.0.0.1:5000/app@sha256:…`.
+    /// Parses a reference such as `nginx`, `atcr.io/alice.test/app:v1` or
+    /// `127.0.0.1:5000/app@sha256:…` and returns its canonical form.
     pub fn parse(text: &str) -> Result<ImageRef, ReferenceError> {
         let bad = |why: &str| ReferenceError(format!("{:?} is not an image reference: {why}", text.chars().take(256).collect::<String>()));
-        if text.is_empty() || text.len() > 4096 {
+        if text.is_empty() || text.len() > MAX_NAME_LEN + MAX_TAG_LEN + 80 {
             return Err(bad("empty or too long"));
         }
         let (rest, digest) = match text.split_once('@') {
             Some((rest, digest)) => {
                 if !crate::verify::is_valid_digest(digest) {
-                    return Err(bad("the digest is not sha256:<64 hex>"));
+                    return Err(bad("the digest is not sha256:<64 lowercase hex>"));
                 }
                 (rest, Some(digest.to_owned()))
             }
@@ -84,28 +166,29 @@ impl ImageRef {
             Some(colon) => (rest.get(..colon).unwrap_or_default(), rest.get(colon + 1..).map(str::to_owned)),
             None => (rest, None),
         };
-        if let Some(tag) = &tag
-            && (tag.is_empty() || tag.len() > 128 || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
-        {
-            return Err(bad("the tag may only hold letters, digits, '.', '_' and '-'"));
+        if let Some(tag) = &tag {
+            let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+            let ok = tag.len() <= MAX_TAG_LEN && tag.as_bytes().first().is_some_and(word) && tag.bytes().all(|b| word(&b) || b == b'.' || b == b'-');
+            if !ok {
+                return Err(bad("a tag is 1 to 128 letters, digits, '_', '.' or '-', and does not start with '.' or '-'"));
+            }
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(bad("the repository name is longer than 255 characters"));
+        }
+        if name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(bad("a 64-character hex string is an image ID, not a repository name"));
         }
         let (first, remainder) = name.split_once('/').unwrap_or((name, ""));
-        let first_is_host = !remainder.is_empty()
-            && (first.contains('.') || first.contains(':') || first.starts_with('[') || first == "localhost" || first.bytes().any(|b| b.is_ascii_uppercase()));
-        let (host, path) = if first_is_host {
-            (first.to_ascii_lowercase(), remainder.to_owned())
-        } else if remainder.is_empty() {
-            ("docker.io".to_owned(), format!("library/{name}"))
+        let (host, path) = if !remainder.is_empty() && looks_like_host(first) {
+            (canonical_host(first).map_err(|e| bad(&e))?, remainder.to_owned())
         } else {
             ("docker.io".to_owned(), name.to_owned())
         };
-        let host = if host == "index.docker.io" { "docker.io".to_owned() } else { host };
-        if !is_host(&host) {
-            return Err(bad("the registry host is malformed"));
-        }
         if !path.split('/').all(is_path_component) {
-            return Err(bad("repository path components must be lowercase letters, digits, '.', '_' or '-'"));
+            return Err(bad("repository path components are lowercase letters and digits, joined by '.', '_', '__' or dashes"));
         }
+        let path = if host == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path };
         Ok(ImageRef { host, path, tag, digest })
     }
 
@@ -133,32 +216,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalizes_like_docker() {
-        let cases = [
-            ("nginx", "docker.io/library/nginx", None),
-            ("nginx:1.27", "docker.io/library/nginx", Some("1.27")),
-            ("bitnami/redis", "docker.io/bitnami/redis", None),
-            ("index.docker.io/library/nginx", "docker.io/library/nginx", None),
-            ("localhost:5000/app:v1", "localhost:5000/app", Some("v1")),
-            ("127.0.0.1:5000/myapp:v1", "127.0.0.1:5000/myapp", Some("v1")),
-            ("Atcr.IO/alice.test/prod-api", "atcr.io/alice.test/prod-api", None),
-            ("[::1]:5000/app", "[::1]:5000/app", None),
-            ("atcr.io/did:plc:abc/app", "", None),
-        ];
-        for (input, scope, tag) in cases {
-            match ImageRef::parse(input) {
-                Ok(r) => {
-                    assert_eq!(r.scope_name(), scope, "{input}");
-                    assert_eq!(r.tag.as_deref(), tag, "{input}");
-                }
-                Err(e) => assert!(scope.is_empty(), "{input}: {e}"),
-            }
+    fn path_components_follow_the_grammar() {
+        for ok in ["a", "docker---rules", "dock__er", "a.b", "a_b", "ubuntu-12.04-base", "0"] {
+            assert!(is_path_component(ok), "{ok}");
         }
-        let digest = format!("sha256:{}", "a".repeat(64));
-        let r = ImageRef::parse(&format!("atcr.io/alice.test/app:v1@{digest}")).unwrap();
-        assert_eq!(r.digest.as_deref(), Some(digest.as_str()));
-        for bad in ["", "UPPER/Case", "a//b", "app:", "app@sha256:12", "host:port:x/app", "a b"] {
-            assert!(ImageRef::parse(bad).is_err(), "{bad:?}");
+        for bad in ["", "-a", "a-", "a..b", "a___b", "a_.b", "a-.b", "_a", "A", "a b"] {
+            assert!(!is_path_component(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn hosts_fold_to_one_spelling() {
+        assert_eq!(canonical_host("Atcr.IO:443").unwrap(), "atcr.io");
+        assert_eq!(canonical_host("registry-1.docker.io:443").unwrap(), "docker.io");
+        assert_eq!(canonical_host("[0:0:0:0:0:0:0:1]:5000").unwrap(), "[::1]:5000");
+        assert_eq!(canonical_host("localhost:5000").unwrap(), "localhost:5000");
+        for bad in ["", "a..b", "-a.b", "a-.b", "a.b:", "a.b:0", "a.b:65536", "a.b:1x", "[fe80::1%eth0]", "[::1", "a.b.:5000", "[2001:db8::192.0.2.33]"] {
+            assert!(canonical_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes_fold_like_references() {
+        assert_eq!(canonical_scope("atcr.io:443/*/prod-*"), "atcr.io/*/prod-*");
+        assert_eq!(canonical_scope("registry-1.docker.io/library/*"), "docker.io/library/*");
+        assert_eq!(canonical_scope("docker.io/nginx"), "docker.io/library/nginx");
+        assert_eq!(canonical_scope("docker.io/*"), "docker.io/*");
+        assert_eq!(canonical_scope("**"), "**");
+        assert_eq!(canonical_scope("*/app"), "*/app");
     }
 }

@@ -146,6 +146,8 @@ pub enum Tamper {
     CommitDid(String),
     /// Commit rev an hour after the repo clock.
     FutureRev,
+    /// Commit signed, then its rev moved an hour ahead (the signature no longer covers it).
+    ForgedRev,
     /// Commit `version` 2.
     Version2,
     /// The record block is left out.
@@ -229,6 +231,7 @@ impl TestRepo {
                 der.extend_from_slice(s);
                 commit.sig = der;
             }
+            Tamper::ForgedRev => commit.rev = Some(tid_from_parts((self.now_micros + 3_600_000_000) as u64, 0)),
             _ => {}
         }
         let block = commit.signed_bytes();

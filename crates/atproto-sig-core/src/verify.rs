@@ -1,8 +1,9 @@
 //! The whole proof check: (proof CAR, DID document or key, expectations, now) -> [`Verdict`].
 //!
 //! Steps, each with its own reason code: parse the CAR (every block hash-checked); decode the
-//! commit named by the header root (v3 only); the commit's DID is the expected one; its rev is
-//! not in the future beyond the allowed skew; the signature verifies under the DID's key; the
+//! commit named by the header root (v3 only); the commit's DID is the expected one; the
+//! signature verifies under the DID's key; its (signed) rev is not in the future beyond the
+//! allowed skew; the
 //! MST walk reaches `io.atcr.manifest/<rkey>` with every node validated (absence proves
 //! deletion); the record decodes and names the expected digest and repository.
 
@@ -275,6 +276,12 @@ pub fn verify(input: &ProofInput<'_>) -> Verdict {
         let message = format!("the proof's commit is signed for {}, not {}", commit.did.chars().take(80).collect::<String>(), expect.did);
         return verdict(Reason::DidMismatch, message, facts);
     }
+    // The signature first: everything after it (rev, MST, record) is covered by it, so a
+    // tampered rev must read as a bad signature, not as a clock problem.
+    if let Err(e) = commit.verify_signature(key) {
+        let message = format!("commit {} of {} does not verify under the DID's {} key: {e}", car.root, expect.did, key.curve().jwt_alg());
+        return verdict(Reason::SignatureInvalid, message, facts);
+    }
     let rev = commit.rev.as_deref().unwrap_or_default();
     let Some(rev_micros) = tid_timestamp_micros(rev) else {
         return malformed(format!("commit rev {rev:?} is not a TID"), facts);
@@ -282,10 +289,6 @@ pub fn verify(input: &ProofInput<'_>) -> Verdict {
     if i64::try_from(rev_micros).unwrap_or(i64::MAX) > input.now_micros.saturating_add(input.max_clock_skew_micros) {
         let message = format!("commit rev {rev} is dated in the future beyond the allowed clock skew — check this node's clock");
         return verdict(Reason::RevInFuture, message, facts);
-    }
-    if let Err(e) = commit.verify_signature(key) {
-        let message = format!("commit {} of {} does not verify under the DID's {} key: {e}", car.root, expect.did, key.curve().jwt_alg());
-        return verdict(Reason::SignatureInvalid, message, facts);
     }
 
     let path = format!("{MANIFEST_COLLECTION}/{rkey}");

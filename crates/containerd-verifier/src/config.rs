@@ -179,7 +179,12 @@ pub fn default_cache_dir(root: bool, xdg_cache_home: Option<&str>, home: Option<
 impl Config {
     /// Parses config text.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        // Compared with canonical image hosts: `atcr.io:443` and `ATCR.io` are `atcr.io`.
+        for host in &mut config.atproto_registries {
+            *host = atproto_sig_core::reference::canonical_host(host).map_err(|e| format!("atproto_registries: {host:?}: {e}"))?;
+        }
+        Ok(config)
     }
 
     /// Loads the config: an explicitly named file must exist; the default path may be absent

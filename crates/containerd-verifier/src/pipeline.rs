@@ -314,7 +314,7 @@ impl Context<'_> {
     /// The identity in an ATProto registry path (`host/<handle-or-did>/<repo>`), as a verified
     /// DID, and the repository name after it.
     fn path_identity(&self, image: &ImageRef) -> Option<(Result<String, Verdict>, String)> {
-        if !self.config.atproto_registries.iter().any(|h| h.eq_ignore_ascii_case(&image.host)) {
+        if !self.config.atproto_registries.contains(&image.host) {
             return None;
         }
         let (identity, repository) = image.path.split_once('/')?;

@@ -1,0 +1,9 @@
+//! Trust at every edge: each module guards one class of attack found by trying the verifier as
+//! an attacker would. Adversarial inputs are files under `tests/edges/data/`.
+
+mod names;
+
+/// A file of `tests/edges/data`.
+pub fn data(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/edges/data").join(name)
+}
