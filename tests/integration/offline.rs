@@ -8,7 +8,7 @@
 #[path = "harness.rs"]
 mod harness;
 
-use harness::{env, policy, Env, Account, FakeResponse, FakeServer, Pds, Registry, Verifier};
+use harness::{env, policy, Env, Account, FakeResponse, FakeServer, Verifier};
 use serde_json::Value as Json;
 
 
@@ -82,10 +82,17 @@ fn imported_bundle_admits_without_any_network_and_missing_material_is_named() {
 }
 
 #[test]
-fn a_read_only_bundle_directory_is_used_directly() {
+fn a_read_only_bundle_directory_is_imported_by_the_refresh_not_by_pulls() {
     let env = env();
     let (account, image, digest, carry, _bundle) = signed_image_and_bundle("pia21");
     let node = offline_node(env, &account, &format!("bundle_dir = {:?}\n", carry.path()));
+    // Pulls only read the cache: a bundle in bundle_dir (possibly hostile, possibly huge) is
+    // never parsed on the pull path.
+    let pull = node.pull_without_network(&image, &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(1), "did-unresolved"), "{}{}", pull.stdout, pull.stderr);
+    // The refresh timer (or the operator) imports it.
+    let out = node.command(&["cache", "refresh"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let pull = node.pull_without_network(&image, &digest);
     assert_eq!((pull.code, pull.reason()), (Some(0), "verified"), "{}{}", pull.stdout, pull.stderr);
 }
@@ -130,7 +137,7 @@ fn tampered_bundles_are_refused_at_import() {
     assert_eq!(out.status.code(), Some(1));
     let report: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["refused"].to_string().contains("does not verify for that digest"), "{report}");
-    assert_eq!(report["accepted"].as_array().unwrap().len(), 2, "document and proof: {report}");
+    assert_eq!(report["stored"].as_array().unwrap().len(), 2, "document and proof: {report}");
     for (label, tampered, expected) in cases {
         let path = carry.path().join(format!("{}.json", label.replace(' ', "-")));
         std::fs::write(&path, serde_json::to_vec(&tampered).unwrap()).unwrap();

@@ -6,10 +6,9 @@
 #[path = "harness.rs"]
 mod harness;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use harness::{env, policy, Env, Account, FakeResponse, FakeServer, Pds, Pull, Registry, Verifier};
+use harness::{env, policy, Env, Account, FakeResponse, FakeServer, Pds, Pull, Verifier};
 use serde_json::json;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

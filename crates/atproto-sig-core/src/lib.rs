@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod encoding;
 pub mod syntax;
 pub mod car;
+pub mod collection;
 pub mod commit;
 pub mod limits;
 pub mod mst;

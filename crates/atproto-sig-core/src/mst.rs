@@ -303,6 +303,9 @@ pub fn walk<'a>(
     }
 }
 
+/// Nodes (root first) and the `(key, record CID)` entries with the prefix, in key order.
+pub type Covering = (Vec<Cid>, Vec<(Vec<u8>, Cid)>);
+
 /// The nodes that cover every key starting with `prefix` (a collection's `io.atcr.manifest/`):
 /// each node whose key range meets the prefix's range, root first, and the entries found
 /// there. A CAR holding the commit, these nodes and the records is a proof for every key of
@@ -313,7 +316,7 @@ pub fn covering<'a>(
     root: Cid,
     prefix: &[u8],
     limits: &Limits,
-) -> Result<(Vec<Cid>, Vec<(Vec<u8>, Cid)>), MstError> {
+) -> Result<Covering, MstError> {
     // Keys with the prefix lie in [prefix, end): the prefix with its last byte incremented.
     let mut end = prefix.to_vec();
     if let Some(last) = end.last_mut() {
@@ -324,9 +327,15 @@ pub fn covering<'a>(
     };
     let mut nodes = Vec::new();
     let mut entries = Vec::new();
-    // (node, depth, gap low, gap high)
-    let mut stack: Vec<(Cid, usize, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![(root, 0, None, None)];
-    while let Some((cid, depth, low, high)) = stack.pop() {
+    /// A node still to visit: its CID, depth, and the gap of keys it may hold.
+    struct Pending {
+        cid: Cid,
+        depth: usize,
+        low: Option<Vec<u8>>,
+        high: Option<Vec<u8>>,
+    }
+    let mut stack = vec![Pending { cid: root, depth: 0, low: None, high: None }];
+    while let Some(Pending { cid, depth, low, high }) = stack.pop() {
         if depth >= limits.max_mst_depth || nodes.len() >= limits.max_blocks {
             return Err(MstError::TooLarge);
         }
@@ -339,7 +348,7 @@ pub fn covering<'a>(
             if let Some(child) = link
                 && meets(&gap_low, &gap_high)
             {
-                stack.push((child, depth + 1, gap_low.clone(), gap_high.clone()));
+                stack.push(Pending { cid: child, depth: depth + 1, low: gap_low.clone(), high: gap_high.clone() });
             }
             let Some(entry) = entry else { break };
             if entry.key.starts_with(prefix) {

@@ -68,8 +68,12 @@ pub enum Reason {
     ConfigInvalid,
     /// The request itself is malformed (bad digest, rkey, DID).
     InvalidRequest,
-    /// Offline, the only proof available is older than the configured maximum age.
+    /// Offline, the newest proof available was committed longer ago than the configured
+    /// maximum age (measured from its signed commit rev).
     ProofTooOld,
+    /// A proof older (by signed commit rev) than the one this node already holds for the same
+    /// record: accepting it would move the node's knowledge backwards (a rollback).
+    ProofRolledBack,
 }
 
 impl Reason {
@@ -99,6 +103,7 @@ impl Reason {
             Reason::ConfigInvalid => "config-invalid",
             Reason::InvalidRequest => "invalid-request",
             Reason::ProofTooOld => "proof-too-old",
+            Reason::ProofRolledBack => "proof-rolled-back",
         }
     }
 

@@ -10,6 +10,7 @@ mod config;
 mod dns;
 mod exit;
 mod input;
+mod knowledge;
 mod net;
 mod output;
 mod pipeline;

@@ -23,6 +23,7 @@ use base64::Engine;
 use crate::cache::{freshness, Cache, DidEntry, Freshness, HandleEntry, Kind, LocatorEntry, ProofEntry, ReferrersEntry};
 use crate::config::Config;
 use crate::net::{Http, NetError};
+use crate::knowledge;
 use crate::resolve::{self, LookupError, ProofAnswer};
 
 /// Said whenever a decision rests on cached material past its TTL.
@@ -30,6 +31,33 @@ pub const STALE_NOTE: &str = " — from cached data past its TTL, because the ne
 
 /// Most candidate signers examined per decision.
 pub const MAX_CANDIDATES: usize = 8;
+
+/// Where the proof behind a verdict came from: an admission says so, with its age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Fetched from the PDS for this decision.
+    Fetched,
+    /// This node's cache, within `proof_ttl` of when this node fetched it.
+    Cached { fetched_at: i64 },
+    /// This node's cache past `proof_ttl`, because the network failed.
+    Stale { fetched_at: i64 },
+    /// Offline: the cache or a proof attached to the image, dated by its signed commit.
+    Offline { committed_at: i64, attached: bool },
+}
+
+impl Origin {
+    /// The words an admission adds about its proof ("" for a proof fetched just now).
+    pub fn note(self, now: i64) -> String {
+        let age = |t: i64| crate::config::Span(std::time::Duration::from_micros(u64::try_from(now.saturating_sub(t)).unwrap_or(0)));
+        match self {
+            Origin::Fetched => String::new(),
+            Origin::Cached { fetched_at } => format!(" — from a proof this node fetched {} ago", age(fetched_at)),
+            Origin::Stale { fetched_at } => format!(" — from cached data past its TTL (a proof this node fetched {} ago), because the network failed", age(fetched_at)),
+            Origin::Offline { committed_at, attached: true } => format!(" — offline, from a proof attached to the image, committed {} ago", age(committed_at)),
+            Origin::Offline { committed_at, attached: false } => format!(" — offline, from a cached proof committed {} ago", age(committed_at)),
+        }
+    }
+}
 
 /// Everything a decision needs from outside.
 pub struct Context<'a> {
@@ -47,16 +75,10 @@ pub struct Context<'a> {
     pub notes: std::cell::RefCell<Vec<String>>,
     /// Set when cached material past its TTL was used because the network failed.
     pub used_stale: std::cell::Cell<bool>,
+    /// What verified proofs rest on when not fetched just now (see [`Origin::note`]).
+    pub provenance: std::cell::RefCell<Vec<String>>,
     /// Proof CARs found attached to the image in the registry: (did, rkey, car).
     pub attached: std::cell::RefCell<Vec<(String, String, Vec<u8>)>>,
-}
-
-/// The commit time (rev) of a proof CAR, in microseconds: how old an attached proof is.
-fn proof_rev_micros(car: &[u8]) -> Option<i64> {
-    let limits = Limits::default();
-    let parsed = atproto_sig_core::car::Car::parse(car, &limits).ok()?;
-    let commit = atproto_sig_core::commit::Commit::decode(parsed.block(&parsed.root)?, &limits).ok()?;
-    atproto_sig_core::syntax::tid_timestamp_micros(commit.rev.as_deref()?).and_then(|t| i64::try_from(t).ok())
 }
 
 fn micros(span: crate::config::Span) -> i64 {
@@ -145,68 +167,84 @@ impl Context<'_> {
     }
 
     /// A proof for `did`/`rkey`: cached if fresh, else fetched; stale only on network failure.
-    pub fn proof(&self, did: &str, pds: Option<&str>, rkey: &str) -> Result<(Option<Vec<u8>>, bool), Verdict> {
+    /// A fetched proof is stored only when its commit signature verifies under `document`'s
+    /// key and it is not older than the proof already held for that record.
+    pub fn proof(&self, document: &DidDocument, rkey: &str) -> Result<(Option<Vec<u8>>, Origin), Verdict> {
+        let did = document.did.as_str();
         let parts = [did, MANIFEST_COLLECTION, rkey];
         let decode = |entry: &ProofEntry| base64::engine::general_purpose::STANDARD.decode(&entry.car).ok();
         let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
         let Some(http) = self.http else {
-            // Offline sources: the cache (imports, bundle_dir), then proofs attached to the image.
-            // An attached proof's age is its commit's rev: a timestamp in the artifact could be
-            // forged by anyone able to push to the registry.
-            let attached = self.attached.borrow().iter().find(|(d, r, _)| d == did && r == rkey).and_then(|(_, _, car)| proof_rev_micros(car).map(|t| (t, car.clone())));
-            let from_cache = cached.as_ref().and_then(|e| decode(e).map(|car| (e.fetched_at, car)));
-            let newest = match (from_cache, attached) {
-                (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
-                (a, b) => a.or(b),
-            };
-            return match newest {
-                // Offline, a proof can only show what was true when it was fetched: a revoked
-                // image stays admitted at most `max_proof_age`. Checked before any TTL.
-                Some((fetched_at, _)) if self.now.saturating_sub(fetched_at) > micros(self.config.max_proof_age) => Err(verdict(
-                    did,
-                    Reason::ProofTooOld,
-                    format!(
-                        "the newest proof for {did}/{MANIFEST_COLLECTION}/{rkey} was fetched {} and is older than max_proof_age ({}) — import a fresh bundle (`atproto-verifier bundle create` on a connected machine)",
-                        atproto_sig_core::syntax::format_datetime_micros(fetched_at),
-                        self.config.max_proof_age
-                    ),
-                )),
-                Some((_, car)) => Ok((Some(car), false)),
-                None => Err(verdict(did, Reason::RecordNotFound, self.offline_hint(&format!("a proof for {did}/{MANIFEST_COLLECTION}/{rkey}")))),
-            };
+            return self.offline_proof(did, rkey, cached.as_ref().and_then(decode));
         };
         let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), micros(self.config.max_stale)));
         if let (Some(entry), Some(Freshness::Fresh)) = (&cached, state)
             && let Some(car) = decode(entry)
         {
-            return Ok((Some(car), false));
+            return Ok((Some(car), Origin::Cached { fetched_at: entry.fetched_at }));
         }
-        let Some(pds) = pds else {
+        let Some(pds) = document.pds.as_deref() else {
             return Err(verdict(did, Reason::DidDocumentInvalid, format!("the DID document of {did} names no AtprotoPersonalDataServer")));
         };
         let _lock = self.cache.lock(Kind::Proof, &parts);
-        if let Some(car) = self.cache.read::<ProofEntry>(Kind::Proof, &parts).filter(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), 0) == Freshness::Fresh).as_ref().and_then(decode) {
-            return Ok((Some(car), false));
+        if let Some(entry) = self.cache.read::<ProofEntry>(Kind::Proof, &parts).filter(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), 0) == Freshness::Fresh)
+            && let Some(car) = decode(&entry)
+        {
+            return Ok((Some(car), Origin::Cached { fetched_at: entry.fetched_at }));
         }
         match resolve::fetch_proof(http, pds, did, MANIFEST_COLLECTION, rkey) {
             Ok(ProofAnswer::Car(car)) => {
-                let entry = ProofEntry {
-                    did: did.to_owned(),
-                    collection: MANIFEST_COLLECTION.into(),
-                    rkey: rkey.to_owned(),
-                    fetched_at: self.now,
-                    source: pds.to_owned(),
-                    car: base64::engine::general_purpose::STANDARD.encode(&car),
-                };
-                self.cache.write(Kind::Proof, &parts, &entry);
-                Ok((Some(car), false))
+                let authentic = document.signing_key.as_ref().ok().and_then(|key| knowledge::authentic_rev(&car, key));
+                if let Some((rev, _)) = &authentic {
+                    if let Some(held) = knowledge::newer_held(self.cache, did, MANIFEST_COLLECTION, rkey, rev) {
+                        return Err(verdict(did, Reason::ProofRolledBack, knowledge::rollback_message(&format!("the proof {pds} served for {did}/{MANIFEST_COLLECTION}/{rkey}"), rev, &held)));
+                    }
+                    let entry = ProofEntry {
+                        did: did.to_owned(),
+                        collection: MANIFEST_COLLECTION.into(),
+                        rkey: rkey.to_owned(),
+                        fetched_at: self.now,
+                        source: pds.to_owned(),
+                        car: base64::engine::general_purpose::STANDARD.encode(&car),
+                    };
+                    self.cache.write(Kind::Proof, &parts, &entry);
+                }
+                Ok((Some(car), Origin::Fetched))
             }
-            Ok(ProofAnswer::NotFound) => Ok((None, false)),
+            Ok(ProofAnswer::NotFound) => Ok((None, Origin::Fetched)),
             Err(LookupError::Network(e)) if state == Some(Freshness::Stale) => {
                 self.note(format!("using the cached proof for {did}/{rkey} past its TTL: {e}"));
-                Ok((cached.as_ref().and_then(decode), true))
+                let fetched_at = cached.as_ref().map_or(0, |c| c.fetched_at);
+                Ok((cached.as_ref().and_then(decode), Origin::Stale { fetched_at }))
             }
             Err(e) => Err(lookup_verdict(did, &format!("the proof from {pds}"), Lookup::Record, &e)),
+        }
+    }
+
+    /// Offline sources: the cache (imports, bundles) and proofs attached to the image. Their
+    /// age is their signed commit rev, never a fetch time: a `fetchedAt` in a bundle or an
+    /// artifact timestamp is the word of whoever made it. A revoked image therefore stays
+    /// admitted offline at most `max_proof_age` after the last commit this node has seen.
+    fn offline_proof(&self, did: &str, rkey: &str, cached: Option<Vec<u8>>) -> Result<(Option<Vec<u8>>, Origin), Verdict> {
+        let attached = self.attached.borrow().iter().find(|(d, r, _)| d == did && r == rkey).map(|(_, _, car)| car.clone());
+        let dated = |car: Vec<u8>, attached: bool| knowledge::commit_rev(&car).map(|(_, t)| (t, car, attached));
+        let newest = match (cached.and_then(|c| dated(c, false)), attached.and_then(|c| dated(c, true))) {
+            (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        match newest {
+            Some((committed_at, _, attached)) if self.now.saturating_sub(committed_at) > micros(self.config.max_proof_age) => Err(verdict(
+                did,
+                Reason::ProofTooOld,
+                format!(
+                    "the newest proof for {did}/{MANIFEST_COLLECTION}/{rkey} ({}) was committed {} (its signed rev), longer ago than max_proof_age ({}) — import a fresh bundle (`atproto-verifier bundle create` on a connected machine)",
+                    if attached { "attached to the image" } else { "in this node's cache" },
+                    atproto_sig_core::syntax::format_datetime_micros(committed_at),
+                    self.config.max_proof_age
+                ),
+            )),
+            Some((committed_at, car, attached)) => Ok((Some(car), Origin::Offline { committed_at, attached })),
+            None => Err(verdict(did, Reason::RecordNotFound, self.offline_hint(&format!("a proof for {did}/{MANIFEST_COLLECTION}/{rkey}")))),
         }
     }
 
@@ -259,7 +297,7 @@ impl Context<'_> {
                     continue;
                 }
                 tried.push(rkey.clone());
-                let (car, stale_proof) = match self.proof(did, pds.as_deref(), &rkey) {
+                let (car, origin) = match self.proof(&document, &rkey) {
                     Ok(found) => found,
                     Err(v) => return v,
                 };
@@ -274,9 +312,13 @@ impl Context<'_> {
                     if locator.as_ref().is_none_or(|l| l.rkey != rkey) {
                         self.cache.write(Kind::Locator, &[did, digest], &LocatorEntry { did: did.to_owned(), digest: digest.to_owned(), rkey: rkey.clone(), fetched_at: self.now });
                     }
-                    if stale_doc || stale_proof {
+                    if stale_doc || matches!(origin, Origin::Stale { .. }) {
                         self.used_stale.set(true);
-                        result.message.push_str(STALE_NOTE);
+                    }
+                    let provenance = origin.note(self.now);
+                    result.message.push_str(&provenance);
+                    if !provenance.is_empty() {
+                        self.provenance.borrow_mut().push(provenance);
                     }
                     return result;
                 }
@@ -477,8 +519,14 @@ impl Context<'_> {
             }
         }
         let mut decision = self.policy.decide(image, &verdicts, self.now);
-        if decision.outcome != Outcome::Reject && self.used_stale.get() {
-            decision.message.push_str(STALE_NOTE);
+        if decision.outcome != Outcome::Reject {
+            // An admission says what it rests on: cached, stale or offline proofs, and their age.
+            let mut provenance = self.provenance.take();
+            provenance.dedup();
+            decision.message.push_str(&provenance.concat());
+            if self.used_stale.get() && !decision.message.contains("because the network failed") {
+                decision.message.push_str(STALE_NOTE);
+            }
         }
         decision
     }
@@ -487,7 +535,7 @@ impl Context<'_> {
 impl<'a> Context<'a> {
     /// A context for one decision (or one batch, for bundles and refreshes).
     pub fn new(config: &'a Config, policy: &'a Policy, cache: &'a Cache, http: Option<&'a Http>, registry: Option<&'a Http>, dns: &'a dyn Fn(&str) -> Result<Vec<String>, String>, now: i64) -> Context<'a> {
-        Context { config, policy, cache, http, registry, dns, now, notes: Default::default(), used_stale: Default::default(), attached: Default::default() }
+        Context { config, policy, cache, http, registry, dns, now, notes: Default::default(), used_stale: Default::default(), provenance: Default::default(), attached: Default::default() }
     }
 }
 

@@ -242,6 +242,21 @@ pub fn fetch_proof(http: &Http, pds: &str, did: &str, collection: &str, rkey: &s
     }
 }
 
+/// Largest whole-repository export read (for the signed state of a collection in a bundle).
+pub const MAX_REPO: usize = 64 << 20;
+
+/// The whole repository of `did` at its latest commit (`com.atproto.sync.getRepo`), as a CAR.
+pub fn fetch_repo(http: &Http, pds: &str, did: &str) -> Result<Vec<u8>, LookupError> {
+    check_pds(pds)?;
+    let url = format!("{pds}/xrpc/com.atproto.sync.getRepo?{}", query(&[("did", did)]));
+    let response = http.get(&url, &[("accept", "application/vnd.ipld.car".into())], MAX_REPO)?;
+    match response.status {
+        200 => Ok(response.body),
+        400 | 404 => Err(LookupError::NotFound(format!("{pds} cannot serve the repository of {did}: HTTP {}", response.status))),
+        status => Err(LookupError::Network(NetError::Io(format!("getRepo answered HTTP {status}")))),
+    }
+}
+
 /// Every `collection` record of `did` with its `digest` field: (rkey, digest), bounded.
 pub fn list_manifest_records(http: &Http, pds: &str, did: &str, collection: &str) -> Result<Vec<(String, String)>, LookupError> {
     let mut out = Vec::new();

@@ -131,11 +131,25 @@ fn import(args: &ImportArgs) -> u8 {
     };
     let Some(b) = load(&args.file, args.format) else { return exit::UNDECIDED };
     let cache = Cache::new(&config.cache_dir);
-    let report = bundle::import(&b, &cache, &args.file.display().to_string(), &config);
+    let now = match crate::input::now_micros(None) {
+        Ok(now) => now,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::UNDECIDED;
+        }
+    };
+    let report = bundle::import(&b, &cache, &args.file.display().to_string(), &config, now);
     match args.format {
-        Format::Json => print_json(&serde_json::json!({"accepted": report.accepted, "refused": report.refused, "notes": report.notes})),
+        Format::Json => print_json(&serde_json::json!({"stored": report.stored, "unchanged": report.unchanged, "refused": report.refused, "notes": report.notes})),
         Format::Text => {
-            println!("{}: imported {} entries, refused {}", args.file.display(), report.accepted.len(), report.refused.len());
+            // Per entry, so an operator sees exactly what changed the cache and what did not.
+            println!("{}: imported {} entries, {} unchanged, refused {}", args.file.display(), report.stored.len(), report.unchanged.len(), report.refused.len());
+            for s in &report.stored {
+                println!("  stored: {s}");
+            }
+            for u in &report.unchanged {
+                println!("  unchanged: {u}");
+            }
             for r in &report.refused {
                 println!("  refused: {r}");
             }

@@ -90,9 +90,24 @@ fn cache_dir(config: &Config) -> String {
 }
 
 fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
+    // bundle_dir is imported here (the refresh timer), never on the pull path: a hostile or
+    // huge bundle can cost this job time, not a pull.
+    let bundle_notes = crate::bundle::sync_bundle_dir(config, cache);
     if config.offline {
-        print_undecided(format, "offline = true: nothing can be refreshed over the network", "import a bundle instead: atproto-verifier bundle import FILE");
-        return exit::UNDECIDED;
+        if config.bundle_dir.is_none() {
+            print_undecided(format, "offline = true: nothing can be refreshed over the network", "import a bundle instead: atproto-verifier bundle import FILE");
+            return exit::UNDECIDED;
+        }
+        match format {
+            Format::Json => print_json(&serde_json::json!({"refreshed": [], "failed": bundle_notes, "requests": 0})),
+            Format::Text => {
+                println!("offline: imported new bundles of bundle_dir, {} problems", bundle_notes.len());
+                for n in &bundle_notes {
+                    println!("  failed: {n}");
+                }
+            }
+        }
+        return if bundle_notes.is_empty() { exit::ADMITTED } else { exit::UNDECIDED };
     }
     let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(std::time::Duration::from_secs(600)));
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
@@ -102,7 +117,7 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     eager.did_ttl = crate::config::Span(config.did_ttl.0 / 2);
     eager.proof_ttl = crate::config::Span(config.proof_ttl.0 / 2);
     let context = crate::pipeline::Context::new(&eager, &empty, cache, Some(&http), Some(&http), &dns, now);
-    let (mut refreshed, mut failed) = (Vec::new(), Vec::new());
+    let (mut refreshed, mut failed) = (Vec::new(), bundle_notes);
     for (_, entry) in cache.all::<DidEntry>(Kind::Did) {
         if freshness(entry.fetched_at, now, micros(eager.did_ttl), 0) == Freshness::Fresh {
             continue;
@@ -116,9 +131,15 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
         if freshness(entry.fetched_at, now, micros(eager.proof_ttl), 0) == Freshness::Fresh {
             continue;
         }
-        let pds = context.document(&entry.did).ok().and_then(|(d, _)| d.pds);
         let uri = format!("at://{}/{}/{}", entry.did, entry.collection, entry.rkey);
-        match context.proof(&entry.did, pds.as_deref(), &entry.rkey) {
+        let document = match context.document(&entry.did) {
+            Ok((document, _)) => document,
+            Err(v) => {
+                failed.push(format!("{uri}: {}", v.message));
+                continue;
+            }
+        };
+        match context.proof(&document, &entry.rkey) {
             Ok(_) => refreshed.push(uri),
             Err(v) => failed.push(format!("{uri}: {}", v.message)),
         }

@@ -57,10 +57,8 @@ pub fn decide(config: &Config, policy: &Policy, image: &ImageRef, digest: &str, 
     let http = (!config.offline).then(|| Http::new(config.connect_timeout.0, config.request_timeout.0, deadline));
     let registry = Http::new(config.connect_timeout.0, config.request_timeout.0, deadline);
     let cache = Cache::new(&config.cache_dir);
-    let bundle_notes = crate::bundle::sync_bundle_dir(config, &cache);
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0.min(deadline.remaining()));
     let context = Context::new(config, policy, &cache, http.as_ref(), Some(&registry), &dns, crate::input::now_micros(None).unwrap_or(0));
-    context.notes.borrow_mut().extend(bundle_notes);
     let decision = context.decide(image, digest);
     let requests = Requests { identity: http.as_ref().map_or(0, Http::request_count), registry: registry.request_count() };
     (decision, context.notes.into_inner(), requests)
