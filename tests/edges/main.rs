@@ -2,6 +2,8 @@
 //! an attacker would. Adversarial inputs are files under `tests/edges/data/`.
 
 mod names;
+mod node;
+mod time;
 
 /// A file of `tests/edges/data`.
 pub fn data(name: &str) -> std::path::PathBuf {
