@@ -118,9 +118,16 @@ fn untrusted_signer_and_signer_outside_its_window_are_rejected() {
     let digest = env.registry.push_image("erin5.test/app", "v1", "erin5");
     env.pds.put_manifest(&erin, &digest, "app", OCI_MANIFEST);
     let name = format!("{}/erin5.test/app:v1", env.registry.host);
-    // Only frank is trusted; the image is erin's.
+    // Only frank is trusted; the image is erin's. Erin's repository is never consulted (no
+    // document or proof is fetched for a signer the rule cannot accept): no trusted record,
+    // and the line names erin's handle and what to do.
     let verifier = Verifier::new(&base_config(env), &trusting(env, &[&frank], "enforce"));
-    expect(&verifier.pull(&name, &digest), 1, "untrusted-signer");
+    let pull = verifier.pull(&name, &digest);
+    expect(&pull, 1, "record-not-found");
+    assert!(pull.stdout.contains("erin5.test") && pull.stdout.contains("does not trust"), "{}", pull.stdout);
+    let cached = verifier.command(&["cache", "list", "--format", "json"]);
+    let cached = String::from_utf8_lossy(&cached.stdout);
+    assert!(cached.contains(&frank.did) && !cached.contains(&erin.did), "only frank's document is fetched: {cached}");
     // erin is trusted, but her window closed in 2021.
     let expired = policy(&[(erin.handle.as_str(), erin.did.as_str(), Some("2021-01-01T00:00:00Z"))], &format!("  - name: signed\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n", env.registry.host), "{ action: enforce, require: { signature: true } }");
     let verifier = Verifier::new(&base_config(env), &expired);

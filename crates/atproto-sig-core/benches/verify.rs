@@ -1,6 +1,7 @@
 //! `verify` on realistic proofs: the real getRecord proof written by the reference PDS
 //! (300 other records in the repo, K-256), and generated proofs from a 1,000-record repository
-//! on each curve. Also the DID-document parse that precedes every verification.
+//! on each curve. Also the DID-document parse that precedes every verification, and the
+//! refusal of a 1 MB hostile did:plc audit log.
 
 use std::path::PathBuf;
 
@@ -66,5 +67,19 @@ fn bench_real(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_real);
+/// A 1 MB hostile did:plc audit log (thousands of rotation keys, garbage signatures): refused
+/// by the did:plc limits before any signature is checked.
+fn bench_hostile_plc_log(c: &mut Criterion) {
+    let did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+    let log = atproto_sig_core::testkit::hostile_plc_log(did, 1 << 20);
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("plc");
+    group.throughput(Throughput::Bytes(log.len() as u64));
+    group.bench_function("hostile_1mb_audit_log_refused", |b| {
+        b.iter(|| assert!(atproto_sig_core::plc::verify_audit_log(did, log.as_bytes(), &limits).is_err()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_real, bench_hostile_plc_log);
 criterion_main!(benches);

@@ -168,6 +168,66 @@ fn normalize(did: &str, op: &Json) -> Option<PlcState> {
     }
 }
 
+/// The did:plc limits on one operation. The specification allows 5 rotation keys and 7500
+/// bytes; the reference directory has accepted up to 10 rotation keys (in 4000 bytes), so
+/// historical logs are held to the larger of the two. Minimums (an empty `rotationKeys`) are
+/// not enforced: historical logs hold such operations (interop `log_empty_rotation_keys`).
+pub const MAX_ROTATION_KEYS: usize = 10;
+/// Most verification methods in one operation.
+pub const MAX_VERIFICATION_METHODS: usize = 10;
+/// Most services in one operation.
+pub const MAX_SERVICES: usize = 10;
+/// Most `alsoKnownAs` entries in one operation.
+pub const MAX_ALSO_KNOWN_AS: usize = 10;
+/// Largest operation, as DAG-CBOR, in bytes (the specification's limit).
+pub const MAX_OPERATION_BYTES: usize = 7500;
+/// Longest single string (a key, handle or endpoint) in an operation.
+const MAX_FIELD_BYTES: usize = 2048;
+
+fn check_operation_limits(operation: &Json) -> Result<(), String> {
+    let count = |name: &str| match operation.get(name) {
+        Some(Json::Array(a)) => a.len(),
+        Some(Json::Object(o)) => o.len(),
+        _ => 0,
+    };
+    for (name, max) in [("rotationKeys", MAX_ROTATION_KEYS), ("verificationMethods", MAX_VERIFICATION_METHODS), ("services", MAX_SERVICES), ("alsoKnownAs", MAX_ALSO_KNOWN_AS)] {
+        let n = count(name);
+        if n > max {
+            return Err(format!("{n} {name}, more than the did:plc limit of {max}"));
+        }
+    }
+    // A cheap bound first (the JSON text size, which stops counting early), then the exact
+    // DAG-CBOR size of operations that could fit.
+    let mut size = 0usize;
+    let mut stack = vec![operation];
+    while let Some(value) = stack.pop() {
+        match value {
+            Json::String(text) if text.len() > MAX_FIELD_BYTES => return Err(format!("a field of {} bytes, more than {MAX_FIELD_BYTES}", text.len())),
+            Json::String(text) => size += text.len() + 2,
+            Json::Array(items) => {
+                size += 2;
+                stack.extend(items);
+            }
+            Json::Object(map) => {
+                size += 2;
+                for (key, item) in map {
+                    size += key.len() + 2;
+                    stack.push(item);
+                }
+            }
+            _ => size += 8,
+        }
+        if size > MAX_OPERATION_BYTES + 2048 {
+            break;
+        }
+    }
+    let exact = if size > MAX_OPERATION_BYTES + 2048 { size } else { cbor::from_json(operation, 16).map_or(0, |v| cbor::encode(&v).len()) };
+    if exact > MAX_OPERATION_BYTES {
+        return Err(format!("the operation is larger than the did:plc limit of {MAX_OPERATION_BYTES} bytes"));
+    }
+    Ok(())
+}
+
 /// Index of the first key in `keys` that verifies `sig` over `message`, among the first `limit`.
 fn signer_index(keys: &[String], limit: usize, message: &[u8], sig: &[u8]) -> Option<usize> {
     keys.iter()
@@ -190,6 +250,14 @@ pub fn verify_audit_log(did: &str, bytes: &[u8], limits: &Limits) -> Result<PlcS
     }
     if entries.is_empty() {
         return Err(PlcError::Empty);
+    }
+
+    // Every operation within the did:plc limits before any signature is checked: a hostile log
+    // is refused at its first offending operation for the cost of reading it.
+    for (index, entry) in entries.iter().enumerate() {
+        if let Some(operation) = entry.get("operation") {
+            check_operation_limits(operation).map_err(|reason| entry_error(index, reason))?;
+        }
     }
 
     let mut ops: Vec<Op> = Vec::with_capacity(entries.len());

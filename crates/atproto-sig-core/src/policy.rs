@@ -261,6 +261,12 @@ fn check_did_key(checker: &mut Checker, node: &Node, did: &str) -> bool {
     true
 }
 
+/// Most trusted DIDs, and most rules, one policy may hold: policies are read at every pull,
+/// and these bounds keep checking them cheap whatever a hostile file holds.
+pub const MAX_TRUSTED_DIDS: usize = 1000;
+/// See [`MAX_TRUSTED_DIDS`].
+pub const MAX_RULES: usize = 1000;
+
 /// Scope globs: lowercase registry names, path characters, `*` and `**`.
 fn check_scope(checker: &mut Checker, node: &Node, scope: &str) {
     if scope.is_empty() {
@@ -297,7 +303,10 @@ fn parse_requirement(checker: &mut Checker, node: &Node, trusted: &[TrustedDid],
     if let Some(list) = get(&entries, "trustedDIDs") {
         match &list.kind {
             Kind::Seq(items) => {
-                for item in items {
+                if items.len() > MAX_TRUSTED_DIDS {
+                    checker.error(list.at, format!("`require.trustedDIDs` of {context} lists {} DIDs, more than {MAX_TRUSTED_DIDS}", items.len()), "");
+                }
+                for item in items.iter().take(MAX_TRUSTED_DIDS) {
                     let Some(did) = checker.string(item, "a trustedDIDs entry") else { continue };
                     if !trusted.iter().any(|t| t.did == did) {
                         checker.error(item.at, format!("{did} is required by {context} but is not listed under the top-level `trustedDIDs`"), "add it to trustedDIDs with its name and validity window, or fix the spelling");
@@ -379,7 +388,11 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
 
     let mut trusted = Vec::new();
     if let Some(node) = get(&top, "trustedDIDs").filter(|n| !matches!(n.kind, Kind::Null)) {
-        for (key, value) in checker.mapping(node, "`trustedDIDs`", &[]) {
+        let entries = checker.mapping(node, "`trustedDIDs`", &[]);
+        if entries.len() > MAX_TRUSTED_DIDS {
+            checker.error(node.at, format!("`trustedDIDs` lists {} DIDs, more than {MAX_TRUSTED_DIDS}", entries.len()), "a policy names its signers, not a directory: split by scope or trim the list");
+        }
+        for (key, value) in entries.into_iter().take(MAX_TRUSTED_DIDS) {
             let did = key.scalar_text().unwrap_or_default();
             if trusted.iter().any(|t: &TrustedDid| t.did == did) || !check_did_key(&mut checker, key, &did) {
                 continue;
@@ -403,8 +416,11 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
 
     let mut rules: Vec<Rule> = Vec::new();
     match get(&top, "policies").map(|n| (&n.kind, n.at)) {
-        Some((Kind::Seq(items), _)) => {
-            for item in items {
+        Some((Kind::Seq(items), at)) => {
+            if items.len() > MAX_RULES {
+                checker.error(at, format!("`policies` holds {} rules, more than {MAX_RULES}", items.len()), "merge rules with globs (`*`, `**`)");
+            }
+            for item in items.iter().take(MAX_RULES) {
                 let fields = checker.mapping(item, "a policy", &["name", "scope", "require", "action"]);
                 let name = match get(&fields, "name") {
                     Some(n) => checker.string(n, "name").unwrap_or_default(),
@@ -672,6 +688,10 @@ fn decide_rule(policy: &Policy, rule: &Rule, image: &ImageRef, verdicts: &[Verdi
         (Reason::TooFewSignatures, format!("{} of {} required trusted signatures ({}) for policy {:?}", signers.len(), rule.require.min_signatures, signers.join(", "), rule.name))
     } else if let Some(v) = untrusted {
         (Reason::UntrustedSigner, format!("signed by {}, which policy {:?} does not trust", v.facts.did, rule.name))
+    } else if !trusted.is_empty() && trusted.iter().all(|t| !t.is_valid_at(now)) {
+        // Nobody the rule trusts may sign now: callers do not even look their repositories up.
+        let windows: Vec<String> = trusted.iter().map(|t| format!("{} {}", t.label(), t.window())).collect();
+        (Reason::SignerExpired, format!("policy {:?} trusts only {} for this image, and none is within its validity window now ({})", rule.name, windows.join(", "), format_datetime_micros(now)))
     } else if let Some(v) = verdicts.iter().filter(|v| !v.is_verified()).min_by_key(|v| failure_rank(v.reason)) {
         (v.reason, v.message.clone())
     } else {

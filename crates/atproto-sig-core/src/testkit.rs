@@ -295,3 +295,21 @@ impl TestRepo {
 pub fn digest_of(label: &str) -> String {
     format!("sha256:{}", crate::encoding::hex_encode(&Sha256::digest(label.as_bytes())))
 }
+
+/// A did:plc audit log of about `bytes` bytes whose first operation lists thousands of rotation
+/// keys (garbage signatures): a verifier must refuse it by the did:plc limits before any
+/// signature work. For the bounded-work test and benchmark.
+pub fn hostile_plc_log(did: &str, bytes: usize) -> String {
+    let key = PrivateKey::from_seed(Curve::K256, "hostile").public_key().to_did_key();
+    let count = bytes / (key.len() + 3);
+    let op = serde_json::json!({
+        "type": "plc_operation",
+        "rotationKeys": vec![key.clone(); count],
+        "verificationMethods": {"atproto": key},
+        "alsoKnownAs": [],
+        "services": {},
+        "prev": null,
+        "sig": "A".repeat(86),
+    });
+    serde_json::json!([{"did": did, "operation": op, "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm", "nullified": false, "createdAt": "2026-01-01T00:00:00.000Z"}]).to_string()
+}

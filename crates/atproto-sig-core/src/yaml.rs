@@ -102,9 +102,13 @@ impl fmt::Display for YamlError {
 /// Deepest nesting accepted.
 pub const MAX_DEPTH: usize = 32;
 
+/// Most nodes (scalars, sequences, mappings) in one document: a policy has tens to hundreds.
+pub const MAX_NODES: usize = 100_000;
+
 enum Frame {
     Seq(Position, Vec<Node>),
-    Map(Position, Vec<(Node, Node)>, Option<Node>),
+    /// Entries, the key waiting for its value, and the keys seen (for duplicates in linear time).
+    Map(Position, Vec<(Node, Node)>, Option<Node>, std::collections::HashMap<String, usize>),
 }
 
 fn resolve_plain(text: &str) -> Kind {
@@ -128,6 +132,7 @@ pub fn parse(text: &str) -> Result<(Node, Vec<YamlError>), Vec<YamlError>> {
     let mut root: Option<Node> = None;
     let mut errors = Vec::new();
     let mut documents = 0;
+    let mut nodes = 0usize;
     while let Some(next) = parser.next_event() {
         let (event, span) = match next {
             Ok(pair) => pair,
@@ -138,6 +143,10 @@ pub fn parse(text: &str) -> Result<(Node, Vec<YamlError>), Vec<YamlError>> {
         };
         let at = Position { line: span.start.line(), column: span.start.col() + 1 };
         let fail = |message: &str| Err(vec![YamlError { at, message: message.to_owned() }]);
+        nodes += 1;
+        if nodes > MAX_NODES {
+            return fail("more than 100000 values: a trust policy is far smaller — is this the right file?");
+        }
         let node = match event {
             Event::StreamStart | Event::StreamEnd | Event::Nothing | Event::DocumentEnd => continue,
             Event::DocumentStart(_) => {
@@ -175,7 +184,7 @@ pub fn parse(text: &str) -> Result<(Node, Vec<YamlError>), Vec<YamlError>> {
                 if stack.len() >= MAX_DEPTH {
                     return fail("nested too deeply");
                 }
-                stack.push(Frame::Map(at, Vec::new(), None));
+                stack.push(Frame::Map(at, Vec::new(), None, std::collections::HashMap::new()));
                 continue;
             }
             Event::SequenceEnd => match stack.pop() {
@@ -183,7 +192,7 @@ pub fn parse(text: &str) -> Result<(Node, Vec<YamlError>), Vec<YamlError>> {
                 _ => return fail("unbalanced sequence"),
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(start, entries, None)) => Node { at: start, kind: Kind::Map(entries) },
+                Some(Frame::Map(start, entries, None, _)) => Node { at: start, kind: Kind::Map(entries) },
                 _ => return fail("unbalanced mapping"),
             },
         };
@@ -191,20 +200,19 @@ pub fn parse(text: &str) -> Result<(Node, Vec<YamlError>), Vec<YamlError>> {
         match stack.last_mut() {
             None => root = Some(node),
             Some(Frame::Seq(_, items)) => items.push(node),
-            Some(Frame::Map(_, entries, pending)) => match pending.take() {
+            Some(Frame::Map(_, entries, pending, seen)) => match pending.take() {
                 None => {
                     if matches!(node.kind, Kind::Seq(_) | Kind::Map(_)) {
                         return Err(vec![YamlError { at: node.at, message: "mapping keys must be scalars".into() }]);
                     }
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.scalar_text() == node.scalar_text()) {
+                    let text = node.scalar_text().unwrap_or_default();
+                    if let Some(first_line) = seen.get(&text) {
                         errors.push(YamlError {
                             at: node.at,
-                            message: format!(
-                                "duplicate key {:?} (first at line {}): a later value would silently replace the earlier one",
-                                node.scalar_text().unwrap_or_default(),
-                                first.at.line
-                            ),
+                            message: format!("duplicate key {text:?} (first at line {first_line}): a later value would silently replace the earlier one"),
                         });
+                    } else {
+                        seen.insert(text, node.at.line);
                     }
                     *pending = Some(node);
                 }

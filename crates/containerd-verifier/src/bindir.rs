@@ -157,7 +157,12 @@ pub fn run(raw: &[String]) -> u8 {
         let audit_config = config.clone();
         std::thread::spawn(move || {
             std::thread::sleep(budget + Duration::from_millis(300));
-            let message = format!("no decision for {name} within the {budget:?} budget (slow or unreachable PDS, PLC directory or registry) — raise `budget` in config.toml or check the network");
+            // Blame the network only when a request was in flight; otherwise the time went to
+            // work on this node (an overloaded CPU, a slow disk).
+            let message = match crate::net::waiting_for() {
+                Some(origin) => format!("no decision for {name} within the {budget:?} budget: still waiting for {origin} — check that it is reachable, or raise `budget` in config.toml"),
+                None => format!("no decision for {name} within the {budget:?} budget, with no request in flight: the time went to work on this node (CPU or disk) — check its load, or raise `budget` in config.toml"),
+            };
             if answer.give(Reason::DeadlineExceeded.code(), &message) {
                 audit(&audit_config, json!({"time": now_string(), "name": name, "digest": digest, "outcome": "undecided", "reason": "deadline-exceeded", "message": message}));
                 std::process::exit(i32::from(exit::UNDECIDED));

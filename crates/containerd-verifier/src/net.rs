@@ -169,6 +169,7 @@ impl Http {
         }
         let timeout = self.timeout()?;
         self.requests.set(self.requests.get() + 1);
+        let _waiting = Waiting::begin(url);
         let started = Instant::now();
         let mut builder = ureq::http::Request::builder().method(method).uri(url);
         for (name, value) in headers {
@@ -196,6 +197,36 @@ impl Http {
     }
 }
 
+/// The request in flight, if any: when the time budget runs out, the watchdog names what the
+/// decision was waiting for, and blames the network only when it really was waiting on it.
+static WAITING_FOR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Marks a request in flight for as long as it lives.
+struct Waiting;
+
+impl Waiting {
+    fn begin(url: &str) -> Waiting {
+        let origin: String = url.split('/').take(3).collect::<Vec<_>>().join("/");
+        if let Ok(mut slot) = WAITING_FOR.lock() {
+            *slot = Some(origin);
+        }
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = WAITING_FOR.lock() {
+            *slot = None;
+        }
+    }
+}
+
+/// The origin of the request in flight right now, if any.
+pub fn waiting_for() -> Option<String> {
+    WAITING_FOR.lock().ok().and_then(|slot| slot.clone())
+}
+
 fn classify(error: ureq::Error, url: &str, started: Instant, timeout: Duration, deadline: Deadline) -> NetError {
     let short_url: String = url.split('?').next().unwrap_or(url).chars().take(200).collect();
     match error {
@@ -213,7 +244,42 @@ fn classify(error: ureq::Error, url: &str, started: Instant, timeout: Duration, 
 /// True for hosts where plain http is acceptable without being asked (loopback only).
 pub fn is_loopback_url(url: &str) -> bool {
     let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or_default();
-    let host = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]") || host.starts_with("127.")
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return false;
+    }
+    is_loopback_host(authority)
+}
+
+/// True for `localhost` and loopback IP addresses (127.0.0.0/8, ::1), with or without a port.
+/// Parsed as IP: `127.example.com` is a name like any other, not loopback.
+pub fn is_loopback_host(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((addr, tail)) if tail.is_empty() || tail.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) => addr,
+            _ => return false,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some(_) => return false,
+            None => authority,
+        }
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_parsed_as_ip_not_as_a_prefix() {
+        for url in ["http://127.0.0.1:5000/v2/", "http://127.1.2.3/", "http://[::1]:5000/x", "http://localhost:80", "https://LOCALHOST/"] {
+            assert!(is_loopback_url(url), "{url}");
+        }
+        for url in ["http://127.evil.example/", "http://127.0.0.1.evil.example:5000/", "http://127.0.0.1@evil.example/", "http://[::2]:1/", "http://10.0.0.1/", "http://localhost.evil.example/", "ftp://127.0.0.1/", "http://127.0.0.1:x/"] {
+            assert!(!is_loopback_url(url), "{url}");
+        }
+    }
 }

@@ -59,6 +59,16 @@ impl Origin {
     }
 }
 
+/// The identity an ATProto registry path names.
+enum PathIdentity {
+    /// A DID the rule accepts now, with its handle verified both ways.
+    Trusted(String),
+    /// (handle or DID, DID) the rule does not accept: named in the decision, never fetched.
+    Untrusted(String, String),
+    /// Could not be resolved or verified.
+    Failed(Verdict),
+}
+
 /// Everything a decision needs from outside.
 pub struct Context<'a> {
     pub config: &'a Config,
@@ -353,22 +363,25 @@ impl Context<'_> {
         last_failure.unwrap_or_else(|| verdict(did, Reason::RecordNotFound, format!("no io.atcr.manifest record for {digest} in {did} — was the image pushed through an ATProto registry?")))
     }
 
-    /// The identity in an ATProto registry path (`host/<handle-or-did>/<repo>`), as a verified
-    /// DID, and the repository name after it.
-    fn path_identity(&self, image: &ImageRef) -> Option<(Result<String, Verdict>, String)> {
+    /// The identity in an ATProto registry path (`host/<handle-or-did>/<repo>`) and the
+    /// repository name after it. A handle is resolved to a DID; only a DID in `acceptable`
+    /// (trusted by the rule, now) has its document fetched, for the bidirectional check: no
+    /// document or proof is ever fetched for a signer the rule could never accept.
+    fn path_identity(&self, image: &ImageRef, acceptable: &[&str]) -> Option<(PathIdentity, String)> {
         if !self.config.atproto_registries.contains(&image.host) {
             return None;
         }
         let (identity, repository) = image.path.split_once('/')?;
+        let found = |p: PathIdentity| Some((p, repository.to_owned()));
         if is_valid_did(identity) {
-            return Some((Ok(identity.to_owned()), repository.to_owned()));
+            return found(if acceptable.contains(&identity) { PathIdentity::Trusted(identity.to_owned()) } else { PathIdentity::Untrusted(identity.to_owned(), identity.to_owned()) });
         }
         let Some(http) = self.http else {
             // Offline, a handle can only be trusted through a cached, claiming document of a
             // trusted DID; leave it to the trusted DIDs.
-            return Some((Err(verdict(identity, Reason::IdentityUnresolved, format!("{identity} cannot be resolved offline"))), repository.to_owned()));
+            return found(PathIdentity::Failed(verdict(identity, Reason::IdentityUnresolved, format!("{identity} cannot be resolved offline"))));
         };
-        let fail = |message: String| Some((Err(verdict(identity, Reason::IdentityUnresolved, message)), repository.to_owned()));
+        let fail = |message: String| found(PathIdentity::Failed(verdict(identity, Reason::IdentityUnresolved, message)));
         let handle = identity.to_ascii_lowercase();
         let cached: Option<HandleEntry> = self.cache.read(Kind::Handle, &[&handle]);
         let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), micros(self.config.max_stale)));
@@ -383,18 +396,24 @@ impl Context<'_> {
                     self.note(format!("using the cached resolution of {handle} past its TTL: {e}"));
                     cached.map(|c| c.did).unwrap_or_default()
                 }
-                Err(LookupError::Network(e)) => return Some((Err(verdict(identity, if e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError }, format!("cannot resolve handle {identity}: {e}"))), repository.to_owned())),
+                Err(LookupError::Network(e)) => {
+                    let reason = if e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError };
+                    return found(PathIdentity::Failed(verdict(identity, reason, format!("cannot resolve handle {identity}: {e} (a network failure, not a signature problem)"))));
+                }
                 Err(e) => return fail(format!("cannot resolve handle {identity}: {e}")),
             },
         };
+        if !acceptable.contains(&did.as_str()) {
+            return found(PathIdentity::Untrusted(handle, did));
+        }
         // Bidirectional: the DID document must claim the handle.
         match self.document(&did) {
-            Ok((document, _)) if document.handle.as_deref() == Some(identity.to_ascii_lowercase().as_str()) => Some((Ok(did), repository.to_owned())),
+            Ok((document, _)) if document.handle.as_deref() == Some(handle.as_str()) => found(PathIdentity::Trusted(did)),
             Ok((document, _)) => fail(format!(
                 "handle {identity} points to {did}, but that DID document claims {} — the handle is not verified",
                 document.handle.as_deref().map_or("no handle".to_owned(), |h| format!("handle {h}"))
             )),
-            Err(v) => Some((Err(v), repository.to_owned())),
+            Err(v) => found(PathIdentity::Failed(v)),
         }
     }
 
@@ -474,13 +493,20 @@ impl Context<'_> {
         let mut verdicts: Vec<Verdict> = Vec::new();
         let mut candidates: Vec<String> = Vec::new();
         let trusted = self.policy.trusted_for(rule);
+        // Only signers the rule accepts now are ever fetched; the others are named in the
+        // decision (signer-expired), never looked up.
+        let acceptable: Vec<&str> = trusted.iter().filter(|t| t.is_valid_at(self.now)).map(|t| t.did.as_str()).collect();
         let mut repository = image.path.rsplit('/').next().map(str::to_owned);
-        if let Some((identity, repo)) = self.path_identity(image) {
+        let mut untrusted_path: Option<(String, String)> = None;
+        if let Some((identity, repo)) = self.path_identity(image, &acceptable) {
             repository = Some(repo);
             match identity {
-                Ok(did) if trusted.iter().any(|t| t.did == did) => candidates.push(did),
-                Ok(did) => verdicts.push(verdict(&did, Reason::UntrustedSigner, format!("the image is published by {did}, which policy {:?} does not trust", rule.name))),
-                Err(v) => {
+                PathIdentity::Trusted(did) => candidates.push(did),
+                PathIdentity::Untrusted(handle, did) => {
+                    self.note(format!("the image path names {handle} ({did}), which policy {:?} does not trust: not looked up", rule.name));
+                    untrusted_path = Some((handle, did));
+                }
+                PathIdentity::Failed(v) => {
                     self.note(format!("identity in the image path: {}", v.message));
                     verdicts.push(v);
                 }
@@ -489,15 +515,14 @@ impl Context<'_> {
         // Hints from signature artifacts attached to the image (DID and record key only).
         let mut hints: Vec<(String, String)> = Vec::new();
         for (did, rkey) in self.referrer_hints(image, digest) {
-            if trusted.iter().any(|t| t.did == did) && !candidates.contains(&did) {
+            if acceptable.contains(&did.as_str()) && !candidates.contains(&did) {
                 candidates.push(did.clone());
             }
             hints.push((did, rkey));
         }
-        // In-window trusted DIDs first; the others only to explain a failure.
-        for t in trusted.iter().filter(|t| t.is_valid_at(self.now)).chain(trusted.iter().filter(|t| !t.is_valid_at(self.now))) {
-            if !candidates.contains(&t.did) {
-                candidates.push(t.did.clone());
+        for did in &acceptable {
+            if !candidates.iter().any(|c| c == did) {
+                candidates.push((*did).to_owned());
             }
         }
         candidates.truncate(MAX_CANDIDATES);
@@ -510,7 +535,7 @@ impl Context<'_> {
             let hint = hints.iter().find(|(d, _)| d == did).map(|(_, r)| r.as_str());
             let result = self.verify_candidate(did, digest, repository.as_deref(), hint);
             self.note(format!("candidate {did}: {} — {}", result.reason.code(), result.message));
-            if result.is_verified() && trusted.iter().any(|t| &t.did == did && t.is_valid_at(self.now)) {
+            if result.is_verified() {
                 valid += 1;
             }
             verdicts.push(result);
@@ -519,6 +544,11 @@ impl Context<'_> {
             }
         }
         let mut decision = self.policy.decide(image, &verdicts, self.now);
+        if let Some((handle, did)) = untrusted_path.filter(|_| decision.reason == Reason::RecordNotFound) {
+            decision.message.push_str(&format!(
+                "; the image path names {handle} ({did}), which this policy does not trust, so its repository was not consulted — if it should sign these images, add it to trustedDIDs (`atproto-verifier resolve {handle}` prints the snippet)"
+            ));
+        }
         if decision.outcome != Outcome::Reject {
             // An admission says what it rests on: cached, stale or offline proofs, and their age.
             let mut provenance = self.provenance.take();

@@ -105,6 +105,13 @@ pub fn endpoints(config: &Config, host: &str, capability: &str) -> Vec<Endpoint>
     out
 }
 
+/// The canonical registry host of an endpoint URL (`https://registry-1.docker.io/v2/…` is
+/// `docker.io`), the key credentials are looked up by.
+fn endpoint_host(url: &str) -> String {
+    let authority = url.split("://").nth(1).unwrap_or(url).split(['/', '?']).next().unwrap_or_default();
+    atproto_sig_core::reference::canonical_host(authority).unwrap_or_else(|_| authority.to_ascii_lowercase())
+}
+
 /// Basic credentials for `host` from the configured docker config.json.
 fn basic_credentials(config: &Config, host: &str) -> Option<String> {
     let path = config.docker_config.as_ref()?;
@@ -150,7 +157,8 @@ pub struct Session<'a> {
     http: &'a Http,
     host: String,
     repository: String,
-    authorization: std::cell::RefCell<Option<String>>,
+    /// Authorization per host asked (canonical host of the endpoint).
+    authorization: std::cell::RefCell<std::collections::HashMap<String, String>>,
     /// The endpoint that answered last (relative upload locations resolve against it).
     last_endpoint: std::cell::RefCell<Option<Endpoint>>,
 }
@@ -189,6 +197,9 @@ impl<'a> Session<'a> {
     }
 
     fn send_with_auth(&self, http: &Http, method: &str, url: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, String> {
+        // Credentials and tokens belong to the host that is asked: a mirror never receives the
+        // upstream's, and the upstream never a mirror's (as containerd's authorizer does it).
+        let host = endpoint_host(url);
         let with_auth = |auth: &Option<String>| {
             let mut all: Vec<(&str, String)> = headers.to_vec();
             if let Some(a) = auth {
@@ -196,13 +207,13 @@ impl<'a> Session<'a> {
             }
             http.send(method, url, &all, body, limit)
         };
-        let current = self.authorization.borrow().clone();
+        let current = self.authorization.borrow().get(&host).cloned();
         let response = with_auth(&current).map_err(|e| e.to_string())?;
         if response.status != 401 {
             return Ok(response);
         }
         let challenge = response.header("www-authenticate").and_then(parse_challenge);
-        let basic = basic_credentials(self.config, &self.host);
+        let basic = basic_credentials(self.config, &host);
         let authorization = match challenge {
             Some((scheme, params)) if scheme == "bearer" => {
                 let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
@@ -227,14 +238,14 @@ impl<'a> Session<'a> {
             }
             Some((scheme, _)) if scheme == "basic" => match basic {
                 Some(b) => format!("Basic {b}"),
-                None => return Err(format!("{} requires credentials: set docker_config in config.toml", self.host)),
+                None => return Err(format!("{host} requires credentials: add them for {host} to the docker config (docker_config in config.toml)")),
             },
-            _ => return Err(format!("{} answered 401 without a usable challenge", self.host)),
+            _ => return Err(format!("{host} answered 401 without a usable challenge")),
         };
-        *self.authorization.borrow_mut() = Some(authorization.clone());
+        self.authorization.borrow_mut().insert(host.clone(), authorization.clone());
         let retried = with_auth(&Some(authorization)).map_err(|e| e.to_string())?;
         if retried.status == 401 {
-            return Err(format!("{} refused our credentials", self.host));
+            return Err(format!("{host} refused our credentials"));
         }
         Ok(retried)
     }

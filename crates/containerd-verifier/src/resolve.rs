@@ -116,6 +116,8 @@ pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Fn(&str) ->
         };
     }
     // DNS TXT first (the spec prefers it), HTTPS well-known second; if both answer, they must agree.
+    // A DNS failure (not "no such record") may hide the answer: it is a network failure.
+    let mut dns_failure: Option<String> = None;
     let from_dns = match dns(&format!("_atproto.{handle}")) {
         Ok(records) => {
             let dids: Vec<&str> = records.iter().filter_map(|r| r.strip_prefix("did=")).collect();
@@ -126,7 +128,10 @@ pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Fn(&str) ->
                 _ => Some(Err(LookupError::Invalid(format!("_atproto.{handle} has several did= records")))),
             }
         }
-        Err(_) => None,
+        Err(e) => {
+            dns_failure = Some(e);
+            None
+        }
     };
     let url = format!("https://{handle}/.well-known/atproto-did");
     let from_https = match http.get(&url, &[], 2048) {
@@ -143,7 +148,10 @@ pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Fn(&str) ->
         (Some(Ok(a)), Some(Ok(b))) if a != b => Err(LookupError::Invalid(format!("{handle}: DNS says {a}, HTTPS says {b}"))),
         (Some(Ok(did)), _) | (_, Some(Ok(did))) => Ok(did),
         (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
-        (None, None) => Err(LookupError::NotFound(format!("{handle} has neither a _atproto TXT record nor {url}"))),
+        (None, None) => match dns_failure {
+            Some(e) => Err(LookupError::Network(NetError::Io(format!("the DNS lookup of _atproto.{handle} failed ({e}) and {url} holds no DID")))),
+            None => Err(LookupError::NotFound(format!("{handle} has neither a _atproto TXT record nor {url}"))),
+        },
     }
 }
 

@@ -1,0 +1,97 @@
+//! Class: secrets and transport. Credentials go only to the host they were configured for
+//! (never to a mirror that did not get its own); plain HTTP only for real loopback addresses
+//! (parsed as IP) or where hosts.toml says so.
+
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+
+use crate::harness::{FakeResponse, FakeServer};
+
+const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+
+/// A node whose config points at `hosts_dir` and a docker config with credentials for `host`.
+fn node(hosts_dir: &std::path::Path, host: &str, secret: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("trust-policy.yaml");
+    std::fs::write(&policy, "version: \"1.0\"\ndefault: { action: enforce, require: { signature: false } }\n").unwrap();
+    let docker = dir.path().join("docker.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}"));
+    std::fs::write(&docker, format!("{{\"auths\": {{\"{host}\": {{\"auth\": \"{auth}\"}}}}}}")).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("policy = {policy:?}\ncache_dir = {:?}\ncontainerd_hosts_dir = {hosts_dir:?}\ndocker_config = {docker:?}\nconnect_timeout = \"500ms\"\n", dir.path().join("cache")),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+fn verify(config: &std::path::Path, image: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(["verify", image]).env("ATPROTO_VERIFIER_CONFIG", config).output().unwrap()
+}
+
+/// Records the Authorization header of every request (or "-" when none).
+fn recorder() -> (Arc<Mutex<Vec<String>>>, impl Fn(&crate::harness::FakeRequest) -> String) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    (seen, move |r: &crate::harness::FakeRequest| {
+        let auth = r.header("authorization").unwrap_or("-").to_owned();
+        log.lock().unwrap().push(auth.clone());
+        auth
+    })
+}
+
+#[test]
+fn a_mirror_never_receives_the_upstream_registrys_credentials() {
+    let secret = "upstream-secret-canary";
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("alice:{secret}")));
+    let (upstream_seen, record) = recorder();
+    let upstream = FakeServer::start(Box::new(move |r| {
+        let auth = record(r);
+        if auth == expected {
+            FakeResponse::new(200, "application/vnd.oci.image.manifest.v1+json", MANIFEST)
+        } else {
+            FakeResponse::new(401, "application/json", "{}").with_header("www-authenticate", "Basic realm=\"upstream\"")
+        }
+    }));
+    // The mirror asks for credentials too; none were configured for it.
+    let (mirror_seen, record) = recorder();
+    let mirror = FakeServer::start(Box::new(move |r| {
+        record(r);
+        FakeResponse::new(401, "application/json", "{}").with_header("www-authenticate", "Basic realm=\"mirror\"")
+    }));
+    let host = upstream.url.trim_start_matches("http://").to_owned();
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(hosts.path().join(&host)).unwrap();
+    std::fs::write(
+        hosts.path().join(&host).join("hosts.toml"),
+        format!("server = \"{}\"\n[host.\"{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n", upstream.url, mirror.url),
+    )
+    .unwrap();
+    let (_dir, config) = node(hosts.path(), &host, secret);
+    let out = verify(&config, &format!("{host}/app:v1"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let mirror_seen = mirror_seen.lock().unwrap().clone();
+    assert!(!mirror_seen.is_empty(), "the mirror was asked first");
+    assert!(mirror_seen.iter().all(|a| a == "-"), "the mirror got credentials: {mirror_seen:?}");
+    assert!(upstream_seen.lock().unwrap().iter().any(|a| a.starts_with("Basic ")), "the upstream got its own");
+    assert!(!stdout.contains(secret) && !String::from_utf8_lossy(&out.stderr).contains(secret));
+}
+
+#[test]
+fn plain_http_only_for_loopback_addresses_not_for_names_that_look_like_them() {
+    let hosts = tempfile::tempdir().unwrap();
+    let (_dir, config) = node(hosts.path(), "nobody.example", "x");
+    // A name that merely starts with "127." is a name: reached over https only.
+    let out = verify(&config, "127.attacker.invalid:1/app:v1");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("https://127.attacker.invalid:1"), "{text}");
+    assert!(!text.contains("http://127.attacker.invalid"), "{text}");
+    // A real loopback address is reached over plain http, as containerd does.
+    let out = verify(&config, "127.0.0.1:1/app:v1");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("http://127.0.0.1:1"), "{text}");
+}
