@@ -3,6 +3,7 @@
 
 mod bounds;
 mod names;
+mod reasons;
 mod node;
 mod time;
 mod transport;

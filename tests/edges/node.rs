@@ -51,11 +51,16 @@ impl std::fmt::Display for Run {
 impl Node {
     /// An offline node trusting `did` for every image on [`HOST`]; `extra` is more config.toml.
     pub fn offline(did: &str, extra: &str) -> Node {
+        Node::offline_with_action(did, extra, "enforce")
+    }
+
+    /// The same, with the rule's action (`enforce` or `audit`).
+    pub fn offline_with_action(did: &str, extra: &str, action: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("trust-policy.yaml");
         std::fs::write(
             &policy,
-            format!("version: \"1.0\"\ntrustedDIDs:\n  {did}: {{ name: signer }}\npolicies:\n  - name: ours\n    scope: \"{HOST}/**\"\n    require: {{ signature: true }}\n    action: enforce\n"),
+            format!("version: \"1.0\"\ntrustedDIDs:\n  {did}: {{ name: signer }}\npolicies:\n  - name: ours\n    scope: \"{HOST}/**\"\n    require: {{ signature: true }}\n    action: {action}\n"),
         )
         .unwrap();
         let config = dir.path().join("config.toml");

@@ -2,22 +2,8 @@
 //! The operator and CI command line lives in [`cli`]; every check is done by `atproto-sig-core`.
 #![forbid(unsafe_code)]
 
-mod bindir;
-mod bundle;
-mod cache;
-mod cli;
-mod config;
-mod dns;
-mod exit;
-mod input;
-mod knowledge;
-mod net;
-mod output;
-mod pipeline;
-mod registry;
-mod resolve;
-
 use clap::Parser;
+use containerd_verifier::{bindir, cli};
 
 fn main() -> std::process::ExitCode {
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();

@@ -66,7 +66,7 @@ enum PathIdentity {
     /// (handle or DID, DID) the rule does not accept: named in the decision, never fetched.
     Untrusted(String, String),
     /// Could not be resolved or verified.
-    Failed(Verdict),
+    Failed(Box<Verdict>),
 }
 
 /// Everything a decision needs from outside.
@@ -379,9 +379,9 @@ impl Context<'_> {
         let Some(http) = self.http else {
             // Offline, a handle can only be trusted through a cached, claiming document of a
             // trusted DID; leave it to the trusted DIDs.
-            return found(PathIdentity::Failed(verdict(identity, Reason::IdentityUnresolved, format!("{identity} cannot be resolved offline"))));
+            return found(PathIdentity::Failed(Box::new(verdict(identity, Reason::IdentityUnresolved, format!("{identity} cannot be resolved offline")))));
         };
-        let fail = |message: String| found(PathIdentity::Failed(verdict(identity, Reason::IdentityUnresolved, message)));
+        let fail = |message: String| found(PathIdentity::Failed(Box::new(verdict(identity, Reason::IdentityUnresolved, message))));
         let handle = identity.to_ascii_lowercase();
         let cached: Option<HandleEntry> = self.cache.read(Kind::Handle, &[&handle]);
         let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), micros(self.config.max_stale)));
@@ -398,7 +398,7 @@ impl Context<'_> {
                 }
                 Err(LookupError::Network(e)) => {
                     let reason = if e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError };
-                    return found(PathIdentity::Failed(verdict(identity, reason, format!("cannot resolve handle {identity}: {e} (a network failure, not a signature problem)"))));
+                    return found(PathIdentity::Failed(Box::new(verdict(identity, reason, format!("cannot resolve handle {identity}: {e} (a network failure, not a signature problem)")))));
                 }
                 Err(e) => return fail(format!("cannot resolve handle {identity}: {e}")),
             },
@@ -413,7 +413,7 @@ impl Context<'_> {
                 "handle {identity} points to {did}, but that DID document claims {} — the handle is not verified",
                 document.handle.as_deref().map_or("no handle".to_owned(), |h| format!("handle {h}"))
             )),
-            Err(v) => found(PathIdentity::Failed(v)),
+            Err(v) => found(PathIdentity::Failed(Box::new(v))),
         }
     }
 
@@ -508,7 +508,7 @@ impl Context<'_> {
                 }
                 PathIdentity::Failed(v) => {
                     self.note(format!("identity in the image path: {}", v.message));
-                    verdicts.push(v);
+                    verdicts.push(*v);
                 }
             }
         }

@@ -46,6 +46,11 @@ pub fn run(args: ResolveArgs) -> u8 {
         };
         match crate::resolve::resolve_handle(http, config.handle_resolver.as_deref(), &dns, &args.identity) {
             Ok(did) => (did, Some(args.identity.to_ascii_lowercase())),
+            // A network failure (DNS included) could not decide: exit 2, as for pulls.
+            Err(e @ crate::resolve::LookupError::Network(_)) => {
+                print_undecided(args.format, &format!("cannot resolve {}: {e} (a network failure)", args.identity), "check this machine's DNS and connectivity, then retry");
+                return exit::UNDECIDED;
+            }
             Err(e) => {
                 print_undecided(args.format, &format!("cannot resolve {}: {e}", args.identity), "check the spelling, DNS (_atproto TXT) or https://<handle>/.well-known/atproto-did");
                 return exit::REJECTED;
