@@ -108,7 +108,7 @@ impl Reason {
     }
 
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::Verified,
         Reason::NotRequired,
         Reason::NoMatchingRule,
@@ -132,6 +132,7 @@ impl Reason {
         Reason::ConfigInvalid,
         Reason::InvalidRequest,
         Reason::ProofTooOld,
+        Reason::ProofRolledBack,
     ];
 }
 
