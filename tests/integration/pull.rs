@@ -204,16 +204,17 @@ fn a_handle_its_did_document_does_not_claim_is_rejected() {
     let kim = env.pds.create_account("kim10");
     let digest = env.registry.push_image("mallory.test/app", "v1", "jack10");
     env.pds.put_manifest(&jack, &digest, "app", OCI_MANIFEST);
-    // A resolver that says mallory.test is jack's DID; jack's document claims jack10.test.
-    let jack_did = jack.did.clone();
+    // A resolver that says mallory.test is kim's DID (trusted); kim's document claims
+    // kim10.test. The handle does not verify: that is the reason, not kim's missing record.
+    let kim_did = kim.did.clone();
     let resolver = FakeServer::start(Box::new(move |r| {
-        if r.path.contains("handle=mallory.test") { FakeResponse::new(200, "application/json", format!("{{\"did\":\"{jack_did}\"}}")) } else { FakeResponse::new(400, "application/json", "{}") }
+        if r.path.contains("handle=mallory.test") { FakeResponse::new(200, "application/json", format!("{{\"did\":\"{kim_did}\"}}")) } else { FakeResponse::new(400, "application/json", "{}") }
     }));
     let config = format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, resolver.url, env.registry.host);
     let verifier = Verifier::new(&config, &trusting(env, &[&kim], "enforce"));
     let pull = verifier.pull(&format!("{}/mallory.test/app:v1", env.registry.host), &digest);
     expect(&pull, 1, "identity-unresolved");
-    assert!(pull.stdout.contains("jack10.test"), "{}", pull.stdout);
+    assert!(pull.stdout.contains("kim10.test"), "{}", pull.stdout);
 }
 
 #[test]

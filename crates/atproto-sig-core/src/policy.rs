@@ -593,22 +593,21 @@ pub struct Decision {
 
 /// Order in which failed candidate verdicts explain a rejection, most specific and actionable
 /// first: evidence of tampering, then what the signed data says (mismatch, deletion), then
-/// malformed or rolled-back material, stale proofs, trouble reaching anything (which must
-/// never read as "no record": the record may be where we could not look), and last what was
-/// merely not found. The identity in an image path is a hint, so failing to resolve it
-/// explains a rejection only when nothing else does.
+/// malformed or rolled-back material and identities that do not verify (a handle its DID
+/// document does not claim), stale proofs, trouble reaching anything (which must never read as
+/// "no record": the record may be where we could not look), and last what was merely not
+/// found. (Offline, an image path's handle is not resolved at all, so it is never the reason.)
 fn failure_rank(reason: Reason) -> u8 {
     match reason {
         Reason::SignatureInvalid | Reason::DidMismatch => 0,
         Reason::DigestMismatch | Reason::RepositoryMismatch | Reason::RecordInvalid | Reason::UntrustedSigner | Reason::SignerExpired => 1,
         Reason::RecordDeleted => 2,
-        Reason::ProofMalformed | Reason::RevInFuture | Reason::DidDocumentInvalid | Reason::ProofRolledBack => 3,
+        Reason::ProofMalformed | Reason::RevInFuture | Reason::DidDocumentInvalid | Reason::ProofRolledBack | Reason::IdentityUnresolved => 3,
         Reason::ProofTooOld => 4,
         Reason::NetworkError | Reason::DeadlineExceeded => 5,
         Reason::DidUnresolved => 6,
         Reason::RecordNotFound => 7,
-        Reason::IdentityUnresolved => 8,
-        _ => 9,
+        _ => 8,
     }
 }
 

@@ -65,6 +65,9 @@ enum PathIdentity {
     Trusted(String),
     /// (handle or DID, DID) the rule does not accept: named in the decision, never fetched.
     Untrusted(String, String),
+    /// A handle, offline: not resolvable here, and no evidence of anything. The trusted DIDs
+    /// decide; the handle never becomes the reason.
+    Offline(String),
     /// Could not be resolved or verified.
     Failed(Box<Verdict>),
 }
@@ -379,7 +382,7 @@ impl Context<'_> {
         let Some(http) = self.http else {
             // Offline, a handle can only be trusted through a cached, claiming document of a
             // trusted DID; leave it to the trusted DIDs.
-            return found(PathIdentity::Failed(Box::new(verdict(identity, Reason::IdentityUnresolved, format!("{identity} cannot be resolved offline")))));
+            return found(PathIdentity::Offline(identity.to_owned()));
         };
         let fail = |message: String| found(PathIdentity::Failed(Box::new(verdict(identity, Reason::IdentityUnresolved, message))));
         let handle = identity.to_ascii_lowercase();
@@ -398,7 +401,7 @@ impl Context<'_> {
                 }
                 Err(LookupError::Network(e)) => {
                     let reason = if e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError };
-                    return found(PathIdentity::Failed(Box::new(verdict(identity, reason, format!("cannot resolve handle {identity}: {e} (a network failure, not a signature problem)")))));
+                    return found(PathIdentity::Failed(Box::new(verdict(identity, reason, format!("cannot resolve handle {identity}: {e}")))));
                 }
                 Err(e) => return fail(format!("cannot resolve handle {identity}: {e}")),
             },
@@ -506,6 +509,7 @@ impl Context<'_> {
                     self.note(format!("the image path names {handle} ({did}), which policy {:?} does not trust: not looked up", rule.name));
                     untrusted_path = Some((handle, did));
                 }
+                PathIdentity::Offline(handle) => self.note(format!("the image path names {handle}, which cannot be resolved offline: deciding by the trusted DIDs")),
                 PathIdentity::Failed(v) => {
                     self.note(format!("identity in the image path: {}", v.message));
                     verdicts.push(*v);
