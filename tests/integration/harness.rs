@@ -222,8 +222,14 @@ impl Registry {
 
     /// Pushes a small single-platform image; returns its manifest digest.
     pub fn push_image(&self, repository: &str, tag: &str, seed: &str) -> String {
-        let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux", "config": {"Labels": {"seed": seed}}, "rootfs": {"type": "layers", "diff_ids": []}})).unwrap();
-        let layer = format!("layer for {seed}").into_bytes();
+        self.push_image_for(repository, tag, seed, "amd64")
+    }
+
+    /// Pushes a small image for `linux/<architecture>` whose layer is a real tar (containerd
+    /// unpacks it); returns its manifest digest.
+    pub fn push_image_for(&self, repository: &str, tag: &str, seed: &str, architecture: &str) -> String {
+        let layer = tar_with_file("hello.txt", format!("layer for {seed}\n").as_bytes());
+        let config = serde_json::to_vec(&json!({"architecture": architecture, "os": "linux", "config": {"Labels": {"seed": seed}}, "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]}})).unwrap();
         let config_digest = self.push_blob(repository, &config);
         let layer_digest = self.push_blob(repository, &layer);
         let manifest = serde_json::to_vec(&json!({
@@ -233,6 +239,21 @@ impl Registry {
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
         })).unwrap();
         self.push_manifest(repository, tag, "application/vnd.oci.image.manifest.v1+json", &manifest)
+    }
+
+    /// Pushes an OCI index of one image per architecture under `tag`; returns (index digest,
+    /// per-architecture manifest digests).
+    pub fn push_index(&self, repository: &str, tag: &str, seed: &str, architectures: &[&str]) -> (String, Vec<String>) {
+        let mut entries = Vec::new();
+        let mut digests = Vec::new();
+        for arch in architectures {
+            let digest = self.push_image_for(repository, &format!("{tag}-{arch}"), &format!("{seed}-{arch}"), arch);
+            let (_, _, body) = http("GET", &format!("http://{}/v2/{repository}/manifests/{digest}", self.host), &[("accept", "application/vnd.oci.image.manifest.v1+json")], None);
+            entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": body.len(), "platform": {"architecture": arch, "os": "linux"}}));
+            digests.push(digest);
+        }
+        let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})).unwrap();
+        (self.push_manifest(repository, tag, "application/vnd.oci.image.index.v1+json", &index), digests)
     }
 
     /// Attaches an ATCR-style signature artifact to `subject` the way clients must on a registry
@@ -379,6 +400,33 @@ impl FakeServer {
 
 /// The PDS + PLC and registry shared by the tests of one test binary. Both stop when the test
 /// process exits (they watch their stdin).
+/// A ustar archive holding one regular file (what an image layer is, uncompressed).
+pub fn tar_with_file(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    let octal = |field: &mut [u8], value: usize| {
+        let text = format!("{value:0width$o}\0", width = field.len() - 1);
+        field.copy_from_slice(text.as_bytes());
+    };
+    octal(&mut header[100..108], 0o644);
+    octal(&mut header[108..116], 0);
+    octal(&mut header[116..124], 0);
+    octal(&mut header[124..136], content.len());
+    octal(&mut header[136..148], 0);
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: usize = header.iter().map(|&b| usize::from(b)).sum();
+    let text = format!("{sum:06o}\0 ");
+    header[148..156].copy_from_slice(text.as_bytes());
+    let mut out = header.to_vec();
+    out.extend_from_slice(content);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
 pub struct Env {
     pub pds: Pds,
     pub registry: Registry,

@@ -115,7 +115,8 @@ fn referrers_api_artifacts_give_hints_and_hosts_toml_mirrors_are_used() {
     std::fs::create_dir_all(&hosts).unwrap();
     std::fs::write(hosts.join("hosts.toml"), format!("server = \"https://registry.example.com\"\n[host.\"http://{mirror}\"]\ncapabilities = [\"pull\", \"resolve\"]\n")).unwrap();
     let docker_config = dir.path().join("docker-config.json");
-    std::fs::write(&docker_config, json!({"auths": {"registry.example.com": {"auth": base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"))}}}).to_string()).unwrap();
+    // Credentials are per host, as containerd's authorizer looks them up: the mirror's own.
+    std::fs::write(&docker_config, json!({"auths": {mirror.clone(): {"auth": base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"))}}}).to_string()).unwrap();
     let plc = FakeServer::start(Box::new(|_| FakeResponse::new(404, "text/plain", "")));
     let config = format!("containerd_hosts_dir = {:?}\ndocker_config = {docker_config:?}\nplc_directory = {:?}\n", dir.path().join("certs.d"), plc.url);
     let rules = "  - name: example\n    scope: \"registry.example.com/**\"\n    require: { signature: true }\n";

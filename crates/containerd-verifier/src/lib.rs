@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod containerd_config;
 pub mod dns;
 pub mod exit;
 pub mod input;

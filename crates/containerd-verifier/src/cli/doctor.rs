@@ -1,7 +1,8 @@
 //! `doctor`: checks a node's setup without touching the network, because the failure modes of
 //! containerd's verifier hook are silent: an empty or missing `bin_dir` admits every pull, a
 //! non-executable file there blocks every pull, a `per_verifier_timeout` below our budget kills
-//! us mid-decision, and CRI's local-pull fallback skips verifiers altogether.
+//! us mid-decision, a disabled bindir plugin runs none, and CRI's local-pull fallback (eight
+//! settings trigger it) skips verifiers altogether. `--live` asks containerd itself.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::config::{Config, Span};
+use crate::containerd_config::{self, BINDIR_PLUGIN, CRI_IMAGES_PLUGIN, DEFAULT_BIN_DIR};
 use crate::exit;
 use crate::output::{print_json, Format};
 
@@ -22,6 +24,19 @@ pub struct DoctorArgs {
     containerd_config: PathBuf,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// Also pull IMAGE (one the trust policy must block) through containerd and report whether
+    /// a verifier stopped it: the check that cannot be fooled by a config file.
+    #[arg(long, value_name = "IMAGE")]
+    live: Option<String>,
+    /// containerd's socket, for --live.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    address: PathBuf,
+    /// The ctr binary, for --live.
+    #[arg(long, default_value = "ctr")]
+    ctr: PathBuf,
+    /// A hosts.toml directory for --live (ctr's --hosts-dir).
+    #[arg(long)]
+    hosts_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -37,40 +52,37 @@ struct Finding {
     message: String,
 }
 
-const BINDIR_PLUGIN: &str = "io.containerd.image-verifier.v1.bindir";
-const DEFAULT_BIN_DIR: &str = "/opt/containerd/image-verifiers";
-
-fn table<'t>(root: &'t toml::Table, path: &[&str]) -> Option<&'t toml::Table> {
-    let mut current = root;
-    for key in path {
-        current = current.get(*key)?.as_table()?;
-    }
-    Some(current)
-}
-
-/// Findings about containerd's side of the contract.
+/// Findings about containerd's side of the contract, from its effective configuration (the
+/// main file and every import, as containerd reads them).
 fn containerd_findings(path: &Path, budget: Span, out: &mut Vec<Finding>) {
     let mut add = |level, check, message: String| out.push(Finding { level, check, message });
-    let text = match crate::input::read_capped(path, 1 << 20).ok().and_then(|b| String::from_utf8(b).ok()) {
-        Some(t) => t,
-        None => {
-            add(Level::Warn, "containerd config", format!("{} is not readable: cannot check the verifier hook (pass --containerd-config)", path.display()));
-            return;
+    if !path.exists() {
+        add(Level::Warn, "containerd config", format!("{} does not exist: containerd runs on its defaults (bin_dir {DEFAULT_BIN_DIR}) — pass --containerd-config if it lives elsewhere", path.display()));
+    }
+    let effective = if path.exists() {
+        match containerd_config::load(path) {
+            Ok(e) => e,
+            Err(e) => {
+                add(Level::Fail, "containerd config", e);
+                return;
+            }
         }
+    } else {
+        containerd_config::Effective::default()
     };
-    let root: toml::Table = match toml::from_str(&text) {
-        Ok(t) => t,
-        Err(e) => {
-            add(Level::Fail, "containerd config", format!("{} does not parse: {e}", path.display()));
-            return;
-        }
-    };
-    let plugin = table(&root, &["plugins", BINDIR_PLUGIN]);
+    if effective.files.len() > 1 {
+        add(Level::Ok, "containerd config", format!("read {} and {} imported files", path.display(), effective.files.len() - 1));
+    }
+    if let Some(file) = effective.is_disabled(BINDIR_PLUGIN) {
+        add(Level::Fail, "bindir plugin", format!("{BINDIR_PLUGIN} is in disabled_plugins ({}): containerd runs NO image verifier and admits every pull — remove it from disabled_plugins", containerd_config::locate(file, BINDIR_PLUGIN)));
+        return;
+    }
+    let plugin = effective.plugin(BINDIR_PLUGIN);
     if plugin.is_none() {
         add(Level::Warn, "bindir plugin", format!("no [plugins.\"{BINDIR_PLUGIN}\"] section: containerd uses bin_dir {DEFAULT_BIN_DIR} and a 10s timeout"));
     }
-    let bin_dir = PathBuf::from(plugin.and_then(|p| p.get("bin_dir")).and_then(toml::Value::as_str).unwrap_or(DEFAULT_BIN_DIR));
-    let timeout_text = plugin.and_then(|p| p.get("per_verifier_timeout")).and_then(toml::Value::as_str).unwrap_or("10s");
+    let bin_dir = effective.bin_dir();
+    let timeout_text = plugin.and_then(|p| p.table.get("per_verifier_timeout")).and_then(toml::Value::as_str).unwrap_or("10s");
     match Span::parse(timeout_text) {
         Some(timeout) if timeout.0 <= budget.0 => add(Level::Fail, "timeout", format!("per_verifier_timeout {timeout_text} is not longer than our budget {budget}: containerd would kill the verifier before it can say why — lower `budget` in config.toml")),
         Some(_) => add(Level::Ok, "timeout", format!("per_verifier_timeout {timeout_text} > budget {budget}")),
@@ -93,18 +105,89 @@ fn containerd_findings(path: &Path, budget: Span, out: &mut Vec<Finding>) {
             if files.iter().any(|f| f.canonicalize().ok() == ours || f.file_name().is_some_and(|n| n.to_string_lossy().contains("atproto-verifier"))) {
                 add(Level::Ok, "bin_dir", format!("{} holds this verifier", bin_dir.display()));
             } else if !files.is_empty() {
-                add(Level::Warn, "bin_dir", format!("{} holds verifiers, but not atproto-verifier", bin_dir.display()));
+                add(Level::Fail, "bin_dir", format!("{} holds verifiers, but not atproto-verifier: install it there", bin_dir.display()));
             }
         }
     }
-    // CRI pulls go through the transfer service (and so through verifiers) unless this is set.
-    let local_pull = ["io.containerd.cri.v1.images", "io.containerd.grpc.v1.cri"]
-        .iter()
-        .any(|name| table(&root, &["plugins", name]).and_then(|t| t.get("use_local_image_pull")).and_then(toml::Value::as_bool) == Some(true));
-    if local_pull {
-        add(Level::Fail, "CRI", "use_local_image_pull = true: Kubernetes pulls skip image verifiers entirely".into());
-    } else {
+    let cri_disabled = [CRI_IMAGES_PLUGIN, "io.containerd.grpc.v1.cri"].iter().find_map(|p| effective.is_disabled(p).map(|f| (*p, f)));
+    if let Some((name, file)) = cri_disabled {
+        add(Level::Ok, "CRI", format!("the CRI plugin is disabled ({name} in {}): no Kubernetes pulls to check", file.display()));
+        return;
+    }
+    let triggers = effective.local_pull_triggers();
+    if triggers.is_empty() {
         add(Level::Ok, "CRI", "CRI pulls use the transfer service (containerd 2.1+), so verifiers run".into());
+    }
+    for t in triggers {
+        add(Level::Fail, "CRI", format!("{}: {} makes containerd fall back to the local image pull, which runs NO image verifier (Kubernetes pulls are admitted unchecked) — {}", t.at, t.setting, t.fix));
+    }
+}
+
+/// The version of the first `nerdctl` on PATH, if any.
+fn nerdctl_version() -> Option<String> {
+    let out = std::process::Command::new("nerdctl").arg("--version").stdin(std::process::Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace().find(|w| w.trim_start_matches('v').starts_with(|c: char| c.is_ascii_digit())).map(|v| v.trim_start_matches('v').to_owned())
+}
+
+/// nerdctl before 2.3 pulls client-side (no transfer service), so no image verifier runs.
+fn nerdctl_findings(out: &mut Vec<Finding>) {
+    let Some(version) = nerdctl_version() else { return };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (2, 3) {
+        out.push(Finding { level: Level::Warn, check: "nerdctl", message: format!("nerdctl {version} is on PATH: releases before 2.3 pull client-side, without the transfer service, so NO image verifier runs for `nerdctl pull` — upgrade to nerdctl 2.3 or later") });
+    } else {
+        out.push(Finding { level: Level::Ok, check: "nerdctl", message: format!("nerdctl {version} pulls through the transfer service, so verifiers run") });
+    }
+}
+
+/// The real check: asks containerd to pull an image the policy must block, and reports
+/// whether a verifier stopped it.
+fn live_finding(args: &DoctorArgs, image: &str, out: &mut Vec<Finding>) {
+    let mut command = std::process::Command::new(&args.ctr);
+    command.arg("--address").arg(&args.address).args(["image", "pull"]);
+    if let Some(hosts) = &args.hosts_dir {
+        command.arg("--hosts-dir").arg(hosts);
+    }
+    let result = command.arg(image).stdin(std::process::Stdio::null()).output();
+    let Ok(output) = result else {
+        out.push(Finding { level: Level::Fail, check: "live", message: format!("cannot run {}: install containerd's ctr or pass --ctr", args.ctr.display()) });
+        return;
+    };
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let finding = if output.status.success() {
+        // Undo what the check did.
+        let _ = std::process::Command::new(&args.ctr).arg("--address").arg(&args.address).args(["image", "rm", image]).output();
+        Finding { level: Level::Fail, check: "live", message: format!("containerd pulled {image} and no verifier blocked it: image verification is NOT in effect") }
+    } else if text.contains("image verifier") && text.contains("blocked") {
+        Finding { level: Level::Ok, check: "live", message: format!("a verifier ran and blocked {image}, as the policy requires") }
+    } else {
+        let last = text.lines().last().unwrap_or_default().chars().take(300).collect::<String>();
+        Finding { level: Level::Warn, check: "live", message: format!("the pull of {image} failed before any verifier decided (is the image reachable?): {last}") }
+    };
+    out.push(finding);
+}
+
+/// Whether the cache directory can be written, without creating it (doctor changes nothing).
+fn cache_finding(dir: &Path) -> Finding {
+    let writable = |d: &Path| {
+        let probe = d.join(format!(".doctor-probe-{}", std::process::id()));
+        let ok = std::fs::write(&probe, b"ok").is_ok();
+        let _ = std::fs::remove_file(&probe);
+        ok
+    };
+    if dir.is_dir() {
+        return if writable(dir) {
+            Finding { level: Level::Ok, check: "cache", message: format!("{} is writable", dir.display()) }
+        } else {
+            Finding { level: Level::Warn, check: "cache", message: format!("{} is not writable: every pull refetches everything", dir.display()) }
+        };
+    }
+    match dir.ancestors().skip(1).find(|a| a.is_dir()) {
+        Some(parent) if writable(parent) => Finding { level: Level::Ok, check: "cache", message: format!("{} does not exist yet; it will be created on first use (in {})", dir.display(), parent.display()) },
+        Some(parent) => Finding { level: Level::Warn, check: "cache", message: format!("{} does not exist and {} is not writable: every pull refetches everything", dir.display(), parent.display()) },
+        None => Finding { level: Level::Warn, check: "cache", message: format!("{} cannot be created", dir.display()) },
     }
 }
 
@@ -112,7 +195,9 @@ pub fn run(args: DoctorArgs) -> u8 {
     let mut findings = Vec::new();
     let config = match Config::load(args.config.as_deref()) {
         Ok(c) => {
-            findings.push(Finding { level: Level::Ok, check: "config", message: format!("{} loads", crate::config::config_path(args.config.as_deref()).0.display()) });
+            let path = crate::config::config_path(args.config.as_deref()).0;
+            let message = if path.exists() { format!("{} loads", path.display()) } else { format!("no config file at {}: built-in defaults apply", path.display()) };
+            findings.push(Finding { level: Level::Ok, check: "config", message });
             c
         }
         Err(e) => {
@@ -125,18 +210,15 @@ pub fn run(args: DoctorArgs) -> u8 {
         Err(super::policy::PolicyLoadError::Unreadable(e)) => findings.push(Finding { level: Level::Fail, check: "policy", message: format!("{e} — every pull is blocked until a policy is installed") }),
         Err(super::policy::PolicyLoadError::Invalid(errors)) => findings.push(Finding { level: Level::Fail, check: "policy", message: format!("{} errors, first: {} — run `atproto-verifier policy check`", errors.len(), errors.first().cloned().unwrap_or_default()) }),
     }
-    let probe = config.cache_dir.join(".doctor-probe");
-    let writable = std::fs::create_dir_all(&config.cache_dir).and_then(|()| std::fs::write(&probe, b"ok")).is_ok();
-    let _ = std::fs::remove_file(&probe);
-    findings.push(if writable {
-        Finding { level: Level::Ok, check: "cache", message: format!("{} is writable", config.cache_dir.display()) }
-    } else {
-        Finding { level: Level::Warn, check: "cache", message: format!("{} is not writable: every pull refetches everything", config.cache_dir.display()) }
-    });
+    findings.push(cache_finding(&config.cache_dir));
     if config.offline {
         findings.push(Finding { level: Level::Ok, check: "offline", message: format!("offline: proofs older than max_proof_age ({}) are refused; import bundles more often than that", config.max_proof_age) });
     }
     containerd_findings(&args.containerd_config, config.budget, &mut findings);
+    nerdctl_findings(&mut findings);
+    if let Some(image) = &args.live {
+        live_finding(&args, image, &mut findings);
+    }
     let failed = findings.iter().any(|f| f.level == Level::Fail);
     let label = |l: Level| match l {
         Level::Ok => "ok",
