@@ -241,21 +241,6 @@ impl Registry {
         self.push_manifest(repository, tag, "application/vnd.oci.image.manifest.v1+json", &manifest)
     }
 
-    /// Pushes an OCI index of one image per architecture under `tag`; returns (index digest,
-    /// per-architecture manifest digests).
-    pub fn push_index(&self, repository: &str, tag: &str, seed: &str, architectures: &[&str]) -> (String, Vec<String>) {
-        let mut entries = Vec::new();
-        let mut digests = Vec::new();
-        for arch in architectures {
-            let digest = self.push_image_for(repository, &format!("{tag}-{arch}"), &format!("{seed}-{arch}"), arch);
-            let (_, _, body) = http("GET", &format!("http://{}/v2/{repository}/manifests/{digest}", self.host), &[("accept", "application/vnd.oci.image.manifest.v1+json")], None);
-            entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": body.len(), "platform": {"architecture": arch, "os": "linux"}}));
-            digests.push(digest);
-        }
-        let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})).unwrap();
-        (self.push_manifest(repository, tag, "application/vnd.oci.image.index.v1+json", &index), digests)
-    }
-
     /// Attaches an ATCR-style signature artifact to `subject` the way clients must on a registry
     /// without the referrers API: the artifact manifest, plus an index under `sha256-<hex>`.
     pub fn push_signature_artifact(&self, repository: &str, subject: &str, did: &str, rkey: &str) -> String {
@@ -286,8 +271,8 @@ impl Registry {
 
     /// Pushes a two-platform index; returns the index digest.
     pub fn push_index(&self, repository: &str, tag: &str, seed: &str) -> String {
-        let amd64 = self.push_image(repository, &format!("{tag}-amd64"), &format!("{seed}-amd64"));
-        let arm64 = self.push_image(repository, &format!("{tag}-arm64"), &format!("{seed}-arm64"));
+        let amd64 = self.push_image_for(repository, &format!("{tag}-amd64"), &format!("{seed}-amd64"), "amd64");
+        let arm64 = self.push_image_for(repository, &format!("{tag}-arm64"), &format!("{seed}-arm64"), "arm64");
         let size = |d: &str| {
             let (_, _, body) = http("GET", &format!("http://{}/v2/{repository}/manifests/{d}", self.host), &[("accept", "application/vnd.oci.image.manifest.v1+json")], None);
             body.len()
