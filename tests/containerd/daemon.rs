@@ -57,11 +57,13 @@ pub struct Setup<'a> {
     /// Enable the CRI plugins (with `config_path`, so CRI pulls use the transfer service).
     pub cri: bool,
     pub per_verifier_timeout: &'a str,
+    /// Files written into containerd's temp dir before it starts (`conf.d/10-x.toml`, …).
+    pub files: &'a [(&'a str, String)],
 }
 
 impl Default for Setup<'_> {
     fn default() -> Self {
-        Setup { version: VERSIONS[1], registry: "", verifier_config: Path::new(""), extra: "", no_bindir_section: false, cri: false, per_verifier_timeout: "10s" }
+        Setup { version: VERSIONS[1], registry: "", verifier_config: Path::new(""), extra: "", no_bindir_section: false, cri: false, per_verifier_timeout: "10s", files: &[] }
     }
 }
 
@@ -82,6 +84,9 @@ impl Containerd {
         let path = |p: &str| dir.path().join(p);
         for d in ["root", "state", "opt", "bin", "hosts", "conf.d"] {
             std::fs::create_dir_all(path(d)).unwrap();
+        }
+        for (name, text) in setup.files {
+            std::fs::write(path(name), text).unwrap();
         }
         let bin_dir = path("bin");
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_atproto-verifier"), bin_dir.join("atproto-verifier")).unwrap();

@@ -136,3 +136,70 @@ fn ctr_pulls_through_the_transfer_service_are_decided_by_the_verifier() {
         assert_eq!(decisions[0]["digest"].as_str(), Some(index.as_str()), "{version}");
     }
 }
+
+/// Each setting containerd's `CheckLocalImagePullConfigs` (2.2.9 and 2.4.2) treats as a reason
+/// to pull without the transfer service, as an operator would write it (v3 layout unless
+/// named), with the word `doctor` must name.
+const LOCAL_PULL_TRIGGERS: [(&str, &str, &str); 9] = [
+    ("use_local_image_pull", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  use_local_image_pull = true\n", "use_local_image_pull = true"),
+    ("disable_snapshot_annotations", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  disable_snapshot_annotations = false\n", "disable_snapshot_annotations = false"),
+    ("discard_unpacked_layers", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  discard_unpacked_layers = true\n", "discard_unpacked_layers = true"),
+    ("mirrors (v3 layout)", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  [plugins.\"io.containerd.cri.v1.images\".registry.mirrors.\"REGISTRY\"]\n    endpoint = [\"http://REGISTRY\"]\n", "registry.mirrors"),
+    ("configs", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  [plugins.\"io.containerd.cri.v1.images\".registry.configs.\"REGISTRY\".tls]\n    insecure_skip_verify = true\n", "registry.configs"),
+    ("auths", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  [plugins.\"io.containerd.cri.v1.images\".registry.auths.\"http://REGISTRY\"]\n    username = \"someone\"\n", "registry.auths"),
+    ("max_concurrent_downloads", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  max_concurrent_downloads = 5\n", "max_concurrent_downloads = 5"),
+    ("image_pull_with_sync_fs", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  image_pull_with_sync_fs = true\n", "image_pull_with_sync_fs = true"),
+    // The same mirrors in a version 2 file imported by the main config (migrated by containerd;
+    // no config_path, which containerd refuses beside mirrors).
+    ("mirrors (v2 layout, imported)", "imports = [\"conf.d/*.toml\"]\n[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n", "registry.mirrors"),
+];
+
+#[test]
+fn cri_pulls_are_verified_and_every_local_pull_trigger_bypasses_verifiers_and_doctor_says_so() {
+    let env = env();
+    for version in VERSIONS {
+        let v = version.replace('.', "");
+        let alice = env.pds.create_account(&format!("cria{v}"));
+        let node = Node::new(env, &[&alice], "");
+
+        // The good config: CRI pulls go through the transfer service and the verifier.
+        let containerd = Containerd::start(&Setup { cri: true, ..setup(version, env, &node) });
+        let (image, _) = signed(env, &alice, &format!("cri{v}/app"), "v1");
+        let pull = containerd.crictl_pull(&image);
+        assert!(pull.ok && containerd.has_image("k8s.io", &image), "{version}: {pull}\n{}", containerd.log());
+        let image = unsigned(env, &format!("cri{v}/unsigned"), "v1");
+        let pull = containerd.crictl_pull(&image);
+        assert!(!pull.ok && pull.text.contains("record-not-found"), "{version}: {pull}");
+        let (code, report) = node.doctor(&containerd.config);
+        assert_eq!(code, Some(0), "{version}: doctor must be green when verifiers run:\n{report}");
+        drop(containerd);
+
+        for (i, (name, section, named)) in LOCAL_PULL_TRIGGERS.iter().enumerate() {
+            let extra = section.replace("REGISTRY", &env.registry.host);
+            let files = if name.contains("v2 layout") {
+                vec![("conf.d/10-mirrors.toml", format!("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{0}\"]\n  endpoint = [\"http://{0}\"]\n", env.registry.host))]
+            } else {
+                Vec::new()
+            };
+            let containerd = Containerd::start(&Setup { cri: true, extra: &extra, files: &files, ..setup(version, env, &node) });
+            check_trigger(env, &node, &containerd, version, &v, i, name, named);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_trigger(env: &Env, node: &Node, containerd: &Containerd, version: &str, v: &str, i: usize, name: &&str, named: &str) {
+    // An unsigned image is pulled: no verifier ran.
+    let image = unsigned(env, &format!("trig{v}/t{i}"), "v1");
+    let pull = containerd.crictl_pull(&image);
+    assert!(pull.ok, "{version} {name}: the local pull should admit the unsigned image (no verifier): {pull}\n{}", containerd.log());
+    let log = containerd.log();
+    assert!(!log.lines().any(|l| l.contains("Verifying image pull") && l.contains(&image)), "{version} {name}: a verifier was asked");
+    if *name != "use_local_image_pull" {
+        assert!(log.contains("Falling back to local image pull mode"), "{version} {name}: containerd did not say it fell back");
+    }
+    // And doctor is red, naming the setting.
+    let (code, report) = node.doctor(&containerd.config);
+    assert_eq!(code, Some(1), "{version} {name}: doctor must be red:\n{report}");
+    assert!(report.contains(named) && report.contains("local image pull"), "{version} {name}:\n{report}");
+}

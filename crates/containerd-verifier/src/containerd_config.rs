@@ -1,8 +1,9 @@
 //! containerd's configuration as containerd itself reads it, for `doctor`: the main file and
 //! every `imports` file (globs, relative to the importing file, breadth first), each migrated
 //! from its own version (v1 `cri`, v2 `io.containerd.grpc.v1.cri`, v3+
-//! `io.containerd.cri.v1.images`), plugin sections replaced whole by later files, and
-//! `disabled_plugins` appended — the rules of containerd 2.2–2.4's `LoadConfig`.
+//! `io.containerd.cri.v1.images`), plugin sections merged key by key (later files win, nested
+//! tables merged: observed on 2.2.9 and 2.4.2, whatever the comment in their `mergeConfig`
+//! says), and `disabled_plugins` appended — the rules of containerd 2.2–2.4's `LoadConfig`.
 //!
 //! Then what matters to image verification: whether the bindir verifier plugin runs, where its
 //! `bin_dir` is, and every CRI setting that makes containerd fall back to the local pull,
@@ -105,6 +106,18 @@ fn migrate(version: i64, plugins: &mut toml::Table) {
     plugins.insert(CRI_IMAGES_PLUGIN.into(), toml::Value::Table(dst));
 }
 
+/// Merges `from` into `into` as containerd does: nested tables key by key, other values replaced.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => merge(existing, incoming),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Loads `path` and its imports.
 pub fn load(path: &Path) -> Result<Effective, String> {
     let mut effective = Effective::default();
@@ -125,9 +138,15 @@ pub fn load(path: &Path) -> Result<Effective, String> {
         migrate(version, &mut plugins);
         for (name, value) in plugins {
             if let toml::Value::Table(t) = value {
-                // A later file's section replaces the whole section (containerd merges plugin
-                // maps by key, values replaced entirely).
-                effective.plugins.insert(name, Section { table: t, file: next.clone() });
+                match effective.plugins.get_mut(&name) {
+                    Some(section) => {
+                        merge(&mut section.table, t);
+                        section.file.clone_from(&next);
+                    }
+                    None => {
+                        effective.plugins.insert(name, Section { table: t, file: next.clone() });
+                    }
+                }
             }
         }
         if let Some(toml::Value::Array(items)) = table.get("disabled_plugins") {
@@ -173,7 +192,10 @@ impl Effective {
     pub fn local_pull_triggers(&self) -> Vec<LocalPullTrigger> {
         let Some(section) = self.plugin(CRI_IMAGES_PLUGIN) else { return Vec::new() };
         let t = &section.table;
-        let at = |key: &str| locate(&section.file, key);
+        // The last file (in load order) that mentions the key is the one that set it.
+        let at = |key: &str| {
+            self.files.iter().rev().find(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains(key))).map_or_else(|| section.file.display().to_string(), |f| locate(f, key))
+        };
         let mut out = Vec::new();
         let mut add = |key: &str, setting: String, fix: &'static str| out.push(LocalPullTrigger { at: at(key), setting, fix });
         let flag = |key: &str| t.get(key).and_then(toml::Value::as_bool);
@@ -218,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn imports_replace_sections_and_v2_files_are_migrated() {
+    fn imports_merge_sections_and_v2_files_are_migrated() {
         let (_d, e) = effective(&[
             ("config.toml", "version = 3\nimports = [\"conf.d/*.toml\"]\ndisabled_plugins = [\"a\"]\n[plugins.\"io.containerd.cri.v1.images\"]\nuse_local_image_pull = true\n"),
             ("conf.d/10-cri.toml", "version = 2\ndisabled_plugins = [\"b\"]\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndiscard_unpacked_layers = true\n"),
@@ -226,8 +248,8 @@ mod tests {
         assert_eq!(e.files.len(), 2);
         assert_eq!(e.disabled_plugins.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         let triggers: Vec<String> = e.local_pull_triggers().into_iter().map(|t| t.setting).collect();
-        // The import replaced the whole section: the main file's use_local_image_pull is gone.
-        assert_eq!(triggers, ["discard_unpacked_layers = true", "registry.mirrors"]);
+        // Sections merge key by key: the main file's setting stays beside the import's.
+        assert_eq!(triggers, ["use_local_image_pull = true", "discard_unpacked_layers = true", "registry.mirrors"]);
         assert_eq!(e.bin_dir(), PathBuf::from(DEFAULT_BIN_DIR));
     }
 
