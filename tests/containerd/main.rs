@@ -56,6 +56,22 @@ impl Node {
         std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
+    /// `doctor --live`: asks `containerd` to pull `image` (which the policy must block).
+    fn doctor_live(&self, containerd: &Containerd, image: &str) -> (Option<i32>, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+            .args(["doctor", "--config", self.config.to_str().unwrap(), "--containerd-config", containerd.config.to_str().unwrap(), "--live", image])
+            .arg("--address")
+            .arg(&containerd.socket)
+            .arg("--ctr")
+            .arg(daemon::ctr_bin(&containerd.version))
+            .arg("--hosts-dir")
+            .arg(&containerd.hosts_dir)
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `doctor` against a containerd config: (exit code, report).
     fn doctor(&self, containerd_config: &Path) -> (Option<i32>, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
@@ -202,4 +218,97 @@ fn check_trigger(env: &Env, node: &Node, containerd: &Containerd, version: &str,
     let (code, report) = node.doctor(&containerd.config);
     assert_eq!(code, Some(1), "{version} {name}: doctor must be red:\n{report}");
     assert!(report.contains(named) && report.contains("local image pull"), "{version} {name}:\n{report}");
+}
+
+/// `doctor` red ⇔ containerd admits an unsigned image: each way the hook silently does nothing.
+#[test]
+fn doctor_tells_the_truth_about_the_containerd_it_is_pointed_at() {
+    let env = env();
+    // containerd's default bin_dir must not exist on the test machine (the tests never create it).
+    assert!(!Path::new(containerd_config_default_bin_dir()).exists(), "{} exists on this machine: the test needs a node without it", containerd_config_default_bin_dir());
+    for version in VERSIONS {
+        let v = version.replace('.', "");
+        let alice = env.pds.create_account(&format!("doc{v}"));
+        let node = Node::new(env, &[&alice], "");
+        let cases: [(&str, Setup); 2] = [
+            ("no bindir section", Setup { no_bindir_section: true, ..setup(version, env, &node) }),
+            ("bindir disabled", Setup { extra: "disabled_plugins = [\"io.containerd.nri.v1.nri\", \"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \"io.containerd.cri.v1.runtime\", \"io.containerd.image-verifier.v1.bindir\"]\n", ..setup(version, env, &node) }),
+        ];
+        for (i, (name, case)) in cases.into_iter().enumerate() {
+            let containerd = Containerd::start(&case);
+            let image = unsigned(env, &format!("doc{v}/case{i}"), "v1");
+            let pull = containerd.ctr_pull(&image);
+            // Observed: with the bindir plugin disabled, 2.2 cannot load its transfer service at
+            // all (every ctr pull fails); 2.4 loads it and pulls with no verifier.
+            let transfer_broken = name == "bindir disabled" && version.starts_with("v2.2");
+            if transfer_broken {
+                assert!(!pull.ok && pull.text.contains("unknown service containerd.services.transfer"), "{version} {name}: {pull}");
+            } else {
+                assert!(pull.ok, "{version} {name}: containerd runs no verifier here: {pull}");
+            }
+            let (code, report) = node.doctor(&containerd.config);
+            assert_eq!(code, Some(1), "{version} {name}: doctor must be red:\n{report}");
+            let live = node.doctor_live(&containerd, &unsigned(env, &format!("doc{v}/live{i}"), "v1"));
+            let expected = if transfer_broken { "failed before any verifier decided" } else { "no verifier blocked it" };
+            assert!(live.0 == Some(1) && live.1.contains(expected), "{version} {name}: doctor --live must be red:\n{}", live.1);
+        }
+
+        // The packaged drop-in, imported from conf.d exactly as the package installs it (only
+        // bin_dir points into the test's directory): verifiers run, doctor and --live are green.
+        let fragment = std::fs::read_to_string(daemon::repo_root().join("packaging/containerd/atproto-verifier.toml")).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let bin_dir = scratch.path().join("image-verifier/bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_atproto-verifier"), bin_dir.join("atproto-verifier")).unwrap();
+        let fragment = fragment.replace("/opt/containerd/image-verifier/bin", bin_dir.to_str().unwrap());
+        let files = [("conf.d/atproto-verifier.toml", fragment)];
+        let containerd = Containerd::start(&Setup { no_bindir_section: true, extra: "imports = [\"conf.d/*.toml\"]\n", files: &files, ..setup(version, env, &node) });
+        let image = unsigned(env, &format!("doc{v}/dropin"), "v1");
+        let pull = containerd.ctr_pull(&image);
+        assert!(!pull.ok && pull.text.contains("record-not-found"), "{version} drop-in: {pull}\n{}", containerd.log());
+        let (code, report) = node.doctor(&containerd.config);
+        assert_eq!(code, Some(0), "{version} drop-in: doctor must be green:\n{report}");
+        assert!(report.contains("imported"), "{report}");
+        let live = node.doctor_live(&containerd, &unsigned(env, &format!("doc{v}/dropin-live"), "v1"));
+        assert_eq!(live.0, Some(0), "{version} drop-in: doctor --live:\n{}", live.1);
+        // A bin_dir entry that cannot run blocks every pull; doctor says so.
+        std::fs::write(bin_dir.join("notes.txt"), "not a verifier").unwrap();
+        let (code, report) = node.doctor(&containerd.config);
+        assert!(code == Some(1) && report.contains("notes.txt is not an executable file"), "{report}");
+        let pull = containerd.ctr_pull(&unsigned(env, &format!("doc{v}/nonexec"), "v1"));
+        assert!(!pull.ok, "{version}: a non-executable bin_dir entry fails every pull: {pull}");
+        std::fs::remove_file(bin_dir.join("notes.txt")).unwrap();
+        std::fs::remove_file(bin_dir.join("atproto-verifier")).unwrap();
+        let (code, report) = node.doctor(&containerd.config);
+        assert!(code == Some(1) && report.contains("is empty"), "{report}");
+    }
+}
+
+fn containerd_config_default_bin_dir() -> &'static str {
+    "/opt/containerd/image-verifier/bin"
+}
+
+#[test]
+fn doctor_changes_nothing_and_says_what_it_did_not_find() {
+    let env = env();
+    let node = Node::new(env, &[], "");
+    // The verifier config names a cache that does not exist: doctor must not create it.
+    let config = node.dir.path().join("fresh.toml");
+    let cache = node.dir.path().join("never-created");
+    std::fs::write(&config, std::fs::read_to_string(&node.config).unwrap().replace(&format!("{:?}", node.dir.path().join("cache")), &format!("{cache:?}"))).unwrap();
+    let containerd = Containerd::start(&setup(VERSIONS[1], env, &node));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(["doctor", "--config", config.to_str().unwrap(), "--containerd-config", containerd.config.to_str().unwrap()]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!cache.exists(), "doctor created {}", cache.display());
+    assert!(report.contains("does not exist yet"), "{report}");
+    // With CRI disabled, doctor does not report a CRI pull mode as if it applied.
+    assert!(report.contains("the CRI plugin is disabled"), "{report}");
+    // No verifier config at the default path: said, not "loads".
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        .args(["doctor", "--containerd-config", containerd.config.to_str().unwrap()])
+        .env("ATPROTO_VERIFIER_CONFIG", node.dir.path().join("absent.toml"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!report.contains("absent.toml loads"), "{report}");
 }

@@ -74,7 +74,7 @@ fn containerd_findings(path: &Path, budget: Span, out: &mut Vec<Finding>) {
         add(Level::Ok, "containerd config", format!("read {} and {} imported files", path.display(), effective.files.len() - 1));
     }
     if let Some(file) = effective.is_disabled(BINDIR_PLUGIN) {
-        add(Level::Fail, "bindir plugin", format!("{BINDIR_PLUGIN} is in disabled_plugins ({}): containerd runs NO image verifier and admits every pull — remove it from disabled_plugins", containerd_config::locate(file, BINDIR_PLUGIN)));
+        add(Level::Fail, "bindir plugin", format!("{BINDIR_PLUGIN} is in disabled_plugins ({}): containerd 2.4 runs NO image verifier and admits every pull (2.2 fails every transfer-service pull instead) — remove it from disabled_plugins", containerd_config::locate(file, BINDIR_PLUGIN)));
         return;
     }
     let plugin = effective.plugin(BINDIR_PLUGIN);
