@@ -80,6 +80,8 @@ pub struct Containerd {
 impl Containerd {
     /// Writes the config (version 3, which both 2.2 and 2.4 read) and starts containerd.
     pub fn start(setup: &Setup) -> Containerd {
+        let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().next().unwrap_or_default().to_owned())));
+        assert_eq!(uid.as_deref(), Some("0"), "containerd needs root: run the tests as root (CI does)");
         let dir = tempfile::tempdir().unwrap();
         let path = |p: &str| dir.path().join(p);
         for d in ["root", "state", "opt", "bin", "hosts", "conf.d"] {

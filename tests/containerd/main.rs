@@ -38,17 +38,19 @@ impl Node {
         let policy_path = dir.path().join("trust-policy.yaml");
         std::fs::write(&policy_path, policy).unwrap();
         let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "policy = {policy_path:?}\ncache_dir = {:?}\naudit_log = {:?}\nplc_directory = {:?}\nhandle_resolver = {:?}\nbudget = \"5s\"\nproof_ttl = \"0s\"\n{extra}",
-                dir.path().join("cache"),
-                dir.path().join("audit.jsonl"),
-                env.pds.plc,
-                env.pds.pds
-            ),
-        )
-        .unwrap();
+        let defaults = format!(
+            "policy = {policy_path:?}\ncache_dir = {:?}\naudit_log = {:?}\nplc_directory = {:?}\nhandle_resolver = {:?}\nbudget = \"5s\"\nproof_ttl = \"0s\"\n",
+            dir.path().join("cache"),
+            dir.path().join("audit.jsonl"),
+            env.pds.plc,
+            env.pds.pds
+        );
+        // `extra` overrides a default key of the same name.
+        let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_owned();
+        let overridden: Vec<String> = extra.lines().map(key).collect();
+        let mut text: String = defaults.lines().filter(|l| !overridden.contains(&key(l))).map(|l| format!("{l}\n")).collect();
+        text.push_str(extra);
+        std::fs::write(&config, text).unwrap();
         Node { dir, config }
     }
 
@@ -311,4 +313,90 @@ fn doctor_changes_nothing_and_says_what_it_did_not_find() {
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(!report.contains("absent.toml loads"), "{report}");
+}
+
+#[test]
+fn budgets_and_failures_under_containerd() {
+    let env = env();
+    for version in VERSIONS {
+        let v = version.replace('.', "");
+        // A PDS of its own, so it can be stopped.
+        let mut own = harness::Pds::start();
+        let hana = own.create_account(&format!("hana{v}"));
+        let digest = env.registry.push_image(&format!("budget{v}/app"), "v1", &format!("budget{v}"));
+        own.put_manifest(&hana, &digest, "app", OCI_MANIFEST);
+        let image = format!("{}/budget{v}/app:v1", env.registry.host);
+        let extra = format!("plc_directory = {:?}\nhandle_resolver = {:?}\ndid_ttl = \"0s\"\nmax_stale = \"1h\"\n", own.plc, own.pds);
+        let warm = Node::new(env, &[&hana], &extra);
+        let cold = Node::new(env, &[&hana], &extra);
+        let warm_containerd = Containerd::start(&setup(version, env, &warm));
+        let cold_containerd = Containerd::start(&setup(version, env, &cold));
+        assert!(warm_containerd.ctr_pull(&image).ok, "{version}");
+        own.stop();
+        // Warm cache, PDS gone: admitted from cache within max_stale, and the reason says so.
+        warm_containerd.ctr(&["image", "rm", &image]);
+        assert!(warm_containerd.ctr_pull(&image).ok, "{version}: warm cache admits");
+        let line = warm.audit().into_iter().last().unwrap();
+        assert!(line["message"].as_str().unwrap().contains("past its TTL"), "{line}");
+        // Cold cache: blocked with a network reason, never a signature one.
+        let started = std::time::Instant::now();
+        let pull = cold_containerd.ctr_pull(&image);
+        assert!(!pull.ok && pull.text.contains("network-error") && !pull.text.contains("signature-invalid"), "{version}: {pull}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{version}: decided within per_verifier_timeout");
+    }
+}
+
+#[test]
+fn our_budget_decides_before_containerd_kills_and_a_hanging_verifier_fails_the_pull() {
+    let env = env();
+    // A PLC directory that never answers.
+    let silent = harness::FakeServer::start(Box::new(|_| {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        harness::FakeResponse::new(500, "text/plain", "")
+    }));
+    for version in VERSIONS {
+        let v = version.replace('.', "");
+        let ivy = env.pds.create_account(&format!("ivy{v}"));
+        let (image, _) = signed(env, &ivy, &format!("slow{v}/app"), "v1");
+        let node = Node::new(env, &[&ivy], &format!("plc_directory = {:?}\nbudget = \"2s\"\nrequest_timeout = \"1s\"\n", silent.url));
+        let containerd = Containerd::start(&Setup { per_verifier_timeout: "4s", ..setup(version, env, &node) });
+        let pull = containerd.ctr_pull(&image);
+        // Our verifier answered (exit 2, a network reason): containerd did not have to kill it.
+        let ours = pull.text.contains("verifier atproto-verifier rejected image (exit code 2)") && (pull.text.contains("network-error") || pull.text.contains("deadline-exceeded"));
+        assert!(!pull.ok && ours, "{version}: our verifier answers within its budget, with its reason: {pull}");
+        // A verifier that hangs is killed by containerd at per_verifier_timeout: the pull fails.
+        let hang = containerd.bin_dir.join("zz-hangs");
+        std::fs::write(&hang, "#!/bin/sh\nexec sleep 60\n").unwrap();
+        std::fs::set_permissions(&hang, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::remove_file(containerd.bin_dir.join("atproto-verifier")).unwrap();
+        let started = std::time::Instant::now();
+        let pull = containerd.ctr_pull(&unsigned(env, &format!("slow{v}/other"), "v1"));
+        assert!(!pull.ok, "{version}: {pull}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{version}: killed at the timeout");
+    }
+}
+
+#[test]
+fn twenty_concurrent_pulls_on_a_cold_cache_fetch_each_did_document_once() {
+    let env = env();
+    // Counts the requests for DID documents on their way to the real PLC directory.
+    let plc = env.pds.plc.clone();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = std::sync::Arc::clone(&seen);
+    let proxy = harness::FakeServer::start(Box::new(move |r| {
+        log.lock().unwrap().push(r.path.clone());
+        let (status, _, body) = harness::http(&r.method, &format!("{plc}{}", r.path), &[], None);
+        harness::FakeResponse::new(status, "application/json", body)
+    }));
+    let version = VERSIONS[1];
+    let kai = env.pds.create_account("kai20");
+    let images: Vec<String> = (0..20).map(|i| signed(env, &kai, &format!("many/app{i}"), "v1").0).collect();
+    let node = Node::new(env, &[&kai], &format!("plc_directory = {:?}\n", proxy.url));
+    let containerd = Containerd::start(&setup(version, env, &node));
+    let pulls: Vec<_> = std::thread::scope(|s| images.iter().map(|image| s.spawn(|| containerd.ctr_pull(image))).collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap()).collect());
+    for (image, pull) in images.iter().zip(&pulls) {
+        assert!(pull.ok, "{image}: {pull}");
+    }
+    let documents = seen.lock().unwrap().iter().filter(|p| p.trim_start_matches('/') == kai.did).count();
+    assert_eq!(documents, 1, "one fetch of the DID document for 20 pulls: {:?}", seen.lock().unwrap());
 }
