@@ -51,8 +51,15 @@ class Loopback:
             loc = h["Location"]; loc = loc if loc.startswith("http") else f"http://{host}{loc}"
             req("PUT", f"{loc}{'&' if '?' in loc else '?'}digest={digest}", data, {"content-type": "application/octet-stream"})
             return digest, len(data)
-        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-        cd, cs = blob(config); ld, ls = blob(b"hello from the demo layer")
+        # A real tar layer, so containerd can unpack the image (scripts/bench_containerd.py).
+        import io, tarfile
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+            content = b"hello from the demo layer\n"; info = tarfile.TarInfo("hello.txt"); info.size = len(content); info.mtime = 0
+            t.addfile(info, io.BytesIO(content))
+        layer = buf.getvalue()
+        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
+        cd, cs = blob(config); ld, ls = blob(layer)
         manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]}).encode()

@@ -208,11 +208,17 @@ pub enum Freshness {
     Expired,
 }
 
+/// How far "in the future" an entry may have been written and still count as just fetched:
+/// another verifier process on this node may have written it a moment after this one read the
+/// clock (parallel pulls share one fetch). Beyond it, a clock jumped: refresh.
+const CONCURRENT_WRITE_MICROS: i64 = 60_000_000;
+
 pub fn freshness(fetched_at: i64, now: i64, ttl_micros: i64, max_stale_micros: i64) -> Freshness {
     let age = now.saturating_sub(fetched_at);
-    if age < 0 {
-        // Written "in the future": a clock jumped. Refresh.
+    if age < -CONCURRENT_WRITE_MICROS {
         Freshness::Stale
+    } else if age < 0 {
+        Freshness::Fresh
     } else if age < ttl_micros {
         Freshness::Fresh
     } else if age < ttl_micros.saturating_add(max_stale_micros) {
@@ -245,6 +251,9 @@ mod tests {
         assert_eq!(freshness(0, 10, 10, 10), Freshness::Stale);
         assert_eq!(freshness(0, 19, 10, 10), Freshness::Stale);
         assert_eq!(freshness(0, 20, 10, 10), Freshness::Expired);
-        assert_eq!(freshness(100, 5, 10, 10), Freshness::Stale);
+        // Written by a parallel process a moment after this one read the clock: fresh.
+        assert_eq!(freshness(100, 5, 10, 10), Freshness::Fresh);
+        // Written far "in the future" (a clock jumped): refresh.
+        assert_eq!(freshness(CONCURRENT_WRITE_MICROS + 10, 5, 10, 10), Freshness::Stale);
     }
 }
