@@ -217,8 +217,6 @@ pub fn freshness(fetched_at: i64, now: i64, ttl_micros: i64, max_stale_micros: i
     let age = now.saturating_sub(fetched_at);
     if age < -CONCURRENT_WRITE_MICROS {
         Freshness::Stale
-    } else if age < 0 {
-        Freshness::Fresh
     } else if age < ttl_micros {
         Freshness::Fresh
     } else if age < ttl_micros.saturating_add(max_stale_micros) {

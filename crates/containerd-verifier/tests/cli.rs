@@ -266,3 +266,27 @@ fn doctor_catches_the_silent_failure_modes_of_containerds_hook() {
     let report: String = text.replace(&dir.path().display().to_string(), "<dir>").replace(&policy, "<policy>");
     insta::assert_snapshot!("doctor_broken", report);
 }
+
+#[test]
+fn doctor_warns_about_nerdctl_releases_that_pull_without_verifiers() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "config.toml", format!("cache_dir = {:?}\n", dir.path().join("cache")).as_bytes());
+    let report = |version: &str| {
+        let bin = dir.path().join(format!("path-{version}"));
+        std::fs::create_dir_all(&bin).unwrap();
+        let fake = bin.join("nerdctl");
+        std::fs::write(&fake, format!("#!/bin/sh\necho \"nerdctl version {version}\"\n")).unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+            .args(["doctor", "--config", &config, "--containerd-config", "/nonexistent/containerd.toml"])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    let old = report("2.2.1");
+    assert!(old.contains("nerdctl 2.2.1 is on PATH") && old.contains("NO image verifier"), "{old}");
+    let new = report("2.3.0");
+    assert!(new.contains("nerdctl 2.3.0 pulls through the transfer service"), "{new}");
+}
