@@ -11,6 +11,8 @@ cd "$(dirname "$0")/../.."
 CONTAINERD_VERSIONS="${CONTAINERD_VERSIONS:-v2.2.9 v2.4.2}"
 CRICTL_VERSION="${CRICTL_VERSION:-v1.37.0}"
 tools="${CARGO_TARGET_DIR:-target}/tools"
+# Go's official install location, in case PATH does not name it.
+[ -x /usr/local/go/bin/go ] && export PATH="$PATH:/usr/local/go/bin"
 if ! command -v go >/dev/null; then
   echo "go is missing: install Go >= 1.24 (containerd 2.4 needs it) and re-run" >&2
   exit 1
