@@ -52,7 +52,7 @@ try:
         return p
 
     ctr = f"{TOOLS}/ctr --address {work}/state/c.sock"
-    pull = f"{ctr} image pull --hosts-dir {work}/hosts {env.name} > /dev/null"
+    pull = f"{ctr} image pull --hosts-dir {work}/hosts {env.name} > /dev/null 2>&1"
     remove = f"{ctr} image rm {env.name} > /dev/null 2>&1; true"
     cache = os.path.join(env.work, "cache")
     results = {}
