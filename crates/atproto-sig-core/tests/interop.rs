@@ -1,4 +1,4 @@
-//! Every file in ../shared/interop drives a test here. The folder must exist: a missing
+//! Every file in tests/interop (the vendored AT Protocol interop vectors) drives a test here. The folder must exist: a missing
 //! folder fails loudly (set ATPROTO_INTEROP_DIR to point elsewhere).
 
 use std::collections::BTreeMap;
@@ -18,10 +18,10 @@ use serde_json::Value as Json;
 fn interop_dir() -> PathBuf {
     let dir = std::env::var_os("ATPROTO_INTEROP_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/interop"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop"));
     assert!(
         dir.join("README.md").is_file(),
-        "interop vectors not found at {} — clone the shared folder beside this repository or set ATPROTO_INTEROP_DIR",
+        "interop vectors not found at {} — they are vendored in tests/interop (or set ATPROTO_INTEROP_DIR)",
         dir.display()
     );
     dir

@@ -171,8 +171,8 @@ fn did_verify_log_real_and_interop() {
     assert!(v["signingKey"].as_str().unwrap().starts_with("did:key:zQ3s"));
     assert!(v["pds"].as_str().unwrap().starts_with("http://localhost:"));
 
-    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/interop/plc-audit-log/invalid/log_invalid_sig_p256_high_s.json");
-    let log: serde_json::Value = serde_json::from_slice(&std::fs::read(&interop).expect("../shared/interop is required")).unwrap();
+    let interop = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/plc-audit-log/invalid/log_invalid_sig_p256_high_s.json");
+    let log: serde_json::Value = serde_json::from_slice(&std::fs::read(&interop).expect("tests/interop (vendored) is required")).unwrap();
     let out = run(&["did", "verify-log", "--did", log[0]["did"].as_str().unwrap(), "--audit-log", interop.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).starts_with("invalid audit log"));
