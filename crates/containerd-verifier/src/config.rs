@@ -13,30 +13,69 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/atproto-verifier/config.toml";
 /// Environment variable that overrides the config path (containerd passes its environment on).
 pub const CONFIG_ENV: &str = "ATPROTO_VERIFIER_CONFIG";
 
-/// A duration written as `500ms`, `8s`, `5m`, `24h` or `7d`.
+/// A duration as operators write them for containerd (Go's `time.ParseDuration`: `1m30s`,
+/// `10s500ms`, `1.5h`, units `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), plus days (`7d`).
+/// Negative durations and durations over 10 years are refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span(pub Duration);
 
+/// Longest accepted duration (ten years): anything longer is a typo.
+const MAX_SPAN_NANOS: u128 = 10 * 365 * 86_400 * 1_000_000_000;
+
 impl Span {
-    /// Parses `<digits><unit>`.
+    /// Parses one or more `<number><unit>` terms; the number may have a fraction (`1.5h`).
     pub fn parse(text: &str) -> Option<Span> {
-        let split = text.find(|c: char| !c.is_ascii_digit())?;
-        let (number, unit) = text.split_at(split);
-        let n: u64 = number.parse().ok()?;
-        let millis = match unit {
-            "ms" => n,
-            "s" => n.checked_mul(1000)?,
-            "m" => n.checked_mul(60_000)?,
-            "h" => n.checked_mul(3_600_000)?,
-            "d" => n.checked_mul(86_400_000)?,
-            _ => return None,
-        };
-        Some(Span(Duration::from_millis(millis)))
+        if text.is_empty() || text.len() > 64 {
+            return None;
+        }
+        let mut rest = text;
+        let mut total: u128 = 0;
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+            let (number, tail) = rest.split_at(digits);
+            let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+            let (unit, next) = tail.split_at(unit_len);
+            let scale: u128 = match unit {
+                "ns" => 1,
+                "us" | "µs" | "μs" => 1_000,
+                "ms" => 1_000_000,
+                "s" => 1_000_000_000,
+                "m" => 60_000_000_000,
+                "h" => 3_600_000_000_000,
+                "d" => 86_400_000_000_000,
+                _ => return None,
+            };
+            let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+            if whole.is_empty() && fraction.is_empty() {
+                return None;
+            }
+            let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+            let mut nanos = whole.checked_mul(scale)?;
+            // The fraction, digit by digit (Go keeps what fits in nanoseconds).
+            let mut place = scale;
+            for digit in fraction.bytes() {
+                if !digit.is_ascii_digit() {
+                    return None;
+                }
+                place /= 10;
+                nanos = nanos.checked_add(u128::from(digit - b'0') * place)?;
+            }
+            total = total.checked_add(nanos)?;
+            if total > MAX_SPAN_NANOS {
+                return None;
+            }
+            rest = next;
+        }
+        Some(Span(Duration::from_nanos(u64::try_from(total).ok()?)))
     }
 }
 
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.0.as_nanos();
+        if !nanos.is_multiple_of(1_000_000) {
+            return if nanos.is_multiple_of(1000) { write!(f, "{}us", nanos / 1000) } else { write!(f, "{nanos}ns") };
+        }
         let ms = self.0.as_millis();
         match ms {
             _ if ms.is_multiple_of(86_400_000) && ms > 0 => write!(f, "{}d", ms / 86_400_000),
@@ -51,7 +90,7 @@ impl fmt::Display for Span {
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Span, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Span::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a duration such as \"500ms\", \"8s\", \"5m\", \"24h\" or \"7d\"")))
+        Span::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a duration such as \"500ms\", \"8s\", \"1m30s\", \"24h\" or \"7d\" (at most 10 years)")))
     }
 }
 
@@ -240,7 +279,17 @@ mod tests {
         assert_eq!(Span::parse("8s"), Some(Span(Duration::from_secs(8))));
         assert_eq!(Span::parse("500ms"), Some(Span(Duration::from_millis(500))));
         assert_eq!(Span::parse("24h").map(|s| s.to_string()).as_deref(), Some("1d"));
-        for bad in ["", "8", "s", "8 s", "-1s", "1.5s", "99999999999999999999d"] {
+        // As operators write them for containerd (Go's time.ParseDuration).
+        assert_eq!(Span::parse("1m30s"), Some(Span(Duration::from_secs(90))));
+        assert_eq!(Span::parse("10s500ms"), Some(Span(Duration::from_millis(10_500))));
+        assert_eq!(Span::parse("1.5h"), Some(Span(Duration::from_secs(5400))));
+        assert_eq!(Span::parse(".5s"), Some(Span(Duration::from_millis(500))));
+        assert_eq!(Span::parse("2h45m"), Some(Span(Duration::from_secs(9900))));
+        assert_eq!(Span::parse("300us"), Some(Span(Duration::from_micros(300))));
+        assert_eq!(Span::parse("1µs"), Some(Span(Duration::from_micros(1))));
+        assert_eq!(Span::parse("300us").map(|s| s.to_string()).as_deref(), Some("300us"));
+        assert_eq!(Span::parse("1m30s").map(|s| s.to_string()).as_deref(), Some("90s"));
+        for bad in ["", "8", "s", "8 s", "-1s", "1..5s", ".s", "1x", "1s2", "99999999999999999999d", "3651d", "1h-1m"] {
             assert_eq!(Span::parse(bad), None, "{bad:?}");
         }
     }
