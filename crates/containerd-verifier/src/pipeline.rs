@@ -606,7 +606,7 @@ pub fn exit_code(decision: &Decision) -> u8 {
 
 /// True for reasons that mean "could not decide" (exit 2) rather than "rejected" (exit 1).
 pub fn is_undecided(reason: Reason) -> bool {
-    matches!(reason, Reason::NetworkError | Reason::DeadlineExceeded | Reason::ConfigInvalid)
+    matches!(reason, Reason::NetworkError | Reason::DeadlineExceeded | Reason::ConfigInvalid | Reason::InvalidRequest)
 }
 
 /// A short label for an outcome.

@@ -290,3 +290,33 @@ fn doctor_warns_about_nerdctl_releases_that_pull_without_verifiers() {
     let new = report("2.3.0");
     assert!(new.contains("nerdctl 2.3.0 pulls through the transfer service"), "{new}");
 }
+
+#[test]
+fn ci_facing_commands_keep_their_exit_codes_and_formats() {
+    // policy check --format json: every error with file, line, column and hint; exit 1.
+    let out = run(&["policy", "check", &policy_file("invalid/unknown-keys.yaml"), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["ok"], false);
+    let first = &v["errors"][0];
+    assert!(first["line"].as_u64().unwrap() > 0 && first["column"].as_u64().unwrap() > 0 && first["message"].is_string(), "{v}");
+    let out = run(&["policy", "check", &policy_file("valid/atcr-example.yaml"), "--format", "json"]);
+    assert_eq!((out.status.code(), json(&out)["ok"].as_bool()), (Some(0), Some(true)));
+
+    // proof verify with a malformed digest: a usage error (exit 2), not a rejection.
+    let g = generated(Tamper::None);
+    let out = run(&["proof", "verify", "--car", &g.car, "--uri", &g.uri, "--digest", "sha256:1234", "--did-doc", &g.doc, "--now", NOW]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+
+    // verify --policy FILE overrides config.toml's policy (here: no signature needed → exit 0
+    // without any network, while the configured one would need a signer).
+    let dir = tempfile::tempdir().unwrap();
+    let lenient = write(dir.path(), "lenient.yaml", b"version: \"1.0\"\ndefault: { action: enforce, require: { signature: false } }\n");
+    let config = write(dir.path(), "config.toml", format!("policy = {:?}\ncache_dir = {:?}\n", policy_file("valid/atcr-example.yaml"), dir.path().join("cache")).as_bytes());
+    let image = format!("registry.example.com/app@sha256:{}", "ab".repeat(32));
+    let out = run(&["verify", &image, "--config", &config, "--policy", &lenient, "--format", "sarif"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let sarif = json(&out);
+    let uri = sarif["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().unwrap().to_owned();
+    assert_eq!(uri, image, "the canonical reference, its digest once");
+}

@@ -28,6 +28,9 @@ pub struct CheckArgs {
     /// config.toml to read the default policy path from.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// `json`: one object with every error and warning (file, line, column, message, hint).
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -84,33 +87,50 @@ fn check(args: &CheckArgs) -> u8 {
     let path = match policy_path(args.file.as_deref(), args.config.as_deref()) {
         Ok(path) => path,
         Err(e) => {
-            print_undecided(Format::Text, &e, "fix config.toml, or name the policy file: atproto-verifier policy check FILE");
+            print_undecided(args.format, &e, "fix config.toml, or name the policy file: atproto-verifier policy check FILE");
             return exit::UNDECIDED;
         }
     };
     let name = path.display().to_string();
-    match load_policy(&path) {
+    let text = match read_capped(&path, MAX_POLICY_BYTES).map_err(|e| e.to_string()).and_then(|b| String::from_utf8(b).map_err(|_| format!("{name}: not UTF-8 text"))) {
+        Ok(text) => text,
+        Err(e) => {
+            print_undecided(args.format, &e, INSTALL_POLICY_HINT);
+            return exit::UNDECIDED;
+        }
+    };
+    let issue_json = |i: &atproto_sig_core::policy::Issue| json!({"file": name, "line": i.at.line, "column": i.at.column, "message": i.message, "hint": i.hint});
+    match Policy::parse(&text) {
         Ok(policy) => {
             let default = match &policy.default {
                 Some(rule) => format!("default: {} ({})", rule.action.as_str(), requirement_summary(&policy, rule)),
                 None => "no default: unmatched images are rejected".into(),
             };
-            let warnings = if policy.warnings.is_empty() { String::new() } else { format!(", {} warning(s)", policy.warnings.len()) };
-            println!("{name}: ok — {} policies, {} trusted DIDs, {default}{warnings}", policy.rules.len(), policy.trusted.len());
-            for warning in &policy.warnings {
-                eprintln!("{}", warning.render(&name, "warning"));
+            match args.format {
+                Format::Json => print_json(&json!({
+                    "file": name, "ok": true, "policies": policy.rules.len(), "trustedDids": policy.trusted.len(), "default": default,
+                    "errors": [], "warnings": policy.warnings.iter().map(issue_json).collect::<Vec<_>>(),
+                })),
+                Format::Text => {
+                    let warnings = if policy.warnings.is_empty() { String::new() } else { format!(", {} warning(s)", policy.warnings.len()) };
+                    println!("{name}: ok — {} policies, {} trusted DIDs, {default}{warnings}", policy.rules.len(), policy.trusted.len());
+                    for warning in &policy.warnings {
+                        eprintln!("{}", warning.render(&name, "warning"));
+                    }
+                }
             }
             exit::ADMITTED
         }
-        Err(PolicyLoadError::Unreadable(e)) => {
-            print_undecided(Format::Text, &e, INSTALL_POLICY_HINT);
-            exit::UNDECIDED
-        }
-        Err(PolicyLoadError::Invalid(errors)) => {
-            for error in &errors {
-                println!("{error}");
+        Err(errors) => {
+            match args.format {
+                Format::Json => print_json(&json!({"file": name, "ok": false, "errors": errors.iter().map(issue_json).collect::<Vec<_>>(), "warnings": []})),
+                Format::Text => {
+                    for error in &errors {
+                        println!("{}", error.render(&name, "error"));
+                    }
+                    println!("{name}: {} error(s); no pull can be decided with this policy until they are fixed", errors.len());
+                }
             }
-            println!("{name}: {} error(s); no pull can be decided with this policy until they are fixed", errors.len());
             exit::REJECTED
         }
     }

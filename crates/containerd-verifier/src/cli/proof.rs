@@ -83,6 +83,10 @@ fn run_verify(args: &VerifyArgs) -> u8 {
             return exit::UNDECIDED;
         }
     };
+    if !atproto_sig_core::verify::is_valid_digest(&args.digest) {
+        print_undecided(args.format, &format!("--digest {:?} is not sha256:<64 lowercase hex>", args.digest), "pass the image digest, e.g. from `crane digest IMAGE` or the registry's Docker-Content-Digest");
+        return exit::UNDECIDED;
+    }
     let now = match now_micros(args.now.as_deref()) {
         Ok(now) => now,
         Err(e) => {
@@ -121,7 +125,11 @@ fn run_verify(args: &VerifyArgs) -> u8 {
         }
     };
     print_verdict(&verdict, args.format);
-    if verdict.is_verified() { exit::ADMITTED } else { exit::REJECTED }
+    match verdict.reason {
+        atproto_sig_core::Reason::Verified => exit::ADMITTED,
+        reason if crate::pipeline::is_undecided(reason) => exit::UNDECIDED,
+        _ => exit::REJECTED,
+    }
 }
 
 fn rejected(did: &str, reason: atproto_sig_core::Reason, message: String) -> Verdict {

@@ -34,6 +34,9 @@ pub struct VerifyArgs {
     digest: Option<String>,
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Use this trust policy instead of the one config.toml names (CI checks a policy in review).
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// Make no network call (cache, bundles and attached proofs only).
     #[arg(long)]
     offline: bool,
@@ -75,6 +78,9 @@ pub fn run(args: VerifyArgs) -> u8 {
         }
     };
     config.offline |= args.offline;
+    if let Some(policy) = &args.policy {
+        config.policy.clone_from(policy);
+    }
     let image = match ImageRef::parse(&args.image) {
         Ok(image) => image,
         Err(e) => {
@@ -114,7 +120,7 @@ pub fn run(args: VerifyArgs) -> u8 {
     let result = serde_json::Value::Object(record);
     match args.format {
         VerifyFormat::Json => print_json(&result),
-        VerifyFormat::Sarif => print_json(&sarif(&args.image, &digest, &decision)),
+        VerifyFormat::Sarif => print_json(&sarif(&ImageRef { digest: Some(digest.clone()), ..image.clone() }.to_string(), &decision)),
         VerifyFormat::Text => {
             println!("{}: {} ({})", outcome_label(decision.outcome), decision.message, decision.reason.code());
             println!("  image:  {}@{digest}", image.scope_name());
@@ -127,7 +133,8 @@ pub fn run(args: VerifyArgs) -> u8 {
     code
 }
 
-fn sarif(image: &str, digest: &str, decision: &Decision) -> serde_json::Value {
+/// SARIF 2.1.0 for one decision; the artifact is the canonical image reference with its digest.
+fn sarif(artifact: &str, decision: &Decision) -> serde_json::Value {
     let level = match decision.outcome {
         Outcome::Admit => "none",
         Outcome::AuditAdmit => "warning",
@@ -148,7 +155,7 @@ fn sarif(image: &str, digest: &str, decision: &Decision) -> serde_json::Value {
                 "level": level,
                 "kind": if decision.outcome == Outcome::Admit { "pass" } else { "fail" },
                 "message": {"text": decision.message},
-                "locations": [{"physicalLocation": {"artifactLocation": {"uri": format!("{image}@{digest}")}}}],
+                "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact}}}],
                 "properties": {"rule": decision.rule, "signers": decision.signers},
             }],
         }],
