@@ -184,5 +184,27 @@ fn hosts_toml_ca_and_skip_verify_for_tls_mirrors() {
     assert_eq!(code, Some(0), "with skip_verify: {result}");
     let (code, result) = run("");
     assert_eq!(code, Some(2), "an unknown CA must be refused: {result}");
+
+    // Trust roots beyond hosts.toml: config.toml's ca_bundle, and the system store
+    // (SSL_CERT_FILE, as an operator's distribution bundle would hold a private CA).
+    let run_with = |config_extra: &str, env: &[(&str, &std::path::Path)]| {
+        let d = tempfile::tempdir().unwrap();
+        let host_dir = d.path().join("certs.d/tls.example.com");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        std::fs::write(host_dir.join("hosts.toml"), format!("server = \"https://tls.example.com\"\n[host.\"https://127.0.0.1:{port}\"]\ncapabilities = [\"pull\", \"resolve\"]\n")).unwrap();
+        let config = format!("containerd_hosts_dir = {:?}\n{config_extra}", d.path().join("certs.d"));
+        let verifier = Verifier::in_dir(d, &config, &unsigned_ok_policy("tls.example.com"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_atproto-verifier"));
+        command.args(["verify", "tls.example.com/app:v1", "--config", verifier.config.to_str().unwrap(), "--format", "json"]);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = run_with(&format!("ca_bundle = {ca:?}\n"), &[]);
+    assert_eq!(code, Some(0), "ca_bundle: {out}");
+    let (code, out) = run_with("", &[("SSL_CERT_FILE", ca.as_path())]);
+    assert_eq!(code, Some(0), "the system store (SSL_CERT_FILE): {out}");
     server.stop();
 }

@@ -126,6 +126,9 @@ pub struct Config {
     pub containerd_hosts_dir: PathBuf,
     /// Docker `config.json` with registry credentials (never printed).
     pub docker_config: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for PLC, PDS and registries, besides the system's
+    /// CA store (for a private CA, or a TLS-intercepting proxy's).
+    pub ca_bundle: Option<PathBuf>,
     /// Append one JSON line per decision here.
     pub audit_log: Option<PathBuf>,
     /// Registries whose first path segment is an identity (`host/<handle>/<repo>`).
@@ -158,6 +161,7 @@ impl Default for Config {
             strict_plc: false,
             containerd_hosts_dir: PathBuf::from("/etc/containerd/certs.d"),
             docker_config: None,
+            ca_bundle: None,
             audit_log: None,
             atproto_registries: vec!["atcr.io".into()],
             handle_resolver: None,
@@ -244,6 +248,7 @@ impl Config {
             config.cache_dir = default_cache_dir(running_as_root(), xdg.as_deref(), home.as_deref());
         }
         config.check().map_err(error)?;
+        crate::net::set_extra_bundle(config.ca_bundle.clone());
         Ok(config)
     }
 
@@ -310,9 +315,10 @@ mod tests {
         expected.audit_log = documented.audit_log.clone();
         expected.handle_resolver = documented.handle_resolver.clone();
         expected.bundle_dir = documented.bundle_dir.clone();
+        expected.ca_bundle = documented.ca_bundle.clone();
         assert_eq!(documented, expected);
         let keys: Vec<String> = toml::to_string(&Config::default()).map(|t| t.lines().filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_owned())).collect()).unwrap_or_default();
-        for key in keys.iter().chain(["docker_config", "audit_log", "handle_resolver", "bundle_dir"].map(String::from).iter()) {
+        for key in keys.iter().chain(["docker_config", "audit_log", "handle_resolver", "bundle_dir", "ca_bundle"].map(String::from).iter()) {
             assert!(uncommented.contains(&format!("{key} = ")), "packaging/config.toml does not document `{key}`");
         }
     }

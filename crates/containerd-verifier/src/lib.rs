@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod containerd_config;
 pub mod dns;
+pub mod hosts;
 pub mod exit;
 pub mod input;
 pub mod knowledge;

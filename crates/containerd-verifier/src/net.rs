@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The end of the time budget for one decision.
@@ -80,38 +81,71 @@ impl Fetched {
     }
 }
 
-/// TLS choices for one endpoint (containerd hosts.toml `ca` / `skip_verify`).
-#[derive(Clone, Debug, Default)]
+/// TLS choices for one endpoint (containerd hosts.toml `ca`, `client`, `skip_verify`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tls {
-    /// PEM bundle of extra roots; replaces the defaults for that endpoint.
-    pub ca_pem: Option<Vec<u8>>,
+    /// Extra CA files, added to the trusted roots for that endpoint (as containerd adds them to
+    /// the system pool).
+    pub ca_files: Vec<PathBuf>,
+    /// Client certificates: (certificate file, key file, or none when the first holds both).
+    pub client_pairs: Vec<(PathBuf, Option<PathBuf>)>,
     /// Accept any certificate (hosts.toml `skip_verify = true`).
     pub skip_verify: bool,
 }
 
-/// The HTTP client for one decision.
-pub struct Http {
-    agent: ureq::Agent,
-    request_timeout: Duration,
-    connect_timeout: Duration,
-    deadline: Deadline,
-    /// Shared by every client derived with `with_tls`, so a decision counts all its requests.
-    requests: Rc<Cell<usize>>,
+/// Where trusted roots come from: the system's CA store (`SSL_CERT_FILE` / `SSL_CERT_DIR` or
+/// the distribution's bundle) plus `ca_bundle` from config.toml; the compiled-in Mozilla roots
+/// only when the system has none. Loaded on the first https request, never on a warm pull.
+static EXTRA_BUNDLE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Names the extra CA bundle (config.toml `ca_bundle`); first call wins.
+pub fn set_extra_bundle(path: Option<PathBuf>) {
+    let _ = EXTRA_BUNDLE.set(path);
 }
 
-const USER_AGENT: &str = concat!("atproto-verifier/", env!("CARGO_PKG_VERSION"));
+fn pem_certificates(pem: &[u8]) -> Vec<ureq::tls::Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(Result::ok)
+        .filter_map(|item| match item {
+            ureq::tls::PemItem::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The roots every https request trusts, and where they came from (for `doctor`).
+pub fn default_roots() -> &'static (Vec<ureq::tls::Certificate<'static>>, String) {
+    static ROOTS: std::sync::OnceLock<(Vec<ureq::tls::Certificate<'static>>, String)> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let system = rustls_native_certs::load_native_certs();
+        let mut roots: Vec<ureq::tls::Certificate<'static>> = system.certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect();
+        let mut source = format!("{} roots from the system store", roots.len());
+        if let Some(Some(path)) = EXTRA_BUNDLE.get() {
+            match crate::input::read_capped(path, 4 << 20) {
+                Ok(pem) => {
+                    let extra = pem_certificates(&pem);
+                    source.push_str(&format!(" + {} from {}", extra.len(), path.display()));
+                    roots.extend(extra);
+                }
+                Err(e) => eprintln!("ca_bundle {}: {} (ignored)", path.display(), e.problem),
+            }
+        }
+        (roots, source)
+    })
+}
 
 fn agent(connect_timeout: Duration, tls: &Tls) -> ureq::Agent {
     let mut tls_config = ureq::tls::TlsConfig::builder().disable_verification(tls.skip_verify);
-    if let Some(pem) = &tls.ca_pem {
-        let certs: Vec<_> = ureq::tls::parse_pem(pem)
-            .filter_map(Result::ok)
-            .filter_map(|item| match item {
-                ureq::tls::PemItem::Certificate(c) => Some(c),
-                _ => None,
-            })
-            .collect();
-        tls_config = tls_config.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)));
+    let (defaults, _) = default_roots();
+    let mut roots = defaults.clone();
+    for file in &tls.ca_files {
+        if let Ok(pem) = crate::input::read_capped(file, 4 << 20) {
+            roots.extend(pem_certificates(&pem));
+        }
+    }
+    tls_config = if roots.is_empty() { tls_config.root_certs(ureq::tls::RootCerts::WebPki) } else { tls_config.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots))) };
+    if let Some(client) = tls.client_pairs.iter().find_map(|(cert, key)| client_cert(cert, key.as_deref())) {
+        tls_config = tls_config.client_cert(Some(client));
     }
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -124,15 +158,45 @@ fn agent(connect_timeout: Duration, tls: &Tls) -> ureq::Agent {
         .into()
 }
 
+/// A client certificate from a PEM certificate file and its key (in `key`, or in the same file).
+fn client_cert(cert: &Path, key: Option<&Path>) -> Option<ureq::tls::ClientCert> {
+    let cert_pem = crate::input::read_capped(cert, 1 << 20).ok()?;
+    let key_pem = match key {
+        Some(k) => crate::input::read_capped(k, 1 << 20).ok()?,
+        None => cert_pem.clone(),
+    };
+    let chain = pem_certificates(&cert_pem);
+    let key = ureq::tls::parse_pem(&key_pem).filter_map(Result::ok).find_map(|item| match item {
+        ureq::tls::PemItem::PrivateKey(k) => Some(k),
+        _ => None,
+    })?;
+    (!chain.is_empty()).then(|| ureq::tls::ClientCert::new_with_certs(&chain, key))
+}
+
+/// The HTTP client for one decision. Its agent is built on the first request, so a decision
+/// that needs no network never loads trust roots.
+pub struct Http {
+    agent: std::cell::OnceCell<ureq::Agent>,
+    tls: Tls,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    deadline: Deadline,
+    /// Shared by every client derived with `with_tls`, so a decision counts all its requests.
+    requests: Rc<Cell<usize>>,
+}
+
+const USER_AGENT: &str = concat!("atproto-verifier/", env!("CARGO_PKG_VERSION"));
+
 impl Http {
     pub fn new(connect_timeout: Duration, request_timeout: Duration, deadline: Deadline) -> Http {
-        Http { agent: agent(connect_timeout, &Tls::default()), request_timeout, connect_timeout, deadline, requests: Rc::new(Cell::new(0)) }
+        Http { agent: std::cell::OnceCell::new(), tls: Tls::default(), request_timeout, connect_timeout, deadline, requests: Rc::new(Cell::new(0)) }
     }
 
     /// A client for endpoints with their own TLS settings, sharing budget and counters.
     pub fn with_tls(&self, tls: &Tls) -> Http {
         Http {
-            agent: agent(self.connect_timeout, tls),
+            agent: std::cell::OnceCell::new(),
+            tls: tls.clone(),
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
             deadline: self.deadline,
@@ -176,8 +240,9 @@ impl Http {
             builder = builder.header(*name, value.as_str());
         }
         let request = builder.body(body.map(<[u8]>::to_vec).unwrap_or_default()).map_err(|e| NetError::BadUrl(e.to_string()))?;
-        let request = self.agent.configure_request(request).timeout_global(Some(timeout)).build();
-        let response = self.agent.run(request).map_err(|e| classify(e, url, started, timeout, self.deadline))?;
+        let agent = self.agent.get_or_init(|| agent(self.connect_timeout, &self.tls));
+        let request = agent.configure_request(request).timeout_global(Some(timeout)).build();
+        let response = agent.run(request).map_err(|e| classify(e, url, started, timeout, self.deadline))?;
         let status = response.status().as_u16();
         let response_headers = response
             .headers()

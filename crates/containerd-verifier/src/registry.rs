@@ -1,20 +1,18 @@
 //! A small OCI distribution client over ureq, reaching registries the way containerd does:
-//! `<hosts_dir>/<host>/hosts.toml` (mirrors with pull/resolve, `ca`, `skip_verify`, plain http,
-//! `override_path`), anonymous or Bearer token auth from `WWW-Authenticate`, Basic credentials
+//! [`crate::hosts`] (hosts.toml or certs.d files: mirrors in file order, `ca`, `client`,
+//! `header`, `skip_verify`, `override_path`), anonymous or Bearer token auth from `WWW-Authenticate`, Basic credentials
 //! from a configured docker `config.json` (never printed). Used for tag -> digest, referrers
 //! (API, then the `sha256-<hex>` tag fallback) and pushing attached proofs.
 
-use std::path::Path;
-
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use atproto_sig_core::reference::ImageRef;
 
 use crate::config::Config;
-use crate::net::{is_loopback_url, Deadline, Fetched, Http, Tls};
+use crate::hosts::Endpoint;
+use crate::net::{is_loopback_url, Deadline, Fetched, Http};
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -23,86 +21,13 @@ pub const CAR_MEDIA_TYPE: &str = "application/vnd.ipld.car";
 /// Artifact type of ATProto signature artifacts (ATCR's design, and ours from `attach`).
 pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.atproto.signature.v1+json";
 
-/// One way to reach a registry.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    /// `https://host[:port]` (or http for plain-http endpoints).
-    pub base: String,
-    /// Path prefix replacing `/v2` (hosts.toml `override_path`).
-    pub override_path: bool,
-    pub tls: Tls,
-}
-
-#[derive(Deserialize, Default)]
-struct HostsFile {
-    server: Option<String>,
-    #[serde(default)]
-    host: std::collections::BTreeMap<String, HostEntry>,
-}
-
-#[derive(Deserialize, Default)]
-struct HostEntry {
-    #[serde(default)]
-    capabilities: Option<Vec<String>>,
-    #[serde(default)]
-    ca: Option<toml::Value>,
-    #[serde(default)]
-    skip_verify: bool,
-    #[serde(default)]
-    override_path: bool,
-}
-
-fn default_server(host: &str) -> String {
-    match host {
-        "docker.io" => "https://registry-1.docker.io".into(),
-        // containerd reaches loopback registries over plain http.
-        h if is_loopback_url(&format!("http://{h}")) => format!("http://{h}"),
-        h => format!("https://{h}"),
-    }
-}
-
-fn read_ca(value: &Option<toml::Value>) -> Option<Vec<u8>> {
-    let paths: Vec<String> = match value {
-        Some(toml::Value::String(s)) => vec![s.clone()],
-        Some(toml::Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-        _ => return None,
-    };
-    let mut pem = Vec::new();
-    for path in paths {
-        pem.extend(crate::input::read_capped(Path::new(&path), 1 << 20).ok()?);
-    }
-    Some(pem)
-}
-
-/// Endpoints for `host`, mirrors first, as containerd orders them.
+/// The endpoints for `host` that can do `capability`, in containerd's order.
 pub fn endpoints(config: &Config, host: &str, capability: &str) -> Vec<Endpoint> {
-    let dir = config.containerd_hosts_dir.join(host);
-    let file = ["hosts.toml"].iter().map(|f| dir.join(f)).find(|p| p.is_file()).or_else(|| {
-        let fallback = config.containerd_hosts_dir.join("_default").join("hosts.toml");
-        fallback.is_file().then_some(fallback)
-    });
-    let parsed: HostsFile = file
-        .and_then(|p| crate::input::read_capped(&p, 1 << 20).ok())
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|t| match toml::from_str(&t) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                eprintln!("hosts.toml for {host}: {e}");
-                None
-            }
-        })
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for (url, entry) in &parsed.host {
-        let capabilities = entry.capabilities.clone().unwrap_or_else(|| vec!["pull".into(), "resolve".into()]);
-        if !capabilities.iter().any(|c| c == capability) {
-            continue;
-        }
-        out.push(Endpoint { base: url.trim_end_matches('/').to_owned(), override_path: entry.override_path, tls: Tls { ca_pem: read_ca(&entry.ca), skip_verify: entry.skip_verify } });
+    let (list, notes) = crate::hosts::endpoints(&config.containerd_hosts_dir, host);
+    for note in notes {
+        eprintln!("{note}");
     }
-    let server = parsed.server.unwrap_or_else(|| default_server(host));
-    out.push(Endpoint { base: server.trim_end_matches('/').to_owned(), override_path: false, tls: Tls::default() });
-    out
+    list.into_iter().filter(|e| e.can(capability)).collect()
 }
 
 /// The canonical registry host of an endpoint URL (`https://registry-1.docker.io/v2/…` is
@@ -169,7 +94,7 @@ impl<'a> Session<'a> {
     }
 
     fn url(&self, endpoint: &Endpoint, tail: &str) -> String {
-        if endpoint.override_path { format!("{}/{tail}", endpoint.base) } else { format!("{}/v2/{tail}", endpoint.base) }
+        endpoint.url(tail)
     }
 
     /// Sends a request to the first endpoint that answers, handling auth challenges.
@@ -177,17 +102,16 @@ impl<'a> Session<'a> {
         // Every endpoint's failure is reported: a broken mirror must not hide behind its upstream.
         let mut failures: Vec<String> = Vec::new();
         for endpoint in endpoints(self.config, &self.host, capability) {
-            if !(endpoint.base.starts_with("https://") || endpoint.base.starts_with("http://")) {
-                continue;
-            }
-            let client = if endpoint.tls.ca_pem.is_some() || endpoint.tls.skip_verify { self.http.with_tls(&endpoint.tls) } else { self.http.with_tls(&Tls::default()) };
+            let client = self.http.with_tls(&endpoint.tls);
             let url = self.url(&endpoint, tail);
-            match self.send_with_auth(&client, method, &url, headers, body, limit) {
+            let mut all: Vec<(&str, String)> = headers.to_vec();
+            all.extend(endpoint.headers.iter().map(|(k, v)| (k.as_str(), v.clone())));
+            match self.send_with_auth(&client, method, &url, &all, body, limit) {
                 Ok(response) => {
                     *self.last_endpoint.borrow_mut() = Some(endpoint);
                     return Ok(response);
                 }
-                Err(e) => failures.push(format!("{}: {e}", endpoint.base)),
+                Err(e) => failures.push(format!("{}: {e}", endpoint.origin)),
             }
         }
         if failures.is_empty() {
@@ -262,8 +186,7 @@ impl<'a> Session<'a> {
         let url = if location.starts_with("http://") || location.starts_with("https://") {
             location
         } else {
-            let origin = endpoint.base.split('/').take(3).collect::<Vec<_>>().join("/");
-            format!("{origin}{location}")
+            format!("{}{location}", endpoint.origin)
         };
         let separator = if url.contains('?') { '&' } else { '?' };
         let client = self.http.with_tls(&endpoint.tls);
@@ -412,19 +335,19 @@ mod tests {
     }
 
     #[test]
-    fn hosts_toml_mirrors_first() {
+    fn hosts_toml_mirrors_first_in_file_order() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("registry.example.com")).unwrap();
         std::fs::write(
             dir.path().join("registry.example.com/hosts.toml"),
-            "server = \"https://registry.example.com\"\n[host.\"http://127.0.0.1:5001\"]\ncapabilities = [\"pull\", \"resolve\"]\nskip_verify = true\n[host.\"https://push-only.example\"]\ncapabilities = [\"push\"]\n",
+            "server = \"https://registry.example.com\"\n[host.\"http://127.0.0.1:5002\"]\ncapabilities = [\"pull\", \"resolve\"]\n[host.\"http://127.0.0.1:5001\"]\ncapabilities = [\"pull\", \"resolve\"]\nskip_verify = true\n[host.\"https://push-only.example\"]\ncapabilities = [\"push\"]\n",
         )
         .unwrap();
         let config = Config { containerd_hosts_dir: dir.path().to_owned(), ..Config::default() };
         let list = endpoints(&config, "registry.example.com", "pull");
-        assert_eq!(list.iter().map(|e| e.base.as_str()).collect::<Vec<_>>(), ["http://127.0.0.1:5001", "https://registry.example.com"]);
-        assert!(list[0].tls.skip_verify);
-        assert_eq!(endpoints(&config, "other.example", "pull")[0].base, "https://other.example");
-        assert_eq!(endpoints(&config, "127.0.0.1:5000", "pull")[0].base, "http://127.0.0.1:5000");
+        assert_eq!(list.iter().map(|e| e.origin.as_str()).collect::<Vec<_>>(), ["http://127.0.0.1:5002", "http://127.0.0.1:5001", "https://registry.example.com"]);
+        assert!(list[1].tls.skip_verify);
+        assert_eq!(endpoints(&config, "other.example", "pull")[0].origin, "https://other.example");
+        assert_eq!(endpoints(&config, "127.0.0.1:5000", "pull")[0].origin, "http://127.0.0.1:5000");
     }
 }
