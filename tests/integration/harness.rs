@@ -300,6 +300,7 @@ pub struct FakeRequest {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl FakeRequest {
@@ -356,8 +357,11 @@ impl FakeServer {
                         }
                         line.clear();
                     }
+                    let length = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(0).min(1 << 20);
+                    let mut body = vec![0u8; length];
+                    let _ = std::io::Read::read_exact(&mut reader, &mut body);
                     let mut parts = request_line.split_whitespace();
-                    let request = FakeRequest { method: parts.next().unwrap_or("").to_owned(), path: parts.next().unwrap_or("").to_owned(), headers };
+                    let request = FakeRequest { method: parts.next().unwrap_or("").to_owned(), path: parts.next().unwrap_or("").to_owned(), headers, body };
                     recorded.lock().unwrap().push(request.path.clone());
                     let response = handler(&request);
                     let extra: String = response.headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();

@@ -15,6 +15,7 @@ use serde_json::json;
 
 const SECRET: &str = "canary-password-7f3a";
 const TOKEN: &str = "canary-token-91b2";
+const IDENTITY_TOKEN: &str = "canary-identity-token-5c1d";
 
 fn manifest() -> Vec<u8> {
     serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", "c".repeat(64)), "size": 2}, "layers": []})).unwrap()
@@ -33,7 +34,9 @@ fn fake_registry(signature_meta: Option<Vec<u8>>) -> (FakeServer, String) {
     let server = FakeServer::start(Box::new(move |r| {
         let realm_host = r.header("host").unwrap_or_default().to_owned();
         if r.path.starts_with("/token") {
-            return if r.header("authorization") == Some(expected_basic.as_str()) {
+            // Basic credentials on a GET, or docker's identity token on a POST (OAuth2).
+            let refresh = r.method == "POST" && String::from_utf8_lossy(&r.body).contains(&format!("grant_type=refresh_token&refresh_token={IDENTITY_TOKEN}"));
+            return if r.header("authorization") == Some(expected_basic.as_str()) || refresh {
                 FakeResponse::new(200, "application/json", format!("{{\"token\":\"{TOKEN}\"}}"))
             } else {
                 FakeResponse::new(401, "application/json", "{}")
@@ -207,4 +210,58 @@ fn hosts_toml_ca_and_skip_verify_for_tls_mirrors() {
     let (code, out) = run_with("", &[("SSL_CERT_FILE", ca.as_path())]);
     assert_eq!(code, Some(0), "the system store (SSL_CERT_FILE): {out}");
     server.stop();
+}
+
+/// Credentials as docker and containerd tools find them: `DOCKER_CONFIG`, `credHelpers` and
+/// `credsStore` (helpers of our own, as scripts on PATH), `identitytoken`; never printed.
+#[test]
+fn credentials_from_docker_config_helpers_and_identity_tokens() {
+    use std::os::unix::fs::PermissionsExt;
+    let (server, digest) = fake_registry(None);
+    let host = host_of(&server.url);
+    let run = |docker_json: serde_json::Value, helper: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let docker_dir = dir.path().join("docker");
+        std::fs::create_dir_all(&docker_dir).unwrap();
+        std::fs::write(docker_dir.join("config.json"), docker_json.to_string()).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        if let Some(answer) = helper {
+            let script = bin.join("docker-credential-atptest");
+            // The helper protocol: `get`, the server on stdin, JSON on stdout.
+            std::fs::write(&script, format!("#!/bin/sh\nread server\n[ \"$1\" = get ] || exit 1\n[ \"$server\" = \"{host}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\necho '{answer}'\n")).unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let verifier = Verifier::in_dir(dir, "", &unsigned_ok_policy(&host));
+        let out = Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+            .args(["verify", &format!("{host}/app:v1"), "--config", verifier.config.to_str().unwrap(), "--format", "json"])
+            .env("DOCKER_CONFIG", &docker_dir)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        no_secret(&out.stdout);
+        no_secret(&out.stderr);
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(IDENTITY_TOKEN) && !String::from_utf8_lossy(&out.stderr).contains(IDENTITY_TOKEN));
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code(), result)
+    };
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"));
+    // $DOCKER_CONFIG/config.json with `auths` (no docker_config in config.toml).
+    let (code, result) = run(json!({"auths": {host.clone(): {"auth": basic}}}), None);
+    assert_eq!((code, result["digest"].as_str()), (Some(0), Some(digest.as_str())), "auths: {result}");
+    // `identitytoken`: exchanged at the token service (OAuth2 refresh token).
+    let (code, result) = run(json!({"auths": {host.clone(): {"identitytoken": IDENTITY_TOKEN}}}), None);
+    assert_eq!(code, Some(0), "identitytoken: {result}");
+    // credHelpers for this registry.
+    let answer = format!("{{\"ServerURL\":\"{host}\",\"Username\":\"user\",\"Secret\":\"{SECRET}\"}}");
+    let (code, result) = run(json!({"credHelpers": {host.clone(): "atptest"}}), Some(&answer));
+    assert_eq!(code, Some(0), "credHelpers: {result}");
+    // credsStore answering an identity token (Username "<token>").
+    let answer = format!("{{\"ServerURL\":\"{host}\",\"Username\":\"<token>\",\"Secret\":\"{IDENTITY_TOKEN}\"}}");
+    let (code, result) = run(json!({"credsStore": "atptest"}), Some(&answer));
+    assert_eq!(code, Some(0), "credsStore with an identity token: {result}");
+    // A helper that is not installed: could not decide (exit 2), and it says which.
+    let (code, result) = run(json!({"credHelpers": {host.clone(): "missing"}}), None);
+    assert_eq!(code, Some(2), "{result}");
+    assert!(result["message"].as_str().unwrap_or_default().contains("docker-credential-missing"), "{result}");
 }

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod containerd_config;
+pub mod credentials;
 pub mod dns;
 pub mod hosts;
 pub mod exit;

@@ -4,13 +4,13 @@
 //! from a configured docker `config.json` (never printed). Used for tag -> digest, referrers
 //! (API, then the `sha256-<hex>` tag fallback) and pushing attached proofs.
 
-use base64::Engine;
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use atproto_sig_core::reference::ImageRef;
 
 use crate::config::Config;
+use crate::credentials::Credential;
 use crate::hosts::Endpoint;
 use crate::net::{is_loopback_url, Deadline, Fetched, Http};
 
@@ -35,24 +35,6 @@ pub fn endpoints(config: &Config, host: &str, capability: &str) -> Vec<Endpoint>
 fn endpoint_host(url: &str) -> String {
     let authority = url.split("://").nth(1).unwrap_or(url).split(['/', '?']).next().unwrap_or_default();
     atproto_sig_core::reference::canonical_host(authority).unwrap_or_else(|_| authority.to_ascii_lowercase())
-}
-
-/// Basic credentials for `host` from the configured docker config.json.
-fn basic_credentials(config: &Config, host: &str) -> Option<String> {
-    let path = config.docker_config.as_ref()?;
-    let bytes = crate::input::read_capped(path, 1 << 20).ok()?;
-    let json: Json = serde_json::from_slice(&bytes).ok()?;
-    let auths = json.get("auths")?.as_object()?;
-    let key = [host.to_owned(), format!("https://{host}"), format!("http://{host}"), if host == "docker.io" { "https://index.docker.io/v1/".into() } else { String::new() }]
-        .into_iter()
-        .find(|k| auths.contains_key(k))?;
-    let entry = auths.get(&key)?;
-    if let Some(auth) = entry.get("auth").and_then(Json::as_str) {
-        return Some(auth.to_owned());
-    }
-    let user = entry.get("username")?.as_str()?;
-    let pass = entry.get("password")?.as_str()?;
-    Some(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
 }
 
 /// Parses `Bearer realm="…",service="…",scope="…"`.
@@ -137,32 +119,13 @@ impl<'a> Session<'a> {
             return Ok(response);
         }
         let challenge = response.header("www-authenticate").and_then(parse_challenge);
-        let basic = basic_credentials(self.config, &host);
+        let credential = crate::credentials::lookup(self.config, &host)?;
         let authorization = match challenge {
-            Some((scheme, params)) if scheme == "bearer" => {
-                let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-                let realm = get("realm").ok_or("registry sent a Bearer challenge without a realm")?;
-                if !(realm.starts_with("https://") || is_loopback_url(&realm)) {
-                    return Err(format!("refusing token realm {realm:?} (not https)"));
-                }
-                let scope = get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository));
-                let mut query = format!("scope={}", scope.replace(' ', "%20"));
-                if let Some(service) = get("service") {
-                    query.push_str(&format!("&service={service}"));
-                }
-                let separator = if realm.contains('?') { '&' } else { '?' };
-                let auth_headers: Vec<(&str, String)> = basic.iter().map(|b| ("authorization", format!("Basic {b}"))).collect();
-                let token_response = http.get(&format!("{realm}{separator}{query}"), &auth_headers, 64 << 10).map_err(|e| e.to_string())?;
-                if !token_response.is_success() {
-                    return Err(format!("token service answered HTTP {} (credentials missing or refused)", token_response.status));
-                }
-                let json: Json = serde_json::from_slice(&token_response.body).map_err(|_| "token service answered something other than JSON")?;
-                let token = json.get("token").or_else(|| json.get("access_token")).and_then(Json::as_str).ok_or("token service answered no token")?;
-                format!("Bearer {token}")
-            }
-            Some((scheme, _)) if scheme == "basic" => match basic {
-                Some(b) => format!("Basic {b}"),
-                None => return Err(format!("{host} requires credentials: add them for {host} to the docker config (docker_config in config.toml)")),
+            Some((scheme, params)) if scheme == "bearer" => format!("Bearer {}", self.bearer_token(http, &params, credential.as_ref())?),
+            Some((scheme, _)) if scheme == "basic" => match credential {
+                Some(Credential::Basic(b)) => format!("Basic {b}"),
+                Some(Credential::IdentityToken(_)) => return Err(format!("{host} asks for Basic auth, but its credential is an identity token (for Bearer token services)")),
+                None => return Err(format!("{host} requires credentials: add them for {host} to the docker config (docker_config, $DOCKER_CONFIG or ~/.docker/config.json)")),
             },
             _ => return Err(format!("{host} answered 401 without a usable challenge")),
         };
@@ -172,6 +135,43 @@ impl<'a> Session<'a> {
             return Err(format!("{host} refused our credentials"));
         }
         Ok(retried)
+    }
+
+    /// A token from the Bearer challenge's token service: GET with Basic credentials (or none),
+    /// or, for an identity token, the OAuth2 refresh-token POST docker uses.
+    fn bearer_token(&self, http: &Http, params: &[(String, String)], credential: Option<&Credential>) -> Result<String, String> {
+        let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let realm = get("realm").ok_or("registry sent a Bearer challenge without a realm")?;
+        if !(realm.starts_with("https://") || is_loopback_url(&realm)) {
+            return Err(format!("refusing token realm {realm:?} (not https)"));
+        }
+        let scope = get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+        let service = get("service").unwrap_or_default();
+        let response = match credential {
+            Some(Credential::IdentityToken(token)) => {
+                let form = crate::resolve::query(&[("grant_type", "refresh_token"), ("refresh_token", token), ("service", &service), ("scope", &scope), ("client_id", "atproto-verifier")]);
+                http.send("POST", &realm, &[("content-type", "application/x-www-form-urlencoded".into())], Some(form.as_bytes()), 64 << 10)
+            }
+            other => {
+                let mut query = crate::resolve::query(&[("scope", &scope)]);
+                if !service.is_empty() {
+                    query.push('&');
+                    query.push_str(&crate::resolve::query(&[("service", &service)]));
+                }
+                let separator = if realm.contains('?') { '&' } else { '?' };
+                let headers: Vec<(&str, String)> = match other {
+                    Some(Credential::Basic(b)) => vec![("authorization", format!("Basic {b}"))],
+                    _ => Vec::new(),
+                };
+                http.get(&format!("{realm}{separator}{query}"), &headers, 64 << 10)
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        if !response.is_success() {
+            return Err(format!("token service answered HTTP {} (credentials missing or refused)", response.status));
+        }
+        let json: Json = serde_json::from_slice(&response.body).map_err(|_| "token service answered something other than JSON")?;
+        json.get("token").or_else(|| json.get("access_token")).and_then(Json::as_str).map(str::to_owned).ok_or_else(|| "token service answered no token".into())
     }
 
     /// Uploads a blob (monolithic upload); returns its digest.

@@ -52,8 +52,8 @@ fn percent_encode(value: &str) -> String {
         .map(|b| if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") })
         .collect()
 }
-
-fn query(params: &[(&str, &str)]) -> String {
+/// `k=v&…` with percent-encoded values (query strings and form bodies).
+pub fn query(params: &[(&str, &str)]) -> String {
     params.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect::<Vec<_>>().join("&")
 }
 

@@ -1,0 +1,179 @@
+//! Registry credentials found the way docker and containerd tools find them: the docker config
+//! (`docker_config` in config.toml, else `$DOCKER_CONFIG/config.json`, else
+//! `~/.docker/config.json`); per registry `credHelpers`, else the `credsStore`, else `auths`
+//! (`auth`, `username`/`password`, or `identitytoken`). Helpers are run as
+//! `docker-credential-<name> get` with the server on stdin, under a timeout. Nothing here is
+//! ever printed: errors name the helper and the registry, never a secret.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::Value as Json;
+
+use crate::config::Config;
+
+/// What a registry gets.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// `base64(user:password)`, for Basic auth and Bearer token requests.
+    Basic(String),
+    /// An OAuth2 refresh token (docker's `identitytoken`), exchanged at the token service.
+    IdentityToken(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never a secret, not even in debug output.
+        f.write_str(match self {
+            Credential::Basic(_) => "Basic(<redacted>)",
+            Credential::IdentityToken(_) => "IdentityToken(<redacted>)",
+        })
+    }
+}
+
+/// Longest a credential helper may take.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest helper answer read.
+const HELPER_MAX_OUTPUT: usize = 64 << 10;
+
+/// The docker config file in effect.
+fn config_path(config: &Config) -> Option<PathBuf> {
+    if let Some(p) = &config.docker_config {
+        return Some(p.clone());
+    }
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".docker/config.json"))
+}
+
+/// The keys docker may have stored `host` under.
+fn keys(host: &str) -> Vec<String> {
+    let mut out = vec![host.to_owned(), format!("https://{host}"), format!("http://{host}"), format!("https://{host}/v1/"), format!("https://{host}/v2/")];
+    if host == "docker.io" {
+        out.insert(0, "https://index.docker.io/v1/".into());
+        out.push("index.docker.io".into());
+        out.push("registry-1.docker.io".into());
+    }
+    out
+}
+
+/// The server name a credential helper is asked about.
+fn helper_server(host: &str) -> String {
+    if host == "docker.io" { "https://index.docker.io/v1/".into() } else { host.to_owned() }
+}
+
+/// Credentials for `host` (canonical), if any are configured.
+pub fn lookup(config: &Config, host: &str) -> Result<Option<Credential>, String> {
+    let Some(path) = config_path(config) else { return Ok(None) };
+    let bytes = match crate::input::read_capped(&path, 1 << 20) {
+        Ok(b) => b,
+        // No docker config: anonymous, as docker would be.
+        Err(_) if config.docker_config.is_none() => return Ok(None),
+        Err(e) => return Err(format!("docker config {}: {}", path.display(), e.problem)),
+    };
+    let json: Json = serde_json::from_slice(&bytes).map_err(|_| format!("docker config {} is not JSON", path.display()))?;
+    let keys = keys(host);
+    if let Some(helpers) = json.get("credHelpers").and_then(Json::as_object)
+        && let Some(name) = keys.iter().find_map(|k| helpers.get(k)).and_then(Json::as_str)
+    {
+        return run_helper(name, &helper_server(host));
+    }
+    if let Some(name) = json.get("credsStore").and_then(Json::as_str).filter(|n| !n.is_empty()) {
+        // A store holds every registry; fall through to `auths` only when it has nothing.
+        if let Some(found) = run_helper(name, &helper_server(host))? {
+            return Ok(Some(found));
+        }
+    }
+    let Some(entry) = json.get("auths").and_then(Json::as_object).and_then(|auths| keys.iter().find_map(|k| auths.get(k))) else {
+        return Ok(None);
+    };
+    if let Some(token) = entry.get("identitytoken").and_then(Json::as_str).filter(|t| !t.is_empty()) {
+        return Ok(Some(Credential::IdentityToken(token.to_owned())));
+    }
+    if let Some(auth) = entry.get("auth").and_then(Json::as_str).filter(|a| !a.is_empty()) {
+        return Ok(Some(Credential::Basic(auth.to_owned())));
+    }
+    match (entry.get("username").and_then(Json::as_str), entry.get("password").and_then(Json::as_str)) {
+        (Some(user), Some(pass)) => Ok(Some(Credential::Basic(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))))),
+        _ => Ok(None),
+    }
+}
+
+/// Runs `docker-credential-<name> get` for `server`, bounded in time and output.
+fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+        return Err(format!("credential helper name {name:?} is not a plain name"));
+    }
+    let program = format!("docker-credential-{name}");
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("credential helper {program} cannot run ({e}): install it or remove it from the docker config"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let mut stdout = child.stdout.take().ok_or("credential helper without stdout")?;
+    // Read on a thread so a helper that never answers is killed at the timeout.
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&mut stdout).take(HELPER_MAX_OUTPUT as u64 + 1).read_to_end(&mut out);
+        out
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > HELPER_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("credential helper {program} did not answer within {HELPER_TIMEOUT:?} for {server}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("credential helper {program}: {e}")),
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        // "credentials not found" is how helpers say they hold nothing for this server.
+        return Ok(None);
+    }
+    if out.len() > HELPER_MAX_OUTPUT {
+        return Err(format!("credential helper {program} answered more than {HELPER_MAX_OUTPUT} bytes"));
+    }
+    let json: Json = serde_json::from_slice(&out).map_err(|_| format!("credential helper {program} did not answer JSON for {server}"))?;
+    let user = json.get("Username").and_then(Json::as_str).unwrap_or_default();
+    let secret = json.get("Secret").and_then(Json::as_str).unwrap_or_default();
+    if secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(if user == "<token>" {
+        Credential::IdentityToken(secret.to_owned())
+    } else {
+        Credential::Basic(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}")))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        assert_eq!(format!("{:?}", Credential::Basic("c2VjcmV0".into())), "Basic(<redacted>)");
+        assert!(!format!("{:?}", Some(Credential::IdentityToken("secret".into()))).contains("secret\""));
+    }
+
+    #[test]
+    fn docker_hub_keys() {
+        assert_eq!(keys("docker.io")[0], "https://index.docker.io/v1/");
+        assert!(keys("registry.example.com").contains(&"https://registry.example.com".to_owned()));
+        assert!(run_helper("../evil", "x").is_err());
+    }
+}
