@@ -263,7 +263,13 @@ fn doctor_catches_the_silent_failure_modes_of_containerds_hook() {
     let broken = containerd("per_verifier_timeout = \"5s\"\n[plugins.\"io.containerd.cri.v1.images\"]\nuse_local_image_pull = true\n");
     let (code, text) = doctor(&broken);
     assert_eq!(code, Some(1));
-    let report: String = text.replace(&dir.path().display().to_string(), "<dir>").replace(&policy, "<policy>");
+    // The number of system roots depends on the machine.
+    let report: String = text
+        .replace(&dir.path().display().to_string(), "<dir>")
+        .replace(&policy, "<policy>")
+        .lines()
+        .map(|l| if l.contains("trust roots") && l.contains("roots from the system store") { "ok   trust roots       https trusts <n> roots from the system store\n".to_owned() } else { format!("{l}\n") })
+        .collect();
     insta::assert_snapshot!("doctor_broken", report);
 }
 

@@ -214,6 +214,12 @@ pub fn run(args: DoctorArgs) -> u8 {
     if config.offline {
         findings.push(Finding { level: Level::Ok, check: "offline", message: format!("offline: proofs older than max_proof_age ({}) are refused; import bundles more often than that", config.max_proof_age) });
     }
+    let (roots, source) = crate::net::default_roots();
+    findings.push(if roots.is_empty() {
+        Finding { level: Level::Warn, check: "trust roots", message: "no CA certificates in the system store or ca_bundle: https uses the compiled-in Mozilla roots (install ca-certificates)".into() }
+    } else {
+        Finding { level: Level::Ok, check: "trust roots", message: format!("https trusts {source}") }
+    });
     containerd_findings(&args.containerd_config, config.budget, &mut findings);
     nerdctl_findings(&mut findings);
     if let Some(image) = &args.live {
