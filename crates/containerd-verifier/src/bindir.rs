@@ -127,7 +127,8 @@ fn audit(config: &Config, record: Json) {
     // One write() of a line with O_APPEND: concurrent verifiers never interleave within a line.
     let result = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = result {
-        eprintln!("audit log {}: {e}", path.display());
+        // Reported on every decision it fails for, never blocking the pull.
+        crate::log::warn(&format!("audit log {} cannot be written: {e} — this decision is not recorded; check the directory exists and is writable (atproto-verifier doctor)", path.display()));
     }
 }
 
@@ -177,7 +178,7 @@ pub fn run(raw: &[String]) -> u8 {
     }
     match invocation.stdin_media_type.as_deref() {
         None | Some(DESCRIPTOR_MEDIA_TYPE) | Some(INPUT_MEDIA_TYPE) => {}
-        Some(other) => eprintln!("unknown -stdin-media-type {other:?}: reading it as a descriptor"),
+        Some(other) => crate::log::warn(&format!("unknown -stdin-media-type {other:?}: reading it as a descriptor")),
     }
     let mut payload = Vec::new();
     if std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut payload).is_err() || payload.len() > MAX_STDIN {
@@ -209,7 +210,7 @@ pub fn run(raw: &[String]) -> u8 {
     };
     let (decision, notes, requests) = crate::cli::verify::decide(&config, &policy, &image, &digest, started);
     for note in &notes {
-        eprintln!("{note}");
+        crate::log::info(note);
     }
     let code = crate::pipeline::exit_code(&decision);
     let shown_code = if decision.outcome == Outcome::AuditAdmit { "audit" } else { decision.reason.code() };

@@ -90,7 +90,7 @@ pub fn create(config: &Config, policy: Option<&atproto_sig_core::policy::Policy>
             None => crate::registry::resolve_tag(config, &image, Deadline::after(config.budget.0)).map_err(|e| format!("{name}: {e}"))?,
         };
         let decision = context.decide(&image, &digest);
-        eprintln!("{name}: {} ({})", decision.message, decision.reason.code());
+        crate::log::info(&format!("{name}: {} ({})", decision.message, decision.reason.code()));
     }
     let mut collections = Vec::new();
     for did in dids {

@@ -133,7 +133,7 @@ impl Cache {
         match serde_json::from_slice(&bytes) {
             Ok(entry) => Some(entry),
             Err(e) => {
-                eprintln!("cache: ignoring corrupt entry {}: {e}", path.display());
+                crate::log::warn(&format!("cache: ignoring corrupt entry {}: {e}", path.display()));
                 None
             }
         }
@@ -142,7 +142,7 @@ impl Cache {
     /// Writes an entry atomically. Failures are reported, not fatal: the cache is an optimization.
     pub fn write<T: Serialize>(&self, kind: Kind, parts: &[&str], entry: &T) {
         if let Err(e) = self.try_write(kind, parts, entry) {
-            eprintln!("cache: cannot write to {}: {e}", self.root.display());
+            crate::log::warn(&format!("cache: cannot write to {}: {e}", self.root.display()));
         }
     }
 
@@ -175,7 +175,7 @@ impl Cache {
                 match serde_json::from_slice(&bytes) {
                     Ok(entry) => Some((path, entry)),
                     Err(e) => {
-                        eprintln!("cache: ignoring corrupt entry {}: {e}", path.display());
+                        crate::log::warn(&format!("cache: ignoring corrupt entry {}: {e}", path.display()));
                         None
                     }
                 }

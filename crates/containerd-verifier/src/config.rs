@@ -129,6 +129,8 @@ pub struct Config {
     /// Extra CA certificates (PEM) trusted for PLC, PDS and registries, besides the system's
     /// CA store (for a private CA, or a TLS-intercepting proxy's).
     pub ca_bundle: Option<PathBuf>,
+    /// Prometheus textfile written by `cache refresh` (node-exporter's textfile collector).
+    pub metrics_file: Option<PathBuf>,
     /// Append one JSON line per decision here.
     pub audit_log: Option<PathBuf>,
     /// Registries whose first path segment is an identity (`host/<handle>/<repo>`).
@@ -162,6 +164,7 @@ impl Default for Config {
             containerd_hosts_dir: PathBuf::from("/etc/containerd/certs.d"),
             docker_config: None,
             ca_bundle: None,
+            metrics_file: None,
             audit_log: None,
             atproto_registries: vec!["atcr.io".into()],
             handle_resolver: None,
@@ -316,9 +319,10 @@ mod tests {
         expected.handle_resolver = documented.handle_resolver.clone();
         expected.bundle_dir = documented.bundle_dir.clone();
         expected.ca_bundle = documented.ca_bundle.clone();
+        expected.metrics_file = documented.metrics_file.clone();
         assert_eq!(documented, expected);
         let keys: Vec<String> = toml::to_string(&Config::default()).map(|t| t.lines().filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_owned())).collect()).unwrap_or_default();
-        for key in keys.iter().chain(["docker_config", "audit_log", "handle_resolver", "bundle_dir", "ca_bundle"].map(String::from).iter()) {
+        for key in keys.iter().chain(["docker_config", "audit_log", "handle_resolver", "bundle_dir", "ca_bundle", "metrics_file"].map(String::from).iter()) {
             assert!(uncommented.contains(&format!("{key} = ")), "packaging/config.toml does not document `{key}`");
         }
     }

@@ -16,6 +16,8 @@ pub mod hosts;
 pub mod exit;
 pub mod input;
 pub mod knowledge;
+pub mod log;
+pub mod metrics;
 pub mod net;
 pub mod output;
 pub mod pipeline;

@@ -127,7 +127,7 @@ pub fn default_roots() -> &'static (Vec<ureq::tls::Certificate<'static>>, String
                     source.push_str(&format!(" + {} from {}", extra.len(), path.display()));
                     roots.extend(extra);
                 }
-                Err(e) => eprintln!("ca_bundle {}: {} (ignored)", path.display(), e.problem),
+                Err(e) => crate::log::warn(&format!("ca_bundle {}: {} (ignored)", path.display(), e.problem)),
             }
         }
         (roots, source)

@@ -25,7 +25,7 @@ pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.atproto.signature.v1+
 pub fn endpoints(config: &Config, host: &str, capability: &str) -> Vec<Endpoint> {
     let (list, notes) = crate::hosts::endpoints(&config.containerd_hosts_dir, host);
     for note in notes {
-        eprintln!("{note}");
+        crate::log::warn(&note);
     }
     list.into_iter().filter(|e| e.can(capability)).collect()
 }

@@ -326,3 +326,51 @@ fn ci_facing_commands_keep_their_exit_codes_and_formats() {
     let uri = sarif["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].as_str().unwrap().to_owned();
     assert_eq!(uri, image, "the canonical reference, its digest once");
 }
+
+#[test]
+fn observability_audit_failures_logfmt_journal_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(dir.path(), "policy.yaml", b"version: \"1.0\"\ndefault: { action: enforce, require: { signature: false } }\n");
+    let missing_audit = dir.path().join("no-such-dir/audit.jsonl");
+    let config = write(dir.path(), "config.toml", format!("policy = {policy:?}\ncache_dir = {:?}\naudit_log = {missing_audit:?}\n", dir.path().join("cache")).as_bytes());
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let pull = |env: &[(&str, &str)]| {
+        let mut command = bin();
+        command.args(["-name", "registry.example.com/app:v1", "-digest", &digest]).env("ATPROTO_VERIFIER_CONFIG", &config).stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    // An audit log that cannot be written never blocks a pull, and each decision says so.
+    let out = pull(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("level=warn") && stderr.contains("cannot be written"), "{stderr}");
+    // Under systemd, the journal priority prefix; with ATPROTO_VERIFIER_LOG=error, nothing.
+    let out = pull(&[("JOURNAL_STREAM", "8:1234")]);
+    assert!(String::from_utf8_lossy(&out.stderr).lines().any(|l| l.starts_with("<4>level=warn")), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pull(&[("ATPROTO_VERIFIER_LOG", "error")]);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // doctor reports it.
+    let out = run(&["doctor", "--config", &config, "--containerd-config", "/nonexistent.toml"]);
+    assert!(stdout(&out).contains("audit log") && stdout(&out).contains("cannot be written"), "{}", stdout(&out));
+
+    // The refresh timer writes a Prometheus textfile: decisions by outcome and reason.
+    let audit = write(dir.path(), "audit.jsonl", concat!(
+        "{\"outcome\":\"admitted\",\"reason\":\"verified\"}\n",
+        "{\"outcome\":\"admitted\",\"reason\":\"verified\"}\n",
+        "{\"outcome\":\"rejected\",\"reason\":\"record-deleted\"}\n",
+        "not json\n"
+    ).as_bytes());
+    let bundles = dir.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let metrics = dir.path().join("atproto-verifier.prom");
+    let offline = write(dir.path(), "offline.toml", format!("offline = true\npolicy = {policy:?}\ncache_dir = {:?}\naudit_log = {audit:?}\nbundle_dir = {bundles:?}\nmetrics_file = {metrics:?}\n", dir.path().join("cache")).as_bytes());
+    let out = run(&["cache", "refresh", "--config", &offline]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(text.contains("atproto_verifier_decisions_total{outcome=\"admitted\",reason=\"verified\"} 2"), "{text}");
+    assert!(text.contains("atproto_verifier_decisions_total{outcome=\"rejected\",reason=\"record-deleted\"} 1"), "{text}");
+    assert!(text.contains("# TYPE atproto_verifier_cache_entries gauge") && text.contains("atproto_verifier_refresh_last_run_timestamp_seconds"), "{text}");
+}

@@ -107,7 +107,11 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
                 }
             }
         }
-        return if bundle_notes.is_empty() { exit::ADMITTED } else { exit::UNDECIDED };
+        let metrics = crate::metrics::write(config, cache, now, 0, bundle_notes.len());
+        if let Err(e) = &metrics {
+            println!("  failed: {e}");
+        }
+        return if bundle_notes.is_empty() && metrics.is_ok() { exit::ADMITTED } else { exit::UNDECIDED };
     }
     let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(std::time::Duration::from_secs(600)));
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
@@ -143,6 +147,9 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
             Ok(_) => refreshed.push(uri),
             Err(v) => failed.push(format!("{uri}: {}", v.message)),
         }
+    }
+    if let Err(e) = crate::metrics::write(config, cache, now, refreshed.len(), failed.len()) {
+        failed.push(e);
     }
     match format {
         Format::Json => print_json(&serde_json::json!({"refreshed": refreshed, "failed": failed, "requests": http.request_count()})),

@@ -169,6 +169,25 @@ fn live_finding(args: &DoctorArgs, image: &str, out: &mut Vec<Finding>) {
     out.push(finding);
 }
 
+/// Whether decisions can be appended to the audit log (opened for append, nothing written).
+fn audit_log_finding(path: &Path) -> Finding {
+    let writable = if path.exists() {
+        std::fs::OpenOptions::new().append(true).open(path).is_ok()
+    } else {
+        path.parent().filter(|d| d.is_dir()).is_some_and(|d| {
+            let probe = d.join(format!(".doctor-probe-{}", std::process::id()));
+            let ok = std::fs::write(&probe, b"").is_ok();
+            let _ = std::fs::remove_file(&probe);
+            ok
+        })
+    };
+    if writable {
+        Finding { level: Level::Ok, check: "audit log", message: format!("{} can be written", path.display()) }
+    } else {
+        Finding { level: Level::Warn, check: "audit log", message: format!("{} cannot be written (is its directory there, and writable by containerd's user?): decisions are not recorded — pulls are not blocked, and each decision says so on stderr", path.display()) }
+    }
+}
+
 /// Whether the cache directory can be written, without creating it (doctor changes nothing).
 fn cache_finding(dir: &Path) -> Finding {
     let writable = |d: &Path| {
@@ -211,6 +230,9 @@ pub fn run(args: DoctorArgs) -> u8 {
         Err(super::policy::PolicyLoadError::Invalid(errors)) => findings.push(Finding { level: Level::Fail, check: "policy", message: format!("{} errors, first: {} — run `atproto-verifier policy check`", errors.len(), errors.first().cloned().unwrap_or_default()) }),
     }
     findings.push(cache_finding(&config.cache_dir));
+    if let Some(path) = &config.audit_log {
+        findings.push(audit_log_finding(path));
+    }
     if config.offline {
         findings.push(Finding { level: Level::Ok, check: "offline", message: format!("offline: proofs older than max_proof_age ({}) are refused; import bundles more often than that", config.max_proof_age) });
     }

@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "atproto-verifier", version, about, long_about = None)]
 pub struct Cli {
+    /// Diagnostics on stderr at this level and above (else $ATPROTO_VERIFIER_LOG, else info).
+    #[arg(long, global = true, value_enum)]
+    log_level: Option<crate::log::Level>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +52,9 @@ enum Command {
 
 /// Runs a parsed command and returns the exit code.
 pub fn run(cli: Cli) -> u8 {
+    if let Some(level) = cli.log_level {
+        crate::log::set_level(level);
+    }
     match cli.command {
         Command::Proof(command) => proof::run(command),
         Command::Did(command) => did::run(command),
