@@ -48,6 +48,12 @@ enum Command {
     /// Check a trust policy, or explain what it decides for an image.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Write the man pages and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory (created).
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Runs a parsed command and returns the exit code.
@@ -65,5 +71,29 @@ pub fn run(cli: Cli) -> u8 {
         Command::Attach(args) => attach::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Resolve(args) => resolve::run(args),
+        Command::GenerateAssets { dir } => match generate_assets(&dir) {
+            Ok(()) => crate::exit::ADMITTED,
+            Err(e) => {
+                eprintln!("error: {e}");
+                crate::exit::UNDECIDED
+            }
+        },
     }
+}
+
+/// Man pages (one per command, `atproto-verifier.1` and `atproto-verifier-<cmd>.1`) and
+/// completions for bash, zsh and fish, generated from the same clap definitions as the CLI.
+fn generate_assets(dir: &std::path::Path) -> Result<(), String> {
+    use clap::CommandFactory;
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&man).map_err(io)?;
+    std::fs::create_dir_all(&completions).map_err(io)?;
+    let command = Cli::command();
+    clap_mangen::generate_to(command.clone(), &man).map_err(io)?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut command.clone(), "atproto-verifier", &completions).map_err(io)?;
+    }
+    Ok(())
 }
