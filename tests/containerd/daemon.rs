@@ -63,7 +63,16 @@ pub struct Setup<'a> {
 
 impl Default for Setup<'_> {
     fn default() -> Self {
-        Setup { version: VERSIONS[1], registry: "", verifier_config: Path::new(""), extra: "", no_bindir_section: false, cri: false, per_verifier_timeout: "10s", files: &[] }
+        Setup {
+            version: VERSIONS[1],
+            registry: "",
+            verifier_config: Path::new(""),
+            extra: "",
+            no_bindir_section: false,
+            cri: false,
+            per_verifier_timeout: "10s",
+            files: &[],
+        }
     }
 }
 
@@ -80,7 +89,9 @@ pub struct Containerd {
 impl Containerd {
     /// Writes the config (version 3, which both 2.2 and 2.4 read) and starts containerd.
     pub fn start(setup: &Setup) -> Containerd {
-        let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().next().unwrap_or_default().to_owned())));
+        let uid = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|u| u.split_whitespace().next().unwrap_or_default().to_owned())));
         assert_eq!(uid.as_deref(), Some("0"), "containerd needs root: run the tests as root (CI does)");
         let dir = tempfile::tempdir().unwrap();
         let path = |p: &str| dir.path().join(p);

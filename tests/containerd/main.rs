@@ -12,7 +12,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 
 use daemon::{Containerd, Setup, VERSIONS};
-use harness::{env, Account, Env};
+use harness::{Account, Env, env};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -159,17 +159,53 @@ fn ctr_pulls_through_the_transfer_service_are_decided_by_the_verifier() {
 /// to pull without the transfer service, as an operator would write it (v3 layout unless
 /// named), with the word `doctor` must name.
 const LOCAL_PULL_TRIGGERS: [(&str, &str, &str); 9] = [
-    ("use_local_image_pull", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  use_local_image_pull = true\n", "use_local_image_pull = true"),
-    ("disable_snapshot_annotations", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  disable_snapshot_annotations = false\n", "disable_snapshot_annotations = false"),
-    ("discard_unpacked_layers", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  discard_unpacked_layers = true\n", "discard_unpacked_layers = true"),
-    ("mirrors (v3 layout)", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  [plugins.\"io.containerd.cri.v1.images\".registry.mirrors.\"REGISTRY\"]\n    endpoint = [\"http://REGISTRY\"]\n", "registry.mirrors"),
-    ("configs", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  [plugins.\"io.containerd.cri.v1.images\".registry.configs.\"REGISTRY\".tls]\n    insecure_skip_verify = true\n", "registry.configs"),
-    ("auths", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  [plugins.\"io.containerd.cri.v1.images\".registry.auths.\"http://REGISTRY\"]\n    username = \"someone\"\n", "registry.auths"),
-    ("max_concurrent_downloads", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  max_concurrent_downloads = 5\n", "max_concurrent_downloads = 5"),
-    ("image_pull_with_sync_fs", "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  image_pull_with_sync_fs = true\n", "image_pull_with_sync_fs = true"),
+    (
+        "use_local_image_pull",
+        "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  use_local_image_pull = true\n",
+        "use_local_image_pull = true",
+    ),
+    (
+        "disable_snapshot_annotations",
+        "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  disable_snapshot_annotations = false\n",
+        "disable_snapshot_annotations = false",
+    ),
+    (
+        "discard_unpacked_layers",
+        "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  discard_unpacked_layers = true\n",
+        "discard_unpacked_layers = true",
+    ),
+    (
+        "mirrors (v3 layout)",
+        "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  [plugins.\"io.containerd.cri.v1.images\".registry.mirrors.\"REGISTRY\"]\n    endpoint = [\"http://REGISTRY\"]\n",
+        "registry.mirrors",
+    ),
+    (
+        "configs",
+        "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  [plugins.\"io.containerd.cri.v1.images\".registry.configs.\"REGISTRY\".tls]\n    insecure_skip_verify = true\n",
+        "registry.configs",
+    ),
+    (
+        "auths",
+        "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  [plugins.\"io.containerd.cri.v1.images\".registry.auths.\"http://REGISTRY\"]\n    username = \"someone\"\n",
+        "registry.auths",
+    ),
+    (
+        "max_concurrent_downloads",
+        "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  max_concurrent_downloads = 5\n",
+        "max_concurrent_downloads = 5",
+    ),
+    (
+        "image_pull_with_sync_fs",
+        "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n  image_pull_with_sync_fs = true\n",
+        "image_pull_with_sync_fs = true",
+    ),
     // The same mirrors in a version 2 file imported by the main config (migrated by containerd;
     // no config_path, which containerd refuses beside mirrors).
-    ("mirrors (v2 layout, imported)", "imports = [\"conf.d/*.toml\"]\n[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n", "registry.mirrors"),
+    (
+        "mirrors (v2 layout, imported)",
+        "imports = [\"conf.d/*.toml\"]\n[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n",
+        "registry.mirrors",
+    ),
 ];
 
 #[test]
@@ -195,7 +231,13 @@ fn cri_pulls_are_verified_and_every_local_pull_trigger_bypasses_verifiers_and_do
         for (i, (name, section, named)) in LOCAL_PULL_TRIGGERS.iter().enumerate() {
             let extra = section.replace("REGISTRY", &env.registry.host);
             let files = if name.contains("v2 layout") {
-                vec![("conf.d/10-mirrors.toml", format!("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{0}\"]\n  endpoint = [\"http://{0}\"]\n", env.registry.host))]
+                vec![(
+                    "conf.d/10-mirrors.toml",
+                    format!(
+                        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{0}\"]\n  endpoint = [\"http://{0}\"]\n",
+                        env.registry.host
+                    ),
+                )]
             } else {
                 Vec::new()
             };
@@ -227,14 +269,24 @@ fn check_trigger(env: &Env, node: &Node, containerd: &Containerd, version: &str,
 fn doctor_tells_the_truth_about_the_containerd_it_is_pointed_at() {
     let env = env();
     // containerd's default bin_dir must not exist on the test machine (the tests never create it).
-    assert!(!Path::new(containerd_config_default_bin_dir()).exists(), "{} exists on this machine: the test needs a node without it", containerd_config_default_bin_dir());
+    assert!(
+        !Path::new(containerd_config_default_bin_dir()).exists(),
+        "{} exists on this machine: the test needs a node without it",
+        containerd_config_default_bin_dir()
+    );
     for version in VERSIONS {
         let v = version.replace('.', "");
         let alice = env.pds.create_account(&format!("doc{v}"));
         let node = Node::new(env, &[&alice], "");
         let cases: [(&str, Setup); 2] = [
             ("no bindir section", Setup { no_bindir_section: true, ..setup(version, env, &node) }),
-            ("bindir disabled", Setup { extra: "disabled_plugins = [\"io.containerd.nri.v1.nri\", \"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \"io.containerd.cri.v1.runtime\", \"io.containerd.image-verifier.v1.bindir\"]\n", ..setup(version, env, &node) }),
+            (
+                "bindir disabled",
+                Setup {
+                    extra: "disabled_plugins = [\"io.containerd.nri.v1.nri\", \"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \"io.containerd.cri.v1.runtime\", \"io.containerd.image-verifier.v1.bindir\"]\n",
+                    ..setup(version, env, &node)
+                },
+            ),
         ];
         for (i, (name, case)) in cases.into_iter().enumerate() {
             let containerd = Containerd::start(&case);
@@ -264,7 +316,8 @@ fn doctor_tells_the_truth_about_the_containerd_it_is_pointed_at() {
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_atproto-verifier"), bin_dir.join("atproto-verifier")).unwrap();
         let fragment = fragment.replace("/opt/containerd/image-verifier/bin", bin_dir.to_str().unwrap());
         let files = [("conf.d/atproto-verifier.toml", fragment)];
-        let containerd = Containerd::start(&Setup { no_bindir_section: true, extra: "imports = [\"conf.d/*.toml\"]\n", files: &files, ..setup(version, env, &node) });
+        let containerd =
+            Containerd::start(&Setup { no_bindir_section: true, extra: "imports = [\"conf.d/*.toml\"]\n", files: &files, ..setup(version, env, &node) });
         let image = unsigned(env, &format!("doc{v}/dropin"), "v1");
         let pull = containerd.ctr_pull(&image);
         assert!(!pull.ok && pull.text.contains("record-not-found"), "{version} drop-in: {pull}\n{}", containerd.log());
@@ -297,9 +350,13 @@ fn doctor_changes_nothing_and_says_what_it_did_not_find() {
     // The verifier config names a cache that does not exist: doctor must not create it.
     let config = node.dir.path().join("fresh.toml");
     let cache = node.dir.path().join("never-created");
-    std::fs::write(&config, std::fs::read_to_string(&node.config).unwrap().replace(&format!("{:?}", node.dir.path().join("cache")), &format!("{cache:?}"))).unwrap();
+    std::fs::write(&config, std::fs::read_to_string(&node.config).unwrap().replace(&format!("{:?}", node.dir.path().join("cache")), &format!("{cache:?}")))
+        .unwrap();
     let containerd = Containerd::start(&setup(VERSIONS[1], env, &node));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(["doctor", "--config", config.to_str().unwrap(), "--containerd-config", containerd.config.to_str().unwrap()]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        .args(["doctor", "--config", config.to_str().unwrap(), "--containerd-config", containerd.config.to_str().unwrap()])
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(!cache.exists(), "doctor created {}", cache.display());
     assert!(report.contains("does not exist yet"), "{report}");
@@ -362,7 +419,8 @@ fn our_budget_decides_before_containerd_kills_and_a_hanging_verifier_fails_the_p
         let containerd = Containerd::start(&Setup { per_verifier_timeout: "4s", ..setup(version, env, &node) });
         let pull = containerd.ctr_pull(&image);
         // Our verifier answered (exit 2, a network reason): containerd did not have to kill it.
-        let ours = pull.text.contains("verifier atproto-verifier rejected image (exit code 2)") && (pull.text.contains("network-error") || pull.text.contains("deadline-exceeded"));
+        let ours = pull.text.contains("verifier atproto-verifier rejected image (exit code 2)")
+            && (pull.text.contains("network-error") || pull.text.contains("deadline-exceeded"));
         assert!(!pull.ok && ours, "{version}: our verifier answers within its budget, with its reason: {pull}");
         // A verifier that hangs is killed by containerd at per_verifier_timeout: the pull fails.
         let hang = containerd.bin_dir.join("zz-hangs");
@@ -393,7 +451,9 @@ fn twenty_concurrent_pulls_on_a_cold_cache_fetch_each_did_document_once() {
     let images: Vec<String> = (0..20).map(|i| signed(env, &kai, &format!("many/app{i}"), "v1").0).collect();
     let node = Node::new(env, &[&kai], &format!("plc_directory = {:?}\n", proxy.url));
     let containerd = Containerd::start(&setup(version, env, &node));
-    let pulls: Vec<_> = std::thread::scope(|s| images.iter().map(|image| s.spawn(|| containerd.ctr_pull(image))).collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap()).collect());
+    let pulls: Vec<_> = std::thread::scope(|s| {
+        images.iter().map(|image| s.spawn(|| containerd.ctr_pull(image))).collect::<Vec<_>>().into_iter().map(|h| h.join().unwrap()).collect()
+    });
     for (image, pull) in images.iter().zip(&pulls) {
         assert!(pull.ok, "{image}: {pull}");
     }

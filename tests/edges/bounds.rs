@@ -3,9 +3,9 @@
 //! signature is checked; policies with tens of thousands of keys are refused by a limit, and
 //! duplicate keys are found in linear time.
 
-use atproto_sig_core::plc::{verify_audit_log, PlcError};
-use atproto_sig_core::policy::Policy;
 use atproto_sig_core::Limits;
+use atproto_sig_core::plc::{PlcError, verify_audit_log};
+use atproto_sig_core::policy::Policy;
 
 const DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
 

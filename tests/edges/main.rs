@@ -3,8 +3,8 @@
 
 mod bounds;
 mod names;
-mod reasons;
 mod node;
+mod reasons;
 mod time;
 mod transport;
 

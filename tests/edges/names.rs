@@ -51,7 +51,9 @@ fn every_spelling_of_a_repository_gets_one_rule() {
     for spelling in ["atcr.io/alice/prod-api:1", "atcr.io:443/alice/prod-api:1", "ATCR.IO/alice/prod-api", "Atcr.Io:443/alice/prod-api"] {
         assert_eq!(rule(spelling), "prod", "{spelling}");
     }
-    for spelling in ["nginx", "docker.io/nginx", "docker.io/library/nginx", "index.docker.io/nginx", "registry-1.docker.io/library/nginx", "registry-1.docker.io:443/nginx"] {
+    for spelling in
+        ["nginx", "docker.io/nginx", "docker.io/library/nginx", "index.docker.io/nginx", "registry-1.docker.io/library/nginx", "registry-1.docker.io:443/nginx"]
+    {
         assert_eq!(rule(spelling), "hub", "{spelling}");
     }
     for spelling in ["registry.example.com/a/b", "registry.example.com:443/a/b"] {

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::testkit::{Identity, TestRepo};
 use base64::Engine;
-use serde_json::{json, Value as Json};
+use serde_json::{Value as Json, json};
 
 /// Registry host of the images: loopback port 1, where nothing listens, so asking it for
 /// attached proofs fails at once and no test depends on the network.

@@ -5,10 +5,10 @@
 
 use atproto_sig_core::crypto::Curve;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
-use atproto_sig_core::testkit::{digest_of, Identity, Tamper, TestRepo};
-use atproto_sig_core::{verify, Expectation, KeySource, Limits, ProofInput, Reason};
+use atproto_sig_core::testkit::{Identity, Tamper, TestRepo, digest_of};
+use atproto_sig_core::{Expectation, KeySource, Limits, ProofInput, Reason, verify};
 
-use crate::node::{now_micros, record_bundle, Node, DAY, HOST};
+use crate::node::{DAY, HOST, Node, now_micros, record_bundle};
 
 #[test]
 fn a_tampered_rev_is_a_bad_signature_not_a_clock_problem() {

@@ -5,9 +5,9 @@
 
 use atproto_sig_core::crypto::{Curve, PrivateKey};
 use atproto_sig_core::record::MANIFEST_COLLECTION;
-use atproto_sig_core::testkit::{digest_of, signed_plc_op, Identity, TestRepo};
+use atproto_sig_core::testkit::{Identity, TestRepo, digest_of, signed_plc_op};
 
-use crate::node::{did_bundle, did_entry, now_micros, record_bundle, Node, DAY};
+use crate::node::{DAY, Node, did_bundle, did_entry, now_micros, record_bundle};
 
 /// A repository with one signed image, committed `age` ago.
 fn signed(seed: &str, age: i64) -> (TestRepo, String, String) {
@@ -113,7 +113,10 @@ fn a_did_bundle_revokes_every_record_that_is_gone() {
     assert_eq!(out.code, Some(0), "{out}");
     let mut with_locators = record_bundle(&repo, &rkey, Some(&digest), now_micros() - 3 * DAY);
     with_locators["proofs"].as_array_mut().unwrap().push(serde_json::json!({"did": repo.identity.did, "collection": MANIFEST_COLLECTION, "rkey": other_rkey, "fetchedAt": now_micros() - 3 * DAY, "source": "test", "car": base64_proof(&repo, &other_rkey)}));
-    with_locators["locators"].as_array_mut().unwrap().push(serde_json::json!({"did": repo.identity.did, "digest": other, "rkey": other_rkey, "fetchedAt": now_micros() - 3 * DAY}));
+    with_locators["locators"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"did": repo.identity.did, "digest": other, "rkey": other_rkey, "fetchedAt": now_micros() - 3 * DAY}));
     assert_eq!(node.import(&with_locators).code, Some(0));
     assert_eq!(node.pull("app", &digest).code, Some(0));
     assert_eq!(node.pull("app", &other).code, Some(0));
@@ -149,8 +152,12 @@ fn an_older_audit_log_cannot_bring_back_a_rotated_out_key() {
     let op = signed_plc_op(&identity.rotation, op);
     let cid = atproto_sig_core::cid::Cid::for_dag_cbor(&atproto_sig_core::cbor::encode(&atproto_sig_core::cbor::from_json(&op, 16).unwrap())).to_string();
     let mut rotated_log = genesis_log.clone();
-    rotated_log.as_array_mut().unwrap().push(serde_json::json!({"did": identity.did, "operation": op, "cid": cid, "nullified": false, "createdAt": "2026-06-01T00:00:00.000Z"}));
-    let rotated_doc = atproto_sig_core::did::render_multikey_document(&identity.did, &new_key.public_key(), Some(&identity.handle), Some(&identity.pds)).to_string();
+    rotated_log
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"did": identity.did, "operation": op, "cid": cid, "nullified": false, "createdAt": "2026-06-01T00:00:00.000Z"}));
+    let rotated_doc =
+        atproto_sig_core::did::render_multikey_document(&identity.did, &new_key.public_key(), Some(&identity.handle), Some(&identity.pds)).to_string();
 
     let bundle = |entry: serde_json::Value| serde_json::json!({"format": "atproto-verifier-bundle", "version": 2, "createdAt": "2026-01-01T00:00:00Z", "dids": [entry], "locators": [], "proofs": []});
     let node = Node::offline(&identity.did, "");

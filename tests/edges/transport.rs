@@ -21,7 +21,10 @@ fn node(hosts_dir: &std::path::Path, host: &str, secret: &str) -> (tempfile::Tem
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!("policy = {policy:?}\ncache_dir = {:?}\ncontainerd_hosts_dir = {hosts_dir:?}\ndocker_config = {docker:?}\nconnect_timeout = \"500ms\"\n", dir.path().join("cache")),
+        format!(
+            "policy = {policy:?}\ncache_dir = {:?}\ncontainerd_hosts_dir = {hosts_dir:?}\ndocker_config = {docker:?}\nconnect_timeout = \"500ms\"\n",
+            dir.path().join("cache")
+        ),
     )
     .unwrap();
     (dir, config)

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value as Json};
+use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
 pub fn repo_root() -> PathBuf {
@@ -42,12 +42,7 @@ impl Drop for Guard {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
+    ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).timeout_global(Some(Duration::from_secs(30))).build().into()
 }
 
 /// A request from the test side; returns (status, headers, body).
@@ -136,7 +131,13 @@ impl Pds {
 
     pub fn create_account(&self, name: &str) -> Account {
         let handle = format!("{name}.test");
-        let out = xrpc(&self.pds, "POST", "com.atproto.server.createAccount", None, Some(json!({"handle": handle, "email": format!("{name}@example.com"), "password": "password-for-tests"})));
+        let out = xrpc(
+            &self.pds,
+            "POST",
+            "com.atproto.server.createAccount",
+            None,
+            Some(json!({"handle": handle, "email": format!("{name}@example.com"), "password": "password-for-tests"})),
+        );
         Account { did: out["did"].as_str().unwrap().to_owned(), handle, token: out["accessJwt"].as_str().unwrap().to_owned() }
     }
 
@@ -144,19 +145,37 @@ impl Pds {
     pub fn put_manifest(&self, account: &Account, digest: &str, repository: &str, media_type: &str) -> String {
         let rkey = digest.strip_prefix("sha256:").unwrap().to_owned();
         let record = json!({"$type": "io.atcr.manifest", "repository": repository, "digest": digest, "mediaType": media_type, "schemaVersion": 2, "createdAt": "2026-11-01T00:00:00.000Z"});
-        xrpc(&self.pds, "POST", "com.atproto.repo.createRecord", Some(&account.token), Some(json!({"repo": account.did, "collection": "io.atcr.manifest", "rkey": rkey, "validate": false, "record": record})));
+        xrpc(
+            &self.pds,
+            "POST",
+            "com.atproto.repo.createRecord",
+            Some(&account.token),
+            Some(json!({"repo": account.did, "collection": "io.atcr.manifest", "rkey": rkey, "validate": false, "record": record})),
+        );
         rkey
     }
 
     /// Writes a manifest record under a TID rkey (as createRecord does by default).
     pub fn put_manifest_tid(&self, account: &Account, digest: &str, repository: &str) -> String {
         let record = json!({"$type": "io.atcr.manifest", "repository": repository, "digest": digest, "mediaType": "application/vnd.oci.image.manifest.v1+json", "schemaVersion": 2, "createdAt": "2026-11-01T00:00:00.000Z"});
-        let out = xrpc(&self.pds, "POST", "com.atproto.repo.createRecord", Some(&account.token), Some(json!({"repo": account.did, "collection": "io.atcr.manifest", "validate": false, "record": record})));
+        let out = xrpc(
+            &self.pds,
+            "POST",
+            "com.atproto.repo.createRecord",
+            Some(&account.token),
+            Some(json!({"repo": account.did, "collection": "io.atcr.manifest", "validate": false, "record": record})),
+        );
         out["uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned()
     }
 
     pub fn delete_record(&self, account: &Account, rkey: &str) {
-        xrpc(&self.pds, "POST", "com.atproto.repo.deleteRecord", Some(&account.token), Some(json!({"repo": account.did, "collection": "io.atcr.manifest", "rkey": rkey})));
+        xrpc(
+            &self.pds,
+            "POST",
+            "com.atproto.repo.deleteRecord",
+            Some(&account.token),
+            Some(json!({"repo": account.did, "collection": "io.atcr.manifest", "rkey": rkey})),
+        );
     }
 
     /// The PLC's state of a DID (`GET /<did>/data`).
@@ -183,7 +202,9 @@ fn free_port() -> u16 {
 
 impl Registry {
     pub fn start() -> Registry {
-        let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"].into_iter().find(|p| Path::new(p).exists())
+        let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
             .expect("docker-registry is missing: apt-get install docker-registry (scripts/test installs it)");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -191,7 +212,14 @@ impl Registry {
         std::fs::write(&config, format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display())).unwrap();
         // Wrapped so that the registry stops when the test process (holding stdin) goes away.
         let script = format!("{binary} serve {} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid", config.display());
-        let child = Command::new("sh").arg("-c").arg(script).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("cannot start docker-registry");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start docker-registry");
         let guard = Guard(Some(child));
         let host = format!("127.0.0.1:{port}");
         let started = Instant::now();
@@ -215,7 +243,8 @@ impl Registry {
     }
 
     pub fn push_manifest(&self, repository: &str, reference: &str, media_type: &str, manifest: &[u8]) -> String {
-        let (status, _, body) = http("PUT", &format!("http://{}/v2/{repository}/manifests/{reference}", self.host), &[("content-type", media_type)], Some(manifest.to_vec()));
+        let (status, _, body) =
+            http("PUT", &format!("http://{}/v2/{repository}/manifests/{reference}", self.host), &[("content-type", media_type)], Some(manifest.to_vec()));
         assert_eq!(status, 201, "manifest push: {}", String::from_utf8_lossy(&body));
         sha256(manifest)
     }
@@ -237,7 +266,8 @@ impl Registry {
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
-        })).unwrap();
+        }))
+        .unwrap();
         self.push_manifest(repository, tag, "application/vnd.oci.image.manifest.v1+json", &manifest)
     }
 
@@ -248,9 +278,15 @@ impl Registry {
             "$type": "io.atcr.atproto.signature", "version": "1.0",
             "subject": {"digest": subject, "mediaType": "application/vnd.oci.image.manifest.v1+json"},
             "atproto": {"did": did, "recordUri": format!("at://{did}/io.atcr.manifest/{rkey}")},
-        })).unwrap();
+        }))
+        .unwrap();
         let meta_digest = self.push_blob(repository, &meta);
-        let (_, _, subject_body) = http("GET", &format!("http://{}/v2/{repository}/manifests/{subject}", self.host), &[("accept", "application/vnd.oci.image.manifest.v1+json")], None);
+        let (_, _, subject_body) = http(
+            "GET",
+            &format!("http://{}/v2/{repository}/manifests/{subject}", self.host),
+            &[("accept", "application/vnd.oci.image.manifest.v1+json")],
+            None,
+        );
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -258,7 +294,8 @@ impl Registry {
             "config": {"mediaType": "application/vnd.atproto.signature.v1+json", "digest": meta_digest, "size": meta.len()},
             "layers": [],
             "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": subject_body.len()},
-        })).unwrap();
+        }))
+        .unwrap();
         let artifact = self.push_manifest(repository, &sha256(&manifest), "application/vnd.oci.image.manifest.v1+json", &manifest);
         let index = serde_json::to_vec(&json!({
             "schemaVersion": 2,
@@ -274,7 +311,8 @@ impl Registry {
         let amd64 = self.push_image_for(repository, &format!("{tag}-amd64"), &format!("{seed}-amd64"), "amd64");
         let arm64 = self.push_image_for(repository, &format!("{tag}-arm64"), &format!("{seed}-arm64"), "arm64");
         let size = |d: &str| {
-            let (_, _, body) = http("GET", &format!("http://{}/v2/{repository}/manifests/{d}", self.host), &[("accept", "application/vnd.oci.image.manifest.v1+json")], None);
+            let (_, _, body) =
+                http("GET", &format!("http://{}/v2/{repository}/manifests/{d}", self.host), &[("accept", "application/vnd.oci.image.manifest.v1+json")], None);
             body.len()
         };
         let index = serde_json::to_vec(&json!({
@@ -357,7 +395,12 @@ impl FakeServer {
                         }
                         line.clear();
                     }
-                    let length = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok()).unwrap_or(0).min(1 << 20);
+                    let length = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.parse::<usize>().ok())
+                        .unwrap_or(0)
+                        .min(1 << 20);
                     let mut body = vec![0u8; length];
                     let _ = std::io::Read::read_exact(&mut reader, &mut body);
                     let mut parts = request_line.split_whitespace();
@@ -365,7 +408,13 @@ impl FakeServer {
                     recorded.lock().unwrap().push(request.path.clone());
                     let response = handler(&request);
                     let extra: String = response.headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-                    let _ = write!(stream, "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n", response.status, response.content_type, response.body.len());
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
+                        response.status,
+                        response.content_type,
+                        response.body.len()
+                    );
                     let _ = stream.write_all(&response.body);
                 });
             }
@@ -460,7 +509,12 @@ impl Verifier {
         let config = dir.path().join("config.toml");
         std::fs::write(
             &config,
-            format!("policy = {:?}\ncache_dir = {:?}\naudit_log = {:?}\n{config_lines}\n", policy_path, dir.path().join("cache"), dir.path().join("audit.jsonl")),
+            format!(
+                "policy = {:?}\ncache_dir = {:?}\naudit_log = {:?}\n{config_lines}\n",
+                policy_path,
+                dir.path().join("cache"),
+                dir.path().join("audit.jsonl")
+            ),
         )
         .unwrap();
         Verifier { dir, config }
@@ -499,7 +553,8 @@ impl Verifier {
     fn run_pull(&self, isolated: bool, name: &str, digest: &str, stdin: &str) -> Pull {
         let binary = env!("CARGO_BIN_EXE_atproto-verifier");
         if isolated {
-            let unshare = ["/usr/bin/unshare", "/bin/unshare"].into_iter().find(|p| Path::new(p).exists()).expect("unshare is missing: apt-get install util-linux");
+            let unshare =
+                ["/usr/bin/unshare", "/bin/unshare"].into_iter().find(|p| Path::new(p).exists()).expect("unshare is missing: apt-get install util-linux");
             return self.run_command(&[unshare, "--net", binary], name, digest, stdin);
         }
         self.run_command(&[binary], name, digest, stdin)
@@ -558,11 +613,7 @@ impl Verifier {
     }
 
     pub fn audit(&self) -> Vec<Json> {
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     /// Runs an operator command of the verifier with this installation's config.
@@ -592,7 +643,10 @@ impl Verifier {
 pub fn policy(trusted: &[(&str, &str, Option<&str>)], rules: &str, default: &str) -> String {
     let mut out = String::from("version: 1.0\ntrustedDIDs:\n");
     for (name, did, expires) in trusted {
-        out.push_str(&format!("  {did}:\n    name: {name:?}\n    validFrom: \"2020-01-01T00:00:00Z\"\n    expiresAt: {}\n", expires.map_or("null".to_owned(), |e| format!("{e:?}"))));
+        out.push_str(&format!(
+            "  {did}:\n    name: {name:?}\n    validFrom: \"2020-01-01T00:00:00Z\"\n    expiresAt: {}\n",
+            expires.map_or("null".to_owned(), |e| format!("{e:?}"))
+        ));
     }
     out.push_str("policies:\n");
     out.push_str(rules);

@@ -8,16 +8,19 @@
 #[path = "harness.rs"]
 mod harness;
 
-use harness::{env, policy, Env, Account, FakeResponse, FakeServer, Verifier};
+use harness::{Account, Env, FakeResponse, FakeServer, Verifier, env, policy};
 use serde_json::Value as Json;
-
 
 fn online_config(env: &Env) -> String {
     format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, env.pds.pds, env.registry.host)
 }
 
 fn trusting(env: &Env, account: &Account) -> String {
-    policy(&[(account.handle.as_str(), account.did.as_str(), None)], &format!("  - name: signed\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n", env.registry.host), "{ action: enforce, require: { signature: true } }")
+    policy(
+        &[(account.handle.as_str(), account.did.as_str(), None)],
+        &format!("  - name: signed\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n", env.registry.host),
+        "{ action: enforce, require: { signature: true } }",
+    )
 }
 
 /// A signed image, and a bundle of its signer's records created on the connected side.
@@ -120,10 +123,14 @@ fn tampered_bundles_are_refused_at_import() {
     let cases: Vec<(&str, Json, &str)> = vec![
         ("edited document", edit(&|b| set_document(b, "at://quinn22.test", "at://admin.test")), "differs from its audit log"),
         ("swapped key", edit(&|b| set_document(b, &real_key, &mallory_key)), "differs from the key"),
-        ("forged audit-log entry", edit(&|b| {
-            let log = b["dids"][0]["auditLog"].as_str().unwrap().replace("at://quinn22.test", "at://admin.test");
-            b["dids"][0]["auditLog"] = Json::String(log);
-        }), "audit log invalid"),
+        (
+            "forged audit-log entry",
+            edit(&|b| {
+                let log = b["dids"][0]["auditLog"].as_str().unwrap().replace("at://quinn22.test", "at://admin.test");
+                b["dids"][0]["auditLog"] = Json::String(log);
+            }),
+            "audit log invalid",
+        ),
         ("missing audit log", edit(&|b| b["dids"][0]["auditLog"] = Json::Null), "no audit log"),
     ];
     // A locator pointing a digest at a record that names another digest is refused, while the
@@ -177,7 +184,13 @@ fn strict_plc_takes_the_key_from_the_audit_log_not_the_rendered_document() {
     let (_, _, mallory_doc) = harness::http("GET", &format!("{}/{}", env.pds.plc, mallory.did), &[], None);
     let (_, _, log) = harness::http("GET", &format!("{}/{}/log/audit", env.pds.plc, sam.did), &[], None);
     let key = |doc: &[u8]| serde_json::from_slice::<Json>(doc).unwrap()["verificationMethod"][0]["publicKeyMultibase"].as_str().unwrap().to_owned();
-    let lying = String::from_utf8(document).unwrap().replace(&key(&{ let (_, _, d) = harness::http("GET", &format!("{}/{}", env.pds.plc, sam.did), &[], None); d }), &key(&mallory_doc));
+    let lying = String::from_utf8(document).unwrap().replace(
+        &key(&{
+            let (_, _, d) = harness::http("GET", &format!("{}/{}", env.pds.plc, sam.did), &[], None);
+            d
+        }),
+        &key(&mallory_doc),
+    );
     let did = sam.did.clone();
     let directory = FakeServer::start(Box::new(move |r| {
         if r.path == format!("/{did}") {
@@ -188,7 +201,12 @@ fn strict_plc_takes_the_key_from_the_audit_log_not_the_rendered_document() {
             FakeResponse::new(404, "text/plain", "")
         }
     }));
-    let config = |strict: bool| format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\nstrict_plc = {strict}\n", directory.url, env.pds.pds, env.registry.host);
+    let config = |strict: bool| {
+        format!(
+            "plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\nstrict_plc = {strict}\n",
+            directory.url, env.pds.pds, env.registry.host
+        )
+    };
     let name = format!("{}/sam24.test/app:v1", env.registry.host);
     let trusting_directory = Verifier::new(&config(false), &trusting(env, &sam));
     let pull = trusting_directory.pull(&name, &digest);

@@ -8,23 +8,23 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{env, policy, Env, Account, FakeResponse, FakeServer, Pds, Pull, Verifier};
+use harness::{Account, Env, FakeResponse, FakeServer, Pds, Pull, Verifier, env, policy};
 use serde_json::json;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-
 fn base_config(env: &Env) -> String {
-    format!(
-        "plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\nbudget = \"8s\"\n",
-        env.pds.plc, env.pds.pds, env.registry.host
-    )
+    format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\nbudget = \"8s\"\n", env.pds.plc, env.pds.pds, env.registry.host)
 }
 
 fn trusting(env: &Env, accounts: &[&Account], action: &str) -> String {
     let trusted: Vec<(&str, &str, Option<&str>)> = accounts.iter().map(|a| (a.handle.as_str(), a.did.as_str(), None)).collect();
-    policy(&trusted, &format!("  - name: signed-images\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n    action: {action}\n", env.registry.host), "{ action: enforce, require: { signature: true } }")
+    policy(
+        &trusted,
+        &format!("  - name: signed-images\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n    action: {action}\n", env.registry.host),
+        "{ action: enforce, require: { signature: true } }",
+    )
 }
 
 /// Every stdout is one short line that names a reason.
@@ -129,7 +129,11 @@ fn untrusted_signer_and_signer_outside_its_window_are_rejected() {
     let cached = String::from_utf8_lossy(&cached.stdout);
     assert!(cached.contains(&frank.did) && !cached.contains(&erin.did), "only frank's document is fetched: {cached}");
     // erin is trusted, but her window closed in 2021.
-    let expired = policy(&[(erin.handle.as_str(), erin.did.as_str(), Some("2021-01-01T00:00:00Z"))], &format!("  - name: signed\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n", env.registry.host), "{ action: enforce, require: { signature: true } }");
+    let expired = policy(
+        &[(erin.handle.as_str(), erin.did.as_str(), Some("2021-01-01T00:00:00Z"))],
+        &format!("  - name: signed\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n", env.registry.host),
+        "{ action: enforce, require: { signature: true } }",
+    );
     let verifier = Verifier::new(&base_config(env), &expired);
     expect(&verifier.pull(&name, &digest), 1, "signer-expired");
 }
@@ -208,7 +212,11 @@ fn a_handle_its_did_document_does_not_claim_is_rejected() {
     // kim10.test. The handle does not verify: that is the reason, not kim's missing record.
     let kim_did = kim.did.clone();
     let resolver = FakeServer::start(Box::new(move |r| {
-        if r.path.contains("handle=mallory.test") { FakeResponse::new(200, "application/json", format!("{{\"did\":\"{kim_did}\"}}")) } else { FakeResponse::new(400, "application/json", "{}") }
+        if r.path.contains("handle=mallory.test") {
+            FakeResponse::new(200, "application/json", format!("{{\"did\":\"{kim_did}\"}}"))
+        } else {
+            FakeResponse::new(400, "application/json", "{}")
+        }
     }));
     let config = format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, resolver.url, env.registry.host);
     let verifier = Verifier::new(&config, &trusting(env, &[&kim], "enforce"));
@@ -331,7 +339,10 @@ fn resolve_prints_the_did_for_a_policy_and_checks_the_handle_both_ways() {
     // A resolver that lies about a handle: the DID document does not claim it back.
     let did = wes.did.clone();
     let liar = FakeServer::start(Box::new(move |_| FakeResponse::new(200, "application/json", format!("{{\"did\":\"{did}\"}}"))));
-    let lied = Verifier::new(&format!("plc_directory = {:?}\nhandle_resolver = {:?}\n", env.pds.plc, liar.url), "version: 1.0\ndefault: { action: enforce, require: { signature: false } }\n");
+    let lied = Verifier::new(
+        &format!("plc_directory = {:?}\nhandle_resolver = {:?}\n", env.pds.plc, liar.url),
+        "version: 1.0\ndefault: { action: enforce, require: { signature: false } }\n",
+    );
     let out = lied.command(&["resolve", "someone-else.test"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("NOT verified"), "{}", String::from_utf8_lossy(&out.stdout));

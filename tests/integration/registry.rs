@@ -10,7 +10,7 @@ mod harness;
 use std::process::Command;
 
 use base64::Engine;
-use harness::{policy, sha256, FakeResponse, FakeServer, Verifier};
+use harness::{FakeResponse, FakeServer, Verifier, policy, sha256};
 use serde_json::json;
 
 const SECRET: &str = "canary-password-7f3a";
@@ -63,7 +63,10 @@ fn host_of(url: &str) -> String {
 }
 
 fn verify(verifier: &Verifier, image: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(["verify", image, "--config", verifier.config.to_str().unwrap(), "--format", "json"]).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        .args(["verify", image, "--config", verifier.config.to_str().unwrap(), "--format", "json"])
+        .output()
+        .unwrap()
 }
 
 fn no_secret(output: &[u8]) {
@@ -75,7 +78,11 @@ fn no_secret(output: &[u8]) {
 }
 
 fn unsigned_ok_policy(host: &str) -> String {
-    policy(&[], &format!("  - name: fake\n    scope: \"{host}/**\"\n    require: {{ signature: false }}\n"), "{ action: enforce, require: { signature: true } }")
+    policy(
+        &[],
+        &format!("  - name: fake\n    scope: \"{host}/**\"\n    require: {{ signature: false }}\n"),
+        "{ action: enforce, require: { signature: true } }",
+    )
 }
 
 #[test]
@@ -84,7 +91,11 @@ fn bearer_token_from_basic_credentials_resolves_tags_and_keeps_secrets() {
     let host = host_of(&server.url);
     let dir = tempfile::tempdir().unwrap();
     let docker_config = dir.path().join("docker-config.json");
-    std::fs::write(&docker_config, json!({"auths": {host.clone(): {"auth": base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"))}}}).to_string()).unwrap();
+    std::fs::write(
+        &docker_config,
+        json!({"auths": {host.clone(): {"auth": base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"))}}}).to_string(),
+    )
+    .unwrap();
     let verifier = Verifier::in_dir(dir, &format!("docker_config = {docker_config:?}\n"), &unsigned_ok_policy(&host));
     let out = verify(&verifier, &format!("{host}/app:v1"));
     no_secret(&out.stdout);
@@ -92,7 +103,10 @@ fn bearer_token_from_basic_credentials_resolves_tags_and_keeps_secrets() {
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((out.status.code(), result["digest"].as_str(), result["reason"].as_str()), (Some(0), Some(digest.as_str()), Some("not-required")), "{result}");
     assert!(server.hits.lock().unwrap().iter().any(|p| p.starts_with("/token")));
-    let sarif = Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(["verify", &format!("{host}/app:v1"), "--config", verifier.config.to_str().unwrap(), "--format", "sarif"]).output().unwrap();
+    let sarif = Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        .args(["verify", &format!("{host}/app:v1"), "--config", verifier.config.to_str().unwrap(), "--format", "sarif"])
+        .output()
+        .unwrap();
     let sarif: serde_json::Value = serde_json::from_slice(&sarif.stdout).unwrap();
     assert_eq!(sarif["version"], "2.1.0");
     assert_eq!(sarif["runs"][0]["results"][0]["ruleId"], "not-required");
@@ -116,10 +130,18 @@ fn referrers_api_artifacts_give_hints_and_hosts_toml_mirrors_are_used() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("certs.d/registry.example.com");
     std::fs::create_dir_all(&hosts).unwrap();
-    std::fs::write(hosts.join("hosts.toml"), format!("server = \"https://registry.example.com\"\n[host.\"http://{mirror}\"]\ncapabilities = [\"pull\", \"resolve\"]\n")).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!("server = \"https://registry.example.com\"\n[host.\"http://{mirror}\"]\ncapabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .unwrap();
     let docker_config = dir.path().join("docker-config.json");
     // Credentials are per host, as containerd's authorizer looks them up: the mirror's own.
-    std::fs::write(&docker_config, json!({"auths": {mirror.clone(): {"auth": base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"))}}}).to_string()).unwrap();
+    std::fs::write(
+        &docker_config,
+        json!({"auths": {mirror.clone(): {"auth": base64::engine::general_purpose::STANDARD.encode(format!("user:{SECRET}"))}}}).to_string(),
+    )
+    .unwrap();
     let plc = FakeServer::start(Box::new(|_| FakeResponse::new(404, "text/plain", "")));
     let config = format!("containerd_hosts_dir = {:?}\ndocker_config = {docker_config:?}\nplc_directory = {:?}\n", dir.path().join("certs.d"), plc.url);
     let rules = "  - name: example\n    scope: \"registry.example.com/**\"\n    require: { signature: true }\n";
@@ -137,18 +159,65 @@ fn referrers_api_artifacts_give_hints_and_hosts_toml_mirrors_are_used() {
 /// the certificate is refused.
 #[test]
 fn hosts_toml_ca_and_skip_verify_for_tls_mirrors() {
-    let openssl = ["/usr/bin/openssl", "/bin/openssl"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("openssl is missing: apt-get install openssl");
+    let openssl =
+        ["/usr/bin/openssl", "/bin/openssl"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("openssl is missing: apt-get install openssl");
     let dir = tempfile::tempdir().unwrap();
     // A private CA, and a server certificate it signs (as a site with its own PKI has).
     let path = |name: &str| dir.path().join(name);
     let openssl_ok = |args: &[&str]| {
-        let status = Command::new(openssl).args(args).current_dir(dir.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap();
+        let status =
+            Command::new(openssl).args(args).current_dir(dir.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap();
         assert!(status.success(), "openssl {args:?}");
     };
     std::fs::write(path("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    openssl_ok(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=test private CA", "-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl_ok(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "leaf.csr"]);
-    openssl_ok(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "leaf.ext", "-out", "cert.pem"]);
+    openssl_ok(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test private CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl_ok(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ]);
+    openssl_ok(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
     let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
     let root = dir.path().join("www");
     std::fs::create_dir_all(root.join("v2/app/manifests")).unwrap();
@@ -163,7 +232,14 @@ fn hosts_toml_ca_and_skip_verify_for_tls_mirrors() {
         key = key.display().to_string(),
     );
     let mut server = harness::Guard(Some(
-        Command::new("python3").arg("-c").arg(&script).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("python3 is required"),
+        Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 is required"),
     ));
     let started = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -174,7 +250,11 @@ fn hosts_toml_ca_and_skip_verify_for_tls_mirrors() {
         let d = tempfile::tempdir().unwrap();
         let host_dir = d.path().join("certs.d/tls.example.com");
         std::fs::create_dir_all(&host_dir).unwrap();
-        std::fs::write(host_dir.join("hosts.toml"), format!("server = \"https://tls.example.com\"\n[host.\"https://127.0.0.1:{port}\"]\ncapabilities = [\"pull\", \"resolve\"]\n{hosts}")).unwrap();
+        std::fs::write(
+            host_dir.join("hosts.toml"),
+            format!("server = \"https://tls.example.com\"\n[host.\"https://127.0.0.1:{port}\"]\ncapabilities = [\"pull\", \"resolve\"]\n{hosts}"),
+        )
+        .unwrap();
         let config = format!("containerd_hosts_dir = {:?}\n", d.path().join("certs.d"));
         let verifier = Verifier::in_dir(d, &config, &unsigned_ok_policy("tls.example.com"));
         let out = verify(&verifier, "tls.example.com/app:v1");
@@ -194,7 +274,11 @@ fn hosts_toml_ca_and_skip_verify_for_tls_mirrors() {
         let d = tempfile::tempdir().unwrap();
         let host_dir = d.path().join("certs.d/tls.example.com");
         std::fs::create_dir_all(&host_dir).unwrap();
-        std::fs::write(host_dir.join("hosts.toml"), format!("server = \"https://tls.example.com\"\n[host.\"https://127.0.0.1:{port}\"]\ncapabilities = [\"pull\", \"resolve\"]\n")).unwrap();
+        std::fs::write(
+            host_dir.join("hosts.toml"),
+            format!("server = \"https://tls.example.com\"\n[host.\"https://127.0.0.1:{port}\"]\ncapabilities = [\"pull\", \"resolve\"]\n"),
+        )
+        .unwrap();
         let config = format!("containerd_hosts_dir = {:?}\n{config_extra}", d.path().join("certs.d"));
         let verifier = Verifier::in_dir(d, &config, &unsigned_ok_policy("tls.example.com"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_atproto-verifier"));

@@ -54,7 +54,10 @@ fn checksums_and_static_binaries_for_both_architectures() {
         assert!(!interp, "{arch}: statically linked (no dynamic loader)");
         assert!(bytes.len() < 20 << 20, "{arch}: stripped ({} bytes)", bytes.len());
         let out = if arch == "aarch64" {
-            let qemu = ["/usr/bin/qemu-aarch64-static", "/usr/bin/qemu-aarch64"].into_iter().find(|p| Path::new(p).exists()).expect("qemu-user is missing: apt-get install qemu-user-static (scripts/test installs it)");
+            let qemu = ["/usr/bin/qemu-aarch64-static", "/usr/bin/qemu-aarch64"]
+                .into_iter()
+                .find(|p| Path::new(p).exists())
+                .expect("qemu-user is missing: apt-get install qemu-user-static (scripts/test installs it)");
             Command::new(qemu).arg(&binary).arg("--version").output().unwrap()
         } else {
             Command::new(&binary).arg("--version").output().unwrap()
@@ -74,7 +77,12 @@ fn the_deb_installs_into_a_scratch_root_doctor_is_green_and_purge_cleans_up() {
     }
     std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
     let dpkg = |args: &[&str]| {
-        let out = Command::new("dpkg").arg(format!("--root={}", r.display())).args(["--force-script-chrootless", "--force-not-root", "--log=/dev/null"]).args(args).output().expect("dpkg");
+        let out = Command::new("dpkg")
+            .arg(format!("--root={}", r.display()))
+            .args(["--force-script-chrootless", "--force-not-root", "--log=/dev/null"])
+            .args(args)
+            .output()
+            .expect("dpkg");
         assert!(out.status.success(), "dpkg {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -106,17 +114,28 @@ fn the_deb_installs_into_a_scratch_root_doctor_is_green_and_purge_cleans_up() {
     // doctor, run by the installed binary against the installed files (their absolute paths
     // mapped into the scratch root): a containerd main config that imports conf.d.
     let inside = |p: &str| r.join(p.trim_start_matches('/'));
-    let fragment = std::fs::read_to_string(inside("/etc/containerd/conf.d/atproto-verifier.toml")).unwrap().replace("/opt/containerd", inside("/opt/containerd").to_str().unwrap());
+    let fragment = std::fs::read_to_string(inside("/etc/containerd/conf.d/atproto-verifier.toml"))
+        .unwrap()
+        .replace("/opt/containerd", inside("/opt/containerd").to_str().unwrap());
     std::fs::write(inside("/etc/containerd/conf.d/atproto-verifier.toml"), fragment).unwrap();
     let containerd = r.join("etc/containerd/config.toml");
     std::fs::write(&containerd, format!("version = 3\nimports = [{:?}]\n", inside("/etc/containerd/conf.d/*.toml"))).unwrap();
     let config = r.join("doctor.toml");
     std::fs::write(
         &config,
-        format!("policy = {:?}\ncache_dir = {:?}\naudit_log = {:?}\n", inside("/etc/atproto-verifier/trust-policy.yaml"), inside("/var/lib/atproto-verifier"), inside("/var/log/atproto-verifier/audit.jsonl")),
+        format!(
+            "policy = {:?}\ncache_dir = {:?}\naudit_log = {:?}\n",
+            inside("/etc/atproto-verifier/trust-policy.yaml"),
+            inside("/var/lib/atproto-verifier"),
+            inside("/var/log/atproto-verifier/audit.jsonl")
+        ),
     )
     .unwrap();
-    let out = Command::new(inside("/usr/bin/atproto-verifier")).args(["doctor", "--config", config.to_str().unwrap(), "--containerd-config", containerd.to_str().unwrap()]).env("PATH", "/usr/bin:/bin").output().unwrap();
+    let out = Command::new(inside("/usr/bin/atproto-verifier"))
+        .args(["doctor", "--config", config.to_str().unwrap(), "--containerd-config", containerd.to_str().unwrap()])
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "doctor against the installed package:\n{report}");
     assert!(report.contains("holds this verifier") && report.contains("imported"), "{report}");

@@ -9,10 +9,10 @@ use atproto_sig_core::crypto::Curve;
 use atproto_sig_core::did::DidDocument;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::syntax::parse_datetime_micros;
-use atproto_sig_core::testkit::{digest_of, Identity, TestRepo, T0_MICROS};
+use atproto_sig_core::testkit::{Identity, T0_MICROS, TestRepo, digest_of};
 use atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS;
-use atproto_sig_core::{verify, Expectation, KeySource, Limits, ProofInput};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use atproto_sig_core::{Expectation, KeySource, Limits, ProofInput, verify};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pds").join(name)).unwrap()

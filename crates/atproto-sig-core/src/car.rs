@@ -104,14 +104,8 @@ impl<'a> Car<'a> {
             Some(Value::Integer(v)) => return Err(CarError::UnsupportedVersion(*v)),
             _ => return Err(CarError::HeaderShape("version is missing or not an integer")),
         }
-        let roots = map
-            .get("roots")
-            .and_then(Value::as_array)
-            .ok_or(CarError::HeaderShape("roots is missing or not an array"))?;
-        let root_cids: Vec<Cid> = roots
-            .iter()
-            .map(|r| r.as_link().ok_or(CarError::HeaderShape("a root is not a CID link")))
-            .collect::<Result<_, _>>()?;
+        let roots = map.get("roots").and_then(Value::as_array).ok_or(CarError::HeaderShape("roots is missing or not an array"))?;
+        let root_cids: Vec<Cid> = roots.iter().map(|r| r.as_link().ok_or(CarError::HeaderShape("a root is not a CID link"))).collect::<Result<_, _>>()?;
         let root = *root_cids.first().ok_or(CarError::NoRoots)?;
 
         let mut blocks = HashMap::new();
@@ -123,9 +117,7 @@ impl<'a> Car<'a> {
             if section_len > (limits.max_block_bytes + Cid::LEN) as u64 {
                 return Err(CarError::BlockTooLarge { offset, size: section_len });
             }
-            let section = rest
-                .get(used..used.saturating_add(section_len as usize))
-                .ok_or(CarError::SectionLength { offset })?;
+            let section = rest.get(used..used.saturating_add(section_len as usize)).ok_or(CarError::SectionLength { offset })?;
             let (cid, cid_len) = Cid::read_prefix(section).map_err(|error| CarError::BlockCid { offset, error })?;
             let data = section.get(cid_len..).ok_or(CarError::SectionLength { offset })?;
             if !cid.matches(data) {

@@ -323,9 +323,7 @@ impl Reader<'_> {
                 }
                 let n = self.length(inner & 0x1f, 1)?;
                 match self.take(n)? {
-                    [0x00, cid @ ..] => Cid::from_bytes(cid)
-                        .map(Value::Link)
-                        .map_err(|e| CborError::BadLink(Some(e))),
+                    [0x00, cid @ ..] => Cid::from_bytes(cid).map(Value::Link).map_err(|e| CborError::BadLink(Some(e))),
                     _ => Err(CborError::BadLink(None)),
                 }
             }
@@ -424,15 +422,11 @@ pub fn from_json(json: &serde_json::Value, max_depth: usize) -> Result<Value, Js
         serde_json::Value::Bool(b) => Value::Bool(*b),
         serde_json::Value::Number(n) => Value::Integer(json_integer(n).ok_or(JsonToCborError::NotInteger)?),
         serde_json::Value::String(s) => Value::Text(s.clone()),
-        serde_json::Value::Array(items) => {
-            Value::Array(items.iter().map(|i| from_json(i, depth)).collect::<Result<_, _>>()?)
-        }
+        serde_json::Value::Array(items) => Value::Array(items.iter().map(|i| from_json(i, depth)).collect::<Result<_, _>>()?),
         serde_json::Value::Object(object) => {
             if let Some(link) = object.get("$link") {
                 return match (object.len(), link) {
-                    (1, serde_json::Value::String(link)) => {
-                        link.parse().map(Value::Link).map_err(|_| JsonToCborError::BadLink)
-                    }
+                    (1, serde_json::Value::String(link)) => link.parse().map(Value::Link).map_err(|_| JsonToCborError::BadLink),
                     _ => Err(JsonToCborError::BadLink),
                 };
             }
@@ -473,11 +467,7 @@ fn json_integer(n: &serde_json::Number) -> Option<i64> {
 }
 
 fn is_blob(object: &serde_json::Map<String, serde_json::Value>) -> bool {
-    let link_ok = object
-        .get("ref")
-        .and_then(|r| r.get("$link"))
-        .and_then(serde_json::Value::as_str)
-        .is_some_and(|l| l.parse::<Cid>().is_ok());
+    let link_ok = object.get("ref").and_then(|r| r.get("$link")).and_then(serde_json::Value::as_str).is_some_and(|l| l.parse::<Cid>().is_ok());
     let size_ok = object.get("size").is_some_and(serde_json::Value::is_i64);
     let mime_ok = object.get("mimeType").and_then(serde_json::Value::as_str).is_some_and(|m| !m.is_empty());
     link_ok && size_ok && mime_ok

@@ -126,10 +126,7 @@ impl Cid {
                     (0x12, 0x20) => {}
                     (other, _) => return Err(CidError::UnsupportedHash(u64::from(*other))),
                 }
-                let digest: [u8; 32] = rest
-                    .get(..32)
-                    .and_then(|d| d.try_into().ok())
-                    .ok_or(CidError::Length(bytes.len()))?;
+                let digest: [u8; 32] = rest.get(..32).and_then(|d| d.try_into().ok()).ok_or(CidError::Length(bytes.len()))?;
                 Ok((Cid { codec, digest }, Cid::LEN))
             }
             [version, ..] => Err(CidError::UnsupportedVersion(*version)),

@@ -8,11 +8,11 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use crate::car::{write_car, Car};
+use crate::Limits;
+use crate::car::{Car, write_car};
 use crate::cid::Cid;
 use crate::commit::Commit;
 use crate::mst::{self, Lookup};
-use crate::Limits;
 
 /// Why a collection CAR cannot be made or cut.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -100,8 +100,7 @@ impl std::error::Error for DidDocError {}
 
 fn matches_fragment(id: Option<&str>, did: &str, fragment: &str) -> bool {
     id.is_some_and(|id| {
-        id.strip_prefix('#').is_some_and(|f| f == fragment)
-            || id.strip_prefix(did).and_then(|rest| rest.strip_prefix('#')).is_some_and(|f| f == fragment)
+        id.strip_prefix('#').is_some_and(|f| f == fragment) || id.strip_prefix(did).and_then(|rest| rest.strip_prefix('#')).is_some_and(|f| f == fragment)
     })
 }
 
@@ -109,9 +108,7 @@ fn matches_fragment(id: Option<&str>, did: &str, fragment: &str) -> bool {
 pub fn normalize_endpoint(url: &str) -> Option<String> {
     let trimmed = url.strip_suffix('/').unwrap_or(url);
     let (scheme, rest) = trimmed.split_once("://")?;
-    let host_ok = !rest.is_empty()
-        && rest.len() <= 253 + 6
-        && rest.bytes().all(|c| c.is_ascii_alphanumeric() || b".-:[]".contains(&c));
+    let host_ok = !rest.is_empty() && rest.len() <= 253 + 6 && rest.bytes().all(|c| c.is_ascii_alphanumeric() || b".-:[]".contains(&c));
     (matches!(scheme, "http" | "https") && host_ok).then(|| trimmed.to_owned())
 }
 
@@ -140,10 +137,7 @@ impl DidDocument {
         // The first #atproto method controlled by the DID wins; later ones are ignored.
         let signing_key = list("verificationMethod")
             .iter()
-            .find(|m| {
-                matches_fragment(m.get("id").and_then(Json::as_str), did, "atproto")
-                    && m.get("controller").and_then(Json::as_str) == Some(did)
-            })
+            .find(|m| matches_fragment(m.get("id").and_then(Json::as_str), did, "atproto") && m.get("controller").and_then(Json::as_str) == Some(did))
             .ok_or(DidDocError::NoSigningKey)
             .and_then(|m| {
                 let kind = m.get("type").and_then(Json::as_str).unwrap_or_default();

@@ -6,25 +6,25 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod car;
 pub mod cbor;
 pub mod cid;
-pub mod crypto;
-pub mod encoding;
-pub mod syntax;
-pub mod car;
 pub mod collection;
 pub mod commit;
+pub mod crypto;
+pub mod did;
+pub mod encoding;
 pub mod limits;
 pub mod mst;
-pub mod did;
 pub mod plc;
 pub mod policy;
 pub mod record;
 pub mod reference;
-pub mod verify;
-pub mod yaml;
+pub mod syntax;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod verify;
+pub mod yaml;
 
 pub use limits::Limits;
-pub use verify::{verify, Expectation, Facts, KeySource, ProofInput, Reason, Verdict};
+pub use verify::{Expectation, Facts, KeySource, ProofInput, Reason, Verdict, verify};

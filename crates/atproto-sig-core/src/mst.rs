@@ -42,11 +42,7 @@ pub fn is_valid_key(key: &[u8]) -> bool {
     let mut parts = key.split(|&c| c == b'/');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(collection), Some(rkey), None) => {
-            key.len() <= MAX_KEY_BYTES
-                && !collection.is_empty()
-                && !rkey.is_empty()
-                && collection.iter().all(allowed)
-                && rkey.iter().all(allowed)
+            key.len() <= MAX_KEY_BYTES && !collection.is_empty() && !rkey.is_empty() && collection.iter().all(allowed) && rkey.iter().all(allowed)
         }
         _ => false,
     }
@@ -219,12 +215,7 @@ pub struct Walk {
 
 /// Walks from `root` to `key`, validating every node on the way.
 /// `block` returns verified block bytes by CID (a proof CAR, or a whole repository).
-pub fn walk<'a>(
-    block: impl Fn(&Cid) -> Option<&'a [u8]>,
-    root: Cid,
-    key: &[u8],
-    limits: &Limits,
-) -> Result<Walk, MstError> {
+pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits) -> Result<Walk, MstError> {
     let key_layer = key_height(key);
     let mut path = Vec::new();
     let mut cid = root;
@@ -262,9 +253,7 @@ pub fn walk<'a>(
             if found != layer {
                 return Err(MstError::Height { expected: layer, found });
             }
-            if lower.as_deref().is_some_and(|l| entry.key.as_slice() <= l)
-                || upper.as_deref().is_some_and(|u| entry.key.as_slice() >= u)
-            {
+            if lower.as_deref().is_some_and(|l| entry.key.as_slice() <= l) || upper.as_deref().is_some_and(|u| entry.key.as_slice() >= u) {
                 return Err(MstError::KeyOrder);
             }
         }
@@ -276,22 +265,14 @@ pub fn walk<'a>(
             return Ok(Walk { lookup: Lookup::Absent, path });
         }
         if key_layer == layer {
-            let lookup = node
-                .entries
-                .iter()
-                .find(|e| e.key == key)
-                .map_or(Lookup::Absent, |e| Lookup::Present(e.value));
+            let lookup = node.entries.iter().find(|e| e.key == key).map_or(Lookup::Absent, |e| Lookup::Present(e.value));
             return Ok(Walk { lookup, path });
         }
         // Descend into the gap that would hold `key`.
         let index = node.entries.partition_point(|e| e.key.as_slice() < key);
         let (link, gap_low, gap_high) = match index.checked_sub(1).and_then(|i| node.entries.get(i)) {
             None => (node.left, lower.clone(), node.entries.first().map(|e| e.key.clone()).or(upper.clone())),
-            Some(before) => (
-                before.right,
-                Some(before.key.clone()),
-                node.entries.get(index).map(|e| e.key.clone()).or(upper.clone()),
-            ),
+            Some(before) => (before.right, Some(before.key.clone()), node.entries.get(index).map(|e| e.key.clone()).or(upper.clone())),
         };
         let Some(next) = link else {
             return Ok(Walk { lookup: Lookup::Absent, path });
@@ -311,20 +292,13 @@ pub type Covering = (Vec<Cid>, Vec<(Vec<u8>, Cid)>);
 /// there. A CAR holding the commit, these nodes and the records is a proof for every key of
 /// the collection at once: [`walk`] finds each record present, and proves each other key
 /// absent. Bounded by `max_mst_depth` and `max_blocks` nodes.
-pub fn covering<'a>(
-    block: impl Fn(&Cid) -> Option<&'a [u8]>,
-    root: Cid,
-    prefix: &[u8],
-    limits: &Limits,
-) -> Result<Covering, MstError> {
+pub fn covering<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, prefix: &[u8], limits: &Limits) -> Result<Covering, MstError> {
     // Keys with the prefix lie in [prefix, end): the prefix with its last byte incremented.
     let mut end = prefix.to_vec();
     if let Some(last) = end.last_mut() {
         *last = last.saturating_add(1);
     }
-    let meets = |low: &Option<Vec<u8>>, high: &Option<Vec<u8>>| {
-        low.as_deref().is_none_or(|l| l < end.as_slice()) && high.as_deref().is_none_or(|h| h > prefix)
-    };
+    let meets = |low: &Option<Vec<u8>>, high: &Option<Vec<u8>>| low.as_deref().is_none_or(|l| l < end.as_slice()) && high.as_deref().is_none_or(|h| h > prefix);
     let mut nodes = Vec::new();
     let mut entries = Vec::new();
     /// A node still to visit: its CID, depth, and the gap of keys it may hold.
@@ -382,9 +356,7 @@ fn build_layer(keys: &[(&[u8], Cid, u32)], layer: u32, blocks: &mut Vec<(Cid, Ve
     }
     let mut node = Node::default();
     let mut gap_start = 0;
-    let subtree = |range: &[(&[u8], Cid, u32)], blocks: &mut Vec<(Cid, Vec<u8>)>| {
-        layer.checked_sub(1).and_then(|below| build_layer(range, below, blocks))
-    };
+    let subtree = |range: &[(&[u8], Cid, u32)], blocks: &mut Vec<(Cid, Vec<u8>)>| layer.checked_sub(1).and_then(|below| build_layer(range, below, blocks));
     for (index, (key, value, height)) in keys.iter().enumerate() {
         if *height == layer {
             let gap = subtree(keys.get(gap_start..index).unwrap_or_default(), blocks);
@@ -421,8 +393,7 @@ mod tests {
     #[test]
     fn walk_finds_every_key_and_proves_absence() {
         let value = Cid::for_dag_cbor(b"leaf");
-        let entries: BTreeMap<Vec<u8>, Cid> =
-            (0..500).map(|i| (format!("com.example.record/{i:05}").into_bytes(), value)).collect();
+        let entries: BTreeMap<Vec<u8>, Cid> = (0..500).map(|i| (format!("com.example.record/{i:05}").into_bytes(), value)).collect();
         let (root, blocks) = build(&entries);
         let map: std::collections::HashMap<Cid, Vec<u8>> = blocks.into_iter().collect();
         let get = |c: &Cid| map.get(c).map(Vec::as_slice);
@@ -439,13 +410,8 @@ mod tests {
     #[test]
     fn rejects_non_canonical_prefix() {
         let v = Cid::for_dag_cbor(b"x");
-        let node = Node {
-            left: None,
-            entries: vec![
-                Entry { key: b"a/aa".to_vec(), value: v, right: None },
-                Entry { key: b"a/ab".to_vec(), value: v, right: None },
-            ],
-        };
+        let node =
+            Node { left: None, entries: vec![Entry { key: b"a/aa".to_vec(), value: v, right: None }, Entry { key: b"a/ab".to_vec(), value: v, right: None }] };
         let good = node.encode();
         assert!(Node::decode(&good, &Limits::default()).is_ok());
         // Re-encode the second entry with p=2 instead of the maximal 3.

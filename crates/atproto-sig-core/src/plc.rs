@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::cbor::{self, Value};
 use crate::cid::Cid;
 use crate::crypto::PublicKey;
-use crate::did::{normalize_endpoint, DidDocError};
+use crate::did::{DidDocError, normalize_endpoint};
 use crate::encoding::base32_encode;
 use crate::limits::Limits;
 use crate::syntax::{is_valid_did_plc, is_valid_handle, parse_datetime_micros};
@@ -55,11 +55,7 @@ impl PlcState {
 
     /// The first valid `at://` handle, lowercased.
     pub fn handle(&self) -> Option<String> {
-        self.also_known_as
-            .iter()
-            .filter_map(|a| a.strip_prefix("at://"))
-            .find(|h| is_valid_handle(h))
-            .map(str::to_ascii_lowercase)
+        self.also_known_as.iter().filter_map(|a| a.strip_prefix("at://")).find(|h| is_valid_handle(h)).map(str::to_ascii_lowercase)
     }
 }
 
@@ -122,9 +118,7 @@ fn decode_signature(text: &str) -> Option<Vec<u8>> {
 /// Maps an operation (plc_operation, or the legacy `create` genesis) to the state it sets.
 fn normalize(did: &str, op: &Json) -> Option<PlcState> {
     let text = |name: &str| op.get(name).and_then(Json::as_str);
-    let strings = |name: &str| -> Option<Vec<String>> {
-        op.get(name)?.as_array()?.iter().map(|v| v.as_str().map(str::to_owned)).collect()
-    };
+    let strings = |name: &str| -> Option<Vec<String>> { op.get(name)?.as_array()?.iter().map(|v| v.as_str().map(str::to_owned)).collect() };
     match text("type")? {
         "create" => {
             let signing = text("signingKey")?.to_owned();
@@ -137,10 +131,7 @@ fn normalize(did: &str, op: &Json) -> Option<PlcState> {
                 rotation_keys: vec![recovery, signing.clone()],
                 verification_methods: BTreeMap::from([("atproto".to_owned(), signing)]),
                 also_known_as: vec![format!("at://{}", handle.split("://").last().unwrap_or(handle))],
-                services: BTreeMap::from([(
-                    "atproto_pds".to_owned(),
-                    ("AtprotoPersonalDataServer".to_owned(), endpoint),
-                )]),
+                services: BTreeMap::from([("atproto_pds".to_owned(), ("AtprotoPersonalDataServer".to_owned(), endpoint))]),
                 deactivated: false,
             })
         }
@@ -150,16 +141,11 @@ fn normalize(did: &str, op: &Json) -> Option<PlcState> {
             Some(PlcState {
                 did: did.to_owned(),
                 rotation_keys: strings("rotationKeys")?,
-                verification_methods: methods
-                    .iter()
-                    .map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                    .collect::<Option<_>>()?,
+                verification_methods: methods.iter().map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect::<Option<_>>()?,
                 also_known_as: strings("alsoKnownAs")?,
                 services: services
                     .iter()
-                    .map(|(k, v)| {
-                        Some((k.clone(), (v.get("type")?.as_str()?.to_owned(), v.get("endpoint")?.as_str()?.to_owned())))
-                    })
+                    .map(|(k, v)| Some((k.clone(), (v.get("type")?.as_str()?.to_owned(), v.get("endpoint")?.as_str()?.to_owned()))))
                     .collect::<Option<_>>()?,
                 deactivated: false,
             })
@@ -190,7 +176,9 @@ fn check_operation_limits(operation: &Json) -> Result<(), String> {
         Some(Json::Object(o)) => o.len(),
         _ => 0,
     };
-    for (name, max) in [("rotationKeys", MAX_ROTATION_KEYS), ("verificationMethods", MAX_VERIFICATION_METHODS), ("services", MAX_SERVICES), ("alsoKnownAs", MAX_ALSO_KNOWN_AS)] {
+    for (name, max) in
+        [("rotationKeys", MAX_ROTATION_KEYS), ("verificationMethods", MAX_VERIFICATION_METHODS), ("services", MAX_SERVICES), ("alsoKnownAs", MAX_ALSO_KNOWN_AS)]
+    {
         let n = count(name);
         if n > max {
             return Err(format!("{n} {name}, more than the did:plc limit of {max}"));
@@ -230,9 +218,7 @@ fn check_operation_limits(operation: &Json) -> Result<(), String> {
 
 /// Index of the first key in `keys` that verifies `sig` over `message`, among the first `limit`.
 fn signer_index(keys: &[String], limit: usize, message: &[u8], sig: &[u8]) -> Option<usize> {
-    keys.iter()
-        .take(limit)
-        .position(|k| PublicKey::from_did_key(k).is_ok_and(|key| key.verify(message, sig).is_ok()))
+    keys.iter().take(limit).position(|k| PublicKey::from_did_key(k).is_ok_and(|key| key.verify(message, sig).is_ok()))
 }
 
 /// Verifies a `GET /<did>/log/audit` response and returns the state it ends in.
@@ -281,11 +267,7 @@ pub fn verify_audit_log(did: &str, bytes: &[u8], limits: &Limits) -> Result<PlcS
             _ => return Err(fail("sig is missing")),
         };
         let message = cbor::encode(&Value::Map(unsigned));
-        let created_at = entry
-            .get("createdAt")
-            .and_then(Json::as_str)
-            .and_then(parse_datetime_micros)
-            .ok_or_else(|| fail("createdAt is not a datetime"))?;
+        let created_at = entry.get("createdAt").and_then(Json::as_str).and_then(parse_datetime_micros).ok_or_else(|| fail("createdAt is not a datetime"))?;
         let kind = match operation.get("type").and_then(Json::as_str) {
             Some("plc_tombstone") => Kind::Tombstone,
             Some("plc_operation" | "create") => Kind::Operation,
@@ -310,17 +292,14 @@ pub fn verify_audit_log(did: &str, bytes: &[u8], limits: &Limits) -> Result<PlcS
             if derived != did {
                 return Err(fail("DID is not derived from the genesis operation"));
             }
-            signer_index(&state.rotation_keys, usize::MAX, &message, &sig)
-                .ok_or_else(|| fail("genesis is not signed by one of its rotation keys"))?
+            signer_index(&state.rotation_keys, usize::MAX, &message, &sig).ok_or_else(|| fail("genesis is not signed by one of its rotation keys"))?
         } else {
             if operation.get("type").and_then(Json::as_str) == Some("create") {
                 return Err(fail("legacy create is only valid as genesis"));
             }
             let prev = prev.ok_or_else(|| fail("prev is null after genesis"))?;
-            let position = chain
-                .iter()
-                .position(|&i| ops.get(i).is_some_and(|o| o.cid == prev))
-                .ok_or_else(|| fail("prev is not a valid (non-nullified) operation"))?;
+            let position =
+                chain.iter().position(|&i| ops.get(i).is_some_and(|o| o.cid == prev)).ok_or_else(|| fail("prev is not a valid (non-nullified) operation"))?;
             let base = chain.get(position).and_then(|&i| ops.get(i)).ok_or_else(|| fail("prev not found"))?;
             if base.kind == Kind::Tombstone {
                 return Err(fail("operation follows a tombstone"));
@@ -328,8 +307,7 @@ pub fn verify_audit_log(did: &str, bytes: &[u8], limits: &Limits) -> Result<PlcS
             let keys = &base.state.rotation_keys;
             match chain.get(position + 1).and_then(|&i| ops.get(i)) {
                 // Extends the chain: any rotation key of `prev` will do.
-                None => signer_index(keys, usize::MAX, &message, &sig)
-                    .ok_or_else(|| fail("not signed by a rotation key of the previous operation"))?,
+                None => signer_index(keys, usize::MAX, &message, &sig).ok_or_else(|| fail("not signed by a rotation key of the previous operation"))?,
                 // Recovery: nullifies the operations after `prev`.
                 Some(first_nullified) => {
                     let signer = signer_index(keys, first_nullified.signer, &message, &sig)
@@ -347,10 +325,7 @@ pub fn verify_audit_log(did: &str, bytes: &[u8], limits: &Limits) -> Result<PlcS
             .to_owned()
         };
         if index > 0 {
-            let position = chain
-                .iter()
-                .position(|&i| ops.get(i).is_some_and(|o| Some(o.cid.as_str()) == prev))
-                .unwrap_or(chain.len());
+            let position = chain.iter().position(|&i| ops.get(i).is_some_and(|o| Some(o.cid.as_str()) == prev)).unwrap_or(chain.len());
             chain.truncate(position + 1);
         }
         chain.push(index);

@@ -277,12 +277,20 @@ fn check_scope(checker: &mut Checker, node: &Node, scope: &str) {
         checker.error(node.at, format!("scope {scope:?} has `***`"), "use `*` within a path segment or `**` across segments");
     }
     if let Some(bad) = scope.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-:/*[]".contains(*c))) {
-        let hint = if bad.is_ascii_uppercase() { "references are matched lowercase: write the scope lowercase" } else { "scopes hold registry hosts, paths, `*` and `**` only (no tags or digests)" };
+        let hint = if bad.is_ascii_uppercase() {
+            "references are matched lowercase: write the scope lowercase"
+        } else {
+            "scopes hold registry hosts, paths, `*` and `**` only (no tags or digests)"
+        };
         checker.error(node.at, format!("scope {scope:?} contains {bad:?}"), hint);
     }
     let host = scope.split('/').next().unwrap_or_default();
     if !(scope.starts_with('*') || host.contains('.') || host.contains(':') || host == "localhost") {
-        checker.warn(node.at, format!("scope {scope:?} does not start with a registry host"), format!("references are normalized first: `nginx` is matched as docker.io/library/nginx, so write \"docker.io/{scope}\""));
+        checker.warn(
+            node.at,
+            format!("scope {scope:?} does not start with a registry host"),
+            format!("references are normalized first: `nginx` is matched as docker.io/library/nginx, so write \"docker.io/{scope}\""),
+        );
     }
 }
 
@@ -295,7 +303,11 @@ fn parse_requirement(checker: &mut Checker, node: &Node, trusted: &[TrustedDid],
             true
         }
         None => {
-            checker.error(node.at, format!("`require` of {context} does not say `signature: true` or `signature: false`"), "say explicitly whether a signature is required");
+            checker.error(
+                node.at,
+                format!("`require` of {context} does not say `signature: true` or `signature: false`"),
+                "say explicitly whether a signature is required",
+            );
             true
         }
     };
@@ -309,7 +321,11 @@ fn parse_requirement(checker: &mut Checker, node: &Node, trusted: &[TrustedDid],
                 for item in items.iter().take(MAX_TRUSTED_DIDS) {
                     let Some(did) = checker.string(item, "a trustedDIDs entry") else { continue };
                     if !trusted.iter().any(|t| t.did == did) {
-                        checker.error(item.at, format!("{did} is required by {context} but is not listed under the top-level `trustedDIDs`"), "add it to trustedDIDs with its name and validity window, or fix the spelling");
+                        checker.error(
+                            item.at,
+                            format!("{did} is required by {context} but is not listed under the top-level `trustedDIDs`"),
+                            "add it to trustedDIDs with its name and validity window, or fix the spelling",
+                        );
                     } else if trusted_dids.contains(&did) {
                         checker.warn(item.at, format!("{did} is listed twice in {context}"), "each DID counts once toward minSignatures");
                     } else {
@@ -317,7 +333,11 @@ fn parse_requirement(checker: &mut Checker, node: &Node, trusted: &[TrustedDid],
                     }
                 }
                 if items.is_empty() {
-                    checker.error(list.at, format!("`trustedDIDs` of {context} is empty"), "list DIDs, or remove the key to accept every DID in the top-level trustedDIDs");
+                    checker.error(
+                        list.at,
+                        format!("`trustedDIDs` of {context} is empty"),
+                        "list DIDs, or remove the key to accept every DID in the top-level trustedDIDs",
+                    );
                 }
             }
             _ => checker.error(list.at, format!("`trustedDIDs` of {context} must be a list of DIDs"), ""),
@@ -334,11 +354,19 @@ fn parse_requirement(checker: &mut Checker, node: &Node, trusted: &[TrustedDid],
     let set_size = if trusted_dids.is_empty() { trusted.len() } else { trusted_dids.len() };
     match get(&entries, "minSignatures") {
         Some(n) if signature && min_signatures > set_size => {
-            checker.error(n.at, format!("{context} needs {min_signatures} distinct signers but trusts only {set_size}"), "lower minSignatures or trust more DIDs: as written, no image could ever be admitted");
+            checker.error(
+                n.at,
+                format!("{context} needs {min_signatures} distinct signers but trusts only {set_size}"),
+                "lower minSignatures or trust more DIDs: as written, no image could ever be admitted",
+            );
         }
         // No trusted DID at all: a deliberate "deny" is legitimate, but say what it does.
         None if signature && set_size == 0 => {
-            checker.warn(node.at, format!("{context} requires a signature but no DID is trusted, so it admits nothing"), "intended as a deny rule? then this is fine; otherwise add DIDs under trustedDIDs");
+            checker.warn(
+                node.at,
+                format!("{context} requires a signature but no DID is trusted, so it admits nothing"),
+                "intended as a deny rule? then this is fine; otherwise add DIDs under trustedDIDs",
+            );
         }
         _ => {}
     }
@@ -354,7 +382,11 @@ fn parse_action(checker: &mut Checker, node: Option<&Node>, context: &str) -> Ac
         Some((Some(text), _)) if text == "enforce" => Action::Enforce,
         Some((Some(text), _)) if text == "audit" => Action::Audit,
         Some((text, at)) => {
-            checker.error(at, format!("`action` of {context} is {:?}", text.unwrap_or_default()), "use `enforce` (block the pull) or `audit` (admit and record \"would reject\")");
+            checker.error(
+                at,
+                format!("`action` of {context} is {:?}", text.unwrap_or_default()),
+                "use `enforce` (block the pull) or `audit` (admit and record \"would reject\")",
+            );
             Action::Enforce
         }
     }
@@ -363,7 +395,11 @@ fn parse_action(checker: &mut Checker, node: Option<&Node>, context: &str) -> Ac
 /// Parses and validates a policy (YAML or JSON). On failure, returns every error found.
 pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
     if text.len() > MAX_POLICY_BYTES {
-        return Err(vec![Issue::new(Position { line: 1, column: 1 }, format!("the policy is {} bytes, over the {MAX_POLICY_BYTES}-byte limit", text.len()), "")]);
+        return Err(vec![Issue::new(
+            Position { line: 1, column: 1 },
+            format!("the policy is {} bytes, over the {MAX_POLICY_BYTES}-byte limit", text.len()),
+            "",
+        )]);
     }
     let (root, duplicates) = yaml::parse(text).map_err(|errors| errors.into_iter().map(|e| Issue::new(e.at, e.message, "")).collect::<Vec<_>>())?;
     let mut checker = Checker::default();
@@ -390,7 +426,11 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
     if let Some(node) = get(&top, "trustedDIDs").filter(|n| !matches!(n.kind, Kind::Null)) {
         let entries = checker.mapping(node, "`trustedDIDs`", &[]);
         if entries.len() > MAX_TRUSTED_DIDS {
-            checker.error(node.at, format!("`trustedDIDs` lists {} DIDs, more than {MAX_TRUSTED_DIDS}", entries.len()), "a policy names its signers, not a directory: split by scope or trim the list");
+            checker.error(
+                node.at,
+                format!("`trustedDIDs` lists {} DIDs, more than {MAX_TRUSTED_DIDS}", entries.len()),
+                "a policy names its signers, not a directory: split by scope or trim the list",
+            );
         }
         for (key, value) in entries.into_iter().take(MAX_TRUSTED_DIDS) {
             let did = key.scalar_text().unwrap_or_default();
@@ -443,7 +483,11 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
                         // Matched in canonical form: `atcr.io:443/*` and `atcr.io/*` are one scope.
                         let scope = crate::reference::canonical_scope(&written);
                         if let Some(earlier) = rules.iter().find(|r| r.scope == scope && !scope.is_empty()) {
-                            checker.warn(n.at, format!("{context} can never match: policy {:?} above has the same scope", earlier.name), "the first matching policy in file order applies");
+                            checker.warn(
+                                n.at,
+                                format!("{context} can never match: policy {:?} above has the same scope", earlier.name),
+                                "the first matching policy in file order applies",
+                            );
                         }
                         scope
                     }
@@ -480,7 +524,11 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
         Rule { name: "default".into(), scope: "**".into(), require, action, at: node.at }
     });
     if default.is_none() {
-        checker.warn(root.at, "the policy has no `default`", "images no policy matches are rejected (no-matching-rule); add `default: { action: enforce, require: { signature: true } }` to say so explicitly");
+        checker.warn(
+            root.at,
+            "the policy has no `default`",
+            "images no policy matches are rejected (no-matching-rule); add `default: { action: enforce, require: { signature: true } }` to say so explicitly",
+        );
     }
 
     if checker.errors.is_empty() {
@@ -638,10 +686,7 @@ impl Policy {
 
     /// The DIDs a rule accepts (its list, or every trusted DID), in policy order.
     pub fn trusted_for<'p>(&'p self, rule: &'p Rule) -> Vec<&'p TrustedDid> {
-        self.trusted
-            .iter()
-            .filter(|t| rule.require.trusted_dids.is_empty() || rule.require.trusted_dids.contains(&t.did))
-            .collect()
+        self.trusted.iter().filter(|t| rule.require.trusted_dids.is_empty() || rule.require.trusted_dids.contains(&t.did)).collect()
     }
 
     /// Decides for an image, from the verdicts of its candidate signers and the clock.
@@ -682,20 +727,42 @@ fn decide_rule(policy: &Policy, rule: &Rule, image: &ImageRef, verdicts: &[Verdi
     let expired = verified.iter().find_map(|v| trusted.iter().find(|t| t.did == v.facts.did && !t.is_valid_at(now)));
     let untrusted = verified.iter().find(|v| !trusted.iter().any(|t| t.did == v.facts.did));
     let (reason, message) = if let Some(t) = expired {
-        (Reason::SignerExpired, format!("signed by {}, who is trusted by policy {:?} only {} (now {})", t.label(), rule.name, t.window(), format_datetime_micros(now)))
+        (
+            Reason::SignerExpired,
+            format!("signed by {}, who is trusted by policy {:?} only {} (now {})", t.label(), rule.name, t.window(), format_datetime_micros(now)),
+        )
     } else if !signers.is_empty() {
-        (Reason::TooFewSignatures, format!("{} of {} required trusted signatures ({}) for policy {:?}", signers.len(), rule.require.min_signatures, signers.join(", "), rule.name))
+        (
+            Reason::TooFewSignatures,
+            format!("{} of {} required trusted signatures ({}) for policy {:?}", signers.len(), rule.require.min_signatures, signers.join(", "), rule.name),
+        )
     } else if let Some(v) = untrusted {
         (Reason::UntrustedSigner, format!("signed by {}, which policy {:?} does not trust", v.facts.did, rule.name))
     } else if !trusted.is_empty() && trusted.iter().all(|t| !t.is_valid_at(now)) {
         // Nobody the rule trusts may sign now: callers do not even look their repositories up.
         let windows: Vec<String> = trusted.iter().map(|t| format!("{} {}", t.label(), t.window())).collect();
-        (Reason::SignerExpired, format!("policy {:?} trusts only {} for this image, and none is within its validity window now ({})", rule.name, windows.join(", "), format_datetime_micros(now)))
+        (
+            Reason::SignerExpired,
+            format!(
+                "policy {:?} trusts only {} for this image, and none is within its validity window now ({})",
+                rule.name,
+                windows.join(", "),
+                format_datetime_micros(now)
+            ),
+        )
     } else if let Some(v) = verdicts.iter().filter(|v| !v.is_verified()).min_by_key(|v| failure_rank(v.reason)) {
         (v.reason, v.message.clone())
     } else {
         let dids: Vec<&str> = trusted.iter().map(|t| t.did.as_str()).collect();
-        (Reason::RecordNotFound, format!("no signature for {} by any DID policy {:?} trusts ({}) — was the image pushed through an ATProto registry?", image.digest.as_deref().unwrap_or("this image"), rule.name, dids.join(", ")))
+        (
+            Reason::RecordNotFound,
+            format!(
+                "no signature for {} by any DID policy {:?} trusts ({}) — was the image pushed through an ATProto registry?",
+                image.digest.as_deref().unwrap_or("this image"),
+                rule.name,
+                dids.join(", ")
+            ),
+        )
     };
     match rule.action {
         Action::Audit => decision(Outcome::AuditAdmit, reason, format!("audit: would reject ({}): {message}", reason.code()), signers),

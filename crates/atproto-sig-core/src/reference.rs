@@ -108,7 +108,8 @@ pub fn canonical_host(host: &str) -> Result<String, String> {
     let port = match port {
         None => None,
         Some(p) => {
-            let number: u16 = p.parse().ok().filter(|n| *n > 0 && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())).ok_or("the port is not a number from 1 to 65535")?;
+            let number: u16 =
+                p.parse().ok().filter(|n| *n > 0 && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())).ok_or("the port is not a number from 1 to 65535")?;
             (number != 443).then_some(number)
         }
     };

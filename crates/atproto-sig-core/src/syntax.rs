@@ -20,8 +20,7 @@ pub fn is_valid_did(s: &str) -> bool {
 
 /// `did:plc:` followed by exactly 24 characters of `[a-z2-7]`.
 pub fn is_valid_did_plc(s: &str) -> bool {
-    s.strip_prefix("did:plc:")
-        .is_some_and(|id| id.len() == 24 && id.bytes().all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c)))
+    s.strip_prefix("did:plc:").is_some_and(|id| id.len() == 24 && id.bytes().all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c)))
 }
 
 /// A DNS label of 1–63 characters: alphanumeric, inner hyphens allowed.
@@ -44,9 +43,7 @@ pub fn is_valid_handle(s: &str) -> bool {
 /// TLDs that must never resolve as handles (atproto handle spec).
 pub fn is_disallowed_handle_tld(handle: &str) -> bool {
     let lower = handle.to_ascii_lowercase();
-    [".alt", ".arpa", ".example", ".internal", ".invalid", ".local", ".localhost", ".onion"]
-        .iter()
-        .any(|tld| lower.ends_with(tld))
+    [".alt", ".arpa", ".example", ".internal", ".invalid", ".local", ".localhost", ".onion"].iter().any(|tld| lower.ends_with(tld))
 }
 
 /// NSID: domain authority segments, then a name segment of letters and digits;
@@ -65,10 +62,7 @@ pub fn is_valid_nsid(s: &str) -> bool {
 
 /// Record key: `^[a-zA-Z0-9_~.:-]{1,512}$`, not `.` or `..`.
 pub fn is_valid_record_key(s: &str) -> bool {
-    (1..=512).contains(&s.len())
-        && s != "."
-        && s != ".."
-        && s.bytes().all(|c| is_alnum(c) || b"_~.:-".contains(&c))
+    (1..=512).contains(&s.len()) && s != "." && s != ".." && s.bytes().all(|c| is_alnum(c) || b"_~.:-".contains(&c))
 }
 
 const TID_ALPHABET: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
@@ -76,9 +70,7 @@ const TID_ALPHABET: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
 /// TID: 13 characters of the base32-sortable alphabet, first one `[234567abcdefghij]`.
 pub fn is_valid_tid(s: &str) -> bool {
     let bytes = s.as_bytes();
-    bytes.len() == 13
-        && bytes.first().is_some_and(|c| b"234567abcdefghij".contains(c))
-        && bytes.iter().all(|c| TID_ALPHABET.contains(c))
+    bytes.len() == 13 && bytes.first().is_some_and(|c| b"234567abcdefghij".contains(c)) && bytes.iter().all(|c| TID_ALPHABET.contains(c))
 }
 
 /// Microseconds since the Unix epoch encoded in a valid TID (top 53 bits after the sign bit).
@@ -97,10 +89,7 @@ pub fn tid_timestamp_micros(s: &str) -> Option<u64> {
 /// Encodes a TID from a timestamp and clock id (for building test repositories).
 pub fn tid_from_parts(micros: u64, clock_id: u16) -> String {
     let value = ((micros & ((1 << 53) - 1)) << 10) | u64::from(clock_id & 0x3ff);
-    (0..13)
-        .rev()
-        .map(|i| TID_ALPHABET.get(((value >> (i * 5)) & 31) as usize).map_or('2', |&c| char::from(c)))
-        .collect()
+    (0..13).rev().map(|i| TID_ALPHABET.get(((value >> (i * 5)) & 31) as usize).map_or('2', |&c| char::from(c))).collect()
 }
 
 /// AT identifier: a handle or a DID.
@@ -137,11 +126,7 @@ impl AtUri {
         if collection.is_some_and(|c| !is_valid_nsid(c)) || rkey.is_some_and(|r| !is_valid_record_key(r)) {
             return None;
         }
-        Some(AtUri {
-            authority: authority.to_owned(),
-            collection: collection.map(str::to_owned),
-            rkey: rkey.map(str::to_owned),
-        })
+        Some(AtUri { authority: authority.to_owned(), collection: collection.map(str::to_owned), rkey: rkey.map(str::to_owned) })
     }
 }
 
@@ -194,9 +179,7 @@ pub fn parse_datetime_micros(s: &str) -> Option<i64> {
     let offset_minutes = match b.get(pos..)? {
         b"Z" => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let value = |x: &u8, y: &u8| -> Option<i64> {
-                (x.is_ascii_digit() && y.is_ascii_digit()).then(|| i64::from(x - b'0') * 10 + i64::from(y - b'0'))
-            };
+            let value = |x: &u8, y: &u8| -> Option<i64> { (x.is_ascii_digit() && y.is_ascii_digit()).then(|| i64::from(x - b'0') * 10 + i64::from(y - b'0')) };
             let (h, m) = (value(h1, h2)?, value(m1, m2)?);
             if h > 23 || m > 59 || (*sign == b'-' && h == 0 && m == 0) {
                 return None;
@@ -259,19 +242,12 @@ pub fn format_datetime_micros(micros: i64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     let fraction = if fraction == 0 { String::new() } else { format!(".{fraction:06}") };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z", secs_of_day / 3600, secs_of_day / 60 % 60, secs_of_day % 60)
 }
 
 /// Loose Lexicon `cid` string: `^[a-zA-Z0-9+=]{8,256}$`, not a CIDv0 (`Qmb…`).
 pub fn is_valid_cid_string(s: &str) -> bool {
-    (8..=256).contains(&s.len())
-        && s.bytes().all(|c| is_alnum(c) || c == b'+' || c == b'=')
-        && !s.starts_with("Qmb")
+    (8..=256).contains(&s.len()) && s.bytes().all(|c| is_alnum(c) || c == b'+' || c == b'=') && !s.starts_with("Qmb")
 }
 
 /// Lexicon `uri`: `^[a-z][a-z.-]{0,80}:[[:graph:]]+$`, at most 8 KiB.
@@ -290,8 +266,7 @@ pub fn is_valid_uri(s: &str) -> bool {
 pub fn is_valid_language(s: &str) -> bool {
     let mut subtags = s.split('-');
     let primary = subtags.next().unwrap_or_default();
-    let primary_ok = matches!(primary, "i" | "x" | "X")
-        || ((2..=3).contains(&primary.len()) && primary.bytes().all(|c| c.is_ascii_lowercase()));
+    let primary_ok = matches!(primary, "i" | "x" | "X") || ((2..=3).contains(&primary.len()) && primary.bytes().all(|c| c.is_ascii_lowercase()));
     let rest: Vec<String> = subtags.map(str::to_ascii_lowercase).collect();
     if !primary_ok || rest.iter().any(|t| t.is_empty() || !t.bytes().all(is_alnum)) {
         return false;

@@ -14,7 +14,7 @@ use crate::commit::Commit;
 use crate::crypto::{Curve, PrivateKey, PublicKey};
 use crate::encoding::base32_encode;
 use crate::mst;
-use crate::record::{manifest_value, MANIFEST_COLLECTION};
+use crate::record::{MANIFEST_COLLECTION, manifest_value};
 use crate::syntax::{format_datetime_micros, tid_from_parts};
 
 /// 2026-01-01T00:00:00Z, the default clock of test repositories.
@@ -198,8 +198,7 @@ impl TestRepo {
 
     /// The signed commit block and its CID, plus every MST block.
     fn commit(&self, tamper: &Tamper) -> SignedTree {
-        let entries: BTreeMap<Vec<u8>, Cid> =
-            self.records.iter().map(|(k, v)| (k.clone().into_bytes(), Cid::for_dag_cbor(v))).collect();
+        let entries: BTreeMap<Vec<u8>, Cid> = self.records.iter().map(|(k, v)| (k.clone().into_bytes(), Cid::for_dag_cbor(v))).collect();
         let (root, blocks) = mst::build(&entries);
         let rev_micros = match tamper {
             Tamper::FutureRev => self.now_micros + 3_600_000_000,

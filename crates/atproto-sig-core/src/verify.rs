@@ -16,7 +16,7 @@ use crate::crypto::PublicKey;
 use crate::did::DidDocument;
 use crate::limits::Limits;
 use crate::mst::{self, Lookup};
-use crate::record::{ManifestRecord, MANIFEST_COLLECTION};
+use crate::record::{MANIFEST_COLLECTION, ManifestRecord};
 use crate::syntax::{is_valid_record_key, tid_timestamp_micros};
 
 /// Every outcome the verifier reports. The string codes are stable: scripts and audit logs
@@ -223,20 +223,14 @@ pub const DEFAULT_CLOCK_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
 
 /// True when `digest` is `sha256:` + 64 lowercase hex characters.
 pub fn is_valid_digest(digest: &str) -> bool {
-    digest
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
+    digest.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
 }
 
 /// Checks a proof. Never panics; every failure is a verdict with a reason.
 pub fn verify(input: &ProofInput<'_>) -> Verdict {
     let expect = input.expect;
     let rkey = expect.rkey.unwrap_or_else(|| expect.digest.strip_prefix("sha256:").unwrap_or(expect.digest));
-    let mut facts = Facts {
-        did: expect.did.to_owned(),
-        uri: format!("at://{}/{MANIFEST_COLLECTION}/{rkey}", expect.did),
-        ..Facts::default()
-    };
+    let mut facts = Facts { did: expect.did.to_owned(), uri: format!("at://{}/{MANIFEST_COLLECTION}/{rkey}", expect.did), ..Facts::default() };
     let verdict = |reason, message: String, facts: Facts| Verdict { reason, message, facts };
 
     if !is_valid_digest(expect.digest) {

@@ -20,8 +20,7 @@ fn value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 64, 8, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-            proptest::collection::btree_map("[a-z$]{0,6}", inner, 0..8)
-                .prop_map(|m| Value::Map(Map(m.into_iter().collect()))),
+            proptest::collection::btree_map("[a-z$]{0,6}", inner, 0..8).prop_map(|m| Value::Map(Map(m.into_iter().collect()))),
         ]
     })
 }

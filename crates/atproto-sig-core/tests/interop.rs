@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use atproto_sig_core::Limits;
 use atproto_sig_core::car::Car;
 use atproto_sig_core::cbor;
 use atproto_sig_core::cid::Cid;
@@ -11,14 +12,12 @@ use atproto_sig_core::crypto::{Curve, PrivateKey, PublicKey, SignatureError};
 use atproto_sig_core::mst;
 use atproto_sig_core::plc::verify_audit_log;
 use atproto_sig_core::syntax;
-use atproto_sig_core::Limits;
 use base64::Engine;
 use serde_json::Value as Json;
 
 fn interop_dir() -> PathBuf {
-    let dir = std::env::var_os("ATPROTO_INTEROP_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop"));
+    let dir =
+        std::env::var_os("ATPROTO_INTEROP_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop"));
     assert!(
         dir.join("README.md").is_file(),
         "interop vectors not found at {} — they are vendored in tests/interop (or set ATPROTO_INTEROP_DIR)",
@@ -115,8 +114,7 @@ fn crypto_signature_fixtures() {
         let message = b64(f["messageBase64"].as_str().unwrap());
         let signature = b64(f["signatureBase64"].as_str().unwrap());
         let from_did = PublicKey::from_did_key(f["publicKeyDid"].as_str().unwrap()).unwrap();
-        let from_legacy =
-            PublicKey::from_legacy(f["didDocSuite"].as_str().unwrap(), f["publicKeyMultibase"].as_str().unwrap()).unwrap();
+        let from_legacy = PublicKey::from_legacy(f["didDocSuite"].as_str().unwrap(), f["publicKeyMultibase"].as_str().unwrap()).unwrap();
         assert_eq!(from_did, from_legacy, "{}", f["comment"]);
         let expected_alg = f["algorithm"].as_str().unwrap();
         assert_eq!(from_did.curve().jwt_alg(), expected_alg);
@@ -222,9 +220,7 @@ fn commit_proof_roots_via_builder() {
     assert_eq!(cases.as_array().unwrap().len(), 6);
     for case in cases.as_array().unwrap() {
         let leaf: Cid = case["leafValue"].as_str().unwrap().parse().unwrap();
-        let strings = |name: &str| -> Vec<String> {
-            case[name].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
-        };
+        let strings = |name: &str| -> Vec<String> { case[name].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect() };
         let mut entries: BTreeMap<Vec<u8>, Cid> = strings("keys").into_iter().map(|k| (k.into_bytes(), leaf)).collect();
         let (before, _) = mst::build(&entries);
         assert_eq!(before.to_string(), case["rootBeforeCommit"].as_str().unwrap(), "{}", case["comment"]);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use atproto_sig_core::policy::{scope_matches, Outcome, Policy};
+use atproto_sig_core::policy::{Outcome, Policy, scope_matches};
 use atproto_sig_core::reference::ImageRef;
 use atproto_sig_core::syntax::parse_datetime_micros;
 use atproto_sig_core::{Facts, Reason, Verdict};
@@ -85,10 +85,24 @@ fn atcr_example_decisions_follow_its_comments() {
         ("atcr.io/bob.test/prod-db", vec![signed_by("did:plc:bob456")], now, Outcome::Reject, Reason::SignerExpired, "production-images"),
         ("atcr.io/bob.test/prod-db", vec![signed_by("did:plc:bob456")], micros("2025-06-01T00:00:00Z"), Outcome::Admit, Reason::Verified, "production-images"),
         // Bob's trust starts 2024-06-01.
-        ("atcr.io/bob.test/prod-db", vec![signed_by("did:plc:bob456")], micros("2024-05-31T23:59:59Z"), Outcome::Reject, Reason::SignerExpired, "production-images"),
+        (
+            "atcr.io/bob.test/prod-db",
+            vec![signed_by("did:plc:bob456")],
+            micros("2024-05-31T23:59:59Z"),
+            Outcome::Reject,
+            Reason::SignerExpired,
+            "production-images",
+        ),
         // "Staging images require signatures from any of the team's DIDs"
         ("atcr.io/charlie.test/staging-web", vec![signed_by("did:plc:charlie789")], now, Outcome::Admit, Reason::Verified, "staging-images"),
-        ("atcr.io/charlie.test/staging-web", vec![failed("did:plc:charlie789", Reason::RecordDeleted)], now, Outcome::Reject, Reason::RecordDeleted, "staging-images"),
+        (
+            "atcr.io/charlie.test/staging-web",
+            vec![failed("did:plc:charlie789", Reason::RecordDeleted)],
+            now,
+            Outcome::Reject,
+            Reason::RecordDeleted,
+            "staging-images",
+        ),
         // "Development images are audited but not enforced"
         ("atcr.io/dana.test/dev-tool", vec![], now, Outcome::Admit, Reason::NotRequired, "dev-images"),
         // Our default: everything else needs no signature.

@@ -4,15 +4,15 @@
 use std::path::PathBuf;
 
 use atproto_sig_core::car::Car;
+use atproto_sig_core::commit::Commit;
 use atproto_sig_core::crypto::Curve;
 use atproto_sig_core::did::DidDocument;
 use atproto_sig_core::mst;
 use atproto_sig_core::plc::verify_audit_log;
+use atproto_sig_core::syntax::parse_datetime_micros;
 use atproto_sig_core::testkit::Identity;
 use atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS;
-use atproto_sig_core::commit::Commit;
-use atproto_sig_core::syntax::parse_datetime_micros;
-use atproto_sig_core::{verify, Expectation, KeySource, Limits, ProofInput, Reason, Verdict};
+use atproto_sig_core::{Expectation, KeySource, Limits, ProofInput, Reason, Verdict, verify};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Vec<u8> {

@@ -3,9 +3,9 @@
 use atproto_sig_core::crypto::Curve;
 use atproto_sig_core::did::DidDocument;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
-use atproto_sig_core::testkit::{digest_of, Identity, Tamper, TestRepo, T0_MICROS};
+use atproto_sig_core::testkit::{Identity, T0_MICROS, Tamper, TestRepo, digest_of};
 use atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS;
-use atproto_sig_core::{verify, Expectation, KeySource, Limits, ProofInput, Reason, Verdict};
+use atproto_sig_core::{Expectation, KeySource, Limits, ProofInput, Reason, Verdict, verify};
 
 struct Case {
     repo: TestRepo,

@@ -7,15 +7,15 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use atproto_sig_core::Reason;
 use atproto_sig_core::policy::Outcome;
 use atproto_sig_core::reference::ImageRef;
 use atproto_sig_core::verify::is_valid_digest;
-use atproto_sig_core::Reason;
-use serde_json::{json, Value as Json};
+use serde_json::{Value as Json, json};
 
 use crate::config::Config;
 use crate::exit;
@@ -128,7 +128,10 @@ fn audit(config: &Config, record: Json) {
     let result = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = result {
         // Reported on every decision it fails for, never blocking the pull.
-        crate::log::warn(&format!("audit log {} cannot be written: {e} — this decision is not recorded; check the directory exists and is writable (atproto-verifier doctor)", path.display()));
+        crate::log::warn(&format!(
+            "audit log {} cannot be written: {e} — this decision is not recorded; check the directory exists and is writable (atproto-verifier doctor)",
+            path.display()
+        ));
     }
 }
 
@@ -161,11 +164,18 @@ pub fn run(raw: &[String]) -> u8 {
             // Blame the network only when a request was in flight; otherwise the time went to
             // work on this node (an overloaded CPU, a slow disk).
             let message = match crate::net::waiting_for() {
-                Some(origin) => format!("no decision for {name} within the {budget:?} budget: still waiting for {origin} — check that it is reachable, or raise `budget` in config.toml"),
-                None => format!("no decision for {name} within the {budget:?} budget, with no request in flight: the time went to work on this node (CPU or disk) — check its load, or raise `budget` in config.toml"),
+                Some(origin) => format!(
+                    "no decision for {name} within the {budget:?} budget: still waiting for {origin} — check that it is reachable, or raise `budget` in config.toml"
+                ),
+                None => format!(
+                    "no decision for {name} within the {budget:?} budget, with no request in flight: the time went to work on this node (CPU or disk) — check its load, or raise `budget` in config.toml"
+                ),
             };
             if answer.give(Reason::DeadlineExceeded.code(), &message) {
-                audit(&audit_config, json!({"time": now_string(), "name": name, "digest": digest, "outcome": "undecided", "reason": "deadline-exceeded", "message": message}));
+                audit(
+                    &audit_config,
+                    json!({"time": now_string(), "name": name, "digest": digest, "outcome": "undecided", "reason": "deadline-exceeded", "message": message}),
+                );
                 std::process::exit(i32::from(exit::UNDECIDED));
             }
         });
@@ -205,7 +215,10 @@ pub fn run(raw: &[String]) -> u8 {
         }
         Err(crate::cli::policy::PolicyLoadError::Invalid(errors)) => {
             let first = errors.first().cloned().unwrap_or_default();
-            return undecided(Reason::ConfigInvalid, &format!("invalid trust policy ({} errors), first: {first} — run `atproto-verifier policy check`", errors.len()));
+            return undecided(
+                Reason::ConfigInvalid,
+                &format!("invalid trust policy ({} errors), first: {first} — run `atproto-verifier policy check`", errors.len()),
+            );
         }
     };
     let (decision, notes, requests) = crate::cli::verify::decide(&config, &policy, &image, &digest, started);

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use atproto_sig_core::did::{did_method, DidDocument, DidMethod};
+use atproto_sig_core::did::{DidDocument, DidMethod, did_method};
 use atproto_sig_core::plc::verify_audit_log;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
-use atproto_sig_core::verify::{verify, Expectation, KeySource, ProofInput};
+use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, verify};
 use atproto_sig_core::{Limits, Reason};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,8 @@ pub fn create(config: &Config, policy: Option<&atproto_sig_core::policy::Policy>
     let cache = Cache::new(scratch.path());
     let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
     let empty = atproto_sig_core::policy::Policy::empty();
-    let context = crate::pipeline::Context::new(&online, policy.unwrap_or(&empty), &cache, Some(&http), Some(&http), &dns, crate::input::now_micros(None).unwrap_or(0));
+    let context =
+        crate::pipeline::Context::new(&online, policy.unwrap_or(&empty), &cache, Some(&http), Some(&http), &dns, crate::input::now_micros(None).unwrap_or(0));
     for name in images {
         let image = atproto_sig_core::reference::ImageRef::parse(name).map_err(|e| e.to_string())?;
         if policy.is_none() {
@@ -98,7 +99,8 @@ pub fn create(config: &Config, policy: Option<&atproto_sig_core::policy::Policy>
         let pds = document.pds.clone().ok_or_else(|| format!("{did} names no PDS"))?;
         // The signed state of the whole collection first: it proves deletions too.
         let repo = crate::resolve::fetch_repo(&http, &pds, did).map_err(|e| format!("{did}: {e}"))?;
-        let (car, _) = atproto_sig_core::collection::extract(&repo, MANIFEST_COLLECTION, &Limits::repository()).map_err(|e| format!("{did}: the repository export: {e}"))?;
+        let (car, _) = atproto_sig_core::collection::extract(&repo, MANIFEST_COLLECTION, &Limits::repository())
+            .map_err(|e| format!("{did}: the repository export: {e}"))?;
         collections.push(CollectionEntry {
             did: did.clone(),
             collection: MANIFEST_COLLECTION.into(),
@@ -232,7 +234,18 @@ pub fn import(bundle: &Bundle, cache: &Cache, source: &str, config: &Config, now
             continue;
         };
         let digest = bundle.locators.iter().find(|l| l.did == entry.did && l.rkey == entry.rkey).map(|l| l.digest.clone());
-        match store_proof(cache, config, now, &document, &entry.rkey, &entry.collection, &car, digest.as_deref(), &format!("bundle {source} ({})", entry.source), entry.fetched_at) {
+        match store_proof(
+            cache,
+            config,
+            now,
+            &document,
+            &entry.rkey,
+            &entry.collection,
+            &car,
+            digest.as_deref(),
+            &format!("bundle {source} ({})", entry.source),
+            entry.fetched_at,
+        ) {
             Ok(Stored { changed, verified }) => {
                 if verified && let Some(digest) = digest {
                     proven.push((entry.did.clone(), entry.rkey.clone(), digest));
@@ -273,7 +286,18 @@ struct Stored {
 /// Verifies one proof CAR for `document.did`/`collection`/`rkey` and stores it unless this node
 /// holds a proof at the same or a newer commit. `digest` is the digest its record should name.
 #[allow(clippy::too_many_arguments)]
-fn store_proof(cache: &Cache, config: &Config, now: i64, document: &DidDocument, rkey: &str, collection: &str, car: &[u8], digest: Option<&str>, source: &str, claimed: i64) -> Result<Stored, String> {
+fn store_proof(
+    cache: &Cache,
+    config: &Config,
+    now: i64,
+    document: &DidDocument,
+    rkey: &str,
+    collection: &str,
+    car: &[u8],
+    digest: Option<&str>,
+    source: &str,
+    claimed: i64,
+) -> Result<Stored, String> {
     let limits = Limits::default();
     let did = document.did.as_str();
     let zero = format!("sha256:{}", "0".repeat(64));
@@ -316,7 +340,16 @@ fn store_proof(cache: &Cache, config: &Config, now: i64, document: &DidDocument,
 /// DID (cached proofs, locators, this bundle's entries) gets the proof cut from that state:
 /// present records a newer proof, deleted ones an absence proof that revokes them.
 #[allow(clippy::too_many_arguments)]
-fn import_collection(entry: &CollectionEntry, bundle: &Bundle, cache: &Cache, config: &Config, now: i64, source: &str, document: &Option<DidDocument>, report: &mut ImportReport) {
+fn import_collection(
+    entry: &CollectionEntry,
+    bundle: &Bundle,
+    cache: &Cache,
+    config: &Config,
+    now: i64,
+    source: &str,
+    document: &Option<DidDocument>,
+    report: &mut ImportReport,
+) {
     let label = format!("collection state {}/{}", entry.did, entry.collection);
     if let Err(e) = check_fetch_time(entry.fetched_at, now, config) {
         report.refused.push(format!("{label}: {e}"));
@@ -340,7 +373,9 @@ fn import_collection(entry: &CollectionEntry, bundle: &Bundle, cache: &Cache, co
     };
     let locators: Vec<LocatorEntry> = cache.all::<LocatorEntry>(Kind::Locator).into_iter().map(|(_, l)| l).filter(|l| l.did == entry.did).collect();
     let mut rkeys: Vec<String> = present.clone();
-    rkeys.extend(cache.all::<ProofEntry>(Kind::Proof).into_iter().map(|(_, p)| p).filter(|p| p.did == entry.did && p.collection == entry.collection).map(|p| p.rkey));
+    rkeys.extend(
+        cache.all::<ProofEntry>(Kind::Proof).into_iter().map(|(_, p)| p).filter(|p| p.did == entry.did && p.collection == entry.collection).map(|p| p.rkey),
+    );
     rkeys.extend(locators.iter().map(|l| l.rkey.clone()));
     rkeys.extend(bundle.proofs.iter().filter(|p| p.did == entry.did).map(|p| p.rkey.clone()));
     rkeys.sort();
@@ -357,7 +392,18 @@ fn import_collection(entry: &CollectionEntry, bundle: &Bundle, cache: &Cache, co
         };
         let digest = locators.iter().find(|l| &l.rkey == rkey).map(|l| l.digest.clone());
         let gone = !present.contains(rkey);
-        match store_proof(cache, config, now, document, rkey, &entry.collection, &proof, digest.as_deref(), &format!("bundle {source} ({})", entry.source), entry.fetched_at) {
+        match store_proof(
+            cache,
+            config,
+            now,
+            document,
+            rkey,
+            &entry.collection,
+            &proof,
+            digest.as_deref(),
+            &format!("bundle {source} ({})", entry.source),
+            entry.fetched_at,
+        ) {
             Ok(Stored { changed: true, .. }) => {
                 changed += 1;
                 if gone && had {

@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
 /// Largest cache entry read back.
@@ -237,7 +237,8 @@ mod tests {
         let entry = LocatorEntry { did: "did:plc:x".into(), digest: "sha256:1".into(), rkey: "r".into(), fetched_at: 5 };
         cache.write(Kind::Locator, &["did:plc:x", "sha256:1"], &entry);
         assert_eq!(cache.read::<LocatorEntry>(Kind::Locator, &["did:plc:x", "sha256:1"]), Some(entry));
-        let path = std::fs::read_dir(dir.path().join("v1/locator")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).unwrap();
+        let path =
+            std::fs::read_dir(dir.path().join("v1/locator")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).unwrap();
         fs::write(&path, b"{\"did\": tru").unwrap();
         assert_eq!(cache.read::<LocatorEntry>(Kind::Locator, &["did:plc:x", "sha256:1"]), None);
         assert!(cache.lock(Kind::Locator, &["did:plc:x", "sha256:1"]).is_some());

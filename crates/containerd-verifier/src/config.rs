@@ -90,7 +90,9 @@ impl fmt::Display for Span {
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Span, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Span::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a duration such as \"500ms\", \"8s\", \"1m30s\", \"24h\" or \"7d\" (at most 10 years)")))
+        Span::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("{text:?} is not a duration such as \"500ms\", \"8s\", \"1m30s\", \"24h\" or \"7d\" (at most 10 years)"))
+        })
     }
 }
 
@@ -308,7 +310,10 @@ mod tests {
         // Every setting appears commented out with its default value.
         let uncommented: String = text
             .lines()
-            .filter_map(|l| l.strip_prefix("# ").filter(|rest| rest.split_once(" = ").is_some_and(|(k, _)| !k.is_empty() && k.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'))))
+            .filter_map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|rest| rest.split_once(" = ").is_some_and(|(k, _)| !k.is_empty() && k.bytes().all(|c| c.is_ascii_lowercase() || c == b'_')))
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let documented = Config::parse(&uncommented).unwrap();
@@ -321,7 +326,8 @@ mod tests {
         expected.ca_bundle = documented.ca_bundle.clone();
         expected.metrics_file = documented.metrics_file.clone();
         assert_eq!(documented, expected);
-        let keys: Vec<String> = toml::to_string(&Config::default()).map(|t| t.lines().filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_owned())).collect()).unwrap_or_default();
+        let keys: Vec<String> =
+            toml::to_string(&Config::default()).map(|t| t.lines().filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_owned())).collect()).unwrap_or_default();
         for key in keys.iter().chain(["docker_config", "audit_log", "handle_resolver", "bundle_dir", "ca_bundle", "metrics_file"].map(String::from).iter()) {
             assert!(uncommented.contains(&format!("{key} = ")), "packaging/config.toml does not document `{key}`");
         }

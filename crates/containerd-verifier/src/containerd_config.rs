@@ -67,7 +67,17 @@ fn resolve_imports(parent: &Path, imports: &[String]) -> Vec<PathBuf> {
                 let (prefix, suffix) = name.split_once('*').unwrap_or((&name, ""));
                 let dir = path.parent().unwrap_or(Path::new("/"));
                 let mut matches: Vec<PathBuf> = std::fs::read_dir(dir)
-                    .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| { let n = n.to_string_lossy(); n.starts_with(prefix) && n.ends_with(suffix) && n.len() >= prefix.len() + suffix.len() })).collect())
+                    .map(|rd| {
+                        rd.filter_map(Result::ok)
+                            .map(|e| e.path())
+                            .filter(|p| {
+                                p.file_name().is_some_and(|n| {
+                                    let n = n.to_string_lossy();
+                                    n.starts_with(prefix) && n.ends_with(suffix) && n.len() >= prefix.len() + suffix.len()
+                                })
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 matches.sort();
                 out.extend(matches);
@@ -194,16 +204,28 @@ impl Effective {
         let t = &section.table;
         // The last file (in load order) that mentions the key is the one that set it.
         let at = |key: &str| {
-            self.files.iter().rev().find(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains(key))).map_or_else(|| section.file.display().to_string(), |f| locate(f, key))
+            self.files
+                .iter()
+                .rev()
+                .find(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains(key)))
+                .map_or_else(|| section.file.display().to_string(), |f| locate(f, key))
         };
         let mut out = Vec::new();
         let mut add = |key: &str, setting: String, fix: &'static str| out.push(LocalPullTrigger { at: at(key), setting, fix });
         let flag = |key: &str| t.get(key).and_then(toml::Value::as_bool);
         if flag("use_local_image_pull") == Some(true) {
-            add("use_local_image_pull", "use_local_image_pull = true".into(), "remove it: CRI pulls then go through the transfer service, which runs image verifiers");
+            add(
+                "use_local_image_pull",
+                "use_local_image_pull = true".into(),
+                "remove it: CRI pulls then go through the transfer service, which runs image verifiers",
+            );
         }
         if flag("disable_snapshot_annotations") == Some(false) {
-            add("disable_snapshot_annotations", "disable_snapshot_annotations = false".into(), "remove it (the default is true); snapshot annotations for remote snapshotters are configured on the snapshotter plugin with the transfer service");
+            add(
+                "disable_snapshot_annotations",
+                "disable_snapshot_annotations = false".into(),
+                "remove it (the default is true); snapshot annotations for remote snapshotters are configured on the snapshotter plugin with the transfer service",
+            );
         }
         if flag("discard_unpacked_layers") == Some(true) {
             add("discard_unpacked_layers", "discard_unpacked_layers = true".into(), "remove it: it is not supported with the transfer service");
@@ -211,11 +233,19 @@ impl Effective {
         let registry = t.get("registry").and_then(toml::Value::as_table);
         for (key, what) in [("mirrors", "registry.mirrors"), ("configs", "registry.configs"), ("auths", "registry.auths")] {
             if registry.and_then(|r| r.get(key)).and_then(toml::Value::as_table).is_some_and(|m| !m.is_empty()) {
-                add(key, what.into(), "deprecated: move it to `config_path` with one hosts.toml per registry (mirrors, TLS) and a docker/CRI credential source");
+                add(
+                    key,
+                    what.into(),
+                    "deprecated: move it to `config_path` with one hosts.toml per registry (mirrors, TLS) and a docker/CRI credential source",
+                );
             }
         }
         if let Some(n) = t.get("max_concurrent_downloads").and_then(toml::Value::as_integer).filter(|n| *n != 3) {
-            add("max_concurrent_downloads", format!("max_concurrent_downloads = {n}"), "remove it here and set max_concurrent_downloads on [plugins.\"io.containerd.transfer.v1.local\"] instead");
+            add(
+                "max_concurrent_downloads",
+                format!("max_concurrent_downloads = {n}"),
+                "remove it here and set max_concurrent_downloads on [plugins.\"io.containerd.transfer.v1.local\"] instead",
+            );
         }
         if flag("image_pull_with_sync_fs") == Some(true) {
             add("image_pull_with_sync_fs", "image_pull_with_sync_fs = true".into(), "remove it: it is not supported with the transfer service");
@@ -242,8 +272,14 @@ mod tests {
     #[test]
     fn imports_merge_sections_and_v2_files_are_migrated() {
         let (_d, e) = effective(&[
-            ("config.toml", "version = 3\nimports = [\"conf.d/*.toml\"]\ndisabled_plugins = [\"a\"]\n[plugins.\"io.containerd.cri.v1.images\"]\nuse_local_image_pull = true\n"),
-            ("conf.d/10-cri.toml", "version = 2\ndisabled_plugins = [\"b\"]\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndiscard_unpacked_layers = true\n"),
+            (
+                "config.toml",
+                "version = 3\nimports = [\"conf.d/*.toml\"]\ndisabled_plugins = [\"a\"]\n[plugins.\"io.containerd.cri.v1.images\"]\nuse_local_image_pull = true\n",
+            ),
+            (
+                "conf.d/10-cri.toml",
+                "version = 2\ndisabled_plugins = [\"b\"]\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndiscard_unpacked_layers = true\n",
+            ),
         ]);
         assert_eq!(e.files.len(), 2);
         assert_eq!(e.disabled_plugins.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["a", "b"]);
@@ -255,7 +291,10 @@ mod tests {
 
     #[test]
     fn defaults_trigger_nothing() {
-        let (_d, e) = effective(&[("config.toml", "version = 3\n[plugins.\"io.containerd.cri.v1.images\"]\nmax_concurrent_downloads = 3\ndisable_snapshot_annotations = true\n")]);
+        let (_d, e) = effective(&[(
+            "config.toml",
+            "version = 3\n[plugins.\"io.containerd.cri.v1.images\"]\nmax_concurrent_downloads = 3\ndisable_snapshot_annotations = true\n",
+        )]);
         assert!(e.local_pull_triggers().is_empty());
         let (_d, e) = effective(&[("config.toml", "version = 3\n[plugins.\"io.containerd.cri.v1.images\"]\nmax_concurrent_downloads = 5\n")]);
         assert_eq!(e.local_pull_triggers()[0].setting, "max_concurrent_downloads = 5");

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::net::{is_loopback_host, Tls};
+use crate::net::{Tls, is_loopback_host};
 
 /// What an endpoint may be asked for.
 pub const ALL_CAPABILITIES: &[&str] = &["pull", "resolve", "push", "referrers"];
@@ -216,7 +216,8 @@ fn clean_path(path: &str) -> String {
 /// certificates with the `*.key` of the same name (if present). Applies to the server.
 fn cert_files(dir: &Path) -> Endpoint {
     let mut endpoint = Endpoint { capabilities: all(), path: "/v2".into(), ..Endpoint::default() };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect()).unwrap_or_default();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect()).unwrap_or_default();
     files.sort();
     for file in files {
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -309,7 +310,10 @@ ca = "/etc/path/default"
         assert!(!hosts[0].tls.skip_verify && hosts[1].tls.skip_verify);
         assert_eq!(hosts[0].headers, vec![("x-custom-2".to_owned(), "value1".to_owned()), ("x-custom-2".to_owned(), "value2".to_owned())]);
         assert_eq!(hosts[3].tls.ca_files, vec![PathBuf::from("/etc/certs/test-1-ca.pem"), PathBuf::from("/etc/certs/special.pem")]);
-        assert_eq!(hosts[3].tls.client_pairs, vec![(PathBuf::from("/etc/certs/client.cert"), Some(PathBuf::from("/etc/certs/client.key"))), (PathBuf::from("/etc/certs/client.pem"), None)]);
+        assert_eq!(
+            hosts[3].tls.client_pairs,
+            vec![(PathBuf::from("/etc/certs/client.cert"), Some(PathBuf::from("/etc/certs/client.key"))), (PathBuf::from("/etc/certs/client.pem"), None)]
+        );
         assert_eq!(hosts[4].tls.client_pairs, vec![(PathBuf::from("/etc/certs/client.pem"), None)]);
         assert_eq!(hosts[5].tls.client_pairs.len(), 2);
         assert_eq!(hosts[9].headers, vec![("x-custom-1".to_owned(), "justaheader".to_owned())]);
@@ -341,7 +345,10 @@ ca = "/etc/path/default"
         assert_eq!(host_dirs(root, "127.0.0.1:5000"), vec![root.join("127.0.0.1_5000_"), root.join("127.0.0.1:5000"), root.join("_default")]);
         assert_eq!(host_dirs(root, "docker.io"), vec![root.join("docker.io"), root.join("_default")]);
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(endpoints(empty.path(), "docker.io").0[0].url("library/nginx/manifests/latest"), "https://registry-1.docker.io/v2/library/nginx/manifests/latest");
+        assert_eq!(
+            endpoints(empty.path(), "docker.io").0[0].url("library/nginx/manifests/latest"),
+            "https://registry-1.docker.io/v2/library/nginx/manifests/latest"
+        );
         assert_eq!(endpoints(empty.path(), "127.0.0.1:5000").0[0].origin, "http://127.0.0.1:5000");
         assert_eq!(endpoints(empty.path(), "127.example.com:5000").0[0].origin, "https://127.example.com:5000");
         // A hosts.toml that does not parse falls back to the certificate files, and says so.

@@ -34,8 +34,6 @@ pub fn now_micros(override_time: Option<&str>) -> Result<i64, String> {
     match override_time {
         Some(text) => atproto_sig_core::syntax::parse_datetime_micros(text)
             .ok_or_else(|| format!("--now {text:?} is not an RFC 3339 datetime such as 2026-01-01T00:00:00Z")),
-        None => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))),
+        None => Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))),
     }
 }

@@ -4,10 +4,10 @@
 //! itself (its own clock at fetch or import). A `fetchedAt` inside a bundle is a claim by
 //! whoever made the bundle: it can make an entry look older, never newer.
 
+use atproto_sig_core::Limits;
 use atproto_sig_core::car::Car;
 use atproto_sig_core::commit::Commit;
 use atproto_sig_core::syntax::tid_timestamp_micros;
-use atproto_sig_core::Limits;
 use base64::Engine;
 
 use crate::cache::{Cache, Kind, ProofEntry};
@@ -49,7 +49,9 @@ pub fn newer_held(cache: &Cache, did: &str, collection: &str, rkey: &str, rev: &
 
 /// The message for a refused rollback.
 pub fn rollback_message(what: &str, rev: &str, held: &str) -> String {
-    format!("{what} is at commit rev {rev}, older than what this node already holds (rev {held}) — refusing to move backwards (a replayed old proof could undo a revocation)")
+    format!(
+        "{what} is at commit rev {rev}, older than what this node already holds (rev {held}) — refusing to move backwards (a replayed old proof could undo a revocation)"
+    )
 }
 
 /// The time to store for material fetched at `claimed` (someone else's word), imported at

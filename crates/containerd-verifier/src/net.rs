@@ -4,9 +4,9 @@
 //! and errors that stay network errors: a timeout is never a bad signature.
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// The end of the time budget for one decision.
@@ -143,7 +143,11 @@ fn agent(connect_timeout: Duration, tls: &Tls) -> ureq::Agent {
             roots.extend(pem_certificates(&pem));
         }
     }
-    tls_config = if roots.is_empty() { tls_config.root_certs(ureq::tls::RootCerts::WebPki) } else { tls_config.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots))) };
+    tls_config = if roots.is_empty() {
+        tls_config.root_certs(ureq::tls::RootCerts::WebPki)
+    } else {
+        tls_config.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
+    };
     if let Some(client) = tls.client_pairs.iter().find_map(|(cert, key)| client_cert(cert, key.as_deref())) {
         tls_config = tls_config.client_cert(Some(client));
     }
@@ -244,11 +248,7 @@ impl Http {
         let request = agent.configure_request(request).timeout_global(Some(timeout)).build();
         let response = agent.run(request).map_err(|e| classify(e, url, started, timeout, self.deadline))?;
         let status = response.status().as_u16();
-        let response_headers = response
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
-            .collect();
+        let response_headers = response.headers().iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned()))).collect();
         let mut body = response.into_body();
         let bytes = if method == "HEAD" {
             Vec::new()
@@ -343,7 +343,16 @@ mod tests {
         for url in ["http://127.0.0.1:5000/v2/", "http://127.1.2.3/", "http://[::1]:5000/x", "http://localhost:80", "https://LOCALHOST/"] {
             assert!(is_loopback_url(url), "{url}");
         }
-        for url in ["http://127.evil.example/", "http://127.0.0.1.evil.example:5000/", "http://127.0.0.1@evil.example/", "http://[::2]:1/", "http://10.0.0.1/", "http://localhost.evil.example/", "ftp://127.0.0.1/", "http://127.0.0.1:x/"] {
+        for url in [
+            "http://127.evil.example/",
+            "http://127.0.0.1.evil.example:5000/",
+            "http://127.0.0.1@evil.example/",
+            "http://[::2]:1/",
+            "http://10.0.0.1/",
+            "http://localhost.evil.example/",
+            "ftp://127.0.0.1/",
+            "http://127.0.0.1:x/",
+        ] {
             assert!(!is_loopback_url(url), "{url}");
         }
     }

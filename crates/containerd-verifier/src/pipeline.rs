@@ -10,20 +10,20 @@
 // are made once per process, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
-use atproto_sig_core::did::{did_method, DidDocument, DidMethod};
+use atproto_sig_core::did::{DidDocument, DidMethod, did_method};
 use atproto_sig_core::plc::verify_audit_log;
 use atproto_sig_core::policy::{Decision, Outcome, Policy};
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::reference::ImageRef;
-use atproto_sig_core::syntax::{is_valid_did, AtUri};
-use atproto_sig_core::verify::{verify, Expectation, KeySource, ProofInput};
+use atproto_sig_core::syntax::{AtUri, is_valid_did};
+use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, verify};
 use atproto_sig_core::{Facts, Limits, Reason, Verdict};
 use base64::Engine;
 
-use crate::cache::{freshness, Cache, DidEntry, Freshness, HandleEntry, Kind, LocatorEntry, ProofEntry, ReferrersEntry};
+use crate::cache::{Cache, DidEntry, Freshness, HandleEntry, Kind, LocatorEntry, ProofEntry, ReferrersEntry, freshness};
 use crate::config::Config;
-use crate::net::{Http, NetError};
 use crate::knowledge;
+use crate::net::{Http, NetError};
 use crate::resolve::{self, LookupError, ProofAnswer};
 
 /// Said whenever a decision rests on cached material past its TTL.
@@ -52,7 +52,9 @@ impl Origin {
         match self {
             Origin::Fetched => String::new(),
             Origin::Cached { fetched_at } => format!(" — from a proof this node fetched {} ago", age(fetched_at)),
-            Origin::Stale { fetched_at } => format!(" — from cached data past its TTL (a proof this node fetched {} ago), because the network failed", age(fetched_at)),
+            Origin::Stale { fetched_at } => {
+                format!(" — from cached data past its TTL (a proof this node fetched {} ago), because the network failed", age(fetched_at))
+            }
             Origin::Offline { committed_at, attached: true } => format!(" — offline, from a proof attached to the image, committed {} ago", age(committed_at)),
             Origin::Offline { committed_at, attached: false } => format!(" — offline, from a cached proof committed {} ago", age(committed_at)),
         }
@@ -126,7 +128,9 @@ impl Context<'_> {
     }
 
     fn offline_hint(&self, what: &str) -> String {
-        format!("{what} is not in the cache and this node is offline — on a connected machine run `atproto-verifier bundle create`, then `atproto-verifier bundle import` here")
+        format!(
+            "{what} is not in the cache and this node is offline — on a connected machine run `atproto-verifier bundle create`, then `atproto-verifier bundle import` here"
+        )
     }
 
     /// The DID document (from cache or network), and whether stale material was used.
@@ -134,8 +138,12 @@ impl Context<'_> {
         let limits = Limits::default();
         let parse = |entry: &DidEntry| -> Result<DidDocument, Verdict> {
             if self.config.strict_plc && did_method(did) == Ok(DidMethod::Plc) {
-                let log = entry.audit_log.as_deref().ok_or_else(|| verdict(did, Reason::DidUnresolved, format!("strict_plc is on and no audit log of {did} is available")))?;
-                let state = verify_audit_log(did, log.as_bytes(), &limits).map_err(|e| verdict(did, Reason::DidDocumentInvalid, format!("the audit log of {did} is invalid: {e}")))?;
+                let log = entry
+                    .audit_log
+                    .as_deref()
+                    .ok_or_else(|| verdict(did, Reason::DidUnresolved, format!("strict_plc is on and no audit log of {did} is available")))?;
+                let state = verify_audit_log(did, log.as_bytes(), &limits)
+                    .map_err(|e| verdict(did, Reason::DidDocumentInvalid, format!("the audit log of {did} is invalid: {e}")))?;
                 return Ok(DidDocument { did: did.to_owned(), signing_key: state.signing_key(), pds: state.pds(), handle: state.handle() });
             }
             DidDocument::parse(entry.document.as_bytes(), did, &limits).map_err(|e| verdict(did, Reason::DidDocumentInvalid, format!("{e}")))
@@ -153,7 +161,9 @@ impl Context<'_> {
         };
         let _lock = self.cache.lock(Kind::Did, &[did]);
         // Another process may have refreshed it while we waited for the lock.
-        if let Some(entry) = self.cache.read::<DidEntry>(Kind::Did, &[did]).filter(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), 0) == Freshness::Fresh) {
+        if let Some(entry) =
+            self.cache.read::<DidEntry>(Kind::Did, &[did]).filter(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), 0) == Freshness::Fresh)
+        {
             return parse(&entry).map(|d| (d, false));
         }
         let fetched = resolve::fetch_did_document(http, &self.config.plc_directory, did).and_then(|(bytes, source)| {
@@ -200,7 +210,10 @@ impl Context<'_> {
             return Err(verdict(did, Reason::DidDocumentInvalid, format!("the DID document of {did} names no AtprotoPersonalDataServer")));
         };
         let _lock = self.cache.lock(Kind::Proof, &parts);
-        if let Some(entry) = self.cache.read::<ProofEntry>(Kind::Proof, &parts).filter(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), 0) == Freshness::Fresh)
+        if let Some(entry) = self
+            .cache
+            .read::<ProofEntry>(Kind::Proof, &parts)
+            .filter(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), 0) == Freshness::Fresh)
             && let Some(car) = decode(&entry)
         {
             return Ok((Some(car), Origin::Cached { fetched_at: entry.fetched_at }));
@@ -210,7 +223,11 @@ impl Context<'_> {
                 let authentic = document.signing_key.as_ref().ok().and_then(|key| knowledge::authentic_rev(&car, key));
                 if let Some((rev, _)) = &authentic {
                     if let Some(held) = knowledge::newer_held(self.cache, did, MANIFEST_COLLECTION, rkey, rev) {
-                        return Err(verdict(did, Reason::ProofRolledBack, knowledge::rollback_message(&format!("the proof {pds} served for {did}/{MANIFEST_COLLECTION}/{rkey}"), rev, &held)));
+                        return Err(verdict(
+                            did,
+                            Reason::ProofRolledBack,
+                            knowledge::rollback_message(&format!("the proof {pds} served for {did}/{MANIFEST_COLLECTION}/{rkey}"), rev, &held),
+                        ));
                     }
                     let entry = ProofEntry {
                         did: did.to_owned(),
@@ -316,14 +333,25 @@ impl Context<'_> {
                 };
                 let Some(car) = car else {
                     if source == Source::Known {
-                        return verdict(did, Reason::RecordDeleted, format!("the record at://{did}/{MANIFEST_COLLECTION}/{rkey} that signed {digest} is gone from {}", pds.as_deref().unwrap_or("its PDS")));
+                        return verdict(
+                            did,
+                            Reason::RecordDeleted,
+                            format!(
+                                "the record at://{did}/{MANIFEST_COLLECTION}/{rkey} that signed {digest} is gone from {}",
+                                pds.as_deref().unwrap_or("its PDS")
+                            ),
+                        );
                     }
                     continue;
                 };
                 let mut result = self.check(&car, &document, did, &rkey, digest, repository);
                 if result.is_verified() {
                     if locator.as_ref().is_none_or(|l| l.rkey != rkey) {
-                        self.cache.write(Kind::Locator, &[did, digest], &LocatorEntry { did: did.to_owned(), digest: digest.to_owned(), rkey: rkey.clone(), fetched_at: self.now });
+                        self.cache.write(
+                            Kind::Locator,
+                            &[did, digest],
+                            &LocatorEntry { did: did.to_owned(), digest: digest.to_owned(), rkey: rkey.clone(), fetched_at: self.now },
+                        );
                     }
                     if stale_doc || matches!(origin, Origin::Stale { .. }) {
                         self.used_stale.set(true);
@@ -348,7 +376,9 @@ impl Context<'_> {
                 }
                 if result.reason == Reason::RecordDeleted {
                     let rev = result.facts.rev.clone().unwrap_or_default();
-                    result.message = format!("{did} deleted the record that signed {digest} (at://{did}/{MANIFEST_COLLECTION}/{rkey}); its signed repository at rev {rev} proves it is gone: the image is revoked");
+                    result.message = format!(
+                        "{did} deleted the record that signed {digest} (at://{did}/{MANIFEST_COLLECTION}/{rkey}); its signed repository at rev {rev} proves it is gone: the image is revoked"
+                    );
                 }
                 return result;
             }
@@ -363,7 +393,13 @@ impl Context<'_> {
                 Err(e) => return lookup_verdict(did, &format!("the record list of {did}"), Lookup::Record, &e),
             }
         }
-        last_failure.unwrap_or_else(|| verdict(did, Reason::RecordNotFound, format!("no io.atcr.manifest record for {digest} in {did} — was the image pushed through an ATProto registry?")))
+        last_failure.unwrap_or_else(|| {
+            verdict(
+                did,
+                Reason::RecordNotFound,
+                format!("no io.atcr.manifest record for {digest} in {did} — was the image pushed through an ATProto registry?"),
+            )
+        })
     }
 
     /// The identity in an ATProto registry path (`host/<handle-or-did>/<repo>`) and the
@@ -377,7 +413,11 @@ impl Context<'_> {
         let (identity, repository) = image.path.split_once('/')?;
         let found = |p: PathIdentity| Some((p, repository.to_owned()));
         if is_valid_did(identity) {
-            return found(if acceptable.contains(&identity) { PathIdentity::Trusted(identity.to_owned()) } else { PathIdentity::Untrusted(identity.to_owned(), identity.to_owned()) });
+            return found(if acceptable.contains(&identity) {
+                PathIdentity::Trusted(identity.to_owned())
+            } else {
+                PathIdentity::Untrusted(identity.to_owned(), identity.to_owned())
+            });
         }
         let Some(http) = self.http else {
             // Offline, a handle can only be trusted through a cached, claiming document of a
@@ -459,7 +499,13 @@ impl Context<'_> {
             // A layer holding the proof CAR (written by `attach`): verified like any other proof.
             let car = manifest
                 .as_ref()
-                .and_then(|m| m.get("layers")?.as_array()?.iter().find(|l| l.get("mediaType").and_then(serde_json::Value::as_str) == Some(crate::registry::CAR_MEDIA_TYPE)).cloned())
+                .and_then(|m| {
+                    m.get("layers")?
+                        .as_array()?
+                        .iter()
+                        .find(|l| l.get("mediaType").and_then(serde_json::Value::as_str) == Some(crate::registry::CAR_MEDIA_TYPE))
+                        .cloned()
+                })
                 .and_then(|layer| layer.get("digest")?.as_str().map(str::to_owned))
                 .and_then(|d| session.blob(&d, crate::resolve::MAX_PROOF).ok());
             let hint = manifest
@@ -472,7 +518,12 @@ impl Context<'_> {
                     (uri.authority == did && uri.collection.as_deref() == Some(MANIFEST_COLLECTION) && is_valid_did(&did)).then_some((did, uri.rkey?))
                 });
             if let Some(hint) = hint {
-                self.note(format!("signature artifact {manifest_digest} names {} / {}{}", hint.0, hint.1, if car.is_some() { " and carries a proof" } else { "" }));
+                self.note(format!(
+                    "signature artifact {manifest_digest} names {} / {}{}",
+                    hint.0,
+                    hint.1,
+                    if car.is_some() { " and carries a proof" } else { "" }
+                ));
                 if let Some(car) = car {
                     self.attached.borrow_mut().push((hint.0.clone(), hint.1.clone(), car));
                 }
@@ -509,7 +560,9 @@ impl Context<'_> {
                     self.note(format!("the image path names {handle} ({did}), which policy {:?} does not trust: not looked up", rule.name));
                     untrusted_path = Some((handle, did));
                 }
-                PathIdentity::Offline(handle) => self.note(format!("the image path names {handle}, which cannot be resolved offline: deciding by the trusted DIDs")),
+                PathIdentity::Offline(handle) => {
+                    self.note(format!("the image path names {handle}, which cannot be resolved offline: deciding by the trusted DIDs"))
+                }
                 PathIdentity::Failed(v) => {
                     self.note(format!("identity in the image path: {}", v.message));
                     verdicts.push(*v);
@@ -568,13 +621,39 @@ impl Context<'_> {
 
 impl<'a> Context<'a> {
     /// A context for one decision (or one batch, for bundles and refreshes).
-    pub fn new(config: &'a Config, policy: &'a Policy, cache: &'a Cache, http: Option<&'a Http>, registry: Option<&'a Http>, dns: &'a dyn Fn(&str) -> Result<Vec<String>, String>, now: i64) -> Context<'a> {
-        Context { config, policy, cache, http, registry, dns, now, notes: Default::default(), used_stale: Default::default(), provenance: Default::default(), attached: Default::default() }
+    pub fn new(
+        config: &'a Config,
+        policy: &'a Policy,
+        cache: &'a Cache,
+        http: Option<&'a Http>,
+        registry: Option<&'a Http>,
+        dns: &'a dyn Fn(&str) -> Result<Vec<String>, String>,
+        now: i64,
+    ) -> Context<'a> {
+        Context {
+            config,
+            policy,
+            cache,
+            http,
+            registry,
+            dns,
+            now,
+            notes: Default::default(),
+            used_stale: Default::default(),
+            provenance: Default::default(),
+            attached: Default::default(),
+        }
     }
 }
 
 /// The JSON record of a decision: one audit-log line, and `verify --format json`.
-pub fn decision_record(name: &str, digest: &str, decision: &Decision, requests: (usize, usize), elapsed: std::time::Duration) -> serde_json::Map<String, serde_json::Value> {
+pub fn decision_record(
+    name: &str,
+    digest: &str,
+    decision: &Decision,
+    requests: (usize, usize),
+    elapsed: std::time::Duration,
+) -> serde_json::Map<String, serde_json::Value> {
     let value = serde_json::json!({
         "name": name,
         "digest": digest,

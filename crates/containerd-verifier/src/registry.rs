@@ -12,7 +12,7 @@ use atproto_sig_core::reference::ImageRef;
 use crate::config::Config;
 use crate::credentials::Credential;
 use crate::hosts::Endpoint;
-use crate::net::{is_loopback_url, Deadline, Fetched, Http};
+use crate::net::{Deadline, Fetched, Http, is_loopback_url};
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -80,7 +80,15 @@ impl<'a> Session<'a> {
     }
 
     /// Sends a request to the first endpoint that answers, handling auth challenges.
-    pub fn request(&self, capability: &str, method: &str, tail: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, String> {
+    pub fn request(
+        &self,
+        capability: &str,
+        method: &str,
+        tail: &str,
+        headers: &[(&str, String)],
+        body: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Fetched, String> {
         // Every endpoint's failure is reported: a broken mirror must not hide behind its upstream.
         let mut failures: Vec<String> = Vec::new();
         for endpoint in endpoints(self.config, &self.host, capability) {
@@ -124,8 +132,14 @@ impl<'a> Session<'a> {
             Some((scheme, params)) if scheme == "bearer" => format!("Bearer {}", self.bearer_token(http, &params, credential.as_ref())?),
             Some((scheme, _)) if scheme == "basic" => match credential {
                 Some(Credential::Basic(b)) => format!("Basic {b}"),
-                Some(Credential::IdentityToken(_)) => return Err(format!("{host} asks for Basic auth, but its credential is an identity token (for Bearer token services)")),
-                None => return Err(format!("{host} requires credentials: add them for {host} to the docker config (docker_config, $DOCKER_CONFIG or ~/.docker/config.json)")),
+                Some(Credential::IdentityToken(_)) => {
+                    return Err(format!("{host} asks for Basic auth, but its credential is an identity token (for Bearer token services)"));
+                }
+                None => {
+                    return Err(format!(
+                        "{host} requires credentials: add them for {host} to the docker config (docker_config, $DOCKER_CONFIG or ~/.docker/config.json)"
+                    ));
+                }
             },
             _ => return Err(format!("{host} answered 401 without a usable challenge")),
         };
@@ -149,7 +163,13 @@ impl<'a> Session<'a> {
         let service = get("service").unwrap_or_default();
         let response = match credential {
             Some(Credential::IdentityToken(token)) => {
-                let form = crate::resolve::query(&[("grant_type", "refresh_token"), ("refresh_token", token), ("service", &service), ("scope", &scope), ("client_id", "atproto-verifier")]);
+                let form = crate::resolve::query(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token),
+                    ("service", &service),
+                    ("scope", &scope),
+                    ("client_id", "atproto-verifier"),
+                ]);
                 http.send("POST", &realm, &[("content-type", "application/x-www-form-urlencoded".into())], Some(form.as_bytes()), 64 << 10)
             }
             other => {
@@ -183,14 +203,17 @@ impl<'a> Session<'a> {
         }
         let location = start.header("location").ok_or("blob upload without a location")?.to_owned();
         let endpoint = self.last_endpoint.borrow().clone().ok_or("no endpoint")?;
-        let url = if location.starts_with("http://") || location.starts_with("https://") {
-            location
-        } else {
-            format!("{}{location}", endpoint.origin)
-        };
+        let url = if location.starts_with("http://") || location.starts_with("https://") { location } else { format!("{}{location}", endpoint.origin) };
         let separator = if url.contains('?') { '&' } else { '?' };
         let client = self.http.with_tls(&endpoint.tls);
-        let done = self.send_with_auth(&client, "PUT", &format!("{url}{separator}digest={digest}"), &[("content-type", "application/octet-stream".into())], Some(bytes), 64 << 10)?;
+        let done = self.send_with_auth(
+            &client,
+            "PUT",
+            &format!("{url}{separator}digest={digest}"),
+            &[("content-type", "application/octet-stream".into())],
+            Some(bytes),
+            64 << 10,
+        )?;
         if done.status != 201 {
             return Err(format!("blob upload failed: HTTP {}", done.status));
         }
@@ -199,23 +222,42 @@ impl<'a> Session<'a> {
 
     /// Puts a manifest under `reference` (a tag or its digest); returns its digest.
     pub fn push_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<String, String> {
-        let response = self.request("push", "PUT", &format!("{}/manifests/{reference}", self.repository), &[("content-type", media_type.into())], Some(bytes), 64 << 10)?;
+        let response =
+            self.request("push", "PUT", &format!("{}/manifests/{reference}", self.repository), &[("content-type", media_type.into())], Some(bytes), 64 << 10)?;
         if response.status != 201 {
-            return Err(format!("manifest push failed: HTTP {}: {}", response.status, String::from_utf8_lossy(&response.body).chars().take(200).collect::<String>()));
+            return Err(format!(
+                "manifest push failed: HTTP {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body).chars().take(200).collect::<String>()
+            ));
         }
         Ok(format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(bytes))))
     }
 
     /// True when the registry serves the referrers API (it then indexes `subject` itself).
     pub fn has_referrers_api(&self, digest: &str) -> bool {
-        self.request("pull", "GET", &format!("{}/referrers/{digest}", self.repository), &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)
-            .is_ok_and(|r| r.is_success())
+        self.request(
+            "pull",
+            "GET",
+            &format!("{}/referrers/{digest}", self.repository),
+            &[("accept", "application/vnd.oci.image.index.v1+json".into())],
+            None,
+            MAX_MANIFEST,
+        )
+        .is_ok_and(|r| r.is_success())
     }
 
     /// The index under the `sha256-<hex>` fallback tag, if any.
     pub fn fallback_index(&self, digest: &str) -> Result<Option<Json>, String> {
         let tag = digest.replace(':', "-");
-        let response = self.request("pull", "GET", &format!("{}/manifests/{tag}", self.repository), &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)?;
+        let response = self.request(
+            "pull",
+            "GET",
+            &format!("{}/manifests/{tag}", self.repository),
+            &[("accept", "application/vnd.oci.image.index.v1+json".into())],
+            None,
+            MAX_MANIFEST,
+        )?;
         match response.status {
             200 => serde_json::from_slice(&response.body).map(Some).map_err(|e| format!("fallback index is not JSON: {e}")),
             404 => Ok(None),
@@ -244,7 +286,8 @@ impl<'a> Session<'a> {
 
     /// A manifest by digest, checked against the digest.
     pub fn manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, String> {
-        let response = self.request("pull", "GET", &format!("{}/manifests/{digest}", self.repository), &[("accept", MANIFEST_ACCEPT.into())], None, MAX_MANIFEST)?;
+        let response =
+            self.request("pull", "GET", &format!("{}/manifests/{digest}", self.repository), &[("accept", MANIFEST_ACCEPT.into())], None, MAX_MANIFEST)?;
         match response.status {
             200 => {
                 let computed = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(&response.body)));
@@ -292,7 +335,14 @@ impl<'a> Session<'a> {
             200..=299 => response.body,
             404 => {
                 let tag = digest.replace(':', "-");
-                let fallback = self.request("pull", "GET", &format!("{}/manifests/{tag}", self.repository), &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)?;
+                let fallback = self.request(
+                    "pull",
+                    "GET",
+                    &format!("{}/manifests/{tag}", self.repository),
+                    &[("accept", "application/vnd.oci.image.index.v1+json".into())],
+                    None,
+                    MAX_MANIFEST,
+                )?;
                 match fallback.status {
                     200 => fallback.body,
                     404 => return Ok(Vec::new()),
@@ -326,7 +376,8 @@ mod tests {
 
     #[test]
     fn parses_bearer_challenges() {
-        let (scheme, params) = parse_challenge(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull""#).unwrap();
+        let (scheme, params) =
+            parse_challenge(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull""#).unwrap();
         assert_eq!(scheme, "bearer");
         assert_eq!(params[0], ("realm".into(), "https://auth.example.com/token".into()));
         assert_eq!(params[2], ("scope".into(), "repository:a/b:pull".into()));
@@ -345,7 +396,10 @@ mod tests {
         .unwrap();
         let config = Config { containerd_hosts_dir: dir.path().to_owned(), ..Config::default() };
         let list = endpoints(&config, "registry.example.com", "pull");
-        assert_eq!(list.iter().map(|e| e.origin.as_str()).collect::<Vec<_>>(), ["http://127.0.0.1:5002", "http://127.0.0.1:5001", "https://registry.example.com"]);
+        assert_eq!(
+            list.iter().map(|e| e.origin.as_str()).collect::<Vec<_>>(),
+            ["http://127.0.0.1:5002", "http://127.0.0.1:5001", "https://registry.example.com"]
+        );
         assert!(list[1].tls.skip_verify);
         assert_eq!(endpoints(&config, "other.example", "pull")[0].origin, "https://other.example");
         assert_eq!(endpoints(&config, "127.0.0.1:5000", "pull")[0].origin, "http://127.0.0.1:5000");

@@ -6,11 +6,11 @@
 
 use std::fmt;
 
-use atproto_sig_core::did::{did_method, DidMethod};
-use atproto_sig_core::syntax::{is_disallowed_handle_tld, is_valid_did, is_valid_handle, is_valid_record_key, AtUri};
+use atproto_sig_core::did::{DidMethod, did_method};
+use atproto_sig_core::syntax::{AtUri, is_disallowed_handle_tld, is_valid_did, is_valid_handle, is_valid_record_key};
 use serde_json::Value as Json;
 
-use crate::net::{is_loopback_url, Http, NetError};
+use crate::net::{Http, NetError, is_loopback_url};
 
 /// Largest DID document, audit log, listRecords page and proof accepted.
 pub const MAX_DID_DOC: usize = 256 << 10;
@@ -47,10 +47,7 @@ impl From<NetError> for LookupError {
 }
 
 fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    value.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") }).collect()
 }
 /// `k=v&…` with percent-encoded values (query strings and form bodies).
 pub fn query(params: &[(&str, &str)]) -> String {
@@ -157,11 +154,7 @@ pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Fn(&str) ->
 
 /// Checks a PDS endpoint before requesting it: https, or http on loopback.
 fn check_pds(pds: &str) -> Result<(), LookupError> {
-    if pds.starts_with("https://") || is_loopback_url(pds) {
-        Ok(())
-    } else {
-        Err(LookupError::Invalid(format!("PDS endpoint {pds} is not https")))
-    }
+    if pds.starts_with("https://") || is_loopback_url(pds) { Ok(()) } else { Err(LookupError::Invalid(format!("PDS endpoint {pds} is not https"))) }
 }
 
 /// Visits the `collection` records of `did` page by page (`com.atproto.repo.listRecords`),

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use atproto_sig_core::crypto::Curve;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
-use atproto_sig_core::testkit::{digest_of, Identity, Tamper, TestRepo};
+use atproto_sig_core::testkit::{Identity, Tamper, TestRepo, digest_of};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
@@ -76,7 +76,22 @@ fn proof_verify_real_pds_fixture_json() {
     let meta = meta();
     let uri = format!("at://{}/io.atcr.manifest", meta["did"].as_str().unwrap());
     for doc in ["did-legacy.json", "did-multikey.json"] {
-        let out = run(&["proof", "verify", "--car", &pds_fixture("manifest-hex-rkey.car"), "--did-doc", &pds_fixture(doc), "--uri", &uri, "--digest", meta["digest"].as_str().unwrap(), "--repository", "myapp", "--format", "json"]);
+        let out = run(&[
+            "proof",
+            "verify",
+            "--car",
+            &pds_fixture("manifest-hex-rkey.car"),
+            "--did-doc",
+            &pds_fixture(doc),
+            "--uri",
+            &uri,
+            "--digest",
+            meta["digest"].as_str().unwrap(),
+            "--repository",
+            "myapp",
+            "--format",
+            "json",
+        ]);
         assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
         let v = json(&out);
         assert_eq!(v["admitted"], true);
@@ -212,7 +227,11 @@ fn policy_check_summary_errors_and_missing_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("polcy"));
     // Scripts reading JSON get the config-invalid code, not a generic one.
-    let out = bin().args(["verify", "nginx@sha256:0000000000000000000000000000000000000000000000000000000000000000", "--format", "json"]).env("ATPROTO_VERIFIER_CONFIG", &bad).output().unwrap();
+    let out = bin()
+        .args(["verify", "nginx@sha256:0000000000000000000000000000000000000000000000000000000000000000", "--format", "json"])
+        .env("ATPROTO_VERIFIER_CONFIG", &bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(json(&out)["reason"], "config-invalid");
 }
@@ -241,7 +260,11 @@ fn doctor_catches_the_silent_failure_modes_of_containerds_hook() {
     let policy = policy_file("valid/atcr-example.yaml");
     let config = write(dir.path(), "config.toml", format!("policy = {policy:?}\ncache_dir = {:?}\n", dir.path().join("cache")).as_bytes());
     let containerd = |extra: &str| {
-        write(dir.path(), "containerd.toml", format!("version = 3\n[plugins.\"io.containerd.image-verifier.v1.bindir\"]\nbin_dir = {bin_dir:?}\nmax_verifiers = 10\n{extra}").as_bytes())
+        write(
+            dir.path(),
+            "containerd.toml",
+            format!("version = 3\n[plugins.\"io.containerd.image-verifier.v1.bindir\"]\nbin_dir = {bin_dir:?}\nmax_verifiers = 10\n{extra}").as_bytes(),
+        )
     };
     let doctor = |containerd_config: &str| {
         let out = run(&["doctor", "--config", &config, "--containerd-config", containerd_config]);
@@ -268,7 +291,13 @@ fn doctor_catches_the_silent_failure_modes_of_containerds_hook() {
         .replace(&dir.path().display().to_string(), "<dir>")
         .replace(&policy, "<policy>")
         .lines()
-        .map(|l| if l.contains("trust roots") && l.contains("roots from the system store") { "ok   trust roots       https trusts <n> roots from the system store\n".to_owned() } else { format!("{l}\n") })
+        .map(|l| {
+            if l.contains("trust roots") && l.contains("roots from the system store") {
+                "ok   trust roots       https trusts <n> roots from the system store\n".to_owned()
+            } else {
+                format!("{l}\n")
+            }
+        })
         .collect();
     insta::assert_snapshot!("doctor_broken", report);
 }
@@ -318,7 +347,11 @@ fn ci_facing_commands_keep_their_exit_codes_and_formats() {
     // without any network, while the configured one would need a signer).
     let dir = tempfile::tempdir().unwrap();
     let lenient = write(dir.path(), "lenient.yaml", b"version: \"1.0\"\ndefault: { action: enforce, require: { signature: false } }\n");
-    let config = write(dir.path(), "config.toml", format!("policy = {:?}\ncache_dir = {:?}\n", policy_file("valid/atcr-example.yaml"), dir.path().join("cache")).as_bytes());
+    let config = write(
+        dir.path(),
+        "config.toml",
+        format!("policy = {:?}\ncache_dir = {:?}\n", policy_file("valid/atcr-example.yaml"), dir.path().join("cache")).as_bytes(),
+    );
     let image = format!("registry.example.com/app@sha256:{}", "ab".repeat(32));
     let out = run(&["verify", &image, "--config", &config, "--policy", &lenient, "--format", "sarif"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
@@ -332,7 +365,11 @@ fn observability_audit_failures_logfmt_journal_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let policy = write(dir.path(), "policy.yaml", b"version: \"1.0\"\ndefault: { action: enforce, require: { signature: false } }\n");
     let missing_audit = dir.path().join("no-such-dir/audit.jsonl");
-    let config = write(dir.path(), "config.toml", format!("policy = {policy:?}\ncache_dir = {:?}\naudit_log = {missing_audit:?}\n", dir.path().join("cache")).as_bytes());
+    let config = write(
+        dir.path(),
+        "config.toml",
+        format!("policy = {policy:?}\ncache_dir = {:?}\naudit_log = {missing_audit:?}\n", dir.path().join("cache")).as_bytes(),
+    );
     let digest = format!("sha256:{}", "ab".repeat(32));
     let pull = |env: &[(&str, &str)]| {
         let mut command = bin();
@@ -357,16 +394,29 @@ fn observability_audit_failures_logfmt_journal_and_metrics() {
     assert!(stdout(&out).contains("audit log") && stdout(&out).contains("cannot be written"), "{}", stdout(&out));
 
     // The refresh timer writes a Prometheus textfile: decisions by outcome and reason.
-    let audit = write(dir.path(), "audit.jsonl", concat!(
-        "{\"outcome\":\"admitted\",\"reason\":\"verified\"}\n",
-        "{\"outcome\":\"admitted\",\"reason\":\"verified\"}\n",
-        "{\"outcome\":\"rejected\",\"reason\":\"record-deleted\"}\n",
-        "not json\n"
-    ).as_bytes());
+    let audit = write(
+        dir.path(),
+        "audit.jsonl",
+        concat!(
+            "{\"outcome\":\"admitted\",\"reason\":\"verified\"}\n",
+            "{\"outcome\":\"admitted\",\"reason\":\"verified\"}\n",
+            "{\"outcome\":\"rejected\",\"reason\":\"record-deleted\"}\n",
+            "not json\n"
+        )
+        .as_bytes(),
+    );
     let bundles = dir.path().join("bundles");
     std::fs::create_dir_all(&bundles).unwrap();
     let metrics = dir.path().join("atproto-verifier.prom");
-    let offline = write(dir.path(), "offline.toml", format!("offline = true\npolicy = {policy:?}\ncache_dir = {:?}\naudit_log = {audit:?}\nbundle_dir = {bundles:?}\nmetrics_file = {metrics:?}\n", dir.path().join("cache")).as_bytes());
+    let offline = write(
+        dir.path(),
+        "offline.toml",
+        format!(
+            "offline = true\npolicy = {policy:?}\ncache_dir = {:?}\naudit_log = {audit:?}\nbundle_dir = {bundles:?}\nmetrics_file = {metrics:?}\n",
+            dir.path().join("cache")
+        )
+        .as_bytes(),
+    );
     let out = run(&["cache", "refresh", "--config", &offline]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let text = std::fs::read_to_string(&metrics).unwrap();

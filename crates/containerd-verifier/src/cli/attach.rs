@@ -7,22 +7,22 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use atproto_sig_core::Limits;
 use atproto_sig_core::car::Car;
 use atproto_sig_core::commit::Commit;
 use atproto_sig_core::policy::Outcome;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::reference::ImageRef;
-use atproto_sig_core::Limits;
 use base64::Engine;
 use clap::Args;
-use serde_json::{json, Value as Json};
+use serde_json::{Value as Json, json};
 
 use crate::cache::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
 use crate::config::Config;
 use crate::exit;
 use crate::net::{Deadline, Http};
-use crate::output::{print_undecided, Format};
-use crate::registry::{Session, CAR_MEDIA_TYPE, SIGNATURE_ARTIFACT_TYPE};
+use crate::output::{Format, print_undecided};
+use crate::registry::{CAR_MEDIA_TYPE, SIGNATURE_ARTIFACT_TYPE, Session};
 
 #[derive(Args, Debug)]
 pub struct AttachArgs {
@@ -63,7 +63,8 @@ fn attach(args: &AttachArgs) -> Result<String, Failure> {
         Some(d) => d.clone(),
         None => session.resolve(image.tag.as_deref().unwrap_or("latest")).map_err(fail)?,
     };
-    let policy = super::policy::load_policy(&config.policy).map_err(|_| fail("attach verifies before it attaches and needs the trust policy: run `atproto-verifier policy check`"))?;
+    let policy = super::policy::load_policy(&config.policy)
+        .map_err(|_| fail("attach verifies before it attaches and needs the trust policy: run `atproto-verifier policy check`"))?;
     // Verify first, exactly as a pull would: only a verified proof is attached.
     let (decision, notes, _) = super::verify::decide(&config, &policy, &image, &digest, Instant::now());
     let signer = match (decision.outcome, decision.signers.first()) {
@@ -71,19 +72,25 @@ fn attach(args: &AttachArgs) -> Result<String, Failure> {
         _ => return Err((exit::REJECTED, format!("{} is not verified ({}): {}", args.image, decision.reason.code(), decision.message), notes.join("; "))),
     };
     let cache = Cache::new(&config.cache_dir);
-    let locator: LocatorEntry = cache.read(Kind::Locator, &[&signer, &digest]).ok_or_else(|| fail("the verified record's location is missing from the cache"))?;
-    let proof: ProofEntry = cache.read(Kind::Proof, &[&signer, MANIFEST_COLLECTION, &locator.rkey]).ok_or_else(|| fail("the verified proof is missing from the cache"))?;
+    let locator: LocatorEntry =
+        cache.read(Kind::Locator, &[&signer, &digest]).ok_or_else(|| fail("the verified record's location is missing from the cache"))?;
+    let proof: ProofEntry =
+        cache.read(Kind::Proof, &[&signer, MANIFEST_COLLECTION, &locator.rkey]).ok_or_else(|| fail("the verified proof is missing from the cache"))?;
     let car = base64::engine::general_purpose::STANDARD.decode(&proof.car).map_err(|e| fail(e.to_string()))?;
     let document: Option<DidEntry> = cache.read(Kind::Did, &[&signer]);
     let document = document.and_then(|d| atproto_sig_core::did::DidDocument::parse(d.document.as_bytes(), &signer, &Limits::default()).ok());
     let limits = Limits::default();
     let parsed = Car::parse(&car, &limits).map_err(|e| fail(e.to_string()))?;
     let commit = parsed.block(&parsed.root).and_then(|b| Commit::decode(b, &limits).ok()).ok_or_else(|| fail("the proof has no commit"))?;
-    let signed_at = commit.rev.as_deref().and_then(atproto_sig_core::syntax::tid_timestamp_micros).map(|t| atproto_sig_core::syntax::format_datetime_micros(t as i64));
+    let signed_at =
+        commit.rev.as_deref().and_then(atproto_sig_core::syntax::tid_timestamp_micros).map(|t| atproto_sig_core::syntax::format_datetime_micros(t as i64));
     let key = document.as_ref().and_then(|d| d.signing_key.clone().ok());
 
     let subject = session.manifest(&digest).map_err(fail)?.ok_or_else(|| fail(format!("{digest} is not in the registry")))?;
-    let subject_type = serde_json::from_slice::<Json>(&subject).ok().and_then(|m| m.get("mediaType").and_then(Json::as_str).map(str::to_owned)).unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+    let subject_type = serde_json::from_slice::<Json>(&subject)
+        .ok()
+        .and_then(|m| m.get("mediaType").and_then(Json::as_str).map(str::to_owned))
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
     let meta = serde_json::to_vec(&json!({
         "$type": "io.atcr.atproto.signature",
         "version": "1.0",
@@ -121,7 +128,10 @@ fn attach(args: &AttachArgs) -> Result<String, Failure> {
         "indexed by the registry's referrers API".to_owned()
     } else {
         // No referrers API: maintain the index under the sha256-<hex> tag, keeping other referrers.
-        let mut index = session.fallback_index(&digest).map_err(fail)?.unwrap_or_else(|| json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}));
+        let mut index = session
+            .fallback_index(&digest)
+            .map_err(fail)?
+            .unwrap_or_else(|| json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}));
         let descriptor = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": artifact, "size": manifest.len(), "artifactType": SIGNATURE_ARTIFACT_TYPE});
         if let Some(list) = index.get_mut("manifests").and_then(Json::as_array_mut) {
             list.retain(|d| d.get("digest") != descriptor.get("digest"));
@@ -131,5 +141,10 @@ fn attach(args: &AttachArgs) -> Result<String, Failure> {
         session.push_manifest(&digest.replace(':', "-"), "application/vnd.oci.image.index.v1+json", &bytes).map_err(fail)?;
         format!("listed under the tag {}", digest.replace(':', "-"))
     };
-    Ok(format!("attached {artifact} to {}@{digest}: proof of at://{signer}/{MANIFEST_COLLECTION}/{} (commit {}), {discovery}", image.scope_name(), locator.rkey, parsed.root))
+    Ok(format!(
+        "attached {artifact} to {}@{digest}: proof of at://{signer}/{MANIFEST_COLLECTION}/{} (commit {}), {discovery}",
+        image.scope_name(),
+        locator.rkey,
+        parsed.root
+    ))
 }

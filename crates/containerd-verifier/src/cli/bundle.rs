@@ -9,7 +9,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::exit;
 use crate::input::read_capped;
-use crate::output::{print_config_invalid, print_json, print_undecided, Format};
+use crate::output::{Format, print_config_invalid, print_json, print_undecided};
 
 #[derive(Subcommand, Debug)]
 pub enum BundleCommand {
@@ -75,7 +75,14 @@ fn create(args: &CreateArgs) -> u8 {
     let policy = super::policy::load_policy(&config.policy).ok();
     match bundle::create(&config, policy.as_ref(), &args.images, &args.dids, &args.output) {
         Ok(b) => {
-            println!("{}: {} DID documents ({} with audit logs), {} proofs, {} locators", args.output.display(), b.dids.len(), b.dids.iter().filter(|d| d.audit_log.is_some()).count(), b.proofs.len(), b.locators.len());
+            println!(
+                "{}: {} DID documents ({} with audit logs), {} proofs, {} locators",
+                args.output.display(),
+                b.dids.len(),
+                b.dids.iter().filter(|d| d.audit_log.is_some()).count(),
+                b.proofs.len(),
+                b.locators.len()
+            );
             exit::ADMITTED
         }
         Err(e) => {
@@ -108,7 +115,13 @@ fn inspect(args: &InspectArgs) -> u8 {
         Format::Text => {
             println!("bundle created {}", b.created_at);
             for d in &b.dids {
-                println!("  DID      {} fetched {} from {}{}", d.did, time(d.fetched_at), d.source, if d.audit_log.is_some() { ", with audit log" } else { "" });
+                println!(
+                    "  DID      {} fetched {} from {}{}",
+                    d.did,
+                    time(d.fetched_at),
+                    d.source,
+                    if d.audit_log.is_some() { ", with audit log" } else { "" }
+                );
             }
             for p in &b.proofs {
                 println!("  proof    at://{}/{}/{} fetched {}", p.did, p.collection, p.rkey, time(p.fetched_at));
@@ -140,10 +153,18 @@ fn import(args: &ImportArgs) -> u8 {
     };
     let report = bundle::import(&b, &cache, &args.file.display().to_string(), &config, now);
     match args.format {
-        Format::Json => print_json(&serde_json::json!({"stored": report.stored, "unchanged": report.unchanged, "refused": report.refused, "notes": report.notes})),
+        Format::Json => {
+            print_json(&serde_json::json!({"stored": report.stored, "unchanged": report.unchanged, "refused": report.refused, "notes": report.notes}))
+        }
         Format::Text => {
             // Per entry, so an operator sees exactly what changed the cache and what did not.
-            println!("{}: imported {} entries, {} unchanged, refused {}", args.file.display(), report.stored.len(), report.unchanged.len(), report.refused.len());
+            println!(
+                "{}: imported {} entries, {} unchanged, refused {}",
+                args.file.display(),
+                report.stored.len(),
+                report.unchanged.len(),
+                report.refused.len()
+            );
             for s in &report.stored {
                 println!("  stored: {s}");
             }

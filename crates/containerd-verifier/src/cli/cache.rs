@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::cache::{freshness, Cache, DidEntry, Freshness, Kind, ProofEntry};
+use crate::cache::{Cache, DidEntry, Freshness, Kind, ProofEntry, freshness};
 use crate::config::Config;
 use crate::exit;
 use crate::net::{Deadline, Http};
-use crate::output::{print_config_invalid, print_json, print_undecided, Format};
+use crate::output::{Format, print_config_invalid, print_json, print_undecided};
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -95,7 +95,11 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     let bundle_notes = crate::bundle::sync_bundle_dir(config, cache);
     if config.offline {
         if config.bundle_dir.is_none() {
-            print_undecided(format, "offline = true: nothing can be refreshed over the network", "import a bundle instead: atproto-verifier bundle import FILE");
+            print_undecided(
+                format,
+                "offline = true: nothing can be refreshed over the network",
+                "import a bundle instead: atproto-verifier bundle import FILE",
+            );
             return exit::UNDECIDED;
         }
         match format {
@@ -167,7 +171,10 @@ fn prune(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     let mut removed = Vec::new();
     for (path, entry) in cache.all::<DidEntry>(Kind::Did) {
         // Offline nodes keep documents (they cannot refetch them); online ones drop expired ones.
-        if !config.offline && freshness(entry.fetched_at, now, micros(config.did_ttl), micros(config.max_stale)) == Freshness::Expired && cache.remove_path(&path) {
+        if !config.offline
+            && freshness(entry.fetched_at, now, micros(config.did_ttl), micros(config.max_stale)) == Freshness::Expired
+            && cache.remove_path(&path)
+        {
             removed.push(entry.did);
         }
     }

@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use atproto_sig_core::plc::verify_audit_log;
 use atproto_sig_core::Limits;
+use atproto_sig_core::plc::verify_audit_log;
 use clap::{Args, Subcommand};
 
 use crate::exit;
 use crate::input::read_capped;
-use crate::output::{print_json, print_undecided, Format};
+use crate::output::{Format, print_json, print_undecided};
 
 #[derive(Subcommand, Debug)]
 pub enum DidCommand {

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::config::{Config, Span};
 use crate::containerd_config::{self, BINDIR_PLUGIN, CRI_IMAGES_PLUGIN, DEFAULT_BIN_DIR};
 use crate::exit;
-use crate::output::{print_json, Format};
+use crate::output::{Format, print_json};
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -57,7 +57,14 @@ struct Finding {
 fn containerd_findings(path: &Path, budget: Span, out: &mut Vec<Finding>) {
     let mut add = |level, check, message: String| out.push(Finding { level, check, message });
     if !path.exists() {
-        add(Level::Warn, "containerd config", format!("{} does not exist: containerd runs on its defaults (bin_dir {DEFAULT_BIN_DIR}) — pass --containerd-config if it lives elsewhere", path.display()));
+        add(
+            Level::Warn,
+            "containerd config",
+            format!(
+                "{} does not exist: containerd runs on its defaults (bin_dir {DEFAULT_BIN_DIR}) — pass --containerd-config if it lives elsewhere",
+                path.display()
+            ),
+        );
     }
     let effective = if path.exists() {
         match containerd_config::load(path) {
@@ -74,7 +81,14 @@ fn containerd_findings(path: &Path, budget: Span, out: &mut Vec<Finding>) {
         add(Level::Ok, "containerd config", format!("read {} and {} imported files", path.display(), effective.files.len() - 1));
     }
     if let Some(file) = effective.is_disabled(BINDIR_PLUGIN) {
-        add(Level::Fail, "bindir plugin", format!("{BINDIR_PLUGIN} is in disabled_plugins ({}): containerd 2.4 runs NO image verifier and admits every pull (2.2 fails every transfer-service pull instead) — remove it from disabled_plugins", containerd_config::locate(file, BINDIR_PLUGIN)));
+        add(
+            Level::Fail,
+            "bindir plugin",
+            format!(
+                "{BINDIR_PLUGIN} is in disabled_plugins ({}): containerd 2.4 runs NO image verifier and admits every pull (2.2 fails every transfer-service pull instead) — remove it from disabled_plugins",
+                containerd_config::locate(file, BINDIR_PLUGIN)
+            ),
+        );
         return;
     }
     let plugin = effective.plugin(BINDIR_PLUGIN);
@@ -84,21 +98,39 @@ fn containerd_findings(path: &Path, budget: Span, out: &mut Vec<Finding>) {
     let bin_dir = effective.bin_dir();
     let timeout_text = plugin.and_then(|p| p.table.get("per_verifier_timeout")).and_then(toml::Value::as_str).unwrap_or("10s");
     match Span::parse(timeout_text) {
-        Some(timeout) if timeout.0 <= budget.0 => add(Level::Fail, "timeout", format!("per_verifier_timeout {timeout_text} is not longer than our budget {budget}: containerd would kill the verifier before it can say why — lower `budget` in config.toml")),
+        Some(timeout) if timeout.0 <= budget.0 => add(
+            Level::Fail,
+            "timeout",
+            format!(
+                "per_verifier_timeout {timeout_text} is not longer than our budget {budget}: containerd would kill the verifier before it can say why — lower `budget` in config.toml"
+            ),
+        ),
         Some(_) => add(Level::Ok, "timeout", format!("per_verifier_timeout {timeout_text} > budget {budget}")),
         None => add(Level::Warn, "timeout", format!("per_verifier_timeout {timeout_text:?} could not be read; make sure it exceeds our budget {budget}")),
     }
     match std::fs::read_dir(&bin_dir) {
-        Err(_) => add(Level::Fail, "bin_dir", format!("{} does not exist: containerd admits EVERY pull when bin_dir is missing — install the verifier there", bin_dir.display())),
+        Err(_) => add(
+            Level::Fail,
+            "bin_dir",
+            format!("{} does not exist: containerd admits EVERY pull when bin_dir is missing — install the verifier there", bin_dir.display()),
+        ),
         Ok(entries) => {
             let files: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
             if files.is_empty() {
-                add(Level::Fail, "bin_dir", format!("{} is empty: containerd admits EVERY pull when bin_dir is empty — install the verifier there", bin_dir.display()));
+                add(
+                    Level::Fail,
+                    "bin_dir",
+                    format!("{} is empty: containerd admits EVERY pull when bin_dir is empty — install the verifier there", bin_dir.display()),
+                );
             }
             for file in &files {
                 let executable = std::fs::metadata(file).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
                 if !executable {
-                    add(Level::Fail, "bin_dir", format!("{} is not an executable file: containerd fails EVERY pull on it — remove it or chmod +x", file.display()));
+                    add(
+                        Level::Fail,
+                        "bin_dir",
+                        format!("{} is not an executable file: containerd fails EVERY pull on it — remove it or chmod +x", file.display()),
+                    );
                 }
             }
             let ours = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
@@ -119,7 +151,14 @@ fn containerd_findings(path: &Path, budget: Span, out: &mut Vec<Finding>) {
         add(Level::Ok, "CRI", "CRI pulls use the transfer service (containerd 2.1+), so verifiers run".into());
     }
     for t in triggers {
-        add(Level::Fail, "CRI", format!("{}: {} makes containerd fall back to the local image pull, which runs NO image verifier (Kubernetes pulls are admitted unchecked) — {}", t.at, t.setting, t.fix));
+        add(
+            Level::Fail,
+            "CRI",
+            format!(
+                "{}: {} makes containerd fall back to the local image pull, which runs NO image verifier (Kubernetes pulls are admitted unchecked) — {}",
+                t.at, t.setting, t.fix
+            ),
+        );
     }
 }
 
@@ -159,12 +198,20 @@ fn live_finding(args: &DoctorArgs, image: &str, out: &mut Vec<Finding>) {
     let finding = if output.status.success() {
         // Undo what the check did.
         let _ = std::process::Command::new(&args.ctr).arg("--address").arg(&args.address).args(["image", "rm", image]).output();
-        Finding { level: Level::Fail, check: "live", message: format!("containerd pulled {image} and no verifier blocked it: image verification is NOT in effect") }
+        Finding {
+            level: Level::Fail,
+            check: "live",
+            message: format!("containerd pulled {image} and no verifier blocked it: image verification is NOT in effect"),
+        }
     } else if text.contains("image verifier") && text.contains("blocked") {
         Finding { level: Level::Ok, check: "live", message: format!("a verifier ran and blocked {image}, as the policy requires") }
     } else {
         let last = text.lines().last().unwrap_or_default().chars().take(300).collect::<String>();
-        Finding { level: Level::Warn, check: "live", message: format!("the pull of {image} failed before any verifier decided (is the image reachable?): {last}") }
+        Finding {
+            level: Level::Warn,
+            check: "live",
+            message: format!("the pull of {image} failed before any verifier decided (is the image reachable?): {last}"),
+        }
     };
     out.push(finding);
 }
@@ -184,7 +231,14 @@ fn audit_log_finding(path: &Path) -> Finding {
     if writable {
         Finding { level: Level::Ok, check: "audit log", message: format!("{} can be written", path.display()) }
     } else {
-        Finding { level: Level::Warn, check: "audit log", message: format!("{} cannot be written (is its directory there, and writable by containerd's user?): decisions are not recorded — pulls are not blocked, and each decision says so on stderr", path.display()) }
+        Finding {
+            level: Level::Warn,
+            check: "audit log",
+            message: format!(
+                "{} cannot be written (is its directory there, and writable by containerd's user?): decisions are not recorded — pulls are not blocked, and each decision says so on stderr",
+                path.display()
+            ),
+        }
     }
 }
 
@@ -204,8 +258,16 @@ fn cache_finding(dir: &Path) -> Finding {
         };
     }
     match dir.ancestors().skip(1).find(|a| a.is_dir()) {
-        Some(parent) if writable(parent) => Finding { level: Level::Ok, check: "cache", message: format!("{} does not exist yet; it will be created on first use (in {})", dir.display(), parent.display()) },
-        Some(parent) => Finding { level: Level::Warn, check: "cache", message: format!("{} does not exist and {} is not writable: every pull refetches everything", dir.display(), parent.display()) },
+        Some(parent) if writable(parent) => Finding {
+            level: Level::Ok,
+            check: "cache",
+            message: format!("{} does not exist yet; it will be created on first use (in {})", dir.display(), parent.display()),
+        },
+        Some(parent) => Finding {
+            level: Level::Warn,
+            check: "cache",
+            message: format!("{} does not exist and {} is not writable: every pull refetches everything", dir.display(), parent.display()),
+        },
         None => Finding { level: Level::Warn, check: "cache", message: format!("{} cannot be created", dir.display()) },
     }
 }
@@ -215,7 +277,8 @@ pub fn run(args: DoctorArgs) -> u8 {
     let config = match Config::load(args.config.as_deref()) {
         Ok(c) => {
             let path = crate::config::config_path(args.config.as_deref()).0;
-            let message = if path.exists() { format!("{} loads", path.display()) } else { format!("no config file at {}: built-in defaults apply", path.display()) };
+            let message =
+                if path.exists() { format!("{} loads", path.display()) } else { format!("no config file at {}: built-in defaults apply", path.display()) };
             findings.push(Finding { level: Level::Ok, check: "config", message });
             c
         }
@@ -225,20 +288,44 @@ pub fn run(args: DoctorArgs) -> u8 {
         }
     };
     match super::policy::load_policy(&config.policy) {
-        Ok(p) => findings.push(Finding { level: Level::Ok, check: "policy", message: format!("{}: {} policies, {} trusted DIDs, {}", config.policy.display(), p.rules.len(), p.trusted.len(), if p.default.is_some() { "with a default" } else { "no default (unmatched images are rejected)" }) }),
-        Err(super::policy::PolicyLoadError::Unreadable(e)) => findings.push(Finding { level: Level::Fail, check: "policy", message: format!("{e} — every pull is blocked until a policy is installed") }),
-        Err(super::policy::PolicyLoadError::Invalid(errors)) => findings.push(Finding { level: Level::Fail, check: "policy", message: format!("{} errors, first: {} — run `atproto-verifier policy check`", errors.len(), errors.first().cloned().unwrap_or_default()) }),
+        Ok(p) => findings.push(Finding {
+            level: Level::Ok,
+            check: "policy",
+            message: format!(
+                "{}: {} policies, {} trusted DIDs, {}",
+                config.policy.display(),
+                p.rules.len(),
+                p.trusted.len(),
+                if p.default.is_some() { "with a default" } else { "no default (unmatched images are rejected)" }
+            ),
+        }),
+        Err(super::policy::PolicyLoadError::Unreadable(e)) => {
+            findings.push(Finding { level: Level::Fail, check: "policy", message: format!("{e} — every pull is blocked until a policy is installed") })
+        }
+        Err(super::policy::PolicyLoadError::Invalid(errors)) => findings.push(Finding {
+            level: Level::Fail,
+            check: "policy",
+            message: format!("{} errors, first: {} — run `atproto-verifier policy check`", errors.len(), errors.first().cloned().unwrap_or_default()),
+        }),
     }
     findings.push(cache_finding(&config.cache_dir));
     if let Some(path) = &config.audit_log {
         findings.push(audit_log_finding(path));
     }
     if config.offline {
-        findings.push(Finding { level: Level::Ok, check: "offline", message: format!("offline: proofs older than max_proof_age ({}) are refused; import bundles more often than that", config.max_proof_age) });
+        findings.push(Finding {
+            level: Level::Ok,
+            check: "offline",
+            message: format!("offline: proofs older than max_proof_age ({}) are refused; import bundles more often than that", config.max_proof_age),
+        });
     }
     let (roots, source) = crate::net::default_roots();
     findings.push(if roots.is_empty() {
-        Finding { level: Level::Warn, check: "trust roots", message: "no CA certificates in the system store or ca_bundle: https uses the compiled-in Mozilla roots (install ca-certificates)".into() }
+        Finding {
+            level: Level::Warn,
+            check: "trust roots",
+            message: "no CA certificates in the system store or ca_bundle: https uses the compiled-in Mozilla roots (install ca-certificates)".into(),
+        }
     } else {
         Finding { level: Level::Ok, check: "trust roots", message: format!("https trusts {source}") }
     });
@@ -254,7 +341,9 @@ pub fn run(args: DoctorArgs) -> u8 {
         Level::Fail => "FAIL",
     };
     match args.format {
-        Format::Json => print_json(&json!({"ok": !failed, "findings": findings.iter().map(|f| json!({"level": label(f.level), "check": f.check, "message": f.message})).collect::<Vec<_>>()})),
+        Format::Json => print_json(
+            &json!({"ok": !failed, "findings": findings.iter().map(|f| json!({"level": label(f.level), "check": f.check, "message": f.message})).collect::<Vec<_>>()}),
+        ),
         Format::Text => {
             for f in &findings {
                 println!("{:<4} {:<17} {}", label(f.level), f.check, f.message);

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use atproto_sig_core::policy::{Policy, Rule, MAX_POLICY_BYTES};
+use atproto_sig_core::policy::{MAX_POLICY_BYTES, Policy, Rule};
 use atproto_sig_core::reference::ImageRef;
 use atproto_sig_core::syntax::format_datetime_micros;
 use clap::{Args, Subcommand};
@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::exit;
 use crate::input::{now_micros, read_capped};
-use crate::output::{print_json, print_undecided, Format};
+use crate::output::{Format, print_json, print_undecided};
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
@@ -73,7 +73,8 @@ pub enum PolicyLoadError {
 }
 
 /// Hint for a missing policy file.
-pub const INSTALL_POLICY_HINT: &str = "install one, e.g. the audit-only starter: cp packaging/policies/audit-only-starter.yaml /etc/atproto-verifier/trust-policy.yaml";
+pub const INSTALL_POLICY_HINT: &str =
+    "install one, e.g. the audit-only starter: cp packaging/policies/audit-only-starter.yaml /etc/atproto-verifier/trust-policy.yaml";
 
 /// Reads and parses a policy.
 pub fn load_policy(path: &Path) -> Result<Policy, PolicyLoadError> {
@@ -92,14 +93,17 @@ fn check(args: &CheckArgs) -> u8 {
         }
     };
     let name = path.display().to_string();
-    let text = match read_capped(&path, MAX_POLICY_BYTES).map_err(|e| e.to_string()).and_then(|b| String::from_utf8(b).map_err(|_| format!("{name}: not UTF-8 text"))) {
-        Ok(text) => text,
-        Err(e) => {
-            print_undecided(args.format, &e, INSTALL_POLICY_HINT);
-            return exit::UNDECIDED;
-        }
-    };
-    let issue_json = |i: &atproto_sig_core::policy::Issue| json!({"file": name, "line": i.at.line, "column": i.at.column, "message": i.message, "hint": i.hint});
+    let text =
+        match read_capped(&path, MAX_POLICY_BYTES).map_err(|e| e.to_string()).and_then(|b| String::from_utf8(b).map_err(|_| format!("{name}: not UTF-8 text")))
+        {
+            Ok(text) => text,
+            Err(e) => {
+                print_undecided(args.format, &e, INSTALL_POLICY_HINT);
+                return exit::UNDECIDED;
+            }
+        };
+    let issue_json =
+        |i: &atproto_sig_core::policy::Issue| json!({"file": name, "line": i.at.line, "column": i.at.column, "message": i.message, "hint": i.hint});
     match Policy::parse(&text) {
         Ok(policy) => {
             let default = match &policy.default {
@@ -170,7 +174,9 @@ fn explain(args: &ExplainArgs) -> u8 {
     let skipped: Vec<_> = matched.skipped.iter().map(|r| json!({"name": r.name, "scope": r.scope, "line": r.at.line})).collect();
     let Some(rule) = matched.rule else {
         match args.format {
-            Format::Json => print_json(&json!({"image": image.scope_name(), "rule": null, "skipped": skipped, "outcome": "reject", "reason": "no-matching-rule"})),
+            Format::Json => {
+                print_json(&json!({"image": image.scope_name(), "rule": null, "skipped": skipped, "outcome": "reject", "reason": "no-matching-rule"}))
+            }
             Format::Text => {
                 println!("image:   {} (matched as {})", args.image, image.scope_name());
                 for r in &matched.skipped {

@@ -8,16 +8,16 @@ use atproto_sig_core::commit::Commit;
 use atproto_sig_core::did::DidDocument;
 use atproto_sig_core::mst::{self, Lookup};
 use atproto_sig_core::plc::verify_audit_log;
-use atproto_sig_core::record::{ManifestRecord, MANIFEST_COLLECTION};
-use atproto_sig_core::syntax::{is_valid_did, AtUri};
+use atproto_sig_core::record::{MANIFEST_COLLECTION, ManifestRecord};
+use atproto_sig_core::syntax::{AtUri, is_valid_did};
 use atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS;
-use atproto_sig_core::{verify, Expectation, KeySource, Limits, ProofInput, Verdict};
+use atproto_sig_core::{Expectation, KeySource, Limits, ProofInput, Verdict, verify};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::exit;
 use crate::input::{now_micros, read_capped};
-use crate::output::{print_json, print_undecided, Format};
+use crate::output::{Format, print_json, print_undecided};
 
 #[derive(Subcommand, Debug)]
 pub enum ProofCommand {
@@ -84,7 +84,11 @@ fn run_verify(args: &VerifyArgs) -> u8 {
         }
     };
     if !atproto_sig_core::verify::is_valid_digest(&args.digest) {
-        print_undecided(args.format, &format!("--digest {:?} is not sha256:<64 lowercase hex>", args.digest), "pass the image digest, e.g. from `crane digest IMAGE` or the registry's Docker-Content-Digest");
+        print_undecided(
+            args.format,
+            &format!("--digest {:?} is not sha256:<64 lowercase hex>", args.digest),
+            "pass the image digest, e.g. from `crane digest IMAGE` or the registry's Docker-Content-Digest",
+        );
         return exit::UNDECIDED;
     }
     let now = match now_micros(args.now.as_deref()) {
@@ -114,13 +118,27 @@ fn run_verify(args: &VerifyArgs) -> u8 {
     let expect = Expectation { did, rkey: uri.rkey.as_deref(), digest: &args.digest, repository: args.repository.as_deref() };
     let verdict = if args.audit_log.is_some() {
         match verify_audit_log(did, &key_bytes, &limits).map(|state| state.signing_key()) {
-            Ok(Ok(key)) => verify(&ProofInput { car: &car, key: KeySource::Key(&key), expect, now_micros: now, max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS, limits: &limits }),
+            Ok(Ok(key)) => verify(&ProofInput {
+                car: &car,
+                key: KeySource::Key(&key),
+                expect,
+                now_micros: now,
+                max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
+                limits: &limits,
+            }),
             Ok(Err(e)) => rejected(did, atproto_sig_core::Reason::DidDocumentInvalid, format!("the audit log of {did} gives no signing key: {e}")),
             Err(e) => rejected(did, atproto_sig_core::Reason::DidDocumentInvalid, format!("the audit log of {did} is invalid: {e}")),
         }
     } else {
         match DidDocument::parse(&key_bytes, did, &limits) {
-            Ok(doc) => verify(&ProofInput { car: &car, key: KeySource::Document(&doc), expect, now_micros: now, max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS, limits: &limits }),
+            Ok(doc) => verify(&ProofInput {
+                car: &car,
+                key: KeySource::Document(&doc),
+                expect,
+                now_micros: now,
+                max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
+                limits: &limits,
+            }),
             Err(e) => rejected(did, atproto_sig_core::Reason::DidDocumentInvalid, format!("DID document: {e}")),
         }
     };
@@ -235,10 +253,13 @@ fn inspect(bytes: &[u8], path: Option<&str>, limits: &Limits, report: &mut serde
         (3, n) => format!("not checkable: {n} bytes, expected 64 (r||s)"),
         (v, _) => format!("not checkable: version {v} commits are not accepted as proofs (only v3)"),
     };
-    report.insert("commit".into(), json!({
-        "did": commit.did, "version": commit.version, "rev": commit.rev, "data": commit.data.to_string(),
-        "prev": commit.prev.map(|c| c.to_string()), "sigBytes": commit.sig.len(), "signature": signature_status,
-    }));
+    report.insert(
+        "commit".into(),
+        json!({
+            "did": commit.did, "version": commit.version, "rev": commit.rev, "data": commit.data.to_string(),
+            "prev": commit.prev.map(|c| c.to_string()), "sigBytes": commit.sig.len(), "signature": signature_status,
+        }),
+    );
     text.push(format!("commit: {} version {}", commit.did, commit.version));
     text.push(format!("  rev:       {}", commit.rev.as_deref().unwrap_or("(none)")));
     text.push(format!("  data:      {}", commit.data));
@@ -269,7 +290,8 @@ fn inspect(bytes: &[u8], path: Option<&str>, limits: &Limits, report: &mut serde
                 None => (json!(null), "record block not included".to_owned()),
                 Some(Err(e)) => (json!({"error": e.to_string()}), format!("record not decodable: {e}")),
                 Some(Ok(value)) => {
-                    let manifest = ManifestRecord::from_value(&value).map_or_else(|e| e.to_string(), |m| format!("io.atcr.manifest {} {}", m.repository, m.digest));
+                    let manifest =
+                        ManifestRecord::from_value(&value).map_or_else(|e| e.to_string(), |m| format!("io.atcr.manifest {} {}", m.repository, m.digest));
                     (cbor::to_json(&value), manifest)
                 }
             };

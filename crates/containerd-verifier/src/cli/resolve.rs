@@ -11,7 +11,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::exit;
 use crate::net::{Deadline, Http};
-use crate::output::{print_config_invalid, print_json, print_undecided, Format};
+use crate::output::{Format, print_config_invalid, print_json, print_undecided};
 
 #[derive(Args, Debug)]
 pub struct ResolveArgs {
@@ -48,11 +48,19 @@ pub fn run(args: ResolveArgs) -> u8 {
             Ok(did) => (did, Some(args.identity.to_ascii_lowercase())),
             // A network failure (DNS included) could not decide: exit 2, as for pulls.
             Err(e @ crate::resolve::LookupError::Network(_)) => {
-                print_undecided(args.format, &format!("cannot resolve {}: {e} (a network failure)", args.identity), "check this machine's DNS and connectivity, then retry");
+                print_undecided(
+                    args.format,
+                    &format!("cannot resolve {}: {e} (a network failure)", args.identity),
+                    "check this machine's DNS and connectivity, then retry",
+                );
                 return exit::UNDECIDED;
             }
             Err(e) => {
-                print_undecided(args.format, &format!("cannot resolve {}: {e}", args.identity), "check the spelling, DNS (_atproto TXT) or https://<handle>/.well-known/atproto-did");
+                print_undecided(
+                    args.format,
+                    &format!("cannot resolve {}: {e}", args.identity),
+                    "check the spelling, DNS (_atproto TXT) or https://<handle>/.well-known/atproto-did",
+                );
                 return exit::REJECTED;
             }
         }
@@ -79,15 +87,25 @@ pub fn run(args: ResolveArgs) -> u8 {
         Format::Text => {
             println!("{did}");
             match (&from_handle, handle_verified) {
-                (Some(h), false) => println!("  handle:      {h} points here, but the DID document claims {} — NOT verified", document.handle.as_deref().unwrap_or("no handle")),
-                _ => println!("  handle:      {} (claimed by the DID document{})", document.handle.as_deref().unwrap_or("none"), if from_handle.is_some() { ", verified both ways" } else { "" }),
+                (Some(h), false) => {
+                    println!("  handle:      {h} points here, but the DID document claims {} — NOT verified", document.handle.as_deref().unwrap_or("no handle"))
+                }
+                _ => println!(
+                    "  handle:      {} (claimed by the DID document{})",
+                    document.handle.as_deref().unwrap_or("none"),
+                    if from_handle.is_some() { ", verified both ways" } else { "" }
+                ),
             }
             println!("  PDS:         {}", document.pds.as_deref().unwrap_or("none"));
             match &document.signing_key {
                 Ok(k) => println!("  signing key: {} ({})", k.to_did_key(), k.curve().jwt_alg()),
                 Err(e) => println!("  signing key: unusable: {e}"),
             }
-            println!("  for a trust policy:\n    trustedDIDs:\n      {did}:\n        name: {:?}\n        validFrom: \"{}\"\n        expiresAt: null", document.handle.as_deref().unwrap_or("…"), atproto_sig_core::syntax::format_datetime_micros(now - now % 1_000_000));
+            println!(
+                "  for a trust policy:\n    trustedDIDs:\n      {did}:\n        name: {:?}\n        validFrom: \"{}\"\n        expiresAt: null",
+                document.handle.as_deref().unwrap_or("…"),
+                atproto_sig_core::syntax::format_datetime_micros(now - now % 1_000_000)
+            );
         }
     }
     if handle_verified { exit::ADMITTED } else { exit::REJECTED }

@@ -13,8 +13,8 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::exit;
 use crate::net::{Deadline, Http};
-use crate::output::{print_config_invalid, print_json, print_undecided, Format};
-use crate::pipeline::{outcome_label, Context};
+use crate::output::{Format, print_config_invalid, print_json, print_undecided};
+use crate::pipeline::{Context, outcome_label};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum VerifyFormat {
