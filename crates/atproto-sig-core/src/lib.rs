@@ -18,6 +18,7 @@ pub mod limits;
 pub mod mst;
 pub mod plc;
 pub mod policy;
+pub mod reason;
 pub mod record;
 pub mod reference;
 pub mod syntax;
