@@ -1,13 +1,18 @@
-//! A minimal DNS client for one question: the TXT records of a name (`_atproto.<handle>`).
-//! Hand-written because the maintained Rust resolvers run on an async runtime. UDP to the
-//! nameservers of /etc/resolv.conf (or $ATPROTO_VERIFIER_DNS, `ip:port`, for tests), with a
-//! timeout, a random query id checked on the answer, and bounds checks on every byte read.
+//! The TXT records of one name (`_atproto.<handle>`): DNS messages encoded and decoded by
+//! hickory-proto (its resolver needs an async runtime; this is one blocking question), sent over
+//! UDP to the nameservers of /etc/resolv.conf (or `$ATPROTO_VERIFIER_DNS`, `ip:port`, for
+//! tests), retried over TCP when the answer is truncated, with a timeout, a random query id
+//! checked on the answer, and size caps.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
 
-const TYPE_TXT: u16 = 16;
-const CLASS_IN: u16 = 1;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+/// Largest DNS answer read over TCP.
+const MAX_TCP_ANSWER: usize = 64 << 10;
 
 fn nameservers() -> Vec<SocketAddr> {
     if let Some(addr) = std::env::var("ATPROTO_VERIFIER_DNS").ok().and_then(|s| s.parse().ok()) {
@@ -22,89 +27,92 @@ fn nameservers() -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Encodes a query for `name` TXT with id `id`.
+/// Encodes a recursive query for `name` TXT with id `id`.
 pub fn encode_query(name: &str, id: u16) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(32 + name.len());
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD, one question
-    for label in name.trim_end_matches('.').split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return None;
-        }
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
+    let name = Name::from_ascii(name).ok()?;
+    if name.is_empty() {
+        return None;
     }
-    out.push(0);
-    out.extend_from_slice(&TYPE_TXT.to_be_bytes());
-    out.extend_from_slice(&CLASS_IN.to_be_bytes());
-    Some(out)
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(name, RecordType::TXT));
+    message.to_vec().ok()
 }
 
-fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]))
+/// What a nameserver answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The TXT records (each record's strings joined); none for NXDOMAIN.
+    Records(Vec<String>),
+    /// The answer did not fit in UDP: ask again over TCP.
+    Truncated,
 }
 
-/// Skips a (possibly compressed) name, returning the offset after it.
-fn skip_name(buf: &[u8], mut at: usize) -> Option<usize> {
-    for _ in 0..128 {
-        let len = *buf.get(at)?;
-        match len {
-            0 => return Some(at + 1),
-            l if l & 0xc0 == 0xc0 => return Some(at + 2),
-            l if l & 0xc0 == 0 => at += 1 + usize::from(l),
-            _ => return None,
-        }
-    }
-    None
-}
-
-/// Parses the TXT answers of a response to query `id` (each record's strings joined).
-pub fn parse_response(buf: &[u8], id: u16) -> Result<Vec<String>, String> {
-    if u16_at(buf, 0) != Some(id) {
+/// Parses the answer to query `id`.
+pub fn parse_response(buf: &[u8], id: u16) -> Result<Answer, String> {
+    let message = Message::from_vec(buf).map_err(|e| format!("malformed DNS answer: {e}"))?;
+    if message.metadata.id != id {
         return Err("DNS answer for another query".into());
     }
-    let flags = u16_at(buf, 2).ok_or("short DNS answer")?;
-    if flags & 0x8000 == 0 {
+    if message.metadata.message_type != MessageType::Response {
         return Err("not a DNS response".into());
     }
-    if flags & 0x0200 != 0 {
-        return Err("DNS answer truncated".into());
+    if message.metadata.truncation {
+        return Ok(Answer::Truncated);
     }
-    match flags & 0x000f {
-        0 => {}
-        3 => return Ok(Vec::new()), // NXDOMAIN: no records
-        rcode => return Err(format!("DNS error code {rcode}")),
+    match message.metadata.response_code {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Ok(Answer::Records(Vec::new())),
+        code => return Err(format!("DNS error: {code}")),
     }
-    let questions = u16_at(buf, 4).ok_or("short DNS answer")?;
-    let answers = u16_at(buf, 6).ok_or("short DNS answer")?;
-    let mut at = 12;
-    for _ in 0..questions {
-        at = skip_name(buf, at).ok_or("malformed DNS question")? + 4;
-    }
-    let mut out = Vec::new();
-    for _ in 0..answers.min(64) {
-        at = skip_name(buf, at).ok_or("malformed DNS answer")?;
-        let kind = u16_at(buf, at).ok_or("short DNS record")?;
-        let rdlen = usize::from(u16_at(buf, at + 8).ok_or("short DNS record")?);
-        let rdata = buf.get(at + 10..at + 10 + rdlen).ok_or("short DNS record")?;
-        at += 10 + rdlen;
-        if kind != TYPE_TXT {
-            continue;
-        }
-        let mut text = Vec::new();
-        let mut i = 0;
-        while let Some(&n) = rdata.get(i) {
-            text.extend_from_slice(rdata.get(i + 1..i + 1 + usize::from(n)).ok_or("malformed TXT record")?);
-            i += 1 + usize::from(n);
-        }
-        out.push(String::from_utf8_lossy(&text).into_owned());
-    }
-    Ok(out)
+    let records = message
+        .answers
+        .iter()
+        .take(64)
+        .filter_map(|record| match &record.data {
+            RData::TXT(txt) => Some(String::from_utf8_lossy(&txt.txt_data.iter().flat_map(|part| part.iter().copied()).collect::<Vec<u8>>()).into_owned()),
+            _ => None,
+        })
+        .collect();
+    Ok(Answer::Records(records))
 }
 
 /// The TXT records of `name`, or why there are none to be had.
 pub fn lookup_txt(name: &str, timeout: Duration) -> Result<Vec<String>, String> {
     lookup_txt_at(&nameservers(), name, timeout)
+}
+
+/// One question over UDP.
+fn ask_udp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> Result<Answer, String> {
+    let bind = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    socket.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    socket.connect(server).map_err(|e| e.to_string())?;
+    socket.send(query).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).map_err(|e| format!("{server}: {e}"))?;
+    parse_response(buf.get(..n).unwrap_or_default(), id)
+}
+
+/// One question over TCP (two-byte length prefix each way), within `timeout` in all.
+fn ask_tcp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> Result<Answer, String> {
+    let started = Instant::now();
+    let left = || timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+    let mut stream = TcpStream::connect_timeout(&server, timeout).map_err(|e| format!("{server} (TCP): {e}"))?;
+    stream.set_write_timeout(Some(left())).map_err(|e| e.to_string())?;
+    let len = u16::try_from(query.len()).map_err(|_| "query too long")?;
+    stream.write_all(&len.to_be_bytes()).and_then(|()| stream.write_all(query)).map_err(|e| format!("{server} (TCP): {e}"))?;
+    stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
+    let mut prefix = [0u8; 2];
+    stream.read_exact(&mut prefix).map_err(|e| format!("{server} (TCP): {e}"))?;
+    let size = usize::from(u16::from_be_bytes(prefix)).min(MAX_TCP_ANSWER);
+    let mut buf = vec![0u8; size];
+    stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
+    stream.read_exact(&mut buf).map_err(|e| format!("{server} (TCP): {e}"))?;
+    match parse_response(&buf, id)? {
+        Answer::Truncated => Err(format!("{server}: truncated even over TCP")),
+        answer => Ok(answer),
+    }
 }
 
 /// Same, asking the given nameservers in order.
@@ -116,18 +124,13 @@ pub fn lookup_txt_at(servers: &[SocketAddr], name: &str, timeout: Duration) -> R
     let query = encode_query(name, id).ok_or_else(|| format!("{name:?} is not a DNS name"))?;
     let mut last = "no nameserver configured".to_owned();
     for &server in servers {
-        let bind = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-        let result = (|| -> Result<Vec<String>, String> {
-            let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
-            socket.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-            socket.connect(server).map_err(|e| e.to_string())?;
-            socket.send(&query).map_err(|e| e.to_string())?;
-            let mut buf = [0u8; 4096];
-            let n = socket.recv(&mut buf).map_err(|e| format!("{server}: {e}"))?;
-            parse_response(buf.get(..n).unwrap_or_default(), id)
-        })();
+        let result = ask_udp(server, &query, id, timeout).and_then(|answer| match answer {
+            Answer::Truncated => ask_tcp(server, &query, id, timeout),
+            records => Ok(records),
+        });
         match result {
-            Ok(records) => return Ok(records),
+            Ok(Answer::Records(records)) => return Ok(records),
+            Ok(Answer::Truncated) => last = format!("{server}: truncated"),
             Err(e) => last = e,
         }
     }
@@ -137,24 +140,30 @@ pub fn lookup_txt_at(servers: &[SocketAddr], name: &str, timeout: Duration) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::TXT;
 
-    fn answer(id: u16, txt: &[&[u8]]) -> Vec<u8> {
-        let mut out = encode_query("_atproto.alice.test", id).unwrap();
-        out[2] = 0x81;
-        out[3] = 0x80;
-        out[7] = 1;
-        out.extend_from_slice(&[0xc0, 0x0c, 0, 16, 0, 1, 0, 0, 0, 60]);
-        let rdata: Vec<u8> = txt.iter().flat_map(|s| std::iter::once(s.len() as u8).chain(s.iter().copied())).collect();
-        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-        out.extend_from_slice(&rdata);
-        out
+    /// A response to `query` (its id and question) with these TXT records.
+    fn answer(query: &[u8], txt: &[&[u8]], truncated: bool) -> Vec<u8> {
+        let question = Message::from_vec(query).unwrap();
+        let mut response = Message::new(question.metadata.id, MessageType::Response, OpCode::Query);
+        response.metadata.truncation = truncated;
+        response.add_query(question.queries[0].clone());
+        if !truncated {
+            let name = question.queries[0].name().clone();
+            response.add_answer(Record::from_rdata(name, 60, RData::TXT(TXT::from_bytes(txt.to_vec()))));
+        }
+        response.to_vec().unwrap()
     }
 
     #[test]
     fn parses_txt_answers_and_rejects_garbage() {
-        let buf = answer(7, &[b"did=did:plc:", b"abc"]);
-        assert_eq!(parse_response(&buf, 7), Ok(vec!["did=did:plc:abc".to_owned()]));
-        assert!(parse_response(&buf, 8).is_err());
+        let query = encode_query("_atproto.alice.test", 7).unwrap();
+        let buf = answer(&query, &[b"did=did:plc:", b"abc"], false);
+        assert_eq!(parse_response(&buf, 7), Ok(Answer::Records(vec!["did=did:plc:abc".to_owned()])));
+        assert!(parse_response(&buf, 8).is_err(), "another query's id");
+        assert!(parse_response(&query, 7).is_err(), "a query is not a response");
+        assert_eq!(parse_response(&answer(&query, &[], true), 7), Ok(Answer::Truncated));
         for cut in 0..buf.len() {
             let _ = parse_response(&buf[..cut], 7); // never panics
         }
@@ -162,23 +171,44 @@ mod tests {
     }
 
     #[test]
-    fn queries_a_loopback_server() {
+    fn queries_a_loopback_server_and_falls_back_to_tcp_on_truncation() {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = server.local_addr().unwrap();
         let handle = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             let (n, peer) = server.recv_from(&mut buf).unwrap();
-            let id = u16::from_be_bytes([buf[0], buf[1]]);
-            assert!(n > 12);
-            server.send_to(&answer(id, &[b"did=did:plc:ewvi7nxzyoun6zhxrhs64oiz"]), peer).unwrap();
+            server.send_to(&answer(&buf[..n], &[b"did=did:plc:ewvi7nxzyoun6zhxrhs64oiz"], false), peer).unwrap();
         });
         let records = lookup_txt_at(&[addr], "_atproto.alice.test", Duration::from_secs(2)).unwrap();
         assert_eq!(records, vec!["did=did:plc:ewvi7nxzyoun6zhxrhs64oiz".to_owned()]);
+        handle.join().unwrap();
+
+        // A truncated UDP answer: the same question again over TCP, on the same address.
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let udp = UdpSocket::bind(addr).unwrap();
+        let long = vec![b'x'; 200];
+        let handle = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, peer) = udp.recv_from(&mut buf).unwrap();
+            udp.send_to(&answer(&buf[..n], &[], true), peer).unwrap();
+            let (mut stream, _) = tcp.accept().unwrap();
+            let mut prefix = [0u8; 2];
+            stream.read_exact(&mut prefix).unwrap();
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+            stream.read_exact(&mut query).unwrap();
+            let full = answer(&query, &[b"did=did:plc:ewvi7nxzyoun6zhxrhs64oiz", &long], false);
+            stream.write_all(&(full.len() as u16).to_be_bytes()).unwrap();
+            stream.write_all(&full).unwrap();
+        });
+        let records = lookup_txt_at(&[addr], "_atproto.bob.test", Duration::from_secs(2)).unwrap();
+        assert!(records[0].starts_with("did=did:plc:ewvi7nxzyoun6zhxrhs64oiz") && records[0].ends_with("xxx"), "{records:?}");
+        handle.join().unwrap();
+
         // A server that never answers: bounded by the timeout, reported as an error.
         let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
         let started = std::time::Instant::now();
         assert!(lookup_txt_at(&[silent.local_addr().unwrap()], "_atproto.x.test", Duration::from_millis(200)).is_err());
         assert!(started.elapsed() < Duration::from_secs(2));
-        handle.join().unwrap();
     }
 }
