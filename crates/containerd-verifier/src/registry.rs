@@ -329,7 +329,7 @@ impl<'a> Session<'a> {
     /// Referrers of `digest` with `artifact_type`: the referrers API when the registry has it
     /// (2xx), else the `sha256-<hex>` tag holding an index (on 404); any other answer fails.
     pub fn referrers(&self, digest: &str, artifact_type: &str) -> Result<Vec<Json>, String> {
-        let tail = format!("{}/referrers/{digest}?artifactType={}", self.repository, artifact_type.replace('+', "%2B"));
+        let tail = format!("{}/referrers/{digest}?artifactType={}", self.repository, crate::resolve::percent_encode(artifact_type));
         let response = self.request("pull", "GET", &tail, &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)?;
         let index_bytes = match response.status {
             200..=299 => response.body,

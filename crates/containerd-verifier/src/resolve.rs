@@ -46,9 +46,15 @@ impl From<NetError> for LookupError {
     }
 }
 
-fn percent_encode(value: &str) -> String {
-    value.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") }).collect()
+/// What stays as is in a query value: RFC 3986's unreserved characters, and `:` (DIDs and
+/// registry scopes read better, and servers accept it).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b':');
+
+/// A query or form value, percent-encoded.
+pub fn percent_encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
+
 /// `k=v&…` with percent-encoded values (query strings and form bodies).
 pub fn query(params: &[(&str, &str)]) -> String {
     params.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect::<Vec<_>>().join("&")
