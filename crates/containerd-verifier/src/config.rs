@@ -203,24 +203,18 @@ pub fn config_path(flag: Option<&Path>) -> (PathBuf, bool) {
     }
 }
 
-/// True when the process runs with effective uid 0 (read from /proc; unknown counts as root,
-/// which keeps containerd's fixed system paths).
+/// True when the process runs with effective uid 0: containerd's verifiers (and the systemd
+/// timer) keep the fixed system paths.
 fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0")))
-        .unwrap_or(true)
+    rustix::process::geteuid().is_root()
 }
 
-/// The default cache directory: the system one for root (containerd), else the user's cache.
-pub fn default_cache_dir(root: bool, xdg_cache_home: Option<&str>, home: Option<&str>) -> PathBuf {
-    if root {
-        return Config::default().cache_dir;
-    }
-    match (xdg_cache_home.filter(|x| x.starts_with('/')), home.filter(|h| h.starts_with('/'))) {
-        (Some(xdg), _) => Path::new(xdg).join("atproto-verifier"),
-        (None, Some(home)) => Path::new(home).join(".cache/atproto-verifier"),
-        (None, None) => Config::default().cache_dir,
+/// The default cache directory: the system one for root (containerd), else the user's cache
+/// directory (`$XDG_CACHE_HOME`, else `~/.cache`, as the `directories` crate finds it).
+pub fn default_cache_dir(root: bool, user_cache_dir: Option<&Path>) -> PathBuf {
+    match user_cache_dir.filter(|d| !root && d.is_absolute()) {
+        Some(dir) => dir.join("atproto-verifier"),
+        None => Config::default().cache_dir,
     }
 }
 
@@ -249,8 +243,8 @@ impl Config {
         // An operator running the CLI as themselves gets their own cache, unless one is configured.
         let cache_dir_set = toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("cache_dir"));
         if !cache_dir_set {
-            let (xdg, home) = (std::env::var("XDG_CACHE_HOME").ok(), std::env::var("HOME").ok());
-            config.cache_dir = default_cache_dir(running_as_root(), xdg.as_deref(), home.as_deref());
+            let dirs = directories::BaseDirs::new();
+            config.cache_dir = default_cache_dir(running_as_root(), dirs.as_ref().map(directories::BaseDirs::cache_dir));
         }
         config.check().map_err(error)?;
         crate::net::set_extra_bundle(config.ca_bundle.clone());
@@ -278,10 +272,10 @@ mod tests {
 
     #[test]
     fn cache_dir_for_root_and_users() {
-        assert_eq!(default_cache_dir(true, Some("/x"), Some("/home/u")), PathBuf::from("/var/lib/atproto-verifier"));
-        assert_eq!(default_cache_dir(false, Some("/x"), Some("/home/u")), PathBuf::from("/x/atproto-verifier"));
-        assert_eq!(default_cache_dir(false, None, Some("/home/u")), PathBuf::from("/home/u/.cache/atproto-verifier"));
-        assert_eq!(default_cache_dir(false, Some("relative"), None), PathBuf::from("/var/lib/atproto-verifier"));
+        assert_eq!(default_cache_dir(true, Some(Path::new("/home/u/.cache"))), PathBuf::from("/var/lib/atproto-verifier"));
+        assert_eq!(default_cache_dir(false, Some(Path::new("/home/u/.cache"))), PathBuf::from("/home/u/.cache/atproto-verifier"));
+        assert_eq!(default_cache_dir(false, Some(Path::new("relative"))), PathBuf::from("/var/lib/atproto-verifier"));
+        assert_eq!(default_cache_dir(false, None), PathBuf::from("/var/lib/atproto-verifier"));
     }
 
     #[test]
