@@ -110,12 +110,29 @@ fn ctr_pulls_through_the_transfer_service_are_decided_by_the_verifier() {
         let bob = env.pds.create_account(&format!("ctrb{v}"));
         let node = Node::new(env, &[&alice], "");
         let containerd = Containerd::start(&setup(version, env, &node));
+        // A second verifier that records what containerd passes (and admits): the contract as
+        // observed, per version (README's table).
+        let record = containerd.dir.path().join("argv.log");
+        let recorder = containerd.bin_dir.join("zz-record-argv");
+        std::fs::write(&recorder, format!("#!/bin/sh\nprintf '%s\\n' \"$*\" >> {0:?}\ncat >> {0:?}\nexit 0\n", record)).unwrap();
+        std::fs::set_permissions(&recorder, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
         // Signed by a trusted DID: admitted and stored.
         let (image, rkey) = signed(env, &alice, &format!("ctr{v}/app"), "v1");
         let pull = containerd.ctr_pull(&image);
         assert!(pull.ok, "{version}: {pull}\n{}", containerd.log());
         assert!(containerd.has_image("default", &image), "{version}");
+        let seen = std::fs::read_to_string(&record).unwrap();
+        let digest = node.audit().last().unwrap()["digest"].as_str().unwrap().to_owned();
+        let argv = seen.lines().next().unwrap();
+        assert_eq!(argv, format!("-name {image} -digest {digest} -stdin-media-type application/vnd.oci.descriptor.v1+json"), "{version}: argv");
+        let descriptor: serde_json::Value = serde_json::from_str(seen.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(
+            (descriptor["digest"].as_str(), descriptor["mediaType"].as_str()),
+            (Some(digest.as_str()), Some(OCI_MANIFEST)),
+            "{version}: stdin is one descriptor"
+        );
+        std::fs::remove_file(&recorder).unwrap();
 
         // The record is deleted: the next pull is blocked, and ctr's error carries our reason.
         env.pds.delete_record(&alice, &rkey);
