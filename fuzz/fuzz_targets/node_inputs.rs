@@ -1,0 +1,19 @@
+#![no_main]
+//! What a node reads besides proofs: containerd's stdin descriptor and argv, config.toml,
+//! hosts.toml (with its certs.d-style values), and image references. Never a panic.
+use std::path::Path;
+
+use containerd_verifier::{bindir, config::Config, hosts};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = bindir::stdin_digest(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let args: Vec<String> = text.split_whitespace().take(64).map(str::to_owned).collect();
+        let _ = bindir::parse_args(&args);
+        let _ = Config::parse(text);
+        let _ = hosts::parse_hosts_file(Path::new("/etc/containerd/certs.d/x"), text);
+        let _ = atproto_sig_core::reference::ImageRef::parse(text);
+        let _ = atproto_sig_core::reference::canonical_scope(text);
+    }
+});
