@@ -7,6 +7,7 @@
 pub mod bindir;
 pub mod bundle;
 pub mod cache;
+pub mod cached;
 pub mod cli;
 pub mod config;
 pub mod containerd_config;

@@ -20,7 +20,8 @@ use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, verify};
 use atproto_sig_core::{Facts, Limits, Reason, Verdict};
 use base64::Engine;
 
-use crate::cache::{Cache, DidEntry, Freshness, HandleEntry, Kind, LocatorEntry, ProofEntry, ReferrersEntry, freshness};
+use crate::cache::{Cache, DidEntry, HandleEntry, Kind, LocatorEntry, ProofEntry, ReferrersEntry};
+use crate::cached::{Got, Lifetime, Material, Miss};
 use crate::config::Config;
 use crate::knowledge;
 use crate::net::{Http, NetError};
@@ -58,6 +59,26 @@ impl Origin {
             Origin::Offline { committed_at, attached: true } => format!(" — offline, from a proof attached to the image, committed {} ago", age(committed_at)),
             Origin::Offline { committed_at, attached: false } => format!(" — offline, from a cached proof committed {} ago", age(committed_at)),
         }
+    }
+}
+
+/// Why a proof could not be had: a lookup failure, or a refusal with its own verdict (no PDS
+/// named, or a rollback).
+enum ProofMiss {
+    Lookup(LookupError),
+    Refused(Box<Verdict>),
+}
+
+impl crate::cached::FetchError for ProofMiss {
+    fn network(self) -> Result<NetError, Self> {
+        match self {
+            ProofMiss::Lookup(LookupError::Network(e)) => Ok(e),
+            other => Err(other),
+        }
+    }
+
+    fn from_network(e: NetError) -> Self {
+        ProofMiss::Lookup(LookupError::Network(e))
     }
 }
 
@@ -148,45 +169,32 @@ impl Context<'_> {
             }
             DidDocument::parse(entry.document.as_bytes(), did, &limits).map_err(|e| verdict(did, Reason::DidDocumentInvalid, format!("{e}")))
         };
-        let cached: Option<DidEntry> = self.cache.read(Kind::Did, &[did]);
-        let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), micros(self.config.max_stale)));
-        if let (Some(entry), Some(Freshness::Fresh)) = (&cached, state) {
-            return parse(entry).map(|d| (d, false));
-        }
-        let Some(http) = self.http else {
-            return match cached {
-                Some(entry) => parse(&entry).map(|d| (d, false)),
-                None => Err(verdict(did, Reason::DidUnresolved, self.offline_hint(&format!("the DID document of {did}")))),
-            };
-        };
-        let _lock = self.cache.lock(Kind::Did, &[did]);
-        // Another process may have refreshed it while we waited for the lock.
-        if let Some(entry) =
-            self.cache.read::<DidEntry>(Kind::Did, &[did]).filter(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), 0) == Freshness::Fresh)
-        {
-            return parse(&entry).map(|d| (d, false));
-        }
-        let fetched = resolve::fetch_did_document(http, &self.config.plc_directory, did).and_then(|(bytes, source)| {
+        let material = Material { cache: self.cache, kind: Kind::Did, key: &[did], now: self.now, lifetime: self.lifetime(self.config.did_ttl) };
+        let fetch = || {
+            let Some(http) = self.http else { return Ok(None) };
+            let (bytes, source) = resolve::fetch_did_document(http, &self.config.plc_directory, did)?;
             let audit_log = if self.config.strict_plc && did_method(did) == Ok(DidMethod::Plc) {
                 Some(String::from_utf8_lossy(&resolve::fetch_audit_log(http, &self.config.plc_directory, did)?).into_owned())
             } else {
                 None
             };
-            Ok(DidEntry { did: did.to_owned(), fetched_at: self.now, source, document: String::from_utf8_lossy(&bytes).into_owned(), audit_log })
-        });
-        match fetched {
-            Ok(entry) => {
-                let document = parse(&entry)?;
-                self.cache.write(Kind::Did, &[did], &entry);
-                Ok((document, false))
-            }
-            Err(LookupError::Network(e)) if state == Some(Freshness::Stale) => {
+            Ok(Some(DidEntry { did: did.to_owned(), fetched_at: self.now, source, document: String::from_utf8_lossy(&bytes).into_owned(), audit_log }))
+        };
+        // A document that does not parse (or disagrees with its audit log) is never stored.
+        match material.get(self.http.is_some(), |e: &DidEntry| e.fetched_at, |_| true, fetch, |e| parse(e).is_ok()) {
+            Ok(Got::Cached(entry) | Got::Fetched(entry) | Got::Offline(entry)) => parse(&entry).map(|d| (d, false)),
+            Ok(Got::Stale(entry, e)) => {
                 self.note(format!("using the cached DID document of {did} past its TTL: {e}"));
-                let entry = cached.ok_or_else(|| verdict(did, Reason::NetworkError, e.to_string()))?;
                 parse(&entry).map(|d| (d, true))
             }
-            Err(e) => Err(lookup_verdict(did, &format!("the DID document of {did}"), Lookup::Document, &e)),
+            Err(Miss::Offline | Miss::Nothing) => Err(verdict(did, Reason::DidUnresolved, self.offline_hint(&format!("the DID document of {did}")))),
+            Err(Miss::Lookup(e)) => Err(lookup_verdict(did, &format!("the DID document of {did}"), Lookup::Document, &e)),
         }
+    }
+
+    /// How long material with this TTL is fresh, and may stand in when the network fails.
+    fn lifetime(&self, ttl: crate::config::Span) -> Lifetime {
+        Lifetime { ttl_micros: micros(ttl), max_stale_micros: micros(self.config.max_stale) }
     }
 
     /// A proof for `did`/`rkey`: cached if fresh, else fetched; stale only on network failure.
@@ -196,58 +204,55 @@ impl Context<'_> {
         let did = document.did.as_str();
         let parts = [did, MANIFEST_COLLECTION, rkey];
         let decode = |entry: &ProofEntry| base64::engine::general_purpose::STANDARD.decode(&entry.car).ok();
-        let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
-        let Some(http) = self.http else {
+        if self.http.is_none() {
+            let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
             return self.offline_proof(did, rkey, cached.as_ref().and_then(decode));
-        };
-        let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), micros(self.config.max_stale)));
-        if let (Some(entry), Some(Freshness::Fresh)) = (&cached, state)
-            && let Some(car) = decode(entry)
-        {
-            return Ok((Some(car), Origin::Cached { fetched_at: entry.fetched_at }));
         }
-        let Some(pds) = document.pds.as_deref() else {
-            return Err(verdict(did, Reason::DidDocumentInvalid, format!("the DID document of {did} names no AtprotoPersonalDataServer")));
-        };
-        let _lock = self.cache.lock(Kind::Proof, &parts);
-        if let Some(entry) = self
-            .cache
-            .read::<ProofEntry>(Kind::Proof, &parts)
-            .filter(|e| freshness(e.fetched_at, self.now, micros(self.config.proof_ttl), 0) == Freshness::Fresh)
-            && let Some(car) = decode(&entry)
-        {
-            return Ok((Some(car), Origin::Cached { fetched_at: entry.fetched_at }));
-        }
-        match resolve::fetch_proof(http, pds, did, MANIFEST_COLLECTION, rkey) {
-            Ok(ProofAnswer::Car(car)) => {
-                let authentic = document.signing_key.as_ref().ok().and_then(|key| knowledge::authentic_rev(&car, key));
-                if let Some((rev, _)) = &authentic {
-                    if let Some(held) = knowledge::newer_held(self.cache, did, MANIFEST_COLLECTION, rkey, rev) {
-                        return Err(verdict(
-                            did,
-                            Reason::ProofRolledBack,
-                            knowledge::rollback_message(&format!("the proof {pds} served for {did}/{MANIFEST_COLLECTION}/{rkey}"), rev, &held),
-                        ));
-                    }
-                    let entry = ProofEntry {
-                        did: did.to_owned(),
-                        collection: MANIFEST_COLLECTION.into(),
-                        rkey: rkey.to_owned(),
-                        fetched_at: self.now,
-                        source: pds.to_owned(),
-                        car: base64::engine::general_purpose::STANDARD.encode(&car),
-                    };
-                    self.cache.write(Kind::Proof, &parts, &entry);
+        let material = Material { cache: self.cache, kind: Kind::Proof, key: &parts, now: self.now, lifetime: self.lifetime(self.config.proof_ttl) };
+        // Stored only when its signature verifies under the document's key (set by `fetch`).
+        let authentic = std::cell::Cell::new(false);
+        let fetch = || -> Result<Option<ProofEntry>, ProofMiss> {
+            let (Some(http), Some(pds)) = (self.http, document.pds.as_deref()) else {
+                return Err(ProofMiss::Refused(Box::new(verdict(
+                    did,
+                    Reason::DidDocumentInvalid,
+                    format!("the DID document of {did} names no AtprotoPersonalDataServer"),
+                ))));
+            };
+            let car = match resolve::fetch_proof(http, pds, did, MANIFEST_COLLECTION, rkey).map_err(ProofMiss::Lookup)? {
+                ProofAnswer::Car(car) => car,
+                ProofAnswer::NotFound => return Ok(None),
+            };
+            if let Some((rev, _)) = document.signing_key.as_ref().ok().and_then(|key| knowledge::authentic_rev(&car, key)) {
+                if let Some(held) = knowledge::newer_held(self.cache, did, MANIFEST_COLLECTION, rkey, &rev) {
+                    let message = knowledge::rollback_message(&format!("the proof {pds} served for {did}/{MANIFEST_COLLECTION}/{rkey}"), &rev, &held);
+                    return Err(ProofMiss::Refused(Box::new(verdict(did, Reason::ProofRolledBack, message))));
                 }
-                Ok((Some(car), Origin::Fetched))
+                authentic.set(true);
             }
-            Ok(ProofAnswer::NotFound) => Ok((None, Origin::Fetched)),
-            Err(LookupError::Network(e)) if state == Some(Freshness::Stale) => {
+            let car = base64::engine::general_purpose::STANDARD.encode(&car);
+            Ok(Some(ProofEntry {
+                did: did.to_owned(),
+                collection: MANIFEST_COLLECTION.into(),
+                rkey: rkey.to_owned(),
+                fetched_at: self.now,
+                source: pds.to_owned(),
+                car,
+            }))
+        };
+        match material.get(true, |e: &ProofEntry| e.fetched_at, |e| decode(e).is_some(), fetch, |_| authentic.get()) {
+            Ok(Got::Cached(entry)) => Ok((decode(&entry), Origin::Cached { fetched_at: entry.fetched_at })),
+            Ok(Got::Fetched(entry) | Got::Offline(entry)) => Ok((decode(&entry), Origin::Fetched)),
+            Ok(Got::Stale(entry, e)) => {
                 self.note(format!("using the cached proof for {did}/{rkey} past its TTL: {e}"));
-                let fetched_at = cached.as_ref().map_or(0, |c| c.fetched_at);
-                Ok((cached.as_ref().and_then(decode), Origin::Stale { fetched_at }))
+                Ok((decode(&entry), Origin::Stale { fetched_at: entry.fetched_at }))
             }
-            Err(e) => Err(lookup_verdict(did, &format!("the proof from {pds}"), Lookup::Record, &e)),
+            Err(Miss::Nothing | Miss::Offline) => Ok((None, Origin::Fetched)),
+            Err(Miss::Lookup(ProofMiss::Refused(v))) => Err(*v),
+            Err(Miss::Lookup(ProofMiss::Lookup(e))) => {
+                let pds = document.pds.as_deref().unwrap_or("its PDS");
+                Err(lookup_verdict(did, &format!("the proof from {pds}"), Lookup::Record, &e))
+            }
         }
     }
 
@@ -426,25 +431,23 @@ impl Context<'_> {
         };
         let fail = |message: String| found(PathIdentity::Failed(Box::new(verdict(identity, Reason::IdentityUnresolved, message))));
         let handle = identity.to_ascii_lowercase();
-        let cached: Option<HandleEntry> = self.cache.read(Kind::Handle, &[&handle]);
-        let state = cached.as_ref().map(|e| freshness(e.fetched_at, self.now, micros(self.config.did_ttl), micros(self.config.max_stale)));
-        let did = match (&cached, state) {
-            (Some(entry), Some(Freshness::Fresh)) => entry.did.clone(),
-            _ => match resolve::resolve_handle(http, self.config.handle_resolver.as_deref(), self.dns, identity) {
-                Ok(did) => {
-                    self.cache.write(Kind::Handle, &[&handle], &HandleEntry { handle: handle.clone(), did: did.clone(), fetched_at: self.now });
-                    did
-                }
-                Err(LookupError::Network(e)) if state == Some(Freshness::Stale) => {
-                    self.note(format!("using the cached resolution of {handle} past its TTL: {e}"));
-                    cached.map(|c| c.did).unwrap_or_default()
-                }
-                Err(LookupError::Network(e)) => {
-                    let reason = if e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError };
-                    return found(PathIdentity::Failed(Box::new(verdict(identity, reason, format!("cannot resolve handle {identity}: {e}")))));
-                }
-                Err(e) => return fail(format!("cannot resolve handle {identity}: {e}")),
-            },
+        let material = Material { cache: self.cache, kind: Kind::Handle, key: &[&handle], now: self.now, lifetime: self.lifetime(self.config.did_ttl) };
+        let fetch = || {
+            let did = resolve::resolve_handle(http, self.config.handle_resolver.as_deref(), self.dns, identity)?;
+            Ok::<_, LookupError>(Some(HandleEntry { handle: handle.clone(), did, fetched_at: self.now }))
+        };
+        let did = match material.get(true, |e: &HandleEntry| e.fetched_at, |_| true, fetch, |_| true) {
+            Ok(Got::Cached(entry) | Got::Fetched(entry) | Got::Offline(entry)) => entry.did,
+            Ok(Got::Stale(entry, e)) => {
+                self.note(format!("using the cached resolution of {handle} past its TTL: {e}"));
+                entry.did
+            }
+            Err(Miss::Lookup(LookupError::Network(e))) => {
+                let reason = if e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError };
+                return found(PathIdentity::Failed(Box::new(verdict(identity, reason, format!("cannot resolve handle {identity}: {e}")))));
+            }
+            Err(Miss::Lookup(e)) => return fail(format!("cannot resolve handle {identity}: {e}")),
+            Err(Miss::Nothing | Miss::Offline) => return fail(format!("cannot resolve handle {identity}")),
         };
         if !acceptable.contains(&did.as_str()) {
             return found(PathIdentity::Untrusted(handle, did));
@@ -467,19 +470,28 @@ impl Context<'_> {
         // Online, hints are cached like proofs (registries rate-limit); offline the registry is
         // where proofs come from, so it is always asked.
         let key = [image.host.as_str(), image.path.as_str(), digest];
-        if self.http.is_some()
-            && let Some(entry) = self.cache.read::<ReferrersEntry>(Kind::Referrers, &key)
-            && freshness(entry.fetched_at, self.now, micros(self.config.proof_ttl), 0) == Freshness::Fresh
-        {
-            return entry.hints;
+        if self.http.is_none() {
+            return self.fetch_referrer_hints(http, image, digest).unwrap_or_default();
         }
-        let hints = self.fetch_referrer_hints(http, image, digest);
-        if self.http.is_some()
-            && let Some(hints) = &hints
-        {
-            self.cache.write(Kind::Referrers, &key, &ReferrersEntry { digest: digest.to_owned(), hints: hints.clone(), fetched_at: self.now });
+        let material = Material {
+            cache: self.cache,
+            kind: Kind::Referrers,
+            key: &key,
+            now: self.now,
+            lifetime: Lifetime { ttl_micros: micros(self.config.proof_ttl), max_stale_micros: 0 },
+        };
+        let fetch = || {
+            // A registry that cannot be asked is not an error here: hints are only hints.
+            Ok::<_, LookupError>(self.fetch_referrer_hints(http, image, digest).map(|hints| ReferrersEntry {
+                digest: digest.to_owned(),
+                hints,
+                fetched_at: self.now,
+            }))
+        };
+        match material.get(true, |e: &ReferrersEntry| e.fetched_at, |_| true, fetch, |_| true) {
+            Ok(Got::Cached(entry) | Got::Fetched(entry) | Got::Stale(entry, _) | Got::Offline(entry)) => entry.hints,
+            Err(_) => Vec::new(),
         }
-        hints.unwrap_or_default()
     }
 
     /// The hints from the registry; `None` when the registry could not be asked.
