@@ -98,3 +98,34 @@ fn plain_http_only_for_loopback_addresses_not_for_names_that_look_like_them() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("http://127.0.0.1:1"), "{text}");
 }
+
+/// A credential helper that never lets go of its output (a background child holding stdout)
+/// must not stall the pull: the verifier gives up within the helper timeout and says which.
+#[test]
+fn a_credential_helper_that_never_finishes_is_bounded() {
+    use std::os::unix::fs::PermissionsExt;
+    let registry = FakeServer::start(Box::new(|_| FakeResponse::new(401, "application/json", "{}").with_header("www-authenticate", "Basic realm=\"r\"")));
+    let host = registry.url.trim_start_matches("http://").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-stuck");
+    std::fs::write(&helper, "#!/bin/sh\nsleep 60 &\necho '{\"Username\":\"u\",\"Secret\":\"s\"}'\n").unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let docker = dir.path().join("docker.json");
+    std::fs::write(&docker, format!("{{\"credHelpers\": {{\"{host}\": \"stuck\"}}}}")).unwrap();
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(&policy, "version: \"1.0\"\ndefault: { action: enforce, require: { signature: false } }\n").unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("policy = {policy:?}\ncache_dir = {:?}\ndocker_config = {docker:?}\n", dir.path().join("cache"))).unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        .args(["verify", &format!("{host}/app:v1"), "--config", config.to_str().unwrap()])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "bounded: {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("docker-credential-stuck"), "{text}");
+}

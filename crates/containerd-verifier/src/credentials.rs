@@ -120,26 +120,29 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, String> {
         let _ = stdin.write_all(server.as_bytes());
     }
     let mut stdout = child.stdout.take().ok_or("credential helper without stdout")?;
-    // Read on a thread so a helper that never answers is killed at the timeout.
-    let reader = std::thread::spawn(move || {
+    // Read on a thread and wait for it with a deadline: a helper that never answers, or leaves a
+    // child holding its stdout open, cannot stall the pull past the timeout.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut out = Vec::new();
         let _ = (&mut stdout).take(HELPER_MAX_OUTPUT as u64 + 1).read_to_end(&mut out);
-        out
+        let _ = sender.send(out);
     });
     let started = Instant::now();
+    let timed_out = || format!("credential helper {program} did not answer within {HELPER_TIMEOUT:?} for {server}");
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if started.elapsed() > HELPER_TIMEOUT => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("credential helper {program} did not answer within {HELPER_TIMEOUT:?} for {server}"));
+                return Err(timed_out());
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(format!("credential helper {program}: {e}")),
         }
     };
-    let out = reader.join().unwrap_or_default();
+    let out = receiver.recv_timeout(HELPER_TIMEOUT.saturating_sub(started.elapsed()).max(Duration::from_millis(50))).map_err(|_| timed_out())?;
     if !status.success() {
         // "credentials not found" is how helpers say they hold nothing for this server.
         return Ok(None);

@@ -331,27 +331,14 @@ impl<'a> Session<'a> {
     pub fn referrers(&self, digest: &str, artifact_type: &str) -> Result<Vec<Json>, String> {
         let tail = format!("{}/referrers/{digest}?artifactType={}", self.repository, crate::resolve::percent_encode(artifact_type));
         let response = self.request("pull", "GET", &tail, &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)?;
-        let index_bytes = match response.status {
-            200..=299 => response.body,
-            404 => {
-                let tag = digest.replace(':', "-");
-                let fallback = self.request(
-                    "pull",
-                    "GET",
-                    &format!("{}/manifests/{tag}", self.repository),
-                    &[("accept", "application/vnd.oci.image.index.v1+json".into())],
-                    None,
-                    MAX_MANIFEST,
-                )?;
-                match fallback.status {
-                    200 => fallback.body,
-                    404 => return Ok(Vec::new()),
-                    status => return Err(format!("referrers tag {tag}: HTTP {status}")),
-                }
-            }
+        let index: Json = match response.status {
+            200..=299 => serde_json::from_slice(&response.body).map_err(|e| format!("referrers index is not JSON: {e}"))?,
+            404 => match self.fallback_index(digest)? {
+                Some(index) => index,
+                None => return Ok(Vec::new()),
+            },
             status => return Err(format!("referrers API answered HTTP {status}")),
         };
-        let index: Json = serde_json::from_slice(&index_bytes).map_err(|e| format!("referrers index is not JSON: {e}"))?;
         Ok(index
             .get("manifests")
             .and_then(Json::as_array)
