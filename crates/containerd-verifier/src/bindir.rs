@@ -13,15 +13,14 @@ use std::time::{Duration, Instant};
 
 use atproto_sig_core::Reason;
 use atproto_sig_core::policy::Outcome;
-use atproto_sig_core::reference::ImageRef;
-use atproto_sig_core::verify::is_valid_digest;
 use serde_json::{Value as Json, json};
 
 use crate::config::Config;
+use crate::engine::{self, RequestError, request::MAX_DESCRIPTOR};
 use crate::exit;
+use crate::net::Deadline;
+use crate::remote::Remote;
 
-/// Largest stdin accepted (a descriptor is a few hundred bytes; annotations may add some).
-pub const MAX_STDIN: usize = 256 << 10;
 /// Longest stdout line (containerd reads up to 32 KiB; people read one line).
 pub const MAX_REASON: usize = 400;
 
@@ -74,20 +73,6 @@ pub fn parse_args(args: &[String]) -> Invocation {
         }
     }
     out
-}
-
-/// The digest in the stdin payload: a descriptor, or the newer input wrapping one. Annotations
-/// are never trusted, so they are not read at all.
-pub fn stdin_digest(payload: &[u8]) -> Result<Option<String>, String> {
-    if payload.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let json: Json = serde_json::from_slice(payload).map_err(|e| format!("stdin is not JSON: {e}"))?;
-    let descriptor = ["descriptor", "Descriptor", "target"].iter().find_map(|k| json.get(*k)).unwrap_or(&json);
-    match descriptor.get("digest").and_then(Json::as_str) {
-        Some(d) => Ok(Some(d.to_owned())),
-        None => Err("stdin has no descriptor digest".into()),
-    }
 }
 
 /// One printable line of at most `MAX_REASON` bytes.
@@ -181,58 +166,41 @@ pub fn run(raw: &[String]) -> u8 {
         });
     }
     let (Some(name), Some(digest)) = (invocation.name.clone(), invocation.digest.clone()) else {
-        return undecided(Reason::InvalidRequest, "containerd did not pass -name and -digest");
+        return undecided(Reason::InvalidRequest, &RequestError::MissingArguments.to_string());
     };
-    if !is_valid_digest(&digest) {
-        return undecided(Reason::InvalidRequest, &format!("-digest {digest:?} is not a sha256 digest"));
-    }
     match invocation.stdin_media_type.as_deref() {
         None | Some(DESCRIPTOR_MEDIA_TYPE) | Some(INPUT_MEDIA_TYPE) => {}
         Some(other) => crate::log::warn(&format!("unknown -stdin-media-type {other:?}: reading it as a descriptor")),
     }
     let mut payload = Vec::new();
-    if std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut payload).is_err() || payload.len() > MAX_STDIN {
-        return undecided(Reason::InvalidRequest, "stdin could not be read or is too large");
+    if std::io::stdin().lock().take(MAX_DESCRIPTOR as u64 + 1).read_to_end(&mut payload).is_err() {
+        return undecided(Reason::InvalidRequest, &RequestError::Stdin.to_string());
     }
     // Drain anything beyond the cap so containerd's writer never sees a broken pipe.
     let _ = std::io::copy(&mut std::io::stdin().lock().take(16 << 20), &mut std::io::sink());
-    match stdin_digest(&payload) {
-        Ok(Some(d)) if d != digest => {
-            answer.give(Reason::DigestMismatch.code(), &format!("the descriptor on stdin names {d}, not -digest {digest}"));
-            return exit::REJECTED;
-        }
-        Ok(_) => {}
-        Err(e) => return undecided(Reason::InvalidRequest, &e),
-    }
-    let image = match ImageRef::parse(&name) {
-        Ok(image) => image,
-        Err(e) => return undecided(Reason::InvalidRequest, &e.to_string()),
+    let policy = engine::request::load_policy(&config.policy);
+    let request = engine::Request {
+        reference: &name,
+        digest: Some(&digest),
+        descriptor: Some(&payload),
+        policy: policy.as_ref(),
+        config: &config,
+        now_micros: crate::input::now_micros(None).unwrap_or(0),
+        deadline: Deadline::after(config.budget.0.saturating_sub(started.elapsed())),
     };
-    let policy = match crate::cli::policy::load_policy(&config.policy) {
-        Ok(p) => p,
-        Err(crate::cli::policy::PolicyLoadError::Unreadable(e)) => {
-            return undecided(Reason::ConfigInvalid, &format!("{e} — every pull is blocked until a trust policy is installed"));
-        }
-        Err(crate::cli::policy::PolicyLoadError::Invalid(errors)) => {
-            let first = errors.first().cloned().unwrap_or_default();
-            return undecided(
-                Reason::ConfigInvalid,
-                &format!("invalid trust policy ({} errors), first: {first} — run `atproto-verifier policy check`", errors.len()),
-            );
-        }
-    };
-    let (decision, notes, requests) = crate::cli::verify::decide(&config, &policy, &image, &digest, started);
-    for note in &notes {
+    let result = engine::decide(&request, &Remote::system(config.connect_timeout.0));
+    for note in &result.notes {
         crate::log::info(note);
     }
-    let code = crate::pipeline::exit_code(&decision);
+    let decision = &result.decision;
+    let code = engine::exit_code(decision);
     let shown_code = if decision.outcome == Outcome::AuditAdmit { "audit" } else { decision.reason.code() };
     let shown = if decision.outcome == Outcome::AuditAdmit { decision.message.trim_start_matches("audit: ").to_owned() } else { decision.message.clone() };
     if !answer.give(shown_code, &shown) {
         // The watchdog already answered and is exiting.
         return exit::UNDECIDED;
     }
-    let mut record = crate::pipeline::decision_record(&name, &digest, &decision, (requests.identity, requests.registry), started.elapsed());
+    let mut record = engine::decision_record(&name, &digest, decision, (result.requests.identity, result.requests.registry), started.elapsed());
     record.insert("time".into(), json!(now_string()));
     record.insert("operation".into(), json!(invocation.operation));
     audit(&config, Json::Object(record));
@@ -258,15 +226,6 @@ mod tests {
         assert!(is_bindir_invocation(&["x".into(), "-name".into()]));
         assert!(!is_bindir_invocation(&["x".into(), "--help".into()]));
         assert!(!is_bindir_invocation(&["x".into(), "verify".into()]));
-    }
-
-    #[test]
-    fn stdin_payloads() {
-        assert_eq!(stdin_digest(br#"{"mediaType":"a","digest":"sha256:1","size":3}"#), Ok(Some("sha256:1".into())));
-        assert_eq!(stdin_digest(br#"{"descriptor":{"digest":"sha256:2"},"annotations":{"x":"y"}}"#), Ok(Some("sha256:2".into())));
-        assert_eq!(stdin_digest(b"  \n"), Ok(None));
-        assert!(stdin_digest(b"{").is_err());
-        assert!(stdin_digest(b"{}").is_err());
     }
 
     #[test]

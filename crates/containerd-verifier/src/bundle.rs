@@ -77,10 +77,10 @@ pub fn create(config: &Config, policy: Option<&atproto_sig_core::policy::Policy>
     online.offline = false;
     let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(Duration::from_secs(300)));
     let cache = Cache::new(scratch.path());
-    let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
+    let dns = crate::dns::SystemResolve { timeout: config.connect_timeout.0 };
     let empty = atproto_sig_core::policy::Policy::empty();
     let context =
-        crate::pipeline::Context::new(&online, policy.unwrap_or(&empty), &cache, Some(&http), Some(&http), &dns, crate::input::now_micros(None).unwrap_or(0));
+        crate::engine::Context::new(&online, policy.unwrap_or(&empty), &cache, Some(&http), Some(&http), &dns, crate::input::now_micros(None).unwrap_or(0));
     for name in images {
         let image = atproto_sig_core::reference::ImageRef::parse(name).map_err(|e| e.to_string())?;
         if policy.is_none() {
@@ -88,7 +88,7 @@ pub fn create(config: &Config, policy: Option<&atproto_sig_core::policy::Policy>
         }
         let digest = match &image.digest {
             Some(d) => d.clone(),
-            None => crate::registry::resolve_tag(config, &image, Deadline::after(config.budget.0)).map_err(|e| format!("{name}: {e}"))?,
+            None => crate::registry::resolve_tag(config, &image, &http).map_err(|e| format!("{name}: {e}"))?,
         };
         let decision = context.decide(&image, &digest);
         crate::log::info(&format!("{name}: {} ({})", decision.message, decision.reason.code()));

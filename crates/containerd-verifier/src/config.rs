@@ -19,6 +19,13 @@ pub const CONFIG_ENV: &str = "ATPROTO_VERIFIER_CONFIG";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span(pub Duration);
 
+impl Span {
+    /// In microseconds (the unit of signed revs and of the decision clock).
+    pub fn micros(self) -> i64 {
+        i64::try_from(self.0.as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
 /// Longest accepted duration (ten years): anything longer is a typo.
 const MAX_SPAN_NANOS: u128 = 10 * 365 * 86_400 * 1_000_000_000;
 
@@ -247,7 +254,7 @@ impl Config {
             config.cache_dir = default_cache_dir(running_as_root(), dirs.as_ref().map(directories::BaseDirs::cache_dir));
         }
         config.check().map_err(error)?;
-        crate::net::set_extra_bundle(config.ca_bundle.clone());
+        crate::ureq_fetch::set_extra_bundle(config.ca_bundle.clone());
         Ok(config)
     }
 

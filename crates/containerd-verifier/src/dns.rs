@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
+use crate::remote::{DnsError, Resolve};
+
 /// Largest DNS answer read over TCP.
 const MAX_TCP_ANSWER: usize = 64 << 10;
 
@@ -52,10 +54,10 @@ pub enum Answer {
 pub fn parse_response(buf: &[u8], id: u16) -> Result<Answer, String> {
     let message = Message::from_vec(buf).map_err(|e| format!("malformed DNS answer: {e}"))?;
     if message.metadata.id != id {
-        return Err("DNS answer for another query".into());
+        return Err("DNS answer for another query".to_owned());
     }
     if message.metadata.message_type != MessageType::Response {
-        return Err("not a DNS response".into());
+        return Err("not a DNS response".to_owned());
     }
     if message.metadata.truncation {
         return Ok(Answer::Truncated);
@@ -77,9 +79,16 @@ pub fn parse_response(buf: &[u8], id: u16) -> Result<Answer, String> {
     Ok(Answer::Records(records))
 }
 
-/// The TXT records of `name`, or why there are none to be had.
-pub fn lookup_txt(name: &str, timeout: Duration) -> Result<Vec<String>, String> {
-    lookup_txt_at(&nameservers(), name, timeout)
+/// The system's nameservers (or `$ATPROTO_VERIFIER_DNS`), as a [`Resolve`]; no question
+/// waits longer than `timeout` (config.toml `connect_timeout`).
+pub struct SystemResolve {
+    pub timeout: Duration,
+}
+
+impl Resolve for SystemResolve {
+    fn txt(&self, name: &str, timeout: Duration) -> Result<Vec<String>, DnsError> {
+        lookup_txt_at(&nameservers(), name, timeout.min(self.timeout))
+    }
 }
 
 /// One question over UDP.
@@ -116,13 +125,13 @@ fn ask_tcp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> Resu
 }
 
 /// Same, asking the given nameservers in order.
-pub fn lookup_txt_at(servers: &[SocketAddr], name: &str, timeout: Duration) -> Result<Vec<String>, String> {
+pub fn lookup_txt_at(servers: &[SocketAddr], name: &str, timeout: Duration) -> Result<Vec<String>, DnsError> {
     if timeout.is_zero() {
-        return Err("no time left for DNS".into());
+        return Err(DnsError::NoTime);
     }
     let id = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) ^ std::process::id()) as u16;
-    let query = encode_query(name, id).ok_or_else(|| format!("{name:?} is not a DNS name"))?;
-    let mut last = "no nameserver configured".to_owned();
+    let query = encode_query(name, id).ok_or_else(|| DnsError::BadName(name.chars().take(300).collect()))?;
+    let mut last = DnsError::NoServer;
     for &server in servers {
         let result = ask_udp(server, &query, id, timeout).and_then(|answer| match answer {
             Answer::Truncated => ask_tcp(server, &query, id, timeout),
@@ -130,8 +139,8 @@ pub fn lookup_txt_at(servers: &[SocketAddr], name: &str, timeout: Duration) -> R
         });
         match result {
             Ok(Answer::Records(records)) => return Ok(records),
-            Ok(Answer::Truncated) => last = format!("{server}: truncated"),
-            Err(e) => last = e,
+            Ok(Answer::Truncated) => last = DnsError::Failed { server: server.to_string(), problem: "truncated".to_owned() },
+            Err(problem) => last = DnsError::Failed { server: server.to_string(), problem },
         }
     }
     Err(last)

@@ -5,9 +5,11 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use crate::remote::{Exchange, Fetch};
 
 /// The end of the time budget for one decision.
 #[derive(Clone, Copy, Debug)]
@@ -93,116 +95,35 @@ pub struct Tls {
     pub skip_verify: bool,
 }
 
-/// Where trusted roots come from: the system's CA store (`SSL_CERT_FILE` / `SSL_CERT_DIR` or
-/// the distribution's bundle) plus `ca_bundle` from config.toml; the compiled-in Mozilla roots
-/// only when the system has none. Loaded on the first https request, never on a warm pull.
-static EXTRA_BUNDLE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-
-/// Names the extra CA bundle (config.toml `ca_bundle`); first call wins.
-pub fn set_extra_bundle(path: Option<PathBuf>) {
-    let _ = EXTRA_BUNDLE.set(path);
-}
-
-fn pem_certificates(pem: &[u8]) -> Vec<ureq::tls::Certificate<'static>> {
-    ureq::tls::parse_pem(pem)
-        .filter_map(Result::ok)
-        .filter_map(|item| match item {
-            ureq::tls::PemItem::Certificate(c) => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The roots every https request trusts, and where they came from (for `doctor`).
-pub fn default_roots() -> &'static (Vec<ureq::tls::Certificate<'static>>, String) {
-    static ROOTS: std::sync::OnceLock<(Vec<ureq::tls::Certificate<'static>>, String)> = std::sync::OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let system = rustls_native_certs::load_native_certs();
-        let mut roots: Vec<ureq::tls::Certificate<'static>> = system.certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect();
-        let mut source = format!("{} roots from the system store", roots.len());
-        if let Some(Some(path)) = EXTRA_BUNDLE.get() {
-            match crate::input::read_capped(path, 4 << 20) {
-                Ok(pem) => {
-                    let extra = pem_certificates(&pem);
-                    source.push_str(&format!(" + {} from {}", extra.len(), path.display()));
-                    roots.extend(extra);
-                }
-                Err(e) => crate::log::warn(&format!("ca_bundle {}: {} (ignored)", path.display(), e.problem)),
-            }
-        }
-        (roots, source)
-    })
-}
-
-fn agent(connect_timeout: Duration, tls: &Tls) -> ureq::Agent {
-    let mut tls_config = ureq::tls::TlsConfig::builder().disable_verification(tls.skip_verify);
-    let (defaults, _) = default_roots();
-    let mut roots = defaults.clone();
-    for file in &tls.ca_files {
-        if let Ok(pem) = crate::input::read_capped(file, 4 << 20) {
-            roots.extend(pem_certificates(&pem));
-        }
-    }
-    tls_config = if roots.is_empty() {
-        tls_config.root_certs(ureq::tls::RootCerts::WebPki)
-    } else {
-        tls_config.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
-    };
-    if let Some(client) = tls.client_pairs.iter().find_map(|(cert, key)| client_cert(cert, key.as_deref())) {
-        tls_config = tls_config.client_cert(Some(client));
-    }
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .user_agent(USER_AGENT)
-        .timeout_connect(Some(connect_timeout))
-        .timeout_resolve(Some(connect_timeout))
-        .tls_config(tls_config.build())
-        .build()
-        .into()
-}
-
-/// A client certificate from a PEM certificate file and its key (in `key`, or in the same file).
-fn client_cert(cert: &Path, key: Option<&Path>) -> Option<ureq::tls::ClientCert> {
-    let cert_pem = crate::input::read_capped(cert, 1 << 20).ok()?;
-    let key_pem = match key {
-        Some(k) => crate::input::read_capped(k, 1 << 20).ok()?,
-        None => cert_pem.clone(),
-    };
-    let chain = pem_certificates(&cert_pem);
-    let key = ureq::tls::parse_pem(&key_pem).filter_map(Result::ok).find_map(|item| match item {
-        ureq::tls::PemItem::PrivateKey(k) => Some(k),
-        _ => None,
-    })?;
-    (!chain.is_empty()).then(|| ureq::tls::ClientCert::new_with_certs(&chain, key))
-}
-
-/// The HTTP client for one decision. Its agent is built on the first request, so a decision
-/// that needs no network never loads trust roots.
+/// The HTTP client facade of one decision: checks URLs, clamps every request's timeout to what
+/// is left of the budget, counts requests, marks the one in flight for the watchdog, and hands
+/// the exchange to a [`Fetch`] (ureq on the wire, or an in-memory web in tests).
 pub struct Http {
-    agent: std::cell::OnceCell<ureq::Agent>,
+    fetch: Rc<dyn Fetch>,
     tls: Tls,
     request_timeout: Duration,
-    connect_timeout: Duration,
     deadline: Deadline,
     /// Shared by every client derived with `with_tls`, so a decision counts all its requests.
     requests: Rc<Cell<usize>>,
 }
 
-const USER_AGENT: &str = concat!("atproto-verifier/", env!("CARGO_PKG_VERSION"));
-
 impl Http {
+    /// A client on the real network (ureq).
     pub fn new(connect_timeout: Duration, request_timeout: Duration, deadline: Deadline) -> Http {
-        Http { agent: std::cell::OnceCell::new(), tls: Tls::default(), request_timeout, connect_timeout, deadline, requests: Rc::new(Cell::new(0)) }
+        Http::with_fetch(Rc::new(crate::ureq_fetch::UreqFetch::new(connect_timeout)), request_timeout, deadline)
+    }
+
+    /// A client over any [`Fetch`].
+    pub fn with_fetch(fetch: Rc<dyn Fetch>, request_timeout: Duration, deadline: Deadline) -> Http {
+        Http { fetch, tls: Tls::default(), request_timeout, deadline, requests: Rc::new(Cell::new(0)) }
     }
 
     /// A client for endpoints with their own TLS settings, sharing budget and counters.
     pub fn with_tls(&self, tls: &Tls) -> Http {
         Http {
-            agent: std::cell::OnceCell::new(),
+            fetch: Rc::clone(&self.fetch),
             tls: tls.clone(),
             request_timeout: self.request_timeout,
-            connect_timeout: self.connect_timeout,
             deadline: self.deadline,
             requests: Rc::clone(&self.requests),
         }
@@ -238,27 +159,7 @@ impl Http {
         let timeout = self.timeout()?;
         self.requests.set(self.requests.get() + 1);
         let _waiting = Waiting::begin(url);
-        let started = Instant::now();
-        let mut builder = ureq::http::Request::builder().method(method).uri(url);
-        for (name, value) in headers {
-            builder = builder.header(*name, value.as_str());
-        }
-        let request = builder.body(body.map(<[u8]>::to_vec).unwrap_or_default()).map_err(|e| NetError::BadUrl(e.to_string()))?;
-        let agent = self.agent.get_or_init(|| agent(self.connect_timeout, &self.tls));
-        let request = agent.configure_request(request).timeout_global(Some(timeout)).build();
-        let response = agent.run(request).map_err(|e| classify(e, url, started, timeout, self.deadline))?;
-        let status = response.status().as_u16();
-        let response_headers = response.headers().iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned()))).collect();
-        let mut body = response.into_body();
-        let bytes = if method == "HEAD" {
-            Vec::new()
-        } else {
-            body.with_config().limit(limit as u64).read_to_vec().map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => NetError::TooLarge(limit),
-                other => classify(other, url, started, timeout, self.deadline),
-            })?
-        };
-        Ok(Fetched { status, headers: response_headers, body: bytes })
+        self.fetch.exchange(&Exchange { method, url, headers, body, tls: &self.tls, timeout, deadline: self.deadline, limit })
     }
 }
 
@@ -290,20 +191,6 @@ impl Drop for Waiting {
 /// The origin of the request in flight right now, if any.
 pub fn waiting_for() -> Option<String> {
     WAITING_FOR.lock().ok().and_then(|slot| slot.clone())
-}
-
-fn classify(error: ureq::Error, url: &str, started: Instant, timeout: Duration, deadline: Deadline) -> NetError {
-    let short_url: String = url.split('?').next().unwrap_or(url).chars().take(200).collect();
-    match error {
-        ureq::Error::Timeout(_) if deadline.expired() => NetError::Deadline,
-        ureq::Error::Timeout(_) => NetError::Timeout(short_url),
-        ureq::Error::HostNotFound => NetError::Connect(format!("{short_url}: host not found")),
-        ureq::Error::ConnectionFailed => NetError::Connect(format!("{short_url}: connection failed")),
-        ureq::Error::Io(e) if started.elapsed() >= timeout => NetError::Timeout(format!("{short_url} ({e})")),
-        ureq::Error::Io(e) => NetError::Connect(format!("{short_url}: {e}")),
-        ureq::Error::BodyExceedsLimit(n) => NetError::TooLarge(n as usize),
-        other => NetError::Io(format!("{short_url}: {other}")),
-    }
 }
 
 /// True for hosts where plain http is acceptable without being asked (loopback only).

@@ -12,7 +12,7 @@ use atproto_sig_core::reference::ImageRef;
 use crate::config::Config;
 use crate::credentials::Credential;
 use crate::hosts::Endpoint;
-use crate::net::{Deadline, Fetched, Http, is_loopback_url};
+use crate::net::{Fetched, Http, is_loopback_url};
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -348,12 +348,11 @@ impl<'a> Session<'a> {
 }
 
 /// Resolves the tag of `image` to a digest (for `verify` on a tag).
-pub fn resolve_tag(config: &Config, image: &ImageRef, deadline: Deadline) -> Result<String, String> {
+pub fn resolve_tag(config: &Config, image: &ImageRef, http: &Http) -> Result<String, String> {
     if config.offline {
         return Err("offline: a tag cannot be resolved without the registry; pass IMAGE@sha256:…".into());
     }
-    let http = Http::new(config.connect_timeout.0, config.request_timeout.0, deadline);
-    let session = Session::new(config, &http, image);
+    let session = Session::new(config, http, image);
     session.resolve(image.tag.as_deref().unwrap_or("latest"))
 }
 

@@ -11,6 +11,10 @@ use atproto_sig_core::syntax::{AtUri, is_disallowed_handle_tld, is_valid_did, is
 use serde_json::Value as Json;
 
 use crate::net::{Http, NetError, is_loopback_url};
+use crate::remote::{DnsError, Resolve};
+
+/// Longest wait for one DNS question (within the decision's budget).
+pub const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Largest DID document, audit log, listRecords page and proof accepted.
 pub const MAX_DID_DOC: usize = 256 << 10;
@@ -98,7 +102,7 @@ pub fn fetch_audit_log(http: &Http, plc_directory: &str, did: &str) -> Result<Ve
 }
 
 /// Resolves a handle to a DID (not yet checked against the DID document: the caller does that).
-pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Fn(&str) -> Result<Vec<String>, String>, handle: &str) -> Result<String, LookupError> {
+pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Resolve, handle: &str) -> Result<String, LookupError> {
     let handle = handle.to_ascii_lowercase();
     if !is_valid_handle(&handle) || is_disallowed_handle_tld(&handle) {
         return Err(LookupError::Invalid(format!("{handle:?} is not a resolvable handle")));
@@ -120,8 +124,9 @@ pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Fn(&str) ->
     }
     // DNS TXT first (the spec prefers it), HTTPS well-known second; if both answer, they must agree.
     // A DNS failure (not "no such record") may hide the answer: it is a network failure.
-    let mut dns_failure: Option<String> = None;
-    let from_dns = match dns(&format!("_atproto.{handle}")) {
+    let mut dns_failure: Option<DnsError> = None;
+    let timeout = http.deadline().remaining().min(DNS_TIMEOUT);
+    let from_dns = match dns.txt(&format!("_atproto.{handle}"), timeout) {
         Ok(records) => {
             let dids: Vec<&str> = records.iter().filter_map(|r| r.strip_prefix("did=")).collect();
             match dids.as_slice() {

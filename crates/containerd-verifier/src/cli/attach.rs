@@ -5,7 +5,6 @@
 //! the referrers API, or the `sha256-<hex>` tag index this command maintains where there is none.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use atproto_sig_core::Limits;
 use atproto_sig_core::car::Car;
@@ -63,10 +62,20 @@ fn attach(args: &AttachArgs) -> Result<String, Failure> {
         Some(d) => d.clone(),
         None => session.resolve(image.tag.as_deref().unwrap_or("latest")).map_err(fail)?,
     };
-    let policy = super::policy::load_policy(&config.policy)
+    let policy = crate::engine::request::load_policy(&config.policy)
         .map_err(|_| fail("attach verifies before it attaches and needs the trust policy: run `atproto-verifier policy check`"))?;
     // Verify first, exactly as a pull would: only a verified proof is attached.
-    let (decision, notes, _) = super::verify::decide(&config, &policy, &image, &digest, Instant::now());
+    let request = crate::engine::Request {
+        reference: &args.image,
+        digest: Some(&digest),
+        descriptor: None,
+        policy: Ok(&policy),
+        config: &config,
+        now_micros: crate::input::now_micros(None).unwrap_or(0),
+        deadline: Deadline::after(config.budget.0),
+    };
+    let answer = crate::engine::decide(&request, &crate::remote::Remote::system(config.connect_timeout.0));
+    let (decision, notes) = (answer.decision, answer.notes);
     let signer = match (decision.outcome, decision.signers.first()) {
         (Outcome::Admit, Some(did)) => did.clone(),
         _ => return Err((exit::REJECTED, format!("{} is not verified ({}): {}", args.image, decision.reason.code(), decision.message), notes.join("; "))),

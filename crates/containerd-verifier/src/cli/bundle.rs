@@ -72,7 +72,7 @@ fn create(args: &CreateArgs) -> u8 {
             return exit::UNDECIDED;
         }
     };
-    let policy = super::policy::load_policy(&config.policy).ok();
+    let policy = crate::engine::request::load_policy(&config.policy).ok();
     match bundle::create(&config, policy.as_ref(), &args.images, &args.dids, &args.output) {
         Ok(b) => {
             println!(

@@ -29,10 +29,6 @@ pub struct CommonArgs {
     format: Format,
 }
 
-fn micros(span: crate::config::Span) -> i64 {
-    i64::try_from(span.0.as_micros()).unwrap_or(i64::MAX)
-}
-
 pub fn run(command: CacheCommand) -> u8 {
     let args = match &command {
         CacheCommand::List(a) | CacheCommand::Refresh(a) | CacheCommand::Prune(a) => a,
@@ -65,8 +61,8 @@ fn list(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     let time = atproto_sig_core::syntax::format_datetime_micros;
     let dids = cache.all::<DidEntry>(Kind::Did);
     let proofs = cache.all::<ProofEntry>(Kind::Proof);
-    let did_state = |e: &DidEntry| state(freshness(e.fetched_at, now, micros(config.did_ttl), micros(config.max_stale)));
-    let proof_state = |e: &ProofEntry| state(freshness(e.fetched_at, now, micros(config.proof_ttl), micros(config.max_stale)));
+    let did_state = |e: &DidEntry| state(freshness(e.fetched_at, now, config.did_ttl.micros(), config.max_stale.micros()));
+    let proof_state = |e: &ProofEntry| state(freshness(e.fetched_at, now, config.proof_ttl.micros(), config.max_stale.micros()));
     match format {
         Format::Json => print_json(&serde_json::json!({
             "dids": dids.iter().map(|(_, e)| serde_json::json!({"did": e.did, "fetchedAt": time(e.fetched_at), "source": e.source, "auditLog": e.audit_log.is_some(), "state": did_state(e)})).collect::<Vec<_>>(),
@@ -118,16 +114,16 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
         return if bundle_notes.is_empty() && metrics.is_ok() { exit::ADMITTED } else { exit::UNDECIDED };
     }
     let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(std::time::Duration::from_secs(600)));
-    let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
+    let dns = crate::dns::SystemResolve { timeout: config.connect_timeout.0 };
     let empty = atproto_sig_core::policy::Policy::empty();
     // Entries past half their TTL are refetched: the context treats them as not fresh.
     let mut eager = config.clone();
     eager.did_ttl = crate::config::Span(config.did_ttl.0 / 2);
     eager.proof_ttl = crate::config::Span(config.proof_ttl.0 / 2);
-    let context = crate::pipeline::Context::new(&eager, &empty, cache, Some(&http), Some(&http), &dns, now);
+    let context = crate::engine::Context::new(&eager, &empty, cache, Some(&http), Some(&http), &dns, now);
     let (mut refreshed, mut failed) = (Vec::new(), bundle_notes);
     for (_, entry) in cache.all::<DidEntry>(Kind::Did) {
-        if freshness(entry.fetched_at, now, micros(eager.did_ttl), 0) == Freshness::Fresh {
+        if freshness(entry.fetched_at, now, eager.did_ttl.micros(), 0) == Freshness::Fresh {
             continue;
         }
         match context.document(&entry.did) {
@@ -136,7 +132,7 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
         }
     }
     for (_, entry) in cache.all::<ProofEntry>(Kind::Proof) {
-        if freshness(entry.fetched_at, now, micros(eager.proof_ttl), 0) == Freshness::Fresh {
+        if freshness(entry.fetched_at, now, eager.proof_ttl.micros(), 0) == Freshness::Fresh {
             continue;
         }
         let uri = format!("at://{}/{}/{}", entry.did, entry.collection, entry.rkey);
@@ -172,7 +168,7 @@ fn prune(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     for (path, entry) in cache.all::<DidEntry>(Kind::Did) {
         // Offline nodes keep documents (they cannot refetch them); online ones drop expired ones.
         if !config.offline
-            && freshness(entry.fetched_at, now, micros(config.did_ttl), micros(config.max_stale)) == Freshness::Expired
+            && freshness(entry.fetched_at, now, config.did_ttl.micros(), config.max_stale.micros()) == Freshness::Expired
             && cache.remove_path(&path)
         {
             removed.push(entry.did);
@@ -180,9 +176,9 @@ fn prune(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     }
     for (path, entry) in cache.all::<ProofEntry>(Kind::Proof) {
         let too_old = if config.offline {
-            now.saturating_sub(entry.fetched_at) > micros(config.max_proof_age)
+            now.saturating_sub(entry.fetched_at) > config.max_proof_age.micros()
         } else {
-            freshness(entry.fetched_at, now, micros(config.proof_ttl), micros(config.max_stale)) == Freshness::Expired
+            freshness(entry.fetched_at, now, config.proof_ttl.micros(), config.max_stale.micros()) == Freshness::Expired
         };
         if too_old && cache.remove_path(&path) {
             removed.push(format!("at://{}/{}/{}", entry.did, entry.collection, entry.rkey));

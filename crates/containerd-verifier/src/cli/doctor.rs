@@ -287,7 +287,7 @@ pub fn run(args: DoctorArgs) -> u8 {
             Config::default()
         }
     };
-    match super::policy::load_policy(&config.policy) {
+    match crate::engine::request::load_policy(&config.policy) {
         Ok(p) => findings.push(Finding {
             level: Level::Ok,
             check: "policy",
@@ -299,10 +299,10 @@ pub fn run(args: DoctorArgs) -> u8 {
                 if p.default.is_some() { "with a default" } else { "no default (unmatched images are rejected)" }
             ),
         }),
-        Err(super::policy::PolicyLoadError::Unreadable(e)) => {
+        Err(crate::engine::PolicyError::Unreadable(e)) => {
             findings.push(Finding { level: Level::Fail, check: "policy", message: format!("{e} — every pull is blocked until a policy is installed") })
         }
-        Err(super::policy::PolicyLoadError::Invalid(errors)) => findings.push(Finding {
+        Err(crate::engine::PolicyError::Invalid(errors)) => findings.push(Finding {
             level: Level::Fail,
             check: "policy",
             message: format!("{} errors, first: {} — run `atproto-verifier policy check`", errors.len(), errors.first().cloned().unwrap_or_default()),
@@ -319,7 +319,7 @@ pub fn run(args: DoctorArgs) -> u8 {
             message: format!("offline: proofs older than max_proof_age ({}) are refused; import bundles more often than that", config.max_proof_age),
         });
     }
-    let (roots, source) = crate::net::default_roots();
+    let (roots, source) = crate::ureq_fetch::default_roots();
     findings.push(if roots.is_empty() {
         Finding {
             level: Level::Warn,

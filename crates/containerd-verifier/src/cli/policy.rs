@@ -9,6 +9,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::engine::PolicyError;
+use crate::engine::request::{INSTALL_POLICY_HINT, load_policy};
 use crate::exit;
 use crate::input::{now_micros, read_capped};
 use crate::output::{Format, print_json, print_undecided};
@@ -62,26 +64,6 @@ fn policy_path(explicit: Option<&Path>, config: Option<&Path>) -> Result<PathBuf
         Some(path) => Ok(path.to_owned()),
         None => Config::load(config).map(|c| c.policy).map_err(|e| format!("config.toml: {e}")),
     }
-}
-
-/// Why a policy cannot be used.
-pub enum PolicyLoadError {
-    /// The file could not be read at all.
-    Unreadable(String),
-    /// It was read; these are its errors, rendered `file:line:column: error: …`.
-    Invalid(Vec<String>),
-}
-
-/// Hint for a missing policy file.
-pub const INSTALL_POLICY_HINT: &str =
-    "install one, e.g. the audit-only starter: cp packaging/policies/audit-only-starter.yaml /etc/atproto-verifier/trust-policy.yaml";
-
-/// Reads and parses a policy.
-pub fn load_policy(path: &Path) -> Result<Policy, PolicyLoadError> {
-    let name = path.display().to_string();
-    let bytes = read_capped(path, MAX_POLICY_BYTES).map_err(|e| PolicyLoadError::Unreadable(e.to_string()))?;
-    let text = String::from_utf8(bytes).map_err(|_| PolicyLoadError::Invalid(vec![format!("{name}: not UTF-8 text")]))?;
-    Policy::parse(&text).map_err(|issues| PolicyLoadError::Invalid(issues.iter().map(|i| i.render(&name, "error")).collect()))
 }
 
 fn check(args: &CheckArgs) -> u8 {
@@ -167,8 +149,8 @@ fn explain(args: &ExplainArgs) -> u8 {
     };
     let policy = match load_policy(&path) {
         Ok(policy) => policy,
-        Err(PolicyLoadError::Unreadable(e)) => return fail(&e, INSTALL_POLICY_HINT),
-        Err(PolicyLoadError::Invalid(errors)) => return fail(&errors.join("\n"), "run: atproto-verifier policy check"),
+        Err(PolicyError::Unreadable(e)) => return fail(&e, INSTALL_POLICY_HINT),
+        Err(PolicyError::Invalid(errors)) => return fail(&errors.join("\n"), "run: atproto-verifier policy check"),
     };
     let matched = policy.rule_for(&image);
     let skipped: Vec<_> = matched.skipped.iter().map(|r| json!({"name": r.name, "scope": r.scope, "line": r.at.line})).collect();

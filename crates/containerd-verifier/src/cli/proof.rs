@@ -145,7 +145,7 @@ fn run_verify(args: &VerifyArgs) -> u8 {
     print_verdict(&verdict, args.format);
     match verdict.reason {
         atproto_sig_core::Reason::Verified => exit::ADMITTED,
-        reason if crate::pipeline::is_undecided(reason) => exit::UNDECIDED,
+        reason if crate::engine::is_undecided(reason) => exit::UNDECIDED,
         _ => exit::REJECTED,
     }
 }

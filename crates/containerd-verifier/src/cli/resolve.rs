@@ -33,10 +33,10 @@ pub fn run(args: ResolveArgs) -> u8 {
     };
     let http = (!config.offline).then(|| Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(config.budget.0)));
     let cache = Cache::new(&config.cache_dir);
-    let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0);
+    let dns = crate::dns::SystemResolve { timeout: config.connect_timeout.0 };
     let empty = atproto_sig_core::policy::Policy::empty();
     let now = crate::input::now_micros(None).unwrap_or(0);
-    let context = crate::pipeline::Context::new(&config, &empty, &cache, http.as_ref(), None, &dns, now);
+    let context = crate::engine::Context::new(&config, &empty, &cache, http.as_ref(), None, &dns, now);
     let (did, from_handle) = if is_valid_did(&args.identity) {
         (args.identity.clone(), None)
     } else {
@@ -69,7 +69,7 @@ pub fn run(args: ResolveArgs) -> u8 {
         Ok((d, _)) => d,
         Err(v) => {
             print_undecided(args.format, &v.message, "");
-            return if crate::pipeline::is_undecided(v.reason) { exit::UNDECIDED } else { exit::REJECTED };
+            return if crate::engine::is_undecided(v.reason) { exit::UNDECIDED } else { exit::REJECTED };
         }
     };
     // A handle counts only if the DID document claims it back.

@@ -3,18 +3,18 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use atproto_sig_core::policy::{Decision, Outcome, Policy};
-use atproto_sig_core::reference::ImageRef;
-use atproto_sig_core::verify::is_valid_digest;
+use atproto_sig_core::policy::{Decision, Outcome};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::cache::Cache;
 use crate::config::Config;
+use crate::engine::request::{INSTALL_POLICY_HINT, load_policy};
+use crate::engine::{self, Failure, PolicyError, Request, RequestError, outcome_label};
 use crate::exit;
-use crate::net::{Deadline, Http};
+use crate::input::now_micros;
+use crate::net::Deadline;
 use crate::output::{Format, print_config_invalid, print_json, print_undecided};
-use crate::pipeline::{Context, outcome_label};
+use crate::remote::Remote;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum VerifyFormat {
@@ -44,29 +44,6 @@ pub struct VerifyArgs {
     format: VerifyFormat,
 }
 
-/// Runs the pipeline with a fresh client (unless offline) and the configured cache.
-/// Requests a decision made: to PLC directories, PDSes and handle hosts; and to the registry.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Requests {
-    pub identity: usize,
-    pub registry: usize,
-}
-
-/// Returns the decision, diagnostic notes and the requests made.
-pub fn decide(config: &Config, policy: &Policy, image: &ImageRef, digest: &str, started: Instant) -> (Decision, Vec<String>, Requests) {
-    let deadline = Deadline::after(config.budget.0.saturating_sub(started.elapsed()));
-    // Offline: no client for PLC, PDS or handles is built, so none of them can be asked. The
-    // registry client exists either way (for attached proofs).
-    let http = (!config.offline).then(|| Http::new(config.connect_timeout.0, config.request_timeout.0, deadline));
-    let registry = Http::new(config.connect_timeout.0, config.request_timeout.0, deadline);
-    let cache = Cache::new(&config.cache_dir);
-    let dns = |name: &str| crate::dns::lookup_txt(name, config.connect_timeout.0.min(deadline.remaining()));
-    let context = Context::new(config, policy, &cache, http.as_ref(), Some(&registry), &dns, crate::input::now_micros(None).unwrap_or(0));
-    let decision = context.decide(image, digest);
-    let requests = Requests { identity: http.as_ref().map_or(0, Http::request_count), registry: registry.request_count() };
-    (decision, context.notes.into_inner(), requests)
-}
-
 pub fn run(args: VerifyArgs) -> u8 {
     let started = Instant::now();
     let text_format = if args.format == VerifyFormat::Json { Format::Json } else { Format::Text };
@@ -81,51 +58,42 @@ pub fn run(args: VerifyArgs) -> u8 {
     if let Some(policy) = &args.policy {
         config.policy.clone_from(policy);
     }
-    let image = match ImageRef::parse(&args.image) {
-        Ok(image) => image,
-        Err(e) => {
-            print_undecided(text_format, &e.to_string(), "");
-            return exit::UNDECIDED;
-        }
+    let policy = load_policy(&config.policy);
+    let request = Request {
+        reference: &args.image,
+        digest: args.digest.as_deref(),
+        descriptor: None,
+        policy: policy.as_ref(),
+        config: &config,
+        now_micros: now_micros(None).unwrap_or(0),
+        deadline: Deadline::after(config.budget.0),
     };
-    let digest = match args.digest.clone().or_else(|| image.digest.clone()) {
-        Some(d) if is_valid_digest(&d) => d,
-        Some(d) => {
-            print_undecided(text_format, &format!("{d:?} is not a sha256 digest"), "");
-            return exit::UNDECIDED;
-        }
-        None => match crate::registry::resolve_tag(&config, &image, Deadline::after(config.budget.0)) {
-            Ok(d) => d,
-            Err(e) => {
-                print_undecided(text_format, &format!("cannot resolve {} to a digest: {e}", args.image), "pass the digest: IMAGE@sha256:… or --digest");
-                return exit::UNDECIDED;
-            }
-        },
-    };
-    let policy = match super::policy::load_policy(&config.policy) {
-        Ok(p) => p,
-        Err(super::policy::PolicyLoadError::Unreadable(e)) => {
-            print_undecided(text_format, &e, super::policy::INSTALL_POLICY_HINT);
-            return exit::UNDECIDED;
-        }
-        Err(super::policy::PolicyLoadError::Invalid(errors)) => {
-            print_undecided(text_format, &errors.join("\n"), "run: atproto-verifier policy check");
-            return exit::UNDECIDED;
-        }
-    };
-    let (decision, notes, requests) = decide(&config, &policy, &image, &digest, started);
-    let code = crate::pipeline::exit_code(&decision);
-    let mut record = crate::pipeline::decision_record(&args.image, &digest, &decision, (requests.identity, requests.registry), started.elapsed());
+    let answer = engine::decide(&request, &Remote::system(config.connect_timeout.0));
+    if let Some(failure) = &answer.refused {
+        let (message, hint) = match failure {
+            Failure::Request(e @ RequestError::TagUnresolved { .. }) => (e.to_string(), "pass the digest: IMAGE@sha256:… or --digest"),
+            Failure::Policy(PolicyError::Unreadable(e)) => (e.clone(), INSTALL_POLICY_HINT),
+            Failure::Policy(PolicyError::Invalid(errors)) => (errors.join("\n"), "run: atproto-verifier policy check"),
+            other => (other.to_string(), ""),
+        };
+        print_undecided(text_format, &message, hint);
+        return exit::UNDECIDED;
+    }
+    let Some(image) = answer.image else { return exit::UNDECIDED };
+    let decision = &answer.decision;
+    let digest = image.digest.clone().unwrap_or_default();
+    let code = engine::exit_code(decision);
+    let mut record = engine::decision_record(&args.image, &digest, decision, (answer.requests.identity, answer.requests.registry), started.elapsed());
     record.insert("image".into(), json!(args.image));
     let result = serde_json::Value::Object(record);
     match args.format {
         VerifyFormat::Json => print_json(&result),
-        VerifyFormat::Sarif => print_json(&sarif(&ImageRef { digest: Some(digest.clone()), ..image.clone() }.to_string(), &decision)),
+        VerifyFormat::Sarif => print_json(&sarif(&image.to_string(), decision)),
         VerifyFormat::Text => {
             println!("{}: {} ({})", outcome_label(decision.outcome), decision.message, decision.reason.code());
             println!("  image:  {}@{digest}", image.scope_name());
             println!("  rule:   {}", decision.rule.as_deref().unwrap_or("none"));
-            for note in &notes {
+            for note in &answer.notes {
                 println!("  note:   {note}");
             }
         }

@@ -1,0 +1,124 @@
+//! The decision engine: one public entry, [`decide`]. Given a [`Request`] (image reference,
+//! digest, descriptor, policy, config, clock, deadline) and the [`Remote`] to reach the world
+//! through (a `Fetch` for HTTP, a `Resolve` for DNS), it returns an [`Answer`]: the decision
+//! with its reason, the notes made on the way, and the requests made. The containerd entry,
+//! `verify` and every other command are adapters around it or its parts ([`Context`] for one
+//! candidate's material, [`request`] for the checks of a request).
+//!
+//! Flow: the request is checked (digest, descriptor, reference, policy) → the policy's rule for
+//! the image → no signature required? admit without any lookup → candidate signers (identity in
+//! the path, hints attached to the image, the rule's trusted DIDs; nobody else is fetched) → per
+//! candidate: DID document, record location, proof (cache first, network when stale, stale cache
+//! only when the network fails) → core verify → the policy's decision.
+
+// A Verdict is the natural error of each step (it carries the reason and the facts); decisions
+// are made once per process, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+mod candidate;
+mod context;
+mod decision;
+pub mod failure;
+mod hints;
+mod identity;
+mod proof;
+mod report;
+pub mod request;
+
+use atproto_sig_core::policy::{Decision, Outcome, Policy};
+use atproto_sig_core::reference::ImageRef;
+
+pub use context::{Context, MAX_CANDIDATES, STALE_NOTE};
+pub use failure::{Failure, PolicyError, RequestError};
+pub use proof::Origin;
+pub use report::{decision_record, exit_code, is_undecided, outcome_label};
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::net::{Deadline, Http};
+use crate::remote::Remote;
+
+/// One pull (or one `verify`) to decide.
+pub struct Request<'a> {
+    /// The image reference as given (containerd's `-name`, the operator's argument).
+    pub reference: &'a str,
+    /// The digest to decide (containerd's `-digest`); `None`: the reference's own digest, else
+    /// its tag resolved through the registry.
+    pub digest: Option<&'a str>,
+    /// The descriptor containerd wrote on stdin, if any: it must name the same digest.
+    pub descriptor: Option<&'a [u8]>,
+    /// The trust policy, or why it could not be loaded (every pull is then refused).
+    pub policy: Result<&'a Policy, &'a PolicyError>,
+    pub config: &'a Config,
+    /// This node's clock (microseconds since the epoch); the only clock a decision reads.
+    pub now_micros: i64,
+    /// When the answer is due (below containerd's `per_verifier_timeout`).
+    pub deadline: Deadline,
+}
+
+/// Requests a decision made: to PLC directories, PDSes and handle hosts; and to the registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub identity: usize,
+    pub registry: usize,
+}
+
+/// What a decision answers.
+#[derive(Debug)]
+pub struct Answer {
+    /// The canonical image with the digest decided (none if the request was refused first).
+    pub image: Option<ImageRef>,
+    pub decision: Decision,
+    /// Set when the request itself could not be decided (bad argument, stdin, policy).
+    pub refused: Option<Failure>,
+    /// Diagnostic lines (stderr, containerd's debug log; `verify`'s notes).
+    pub notes: Vec<String>,
+    pub requests: Requests,
+}
+
+/// Decides one request.
+pub fn decide(request: &Request<'_>, remote: &Remote) -> Answer {
+    let refuse = |failure: Failure, image: Option<ImageRef>, requests: Requests| Answer {
+        image,
+        decision: Decision { outcome: Outcome::Reject, reason: failure.reason(), message: failure.to_string(), rule: None, signers: Vec::new() },
+        refused: Some(failure),
+        notes: Vec::new(),
+        requests,
+    };
+    let config = request.config;
+    let registry = Http::with_fetch(remote.fetch.clone(), config.request_timeout.0, request.deadline);
+    let (image, digest) = match checked_request(request, &registry) {
+        Ok(found) => found,
+        Err((failure, image)) => return refuse(failure, image, Requests { identity: 0, registry: registry.request_count() }),
+    };
+    let policy = match request.policy {
+        Ok(policy) => policy,
+        Err(e) => return refuse(Failure::Policy(e.clone()), Some(image), Requests::default()),
+    };
+    // Offline: no client for PLC, PDS or handles is built, so none of them can be asked. The
+    // registry client exists either way (for attached proofs).
+    let http = (!config.offline).then(|| Http::with_fetch(remote.fetch.clone(), config.request_timeout.0, request.deadline));
+    let cache = Cache::new(&config.cache_dir);
+    let context = Context::new(config, policy, &cache, http.as_ref(), Some(&registry), &*remote.resolve, request.now_micros);
+    let decision = context.decide(&image, &digest);
+    let requests = Requests { identity: http.as_ref().map_or(0, Http::request_count), registry: registry.request_count() };
+    Answer { image: Some(ImageRef { digest: Some(digest), ..image }), decision, refused: None, notes: context.notes.into_inner(), requests }
+}
+
+/// The image and the digest to decide, or why the request cannot be decided.
+fn checked_request(request: &Request<'_>, registry: &Http) -> Result<(ImageRef, String), (Failure, Option<ImageRef>)> {
+    if let Some(digest) = request.digest {
+        let digest = request::checked_digest(digest).map_err(|e| (e.into(), None))?;
+        let stdin = request.descriptor.map(request::descriptor_digest).transpose().map_err(|e| (e.into(), None))?.flatten();
+        if let Some(stdin) = stdin.filter(|d| d != digest) {
+            return Err((Failure::DescriptorMismatch { stdin, digest: digest.to_owned() }, None));
+        }
+    }
+    let image = ImageRef::parse(request.reference).map_err(|e| (RequestError::Reference(e.to_string()).into(), None))?;
+    let digest = match request.digest.map(str::to_owned).or_else(|| image.digest.clone()) {
+        Some(d) => request::checked_digest(&d).map_err(|e| (e.into(), Some(image.clone())))?.to_owned(),
+        None => crate::registry::resolve_tag(request.config, &image, registry)
+            .map_err(|problem| (RequestError::TagUnresolved { reference: request.reference.to_owned(), problem }.into(), Some(image.clone())))?,
+    };
+    Ok((image, digest))
+}

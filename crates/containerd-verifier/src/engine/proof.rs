@@ -1,0 +1,161 @@
+//! The proof step: a proof CAR for one record, from cache, PDS or (offline) bundles and
+//! attached artifacts, with where it came from; and the core check of it.
+
+#![allow(clippy::result_large_err)]
+
+use atproto_sig_core::did::DidDocument;
+use atproto_sig_core::record::MANIFEST_COLLECTION;
+use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, verify};
+use atproto_sig_core::{Limits, Verdict};
+use base64::Engine;
+
+use super::context::*;
+use super::failure::*;
+use crate::cache::{Kind, ProofEntry};
+use crate::cached::{Got, Material, Miss};
+use crate::knowledge;
+use crate::net::NetError;
+use crate::resolve::{self, LookupError, ProofAnswer};
+
+/// Where the proof behind a verdict came from: an admission says so, with its age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Fetched from the PDS for this decision.
+    Fetched,
+    /// This node's cache, within `proof_ttl` of when this node fetched it.
+    Cached { fetched_at: i64 },
+    /// This node's cache past `proof_ttl`, because the network failed.
+    Stale { fetched_at: i64 },
+    /// Offline: the cache or a proof attached to the image, dated by its signed commit.
+    Offline { committed_at: i64, attached: bool },
+}
+
+impl Origin {
+    /// The words an admission adds about its proof ("" for a proof fetched just now).
+    pub fn note(self, now: i64) -> String {
+        let age = |t: i64| crate::config::Span(std::time::Duration::from_micros(u64::try_from(now.saturating_sub(t)).unwrap_or(0)));
+        match self {
+            Origin::Fetched => String::new(),
+            Origin::Cached { fetched_at } => format!(" — from a proof this node fetched {} ago", age(fetched_at)),
+            Origin::Stale { fetched_at } => {
+                format!(" — from cached data past its TTL (a proof this node fetched {} ago), because the network failed", age(fetched_at))
+            }
+            Origin::Offline { committed_at, attached: true } => format!(" — offline, from a proof attached to the image, committed {} ago", age(committed_at)),
+            Origin::Offline { committed_at, attached: false } => format!(" — offline, from a cached proof committed {} ago", age(committed_at)),
+        }
+    }
+}
+
+/// Why a proof could not be had: a lookup failure, or a refusal with its own verdict (no PDS
+/// named, or a rollback).
+enum ProofMiss {
+    Lookup(LookupError),
+    Refused(Box<Verdict>),
+}
+
+impl crate::cached::FetchError for ProofMiss {
+    fn network(self) -> Result<NetError, Self> {
+        match self {
+            ProofMiss::Lookup(LookupError::Network(e)) => Ok(e),
+            other => Err(other),
+        }
+    }
+
+    fn from_network(e: NetError) -> Self {
+        ProofMiss::Lookup(LookupError::Network(e))
+    }
+}
+
+impl Context<'_> {
+    /// A proof for `did`/`rkey`: cached if fresh, else fetched; stale only on network failure.
+    /// A fetched proof is stored only when its commit signature verifies under `document`'s
+    /// key and it is not older than the proof already held for that record.
+    pub fn proof(&self, document: &DidDocument, rkey: &str) -> Result<(Option<Vec<u8>>, Origin), Verdict> {
+        let did = document.did.as_str();
+        let parts = [did, MANIFEST_COLLECTION, rkey];
+        let decode = |entry: &ProofEntry| base64::engine::general_purpose::STANDARD.decode(&entry.car).ok();
+        if self.http.is_none() {
+            let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
+            return self.offline_proof(did, rkey, cached.as_ref().and_then(decode));
+        }
+        let material = Material { cache: self.cache, kind: Kind::Proof, key: &parts, now: self.now, lifetime: self.lifetime(self.config.proof_ttl) };
+        // Stored only when its signature verifies under the document's key (set by `fetch`).
+        let authentic = std::cell::Cell::new(false);
+        let fetch = || -> Result<Option<ProofEntry>, ProofMiss> {
+            let (Some(http), Some(pds)) = (self.http, document.pds.as_deref()) else {
+                return Err(ProofMiss::Refused(Box::new(Failure::NoPds { did: did.to_owned() }.verdict(did))));
+            };
+            let car = match resolve::fetch_proof(http, pds, did, MANIFEST_COLLECTION, rkey).map_err(ProofMiss::Lookup)? {
+                ProofAnswer::Car(car) => car,
+                ProofAnswer::NotFound => return Ok(None),
+            };
+            if let Some((rev, _)) = document.signing_key.as_ref().ok().and_then(|key| knowledge::authentic_rev(&car, key)) {
+                if let Some(held) = knowledge::newer_held(self.cache, did, MANIFEST_COLLECTION, rkey, &rev) {
+                    let message = knowledge::rollback_message(&format!("the proof {pds} served for {did}/{MANIFEST_COLLECTION}/{rkey}"), &rev, &held);
+                    return Err(ProofMiss::Refused(Box::new(Failure::RolledBack(message).verdict(did))));
+                }
+                authentic.set(true);
+            }
+            let car = base64::engine::general_purpose::STANDARD.encode(&car);
+            Ok(Some(ProofEntry {
+                did: did.to_owned(),
+                collection: MANIFEST_COLLECTION.into(),
+                rkey: rkey.to_owned(),
+                fetched_at: self.now,
+                source: pds.to_owned(),
+                car,
+            }))
+        };
+        match material.get(true, |e: &ProofEntry| e.fetched_at, |e| decode(e).is_some(), fetch, |_| authentic.get()) {
+            Ok(Got::Cached(entry)) => Ok((decode(&entry), Origin::Cached { fetched_at: entry.fetched_at })),
+            Ok(Got::Fetched(entry) | Got::Offline(entry)) => Ok((decode(&entry), Origin::Fetched)),
+            Ok(Got::Stale(entry, e)) => {
+                self.note(format!("using the cached proof for {did}/{rkey} past its TTL: {e}"));
+                Ok((decode(&entry), Origin::Stale { fetched_at: entry.fetched_at }))
+            }
+            Err(Miss::Nothing | Miss::Offline) => Ok((None, Origin::Fetched)),
+            Err(Miss::Lookup(ProofMiss::Refused(v))) => Err(*v),
+            Err(Miss::Lookup(ProofMiss::Lookup(e))) => {
+                let pds = document.pds.as_deref().unwrap_or("its PDS");
+                Err(Failure::Lookup { what: format!("the proof from {pds}"), kind: Lookup::Record, error: e }.verdict(did))
+            }
+        }
+    }
+
+    /// Offline sources: the cache (imports, bundles) and proofs attached to the image. Their
+    /// age is their signed commit rev, never a fetch time: a `fetchedAt` in a bundle or an
+    /// artifact timestamp is the word of whoever made it. A revoked image therefore stays
+    /// admitted offline at most `max_proof_age` after the last commit this node has seen.
+    fn offline_proof(&self, did: &str, rkey: &str, cached: Option<Vec<u8>>) -> Result<(Option<Vec<u8>>, Origin), Verdict> {
+        let attached = self.attached.borrow().iter().find(|(d, r, _)| d == did && r == rkey).map(|(_, _, car)| car.clone());
+        let dated = |car: Vec<u8>, attached: bool| knowledge::commit_rev(&car).map(|(_, t)| (t, car, attached));
+        let newest = match (cached.and_then(|c| dated(c, false)), attached.and_then(|c| dated(c, true))) {
+            (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        match newest {
+            Some((committed_at, _, attached)) if self.now.saturating_sub(committed_at) > self.config.max_proof_age.micros() => Err(Failure::ProofTooOld {
+                did: did.to_owned(),
+                rkey: rkey.to_owned(),
+                attached,
+                committed: atproto_sig_core::syntax::format_datetime_micros(committed_at),
+                max_age: self.config.max_proof_age.to_string(),
+            }
+            .verdict(did)),
+            Some((committed_at, car, attached)) => Ok((Some(car), Origin::Offline { committed_at, attached })),
+            None => Err(Failure::Offline { what: format!("a proof for {did}/{MANIFEST_COLLECTION}/{rkey}"), kind: Lookup::Record }.verdict(did)),
+        }
+    }
+
+    pub(super) fn check(&self, car: &[u8], document: &DidDocument, did: &str, rkey: &str, digest: &str, repository: Option<&str>) -> Verdict {
+        let limits = Limits::default();
+        verify(&ProofInput {
+            car,
+            key: KeySource::Document(document),
+            expect: Expectation { did, rkey: Some(rkey), digest, repository },
+            now_micros: self.now,
+            max_clock_skew_micros: self.config.clock_skew.micros(),
+            limits: &limits,
+        })
+    }
+}
