@@ -20,7 +20,7 @@ pub enum Lookup {
 pub enum RequestError {
     #[error("containerd did not pass -name and -digest")]
     MissingArguments,
-    #[error("-digest {0:?} is not a sha256 digest")]
+    #[error("digest {0:?} is not a sha256 digest (sha256: and 64 lowercase hex digits)")]
     BadDigest(String),
     #[error("stdin could not be read or is too large")]
     Stdin,

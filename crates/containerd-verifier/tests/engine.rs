@@ -1,0 +1,382 @@
+//! The decision engine in-process: no server, no socket. Remote answers come from an in-memory
+//! web (`MemoryFetch`, `MemoryResolve`) built from genuine test identities and signed
+//! repositories, so each test chooses exactly what PLC, the PDS, DNS and the registry say.
+//! Every reason code a pull can get is produced here, and the message a person reads for it is
+//! snapshot-tested (`tests/snapshots/engine__*.snap`): a change of wording is a reviewed diff.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use atproto_sig_core::cbor::{Map, Value};
+use atproto_sig_core::crypto::Curve;
+use atproto_sig_core::record::{MANIFEST_COLLECTION, manifest_value};
+use atproto_sig_core::testkit::{Identity, T0_MICROS, Tamper, TestRepo, digest_of};
+use atproto_sig_core::{Reason, policy::Policy};
+use containerd_verifier::config::Config;
+use containerd_verifier::engine::{self, Answer, PolicyError, Request};
+use containerd_verifier::net::{Deadline, NetError};
+use containerd_verifier::remote::{MemoryFetch, MemoryResolve, Remote};
+use containerd_verifier::resolve::query;
+
+const PLC: &str = "https://plc.test";
+const MINUTE: i64 = 60_000_000;
+const DAY: i64 = 86_400_000_000;
+
+/// One node and the world it sees.
+struct World {
+    _dir: tempfile::TempDir,
+    fetch: Rc<MemoryFetch>,
+    resolve: Rc<MemoryResolve>,
+    config: Config,
+    policy: Result<Policy, PolicyError>,
+}
+
+fn policy_for(dids: &[(&str, &str)], rule: &str) -> String {
+    let trusted: String = dids.iter().map(|(did, extra)| format!("  {did}: {{ name: signer{extra} }}\n")).collect();
+    format!("version: 1.0\ntrustedDIDs:\n{trusted}policies:\n{rule}")
+}
+
+const ENFORCE: &str = "  - name: prod\n    scope: \"registry.test/**\"\n    require: { signature: true }\n    action: enforce\n";
+
+impl World {
+    fn new(policy: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("docker.json"), "{}").unwrap();
+        let config = Config {
+            cache_dir: dir.path().join("cache"),
+            plc_directory: PLC.into(),
+            containerd_hosts_dir: dir.path().join("certs.d"),
+            docker_config: Some(dir.path().join("docker.json")),
+            atproto_registries: vec!["atcr.test".into()],
+            ..Config::default()
+        };
+        World {
+            _dir: dir,
+            fetch: Rc::new(MemoryFetch::new()),
+            resolve: Rc::new(MemoryResolve::new()),
+            config,
+            policy: Policy::parse(policy).map_err(|issues| PolicyError::Invalid(issues.iter().map(|i| i.render("policy.yaml", "error")).collect())),
+        }
+    }
+
+    fn trusting(repo: &TestRepo) -> World {
+        World::new(&policy_for(&[(&repo.identity.did, "")], ENFORCE))
+    }
+
+    /// PLC serves the identity's DID document.
+    fn publish(&self, identity: &Identity) {
+        self.fetch.serve(&format!("{PLC}/{}", identity.did), 200, identity.did_document_multikey());
+        self.fetch.serve(&format!("{PLC}/{}/log/audit", identity.did), 200, identity.audit_log());
+    }
+
+    fn proof_url(identity: &Identity, rkey: &str) -> String {
+        format!("{}/xrpc/com.atproto.sync.getRecord?{}", identity.pds, query(&[("did", &identity.did), ("collection", MANIFEST_COLLECTION), ("rkey", rkey)]))
+    }
+
+    fn list_url(identity: &Identity) -> String {
+        format!(
+            "{}/xrpc/com.atproto.repo.listRecords?{}",
+            identity.pds,
+            query(&[("repo", &identity.did), ("collection", MANIFEST_COLLECTION), ("limit", "100")])
+        )
+    }
+
+    /// The PDS serves this proof for `rkey`, and lists no record.
+    fn serve_proof(&self, repo: &TestRepo, rkey: &str, car: Vec<u8>) {
+        self.fetch.serve(&World::proof_url(&repo.identity, rkey), 200, car);
+        self.fetch.serve(&World::list_url(&repo.identity), 200, r#"{"records":[]}"#);
+    }
+
+    /// The identity published and the PDS serving `rkey` with `tamper`.
+    fn serve(&self, repo: &TestRepo, rkey: &str, tamper: &Tamper) {
+        self.publish(&repo.identity);
+        self.serve_proof(repo, rkey, repo.proof_with(MANIFEST_COLLECTION, rkey, tamper));
+    }
+
+    fn decide_at(&self, reference: &str, digest: &str, descriptor: Option<&[u8]>, now: i64, budget: Duration) -> Answer {
+        let remote = Remote { fetch: self.fetch.clone(), resolve: self.resolve.clone() };
+        let request = Request {
+            reference,
+            digest: Some(digest),
+            descriptor,
+            policy: self.policy.as_ref(),
+            config: &self.config,
+            now_micros: now,
+            deadline: Deadline::after(budget),
+        };
+        engine::decide(&request, &remote)
+    }
+
+    fn decide(&self, reference: &str, digest: &str) -> Answer {
+        self.decide_at(reference, digest, None, T0_MICROS + MINUTE, Duration::from_secs(8))
+    }
+}
+
+fn repo_with_manifest(seed: &str, curve: Curve) -> (TestRepo, String, String) {
+    let mut repo = TestRepo::new(Identity::new(curve, seed));
+    let digest = digest_of(seed);
+    let rkey = repo.put_manifest(&digest, "app");
+    repo.put_filler(12);
+    (repo, digest, rkey)
+}
+
+thread_local! {
+    /// The reasons checked by `expect` on this thread.
+    static SEEN: std::cell::RefCell<Vec<Reason>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Checks the reason and snapshots the message (named by the reason code).
+fn expect(answer: &Answer, reason: Reason) {
+    assert_eq!(answer.decision.reason, reason, "{}\nnotes: {:#?}", answer.decision.message, answer.notes);
+    insta::assert_snapshot!(reason.code(), answer.decision.message);
+    SEEN.with(|seen| seen.borrow_mut().push(reason));
+}
+
+fn verified_and_the_cached_proof_is_used_without_a_request() {
+    let (repo, digest, rkey) = repo_with_manifest("verified", Curve::K256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    let answer = world.decide("registry.test/team/app:1", &digest);
+    expect(&answer, Reason::Verified);
+    assert!(answer.requests.identity >= 2, "{:?}", answer.requests);
+    // Warm: the same decision from the cache, no request to PLC or the PDS.
+    let warm = world.decide("registry.test/team/app:1", &digest);
+    assert_eq!((warm.decision.reason, warm.requests.identity), (Reason::Verified, 0), "{}", warm.decision.message);
+    assert_eq!(engine::exit_code(&warm.decision), 0);
+}
+
+fn not_required_and_no_matching_rule_make_no_request() {
+    let (repo, digest, _) = repo_with_manifest("not-required", Curve::K256);
+    let rule = "  - name: base\n    scope: \"registry.test/base/*\"\n    require: { signature: false }\n    action: enforce\n";
+    let world = World::new(&policy_for(&[(&repo.identity.did, "")], rule));
+    expect(&world.decide("registry.test/base/alpine:3", &digest), Reason::NotRequired);
+    let other = world.decide("elsewhere.test/app:1", &digest);
+    expect(&other, Reason::NoMatchingRule);
+    assert!(world.fetch.requested().is_empty(), "{:?}", world.fetch.requested());
+}
+
+fn identity_unresolved_when_the_handle_in_the_path_resolves_nowhere() {
+    let rule = "  - name: atcr\n    scope: \"atcr.test/**\"\n    require: { signature: true }\n    action: enforce\n";
+    let world = World::new(&policy_for(&[], rule));
+    // No _atproto TXT record (in-memory DNS) and no https://nobody.test/.well-known/atproto-did.
+    let answer = world.decide("atcr.test/nobody.test/app:1", &digest_of("identity"));
+    expect(&answer, Reason::IdentityUnresolved);
+    assert!(world.fetch.requested().iter().any(|u| u == "https://nobody.test/.well-known/atproto-did"), "{:?}", world.fetch.requested());
+}
+
+fn did_unresolved_when_plc_does_not_know_the_did() {
+    let (repo, digest, _) = repo_with_manifest("unknown-did", Curve::K256);
+    let world = World::trusting(&repo);
+    world.fetch.serve(&format!("{PLC}/{}", repo.identity.did), 404, "not found");
+    expect(&world.decide("registry.test/team/app:1", &digest), Reason::DidUnresolved);
+}
+
+fn did_document_invalid_for_a_document_of_another_did() {
+    let (repo, digest, _) = repo_with_manifest("wrong-doc", Curve::K256);
+    let other = Identity::new(Curve::K256, "someone-else");
+    let world = World::trusting(&repo);
+    world.fetch.serve(&format!("{PLC}/{}", repo.identity.did), 200, other.did_document_multikey());
+    expect(&world.decide("registry.test/team/app:1", &digest), Reason::DidDocumentInvalid);
+}
+
+fn record_not_found_when_the_repository_has_no_record_for_the_digest() {
+    let (repo, _, _) = repo_with_manifest("no-record", Curve::K256);
+    let world = World::trusting(&repo);
+    world.publish(&repo.identity);
+    world.fetch.serve(&World::list_url(&repo.identity), 200, r#"{"records":[]}"#);
+    let unsigned = digest_of("never-pushed");
+    let rkey = unsigned.trim_start_matches("sha256:");
+    world.fetch.serve(&World::proof_url(&repo.identity, rkey), 400, r#"{"error":"RecordNotFound"}"#);
+    expect(&world.decide("registry.test/team/app:1", &unsigned), Reason::RecordNotFound);
+}
+
+fn record_deleted_once_the_record_this_node_verified_is_gone() {
+    let (mut repo, digest, rkey) = repo_with_manifest("revoked", Curve::K256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    assert_eq!(world.decide("registry.test/team/app:1", &digest).decision.reason, Reason::Verified);
+    // The pusher deletes the record; the PDS now serves the signed absence proof.
+    repo.delete(MANIFEST_COLLECTION, &rkey);
+    repo.now_micros += 10 * MINUTE;
+    world.serve_proof(&repo, &rkey, repo.proof(MANIFEST_COLLECTION, &rkey));
+    let later = world.decide_at("registry.test/team/app:1", &digest, None, repo.now_micros + MINUTE, Duration::from_secs(8));
+    expect(&later, Reason::RecordDeleted);
+}
+
+fn proof_malformed_for_bytes_that_are_not_a_car() {
+    let (repo, digest, rkey) = repo_with_manifest("garbage", Curve::K256);
+    let world = World::trusting(&repo);
+    world.publish(&repo.identity);
+    world.serve_proof(&repo, &rkey, b"this is not a CAR file".to_vec());
+    expect(&world.decide("registry.test/team/app:1", &digest), Reason::ProofMalformed);
+}
+
+fn signature_invalid_did_mismatch_and_rev_in_future_from_tampered_commits() {
+    let cases = [
+        (Tamper::WrongKey, Reason::SignatureInvalid, "tamper-key"),
+        (Tamper::CommitDid("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa".into()), Reason::DidMismatch, "tamper-did"),
+        (Tamper::FutureRev, Reason::RevInFuture, "tamper-rev"),
+    ];
+    for (tamper, reason, seed) in cases {
+        let (repo, digest, rkey) = repo_with_manifest(seed, Curve::P256);
+        let world = World::trusting(&repo);
+        world.serve(&repo, &rkey, &tamper);
+        // The clock is the repo's own: a rev an hour ahead is beyond the 5-minute skew.
+        let answer = world.decide_at("registry.test/team/app:1", &digest, None, repo.now_micros, Duration::from_secs(8));
+        expect(&answer, reason);
+    }
+}
+
+fn record_invalid_digest_mismatch_and_repository_mismatch_from_what_the_record_says() {
+    // A record under the digest's key that is not a manifest.
+    let mut repo = TestRepo::new(Identity::new(Curve::K256, "bad-record"));
+    let digest = digest_of("bad-record");
+    let rkey = digest.trim_start_matches("sha256:").to_owned();
+    let mut junk = Map::default();
+    junk.insert("$type", Value::Text(MANIFEST_COLLECTION.into()));
+    repo.put(MANIFEST_COLLECTION, &rkey, &Value::Map(junk));
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    expect(&world.decide("registry.test/team/app:1", &digest), Reason::RecordInvalid);
+
+    // A record under the digest's key that names another digest.
+    let mut repo = TestRepo::new(Identity::new(Curve::K256, "other-digest"));
+    let digest = digest_of("other-digest");
+    let rkey = digest.trim_start_matches("sha256:").to_owned();
+    repo.put(
+        MANIFEST_COLLECTION,
+        &rkey,
+        &manifest_value(&digest_of("something-else"), "app", "application/vnd.oci.image.manifest.v1+json", "2026-01-01T00:00:00Z"),
+    );
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    expect(&world.decide("registry.test/team/app:1", &digest), Reason::DigestMismatch);
+
+    // The record is for another repository than the one pulled.
+    let (repo, digest, rkey) = repo_with_manifest("other-repository", Curve::K256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    expect(&world.decide("registry.test/team/not-app:1", &digest), Reason::RepositoryMismatch);
+}
+
+fn signer_expired_and_too_few_signatures_from_the_policy() {
+    let (repo, digest, rkey) = repo_with_manifest("expired", Curve::K256);
+    let world = World::new(&policy_for(&[(&repo.identity.did, ", expiresAt: \"2025-06-01T00:00:00Z\"")], ENFORCE));
+    world.serve(&repo, &rkey, &Tamper::None);
+    expect(&world.decide("registry.test/team/app:1", &digest), Reason::SignerExpired);
+    let looked_up: Vec<String> = world.fetch.requested().into_iter().filter(|u| !u.starts_with("https://registry.test/")).collect();
+    assert!(looked_up.is_empty(), "an expired signer is never looked up: {looked_up:?}");
+
+    let two = "  - name: prod\n    scope: \"registry.test/**\"\n    require: { signature: true, minSignatures: 2 }\n    action: enforce\n";
+    let world = World::new(&policy_for(&[(&repo.identity.did, ""), ("did:plc:bbbbbbbbbbbbbbbbbbbbbbbb", "")], two));
+    world.serve(&repo, &rkey, &Tamper::None);
+    expect(&world.decide("registry.test/team/app:1", &digest), Reason::TooFewSignatures);
+}
+
+fn network_error_and_deadline_are_never_signature_verdicts() {
+    let (repo, digest, rkey) = repo_with_manifest("network", Curve::K256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    world.fetch.fail(&format!("{PLC}/{}", repo.identity.did), NetError::Connect("https://plc.test: connection refused".into()));
+    let answer = world.decide("registry.test/team/app:1", &digest);
+    expect(&answer, Reason::NetworkError);
+    assert_eq!(engine::exit_code(&answer.decision), 2);
+
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    let late = world.decide_at("registry.test/team/app:1", &digest, None, T0_MICROS + MINUTE, Duration::ZERO);
+    expect(&late, Reason::DeadlineExceeded);
+    assert_eq!(engine::exit_code(&late.decision), 2);
+}
+
+fn config_invalid_and_invalid_request_are_refused_before_any_lookup() {
+    let world = World::new("version: 1.0\npolicies: [ {name: x} ]\n");
+    let answer = world.decide("registry.test/team/app:1", &digest_of("x"));
+    expect(&answer, Reason::ConfigInvalid);
+    assert!(answer.refused.is_some());
+
+    let world = World::new(&policy_for(&[], ENFORCE));
+    let answer = world.decide("registry.test/team/app:1", "sha256:not-a-digest");
+    expect(&answer, Reason::InvalidRequest);
+    assert!(world.fetch.requested().is_empty());
+}
+
+fn a_descriptor_naming_another_digest_is_refused() {
+    let world = World::new(&policy_for(&[], ENFORCE));
+    let descriptor = format!(r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":1}}"#, digest_of("stdin"));
+    let answer = world.decide_at("registry.test/team/app:1", &digest_of("argv"), Some(descriptor.as_bytes()), T0_MICROS, Duration::from_secs(8));
+    assert_eq!(answer.decision.reason, Reason::DigestMismatch);
+    insta::assert_snapshot!("digest-mismatch-descriptor", answer.decision.message);
+    assert_eq!(engine::exit_code(&answer.decision), 1);
+}
+
+fn proof_too_old_offline_measured_by_the_signed_rev() {
+    let (repo, digest, rkey) = repo_with_manifest("too-old", Curve::K256);
+    let mut world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    assert_eq!(world.decide("registry.test/team/app:1", &digest).decision.reason, Reason::Verified);
+    // Ten days later the node is offline; its proof was committed ten days ago (> 7 days).
+    world.config.offline = true;
+    let answer = world.decide_at("registry.test/team/app:1", &digest, None, repo.now_micros + 10 * DAY, Duration::from_secs(8));
+    expect(&answer, Reason::ProofTooOld);
+}
+
+fn proof_rolled_back_when_the_pds_serves_an_older_commit() {
+    let (mut repo, digest, rkey) = repo_with_manifest("rollback", Curve::K256);
+    let old = repo.proof(MANIFEST_COLLECTION, &rkey);
+    repo.now_micros += 60 * MINUTE;
+    repo.put_filler(13);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    let now = repo.now_micros + MINUTE;
+    assert_eq!(world.decide_at("registry.test/team/app:1", &digest, None, now, Duration::from_secs(8)).decision.reason, Reason::Verified);
+    // Past proof_ttl, the PDS (or someone in between) answers with the older commit.
+    world.serve_proof(&repo, &rkey, old);
+    let answer = world.decide_at("registry.test/team/app:1", &digest, None, now + 10 * MINUTE, Duration::from_secs(8));
+    expect(&answer, Reason::ProofRolledBack);
+}
+
+/// Each scenario is a test of its own, and [`every_reason_code_is_covered`] runs them all.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod scenario {
+            $( #[test] fn $name() { super::$name(); } )*
+        }
+        const SCENARIOS: &[fn()] = &[$($name),*];
+    };
+}
+
+scenarios!(
+    verified_and_the_cached_proof_is_used_without_a_request,
+    not_required_and_no_matching_rule_make_no_request,
+    identity_unresolved_when_the_handle_in_the_path_resolves_nowhere,
+    did_unresolved_when_plc_does_not_know_the_did,
+    did_document_invalid_for_a_document_of_another_did,
+    record_not_found_when_the_repository_has_no_record_for_the_digest,
+    record_deleted_once_the_record_this_node_verified_is_gone,
+    proof_malformed_for_bytes_that_are_not_a_car,
+    signature_invalid_did_mismatch_and_rev_in_future_from_tampered_commits,
+    record_invalid_digest_mismatch_and_repository_mismatch_from_what_the_record_says,
+    signer_expired_and_too_few_signatures_from_the_policy,
+    network_error_and_deadline_are_never_signature_verdicts,
+    config_invalid_and_invalid_request_are_refused_before_any_lookup,
+    a_descriptor_naming_another_digest_is_refused,
+    proof_too_old_offline_measured_by_the_signed_rev,
+    proof_rolled_back_when_the_pds_serves_an_older_commit,
+);
+
+/// Every reason code a decision can carry is produced by the scenarios, except
+/// `untrusted-signer`: the engine never fetches a signer the rule does not trust (an
+/// invariant), so only a library caller handing the core's `Policy::decide` verdicts of its own
+/// can get it (core `tests/policy.rs` covers that).
+#[test]
+fn every_reason_code_is_covered() {
+    for scenario in SCENARIOS {
+        scenario();
+    }
+    let seen = SEEN.with(|seen| seen.borrow().clone());
+    for reason in Reason::ALL {
+        assert!(reason == Reason::UntrustedSigner || seen.contains(&reason), "no engine scenario produces {}", reason.code());
+    }
+    assert!(!seen.contains(&Reason::UntrustedSigner));
+}
