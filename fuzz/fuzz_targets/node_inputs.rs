@@ -3,11 +3,11 @@
 //! hosts.toml (with its certs.d-style values), and image references. Never a panic.
 use std::path::Path;
 
-use containerd_verifier::{bindir, config::Config, hosts};
+use containerd_verifier::{bindir, config::Config, engine, hosts};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = bindir::stdin_digest(data);
+    let _ = engine::request::descriptor_digest(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let args: Vec<String> = text.split_whitespace().take(64).map(str::to_owned).collect();
         let _ = bindir::parse_args(&args);
