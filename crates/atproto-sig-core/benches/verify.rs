@@ -81,5 +81,19 @@ fn bench_hostile_plc_log(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_real, bench_hostile_plc_log);
+/// Why binary CIDs keep the hand-written blessed-form reader: every CID of every block and link
+/// goes through it. Compared with the `cid` crate's general reader (then our blessed check).
+fn bench_cid_binary(c: &mut Criterion) {
+    let bytes = atproto_sig_core::cid::Cid::for_dag_cbor(b"bench").to_bytes();
+    let mut group = c.benchmark_group("cid");
+    group.bench_function("blessed_read_prefix", |b| b.iter(|| atproto_sig_core::cid::Cid::read_prefix(std::hint::black_box(&bytes)).is_ok()));
+    group.bench_function("cid_crate_read_bytes", |b| {
+        b.iter(|| {
+            cid::Cid::read_bytes(std::hint::black_box(&bytes[..])).ok().and_then(|c| atproto_sig_core::cid::Cid::from_bytes(&c.to_bytes()).ok()).is_some()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_real, bench_hostile_plc_log, bench_cid_binary);
 criterion_main!(benches);

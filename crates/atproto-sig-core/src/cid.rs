@@ -5,8 +5,6 @@
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-use crate::encoding::{base32_decode, base32_encode};
-
 /// Multicodec of the linked content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Codec {
@@ -154,18 +152,24 @@ impl std::str::FromStr for Cid {
         if text.starts_with("Qm") {
             return Err(CidError::Version0);
         }
-        let body = text.strip_prefix('b').ok_or(CidError::Text)?;
-        if body.len() > 64 {
+        // `b` + lowercase base32, at most the 59 characters of a 36-byte CID plus slack; the cid
+        // crate parses the multibase text, the blessed-form check stays ours.
+        if !text.starts_with('b') || text.len() > 65 {
             return Err(CidError::Text);
         }
-        let bytes = base32_decode(body).ok_or(CidError::Text)?;
-        Cid::from_bytes(&bytes)
+        let parsed = cid::Cid::try_from(text).map_err(|_| CidError::Text)?;
+        let cid = Cid::from_bytes(&parsed.to_bytes())?;
+        // One spelling per CID: anything that does not print back the same is refused.
+        if cid.to_string() != text {
+            return Err(CidError::Text);
+        }
+        Ok(cid)
     }
 }
 
 impl fmt::Display for Cid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "b{}", base32_encode(&self.to_bytes()))
+        f.write_str(&multibase::encode(multibase::Base::Base32Lower, self.to_bytes()))
     }
 }
 
@@ -185,6 +189,16 @@ mod tests {
         assert_eq!(cid.to_string(), "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm");
         let parsed: Cid = cid.to_string().parse().unwrap();
         assert_eq!(parsed, cid);
+    }
+
+    #[test]
+    fn text_has_one_spelling() {
+        let text = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm";
+        assert_eq!(text.parse::<Cid>().map(|c| c.to_string()).as_deref(), Ok(text));
+        let base58 = multibase::encode(multibase::Base::Base58Btc, text.parse::<Cid>().unwrap().to_bytes());
+        for other in [text.to_uppercase(), format!("B{}", &text[1..]), base58, format!("{}n", &text[..text.len() - 1]), format!("{text}a"), String::new()] {
+            assert!(other.parse::<Cid>().is_err(), "{other}");
+        }
     }
 
     #[test]

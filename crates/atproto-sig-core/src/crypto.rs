@@ -115,12 +115,15 @@ impl std::error::Error for SignatureError {}
 /// Bound on multibase key text, far above any valid key (base58 of 65 bytes is ~90 chars).
 const MAX_KEY_TEXT: usize = 256;
 
-fn decode_base58btc(multibase: &str) -> Result<Vec<u8>, KeyError> {
-    let body = multibase.strip_prefix('z').ok_or(KeyError::Multibase)?;
-    if body.len() > MAX_KEY_TEXT {
+/// `z` + base58btc only: other multibases are refused (atproto keys are always base58btc).
+fn decode_base58btc(text: &str) -> Result<Vec<u8>, KeyError> {
+    if !text.starts_with('z') || text.len() > MAX_KEY_TEXT {
         return Err(KeyError::Multibase);
     }
-    bs58::decode(body).into_vec().map_err(|_| KeyError::Multibase)
+    match multibase::decode(text) {
+        Ok((multibase::Base::Base58Btc, bytes)) => Ok(bytes),
+        _ => Err(KeyError::Multibase),
+    }
 }
 
 impl PublicKey {
@@ -196,7 +199,7 @@ impl PublicKey {
     pub fn to_multikey(&self) -> String {
         let mut bytes = self.curve().multicodec().to_vec();
         bytes.extend_from_slice(&self.to_compressed());
-        format!("z{}", bs58::encode(bytes).into_string())
+        multibase::encode(multibase::Base::Base58Btc, bytes)
     }
 
     /// `did:key:z…`.

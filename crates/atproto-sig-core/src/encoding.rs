@@ -1,57 +1,6 @@
-//! Small text and integer encodings used by the protocol: RFC 4648 base32 (lowercase, no
-//! padding), unsigned LEB128 varints, and hex. Each is a few lines, so no crate is pulled in.
-
-const BASE32_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-
-/// RFC 4648 base32, lowercase, no padding (the multibase `b` alphabet).
-pub fn base32_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
-    let mut buffer: u32 = 0;
-    let mut bits: u32 = 0;
-    for &byte in bytes {
-        buffer = (buffer << 8) | u32::from(byte);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(base32_char((buffer >> bits) & 31));
-        }
-        buffer &= (1 << bits) - 1;
-    }
-    if bits > 0 {
-        out.push(base32_char((buffer << (5 - bits)) & 31));
-    }
-    out
-}
-
-fn base32_char(index: u32) -> char {
-    BASE32_ALPHABET.get(index as usize).map_or('?', |&c| char::from(c))
-}
-
-/// Decodes lowercase unpadded base32; rejects other characters and non-zero trailing bits.
-pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 5 / 8);
-    let mut buffer: u32 = 0;
-    let mut bits: u32 = 0;
-    for c in text.bytes() {
-        let value = match c {
-            b'a'..=b'z' => c - b'a',
-            b'2'..=b'7' => c - b'2' + 26,
-            _ => return None,
-        };
-        buffer = (buffer << 5) | u32::from(value);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((buffer >> bits) & 0xff) as u8);
-        }
-        buffer &= (1 << bits) - 1;
-    }
-    // Leftover bits must be padding (fewer than 5, all zero); otherwise the text is not canonical.
-    if bits >= 5 || buffer != 0 {
-        return None;
-    }
-    Some(out)
-}
+//! Small integer and text encodings used by the protocol: unsigned LEB128 varints (minimal, at
+//! most 9 bytes, as multiformats requires) and lowercase hex. Multibase text (base32 CIDs,
+//! base58btc keys) is the `multibase` crate's.
 
 /// Reads a minimal unsigned LEB128 varint of at most 9 bytes (multiformats unsigned-varint).
 /// Returns the value and the number of bytes consumed.
@@ -117,17 +66,6 @@ pub fn hex_decode_lower(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base32_round_trip_and_rfc4648_vectors() {
-        for (raw, enc) in [("", ""), ("f", "my"), ("fo", "mzxq"), ("foo", "mzxw6"), ("foob", "mzxw6yq"), ("fooba", "mzxw6ytb"), ("foobar", "mzxw6ytboi")] {
-            assert_eq!(base32_encode(raw.as_bytes()), enc);
-            assert_eq!(base32_decode(enc).as_deref(), Some(raw.as_bytes()));
-        }
-        assert_eq!(base32_decode("mz"), None, "non-zero trailing bits");
-        assert_eq!(base32_decode("MZXQ"), None, "uppercase");
-        assert_eq!(base32_decode("mzxq="), None, "padding");
-    }
 
     #[test]
     fn varint_is_minimal_and_bounded() {

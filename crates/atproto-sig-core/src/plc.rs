@@ -14,7 +14,6 @@ use crate::cbor::{self, Value};
 use crate::cid::Cid;
 use crate::crypto::PublicKey;
 use crate::did::{DidDocError, normalize_endpoint};
-use crate::encoding::base32_encode;
 use crate::limits::Limits;
 use crate::syntax::{is_valid_did_plc, is_valid_handle, parse_datetime_micros};
 
@@ -288,7 +287,7 @@ pub fn verify_audit_log(did: &str, bytes: &[u8], limits: &Limits) -> Result<PlcS
                 return Err(fail("genesis operation must have prev = null and not be a tombstone"));
             }
             let digest = Sha256::digest(&signed_bytes);
-            let derived = format!("did:plc:{}", base32_encode(&digest).get(..24).unwrap_or_default());
+            let derived = format!("did:plc:{}", multibase::Base::Base32Lower.encode(digest).get(..24).unwrap_or_default());
             if derived != did {
                 return Err(fail("DID is not derived from the genesis operation"));
             }

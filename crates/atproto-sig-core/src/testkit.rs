@@ -12,7 +12,6 @@ use crate::cbor::{self, Map, Value};
 use crate::cid::Cid;
 use crate::commit::Commit;
 use crate::crypto::{Curve, PrivateKey, PublicKey};
-use crate::encoding::base32_encode;
 use crate::mst;
 use crate::record::{MANIFEST_COLLECTION, manifest_value};
 use crate::syntax::{format_datetime_micros, tid_from_parts};
@@ -56,7 +55,7 @@ impl Identity {
             }),
         );
         let bytes = cbor::encode(&cbor::from_json(&genesis, 16).unwrap_or(Value::Null));
-        let did = format!("did:plc:{}", base32_encode(&Sha256::digest(&bytes)).get(..24).unwrap_or_default());
+        let did = format!("did:plc:{}", multibase::Base::Base32Lower.encode(Sha256::digest(&bytes)).get(..24).unwrap_or_default());
         Identity { did, signing, rotation, handle, pds, genesis }
     }
 
@@ -86,7 +85,7 @@ impl Identity {
                 "id": "#atproto",
                 "type": kind,
                 "controller": self.did,
-                "publicKeyMultibase": format!("z{}", bs58::encode(uncompressed).into_string()),
+                "publicKeyMultibase": multibase::encode(multibase::Base::Base58Btc, uncompressed),
             }],
             "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": self.pds}],
         })

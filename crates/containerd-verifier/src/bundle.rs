@@ -1,7 +1,7 @@
 //! Bundles: DID documents (with did:plc audit logs), record locators and proofs in one
 //! versioned JSON file, carried from a connected machine to air-gapped nodes.
 //!
-//! Creating one runs the ordinary online pipeline against a scratch cache (with `strict_plc`
+//! Creating one runs the ordinary online engine against a scratch cache (with `strict_plc`
 //! forced on, so every did:plc audit log is fetched and verified) and exports that cache.
 //! Importing verifies every entry before it enters the node's cache: a did:plc document must
 //! agree with its audit log, which is checked from the genesis hash up, so a tampered bundle is

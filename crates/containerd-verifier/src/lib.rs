@@ -1,7 +1,9 @@
-//! The `atproto-verifier` binary's modules, as a library: the containerd entry ([`bindir`]),
-//! the operator and CI command line ([`cli`]), and what they share (decisions in [`pipeline`],
-//! resolution, registry, cache, bundles). A library so fuzz targets and, later, long-running
-//! adapters can drive the same code; every check itself is done by `atproto-sig-core`.
+//! The `atproto-verifier` binary's modules, as a library: the decision [`engine`] (one entry,
+//! `engine::decide`, with its I/O passed in through [`remote`]), the adapters around it (the
+//! containerd entry [`bindir`], the operator and CI command line [`cli`]), and what the engine
+//! uses (resolution, registry, cache, bundles). A library so engine tests, fuzz targets and,
+//! later, long-running adapters drive the same code; every check of signed data is done by
+//! `atproto-sig-core`.
 #![forbid(unsafe_code)]
 
 pub mod bindir;
