@@ -81,18 +81,30 @@ fn is_domain_label(l: &str) -> bool {
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
+/// Why text is not a registry host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostError(pub &'static str);
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for HostError {}
+
 /// The canonical spelling of a registry host (`name[:port]` or `[ipv6][:port]`), or why not.
-pub fn canonical_host(host: &str) -> Result<String, String> {
+pub fn canonical_host(host: &str) -> Result<String, HostError> {
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
-        let (addr, tail) = rest.split_once(']').ok_or("an IPv6 literal lacks its closing ']'")?;
+        let (addr, tail) = rest.split_once(']').ok_or(HostError("an IPv6 literal lacks its closing ']'"))?;
         // The grammar admits hex digits and ':' only: no zone (`%eth0`), no embedded IPv4.
         if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
-            return Err("the IPv6 literal holds characters other than hex digits and ':'".into());
+            return Err(HostError("the IPv6 literal holds characters other than hex digits and ':'"));
         }
-        let parsed: Ipv6Addr = addr.parse().map_err(|_| "the IPv6 literal is malformed")?;
+        let parsed: Ipv6Addr = addr.parse().map_err(|_| HostError("the IPv6 literal is malformed"))?;
         let port = match tail {
             "" => None,
-            t => Some(t.strip_prefix(':').ok_or("junk after the IPv6 literal")?),
+            t => Some(t.strip_prefix(':').ok_or(HostError("junk after the IPv6 literal"))?),
         };
         (format!("[{parsed}]"), port)
     } else {
@@ -101,15 +113,18 @@ pub fn canonical_host(host: &str) -> Result<String, String> {
             None => (host, None),
         };
         if name.is_empty() || !name.split('.').all(is_domain_label) {
-            return Err("the registry host is not a DNS name, IPv4 address or [IPv6] literal".into());
+            return Err(HostError("the registry host is not a DNS name, IPv4 address or [IPv6] literal"));
         }
         (name.to_ascii_lowercase(), port)
     };
     let port = match port {
         None => None,
         Some(p) => {
-            let number: u16 =
-                p.parse().ok().filter(|n| *n > 0 && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())).ok_or("the port is not a number from 1 to 65535")?;
+            let number: u16 = p
+                .parse()
+                .ok()
+                .filter(|n| *n > 0 && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or(HostError("the port is not a number from 1 to 65535"))?;
             (number != 443).then_some(number)
         }
     };
@@ -182,7 +197,7 @@ impl ImageRef {
         }
         let (first, remainder) = name.split_once('/').unwrap_or((name, ""));
         let (host, path) = if !remainder.is_empty() && looks_like_host(first) {
-            (canonical_host(first).map_err(|e| bad(&e))?, remainder.to_owned())
+            (canonical_host(first).map_err(|e| bad(e.0))?, remainder.to_owned())
         } else {
             ("docker.io".to_owned(), name.to_owned())
         };

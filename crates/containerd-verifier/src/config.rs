@@ -186,17 +186,29 @@ impl Default for Config {
     }
 }
 
-/// Why the configuration cannot be used.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub message: String,
+/// What is wrong with config text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigProblem {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("not UTF-8")]
+    NotUtf8,
+    /// TOML syntax, an unknown key, a value of the wrong type (toml's message, with position).
+    #[error("{0}")]
+    Syntax(String),
+    #[error("atproto_registries: {host:?}: {error}")]
+    Registry { host: String, error: atproto_sig_core::reference::HostError },
+    /// A cross-field check.
+    #[error("{0}")]
+    Invalid(String),
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.message)
-    }
+/// Why the configuration cannot be used: which file, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problem: ConfigProblem,
 }
 
 /// The config path in effect and whether it was chosen explicitly.
@@ -227,11 +239,11 @@ pub fn default_cache_dir(root: bool, user_cache_dir: Option<&Path>) -> PathBuf {
 
 impl Config {
     /// Parses config text.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+    pub fn parse(text: &str) -> Result<Config, ConfigProblem> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigProblem::Syntax(e.to_string().trim_end().to_owned()))?;
         // Compared with canonical image hosts: `atcr.io:443` and `ATCR.io` are `atcr.io`.
         for host in &mut config.atproto_registries {
-            *host = atproto_sig_core::reference::canonical_host(host).map_err(|e| format!("atproto_registries: {host:?}: {e}"))?;
+            *host = atproto_sig_core::reference::canonical_host(host).map_err(|error| ConfigProblem::Registry { host: host.clone(), error })?;
         }
         Ok(config)
     }
@@ -240,11 +252,11 @@ impl Config {
     /// (every default then applies).
     pub fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
         let (path, explicit) = config_path(flag);
-        let error = |message: String| ConfigError { path: path.clone(), message };
+        let error = |problem: ConfigProblem| ConfigError { path: path.clone(), problem };
         let text = match crate::input::read_capped(&path, 1 << 20) {
-            Ok(bytes) => String::from_utf8(bytes).map_err(|_| error("not UTF-8".into()))?,
+            Ok(bytes) => String::from_utf8(bytes).map_err(|_| error(ConfigProblem::NotUtf8))?,
             Err(_) if !explicit && !path.exists() => String::new(),
-            Err(e) => return Err(error(e.problem)),
+            Err(e) => return Err(error(ConfigProblem::Unreadable(e.problem))),
         };
         let mut config = Config::parse(&text).map_err(error)?;
         // An operator running the CLI as themselves gets their own cache, unless one is configured.
@@ -259,15 +271,16 @@ impl Config {
     }
 
     /// Cross-field checks serde cannot express.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ConfigProblem> {
+        let invalid = |message: String| Err(ConfigProblem::Invalid(message));
         if self.budget.0 < Duration::from_millis(100) {
-            return Err("budget must be at least 100ms".into());
+            return invalid("budget must be at least 100ms".into());
         }
         if self.request_timeout.0 > self.budget.0 {
-            return Err(format!("request_timeout ({}) is longer than the budget ({})", self.request_timeout, self.budget));
+            return invalid(format!("request_timeout ({}) is longer than the budget ({})", self.request_timeout, self.budget));
         }
         if !(self.plc_directory.starts_with("https://") || self.plc_directory.starts_with("http://")) {
-            return Err(format!("plc_directory {:?} must be an http(s) URL", self.plc_directory));
+            return invalid(format!("plc_directory {:?} must be an http(s) URL", self.plc_directory));
         }
         Ok(())
     }
@@ -336,11 +349,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors_with_positions() {
-        let err = Config::parse("budget = \"8s\"\nbudegt = \"9s\"\n").unwrap_err();
+        let err = Config::parse("budget = \"8s\"\nbudegt = \"9s\"\n").unwrap_err().to_string();
         assert!(err.contains("budegt") && err.contains("line 2"), "{err}");
-        let err = Config::parse("budget = \"eight\"\n").unwrap_err();
+        let err = Config::parse("budget = \"eight\"\n").unwrap_err().to_string();
         assert!(err.contains("not a duration"), "{err}");
         let config = Config::parse("budget = \"2s\"\nrequest_timeout = \"5s\"\n").unwrap();
-        assert!(config.check().unwrap_err().contains("longer than the budget"));
+        assert!(config.check().unwrap_err().to_string().contains("longer than the budget"));
     }
 }

@@ -48,10 +48,22 @@ pub struct LocalPullTrigger {
     pub fix: &'static str,
 }
 
-fn read(path: &Path) -> Result<(String, toml::Table), String> {
-    let bytes = crate::input::read_capped(path, 1 << 20).map_err(|e| format!("{}: {}", path.display(), e.problem))?;
-    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
-    let table = toml::from_str(&text).map_err(|e| format!("{} does not parse: {e}", path.display()))?;
+/// Why containerd's configuration cannot be read as containerd would.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerdConfigError {
+    #[error("{path}: {problem}")]
+    Unreadable { path: String, problem: String },
+    #[error("{path} does not parse: {problem}")]
+    Syntax { path: String, problem: String },
+    #[error("more than {MAX_FILES} files through `imports`")]
+    TooManyImports,
+}
+
+fn read(path: &Path) -> Result<(String, toml::Table), ContainerdConfigError> {
+    let unreadable = |problem: String| ContainerdConfigError::Unreadable { path: path.display().to_string(), problem };
+    let bytes = crate::input::read_capped(path, 1 << 20).map_err(|e| unreadable(e.problem))?;
+    let text = String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8".into()))?;
+    let table = toml::from_str(&text).map_err(|e| ContainerdConfigError::Syntax { path: path.display().to_string(), problem: e.to_string() })?;
     Ok((text, table))
 }
 
@@ -129,7 +141,7 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
 }
 
 /// Loads `path` and its imports.
-pub fn load(path: &Path) -> Result<Effective, String> {
+pub fn load(path: &Path) -> Result<Effective, ContainerdConfigError> {
     let mut effective = Effective::default();
     let mut pending = vec![path.to_owned()];
     while let Some(next) = (!pending.is_empty()).then(|| pending.remove(0)) {
@@ -137,7 +149,7 @@ pub fn load(path: &Path) -> Result<Effective, String> {
             continue;
         }
         if effective.files.len() >= MAX_FILES {
-            return Err(format!("more than {MAX_FILES} files through `imports`"));
+            return Err(ContainerdConfigError::TooManyImports);
         }
         let (_, mut table) = read(&next)?;
         let version = table.get("version").and_then(toml::Value::as_integer).unwrap_or(1);

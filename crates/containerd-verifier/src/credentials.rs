@@ -34,6 +34,22 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// Why credentials could not be had (never containing a secret).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("docker config {path}: {problem}")]
+    Config { path: String, problem: String },
+    #[error("credential helper name {0:?} is not a plain name")]
+    HelperName(String),
+    #[error("credential helper {program} cannot run ({problem}): install it or remove it from the docker config")]
+    HelperMissing { program: String, problem: String },
+    #[error("credential helper {program} did not answer within {timeout:?} for {server}")]
+    HelperTimeout { program: String, timeout: Duration, server: String },
+    /// The helper ran and failed, or answered something unusable.
+    #[error("credential helper {program}: {problem}")]
+    Helper { program: String, problem: String },
+}
+
 /// Longest a credential helper may take.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest helper answer read.
@@ -67,15 +83,15 @@ fn helper_server(host: &str) -> String {
 }
 
 /// Credentials for `host` (canonical), if any are configured.
-pub fn lookup(config: &Config, host: &str) -> Result<Option<Credential>, String> {
+pub fn lookup(config: &Config, host: &str) -> Result<Option<Credential>, CredentialError> {
     let Some(path) = config_path(config) else { return Ok(None) };
     let bytes = match crate::input::read_capped(&path, 1 << 20) {
         Ok(b) => b,
         // No docker config: anonymous, as docker would be.
         Err(_) if config.docker_config.is_none() => return Ok(None),
-        Err(e) => return Err(format!("docker config {}: {}", path.display(), e.problem)),
+        Err(e) => return Err(CredentialError::Config { path: path.display().to_string(), problem: e.problem }),
     };
-    let json: Json = serde_json::from_slice(&bytes).map_err(|_| format!("docker config {} is not JSON", path.display()))?;
+    let json: Json = serde_json::from_slice(&bytes).map_err(|_| CredentialError::Config { path: path.display().to_string(), problem: "not JSON".into() })?;
     let keys = keys(host);
     if let Some(helpers) = json.get("credHelpers").and_then(Json::as_object)
         && let Some(name) = keys.iter().find_map(|k| helpers.get(k)).and_then(Json::as_str)
@@ -104,9 +120,9 @@ pub fn lookup(config: &Config, host: &str) -> Result<Option<Credential>, String>
 }
 
 /// Runs `docker-credential-<name> get` for `server`, bounded in time and output.
-fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, String> {
+fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, CredentialError> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-        return Err(format!("credential helper name {name:?} is not a plain name"));
+        return Err(CredentialError::HelperName(name.chars().take(100).collect()));
     }
     let program = format!("docker-credential-{name}");
     let mut child = Command::new(&program)
@@ -115,11 +131,12 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("credential helper {program} cannot run ({e}): install it or remove it from the docker config"))?;
+        .map_err(|e| CredentialError::HelperMissing { program: program.clone(), problem: e.to_string() })?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(server.as_bytes());
     }
-    let mut stdout = child.stdout.take().ok_or("credential helper without stdout")?;
+    let helper = |problem: &str| CredentialError::Helper { program: program.clone(), problem: problem.to_owned() };
+    let mut stdout = child.stdout.take().ok_or_else(|| helper("no stdout"))?;
     // Read on a thread and wait for it with a deadline: a helper that never answers, or leaves a
     // child holding its stdout open, cannot stall the pull past the timeout.
     let (sender, receiver) = std::sync::mpsc::channel();
@@ -129,7 +146,7 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, String> {
         let _ = sender.send(out);
     });
     let started = Instant::now();
-    let timed_out = || format!("credential helper {program} did not answer within {HELPER_TIMEOUT:?} for {server}");
+    let timed_out = || CredentialError::HelperTimeout { program: program.clone(), timeout: HELPER_TIMEOUT, server: server.to_owned() };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -139,7 +156,7 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, String> {
                 return Err(timed_out());
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(format!("credential helper {program}: {e}")),
+            Err(e) => return Err(helper(&e.to_string())),
         }
     };
     let out = receiver.recv_timeout(HELPER_TIMEOUT.saturating_sub(started.elapsed()).max(Duration::from_millis(50))).map_err(|_| timed_out())?;
@@ -148,9 +165,9 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, String> {
         return Ok(None);
     }
     if out.len() > HELPER_MAX_OUTPUT {
-        return Err(format!("credential helper {program} answered more than {HELPER_MAX_OUTPUT} bytes"));
+        return Err(helper(&format!("answered more than {HELPER_MAX_OUTPUT} bytes")));
     }
-    let json: Json = serde_json::from_slice(&out).map_err(|_| format!("credential helper {program} did not answer JSON for {server}"))?;
+    let json: Json = serde_json::from_slice(&out).map_err(|_| helper(&format!("did not answer JSON for {server}")))?;
     let user = json.get("Username").and_then(Json::as_str).unwrap_or_default();
     let secret = json.get("Secret").and_then(Json::as_str).unwrap_or_default();
     if secret.is_empty() {

@@ -51,13 +51,14 @@ pub enum Answer {
 }
 
 /// Parses the answer to query `id`.
-pub fn parse_response(buf: &[u8], id: u16) -> Result<Answer, String> {
-    let message = Message::from_vec(buf).map_err(|e| format!("malformed DNS answer: {e}"))?;
+pub fn parse_response(buf: &[u8], id: u16) -> Result<Answer, DnsError> {
+    let malformed = |problem: String| DnsError::Malformed(problem);
+    let message = Message::from_vec(buf).map_err(|e| malformed(format!("malformed DNS answer: {e}")))?;
     if message.metadata.id != id {
-        return Err("DNS answer for another query".to_owned());
+        return Err(malformed("DNS answer for another query".to_owned()));
     }
     if message.metadata.message_type != MessageType::Response {
-        return Err("not a DNS response".to_owned());
+        return Err(malformed("not a DNS response".to_owned()));
     }
     if message.metadata.truncation {
         return Ok(Answer::Truncated);
@@ -65,7 +66,7 @@ pub fn parse_response(buf: &[u8], id: u16) -> Result<Answer, String> {
     match message.metadata.response_code {
         ResponseCode::NoError => {}
         ResponseCode::NXDomain => return Ok(Answer::Records(Vec::new())),
-        code => return Err(format!("DNS error: {code}")),
+        code => return Err(malformed(format!("DNS error: {code}"))),
     }
     let records = message
         .answers
@@ -100,7 +101,7 @@ fn ask_udp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> Resu
     socket.send(query).map_err(|e| e.to_string())?;
     let mut buf = [0u8; 4096];
     let n = socket.recv(&mut buf).map_err(|e| format!("{server}: {e}"))?;
-    parse_response(buf.get(..n).unwrap_or_default(), id)
+    parse_response(buf.get(..n).unwrap_or_default(), id).map_err(|e| e.to_string())
 }
 
 /// One question over TCP (two-byte length prefix each way), within `timeout` in all.
@@ -118,7 +119,7 @@ fn ask_tcp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> Resu
     let mut buf = vec![0u8; size];
     stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
     stream.read_exact(&mut buf).map_err(|e| format!("{server} (TCP): {e}"))?;
-    match parse_response(&buf, id)? {
+    match parse_response(&buf, id).map_err(|e| e.to_string())? {
         Answer::Truncated => Err(format!("{server}: truncated even over TCP")),
         answer => Ok(answer),
     }

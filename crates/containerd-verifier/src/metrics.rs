@@ -69,14 +69,23 @@ pub fn render(config: &Config, cache: &Cache, now_micros: i64, refreshed: usize,
 }
 
 /// Writes the textfile atomically, if `metrics_file` is configured.
-pub fn write(config: &Config, cache: &Cache, now_micros: i64, refreshed: usize, failed: usize) -> Result<(), String> {
+pub fn write(config: &Config, cache: &Cache, now_micros: i64, refreshed: usize, failed: usize) -> Result<(), MetricsError> {
     let Some(path) = &config.metrics_file else { return Ok(()) };
+    let failed_with = |problem: String| MetricsError { path: path.display().to_string(), problem };
     let text = render(config, cache, now_micros, refreshed, failed);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("metrics_file {}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut temp, text.as_bytes()).map_err(|e| format!("metrics_file {}: {e}", path.display()))?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| failed_with(e.to_string()))?;
+    std::io::Write::write_all(&mut temp, text.as_bytes()).map_err(|e| failed_with(e.to_string()))?;
     // node-exporter reads it as another user.
     let _ = std::fs::set_permissions(temp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    temp.persist(path).map_err(|e| format!("metrics_file {}: {}", path.display(), e.error))?;
+    temp.persist(path).map_err(|e| failed_with(e.error.to_string()))?;
     Ok(())
+}
+
+/// The textfile could not be written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("metrics_file {path}: {problem}")]
+pub struct MetricsError {
+    pub path: String,
+    pub problem: String,
 }

@@ -4,7 +4,6 @@
 //! and errors that stay network errors: a timeout is never a bad signature.
 
 use std::cell::Cell;
-use std::fmt;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -35,33 +34,26 @@ impl Deadline {
 }
 
 /// Why a request produced no usable response.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NetError {
     /// The decision budget ran out before or during the request.
+    #[error("the time budget ran out")]
     Deadline,
     /// The request took longer than its own timeout.
+    #[error("{0} did not answer in time")]
     Timeout(String),
     /// DNS, connect or TLS failure.
+    #[error("cannot connect: {0}")]
     Connect(String),
     /// The body was larger than allowed.
+    #[error("response larger than {0} bytes")]
     TooLarge(usize),
     /// Anything else on the wire.
+    #[error("{0}")]
     Io(String),
     /// A URL we refuse to request.
+    #[error("refusing to request {0:?}")]
     BadUrl(String),
-}
-
-impl fmt::Display for NetError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NetError::Deadline => write!(f, "the time budget ran out"),
-            NetError::Timeout(url) => write!(f, "{url} did not answer in time"),
-            NetError::Connect(e) => write!(f, "cannot connect: {e}"),
-            NetError::TooLarge(limit) => write!(f, "response larger than {limit} bytes"),
-            NetError::Io(e) => write!(f, "{e}"),
-            NetError::BadUrl(u) => write!(f, "refusing to request {u:?}"),
-        }
-    }
 }
 
 /// A response read in full (within its size cap).

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 use atproto_sig_core::reference::ImageRef;
 
 use crate::config::Config;
-use crate::credentials::Credential;
+use crate::credentials::{Credential, CredentialError};
 use crate::hosts::Endpoint;
-use crate::net::{Fetched, Http, is_loopback_url};
+use crate::net::{Fetched, Http, NetError, is_loopback_url};
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 pub const MAX_MANIFEST: usize = 4 << 20;
@@ -20,6 +20,33 @@ pub const MAX_MANIFEST: usize = 4 << 20;
 pub const CAR_MEDIA_TYPE: &str = "application/vnd.ipld.car";
 /// Artifact type of ATProto signature artifacts (ATCR's design, and ours from `attach`).
 pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.atproto.signature.v1+json";
+
+/// Why a registry exchange failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The network failed: never evidence about signatures.
+    #[error("{0}")]
+    Network(#[from] NetError),
+    #[error("{0}")]
+    Credentials(#[from] CredentialError),
+    /// Authentication was needed and failed (missing or refused credentials, bad challenge).
+    #[error("{0}")]
+    Auth(String),
+    /// The registry answered something unusable (status, body, a digest that does not match).
+    #[error("{0}")]
+    Answer(String),
+    /// Every endpoint failed: each one's failure, in containerd's order.
+    #[error("{}", .0.iter().map(|(origin, e)| format!("{origin}: {e}")).collect::<Vec<_>>().join("; "))]
+    Endpoints(Vec<(String, RegistryError)>),
+    #[error("no endpoint for {host} can {capability}")]
+    NoEndpoint { host: String, capability: String },
+    #[error("offline: a tag cannot be resolved without the registry; pass IMAGE@sha256:…")]
+    Offline,
+}
+
+fn answer(message: impl Into<String>) -> RegistryError {
+    RegistryError::Answer(message.into())
+}
 
 /// The endpoints for `host` that can do `capability`, in containerd's order.
 pub fn endpoints(config: &Config, host: &str, capability: &str) -> Vec<Endpoint> {
@@ -88,9 +115,9 @@ impl<'a> Session<'a> {
         headers: &[(&str, String)],
         body: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Fetched, String> {
+    ) -> Result<Fetched, RegistryError> {
         // Every endpoint's failure is reported: a broken mirror must not hide behind its upstream.
-        let mut failures: Vec<String> = Vec::new();
+        let mut failures: Vec<(String, RegistryError)> = Vec::new();
         for endpoint in endpoints(self.config, &self.host, capability) {
             let client = self.http.with_tls(&endpoint.tls);
             let url = self.url(&endpoint, tail);
@@ -101,16 +128,24 @@ impl<'a> Session<'a> {
                     *self.last_endpoint.borrow_mut() = Some(endpoint);
                     return Ok(response);
                 }
-                Err(e) => failures.push(format!("{}: {e}", endpoint.origin)),
+                Err(e) => failures.push((endpoint.origin.clone(), e)),
             }
         }
         if failures.is_empty() {
-            return Err(format!("no endpoint for {} can {capability}", self.host));
+            return Err(RegistryError::NoEndpoint { host: self.host.clone(), capability: capability.to_owned() });
         }
-        Err(failures.join("; "))
+        Err(RegistryError::Endpoints(failures))
     }
 
-    fn send_with_auth(&self, http: &Http, method: &str, url: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, String> {
+    fn send_with_auth(
+        &self,
+        http: &Http,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Fetched, RegistryError> {
         // Credentials and tokens belong to the host that is asked: a mirror never receives the
         // upstream's, and the upstream never a mirror's (as containerd's authorizer does it).
         let host = endpoint_host(url);
@@ -122,7 +157,7 @@ impl<'a> Session<'a> {
             http.send(method, url, &all, body, limit)
         };
         let current = self.authorization.borrow().get(&host).cloned();
-        let response = with_auth(&current).map_err(|e| e.to_string())?;
+        let response = with_auth(&current)?;
         if response.status != 401 {
             return Ok(response);
         }
@@ -133,31 +168,33 @@ impl<'a> Session<'a> {
             Some((scheme, _)) if scheme == "basic" => match credential {
                 Some(Credential::Basic(b)) => format!("Basic {b}"),
                 Some(Credential::IdentityToken(_)) => {
-                    return Err(format!("{host} asks for Basic auth, but its credential is an identity token (for Bearer token services)"));
+                    return Err(RegistryError::Auth(format!(
+                        "{host} asks for Basic auth, but its credential is an identity token (for Bearer token services)"
+                    )));
                 }
                 None => {
-                    return Err(format!(
+                    return Err(RegistryError::Auth(format!(
                         "{host} requires credentials: add them for {host} to the docker config (docker_config, $DOCKER_CONFIG or ~/.docker/config.json)"
-                    ));
+                    )));
                 }
             },
-            _ => return Err(format!("{host} answered 401 without a usable challenge")),
+            _ => return Err(RegistryError::Auth(format!("{host} answered 401 without a usable challenge"))),
         };
         self.authorization.borrow_mut().insert(host.clone(), authorization.clone());
-        let retried = with_auth(&Some(authorization)).map_err(|e| e.to_string())?;
+        let retried = with_auth(&Some(authorization))?;
         if retried.status == 401 {
-            return Err(format!("{host} refused our credentials"));
+            return Err(RegistryError::Auth(format!("{host} refused our credentials")));
         }
         Ok(retried)
     }
 
     /// A token from the Bearer challenge's token service: GET with Basic credentials (or none),
     /// or, for an identity token, the OAuth2 refresh-token POST docker uses.
-    fn bearer_token(&self, http: &Http, params: &[(String, String)], credential: Option<&Credential>) -> Result<String, String> {
+    fn bearer_token(&self, http: &Http, params: &[(String, String)], credential: Option<&Credential>) -> Result<String, RegistryError> {
         let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        let realm = get("realm").ok_or("registry sent a Bearer challenge without a realm")?;
+        let realm = get("realm").ok_or_else(|| RegistryError::Auth("registry sent a Bearer challenge without a realm".into()))?;
         if !(realm.starts_with("https://") || is_loopback_url(&realm)) {
-            return Err(format!("refusing token realm {realm:?} (not https)"));
+            return Err(RegistryError::Auth(format!("refusing token realm {realm:?} (not https)")));
         }
         let scope = get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository));
         let service = get("service").unwrap_or_default();
@@ -185,24 +222,27 @@ impl<'a> Session<'a> {
                 };
                 http.get(&format!("{realm}{separator}{query}"), &headers, 64 << 10)
             }
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         if !response.is_success() {
-            return Err(format!("token service answered HTTP {} (credentials missing or refused)", response.status));
+            return Err(RegistryError::Auth(format!("token service answered HTTP {} (credentials missing or refused)", response.status)));
         }
-        let json: Json = serde_json::from_slice(&response.body).map_err(|_| "token service answered something other than JSON")?;
-        json.get("token").or_else(|| json.get("access_token")).and_then(Json::as_str).map(str::to_owned).ok_or_else(|| "token service answered no token".into())
+        let json: Json = serde_json::from_slice(&response.body).map_err(|_| RegistryError::Auth("token service answered something other than JSON".into()))?;
+        json.get("token")
+            .or_else(|| json.get("access_token"))
+            .and_then(Json::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| RegistryError::Auth("token service answered no token".into()))
     }
 
     /// Uploads a blob (monolithic upload); returns its digest.
-    pub fn push_blob(&self, bytes: &[u8]) -> Result<String, String> {
+    pub fn push_blob(&self, bytes: &[u8]) -> Result<String, RegistryError> {
         let digest = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(bytes)));
         let start = self.request("push", "POST", &format!("{}/blobs/uploads/", self.repository), &[], Some(&[]), 64 << 10)?;
         if start.status != 202 {
-            return Err(format!("blob upload refused: HTTP {}", start.status));
+            return Err(answer(format!("blob upload refused: HTTP {}", start.status)));
         }
-        let location = start.header("location").ok_or("blob upload without a location")?.to_owned();
-        let endpoint = self.last_endpoint.borrow().clone().ok_or("no endpoint")?;
+        let location = start.header("location").ok_or_else(|| answer("blob upload without a location"))?.to_owned();
+        let endpoint = self.last_endpoint.borrow().clone().ok_or_else(|| answer("no endpoint answered"))?;
         let url = if location.starts_with("http://") || location.starts_with("https://") { location } else { format!("{}{location}", endpoint.origin) };
         let separator = if url.contains('?') { '&' } else { '?' };
         let client = self.http.with_tls(&endpoint.tls);
@@ -215,21 +255,21 @@ impl<'a> Session<'a> {
             64 << 10,
         )?;
         if done.status != 201 {
-            return Err(format!("blob upload failed: HTTP {}", done.status));
+            return Err(answer(format!("blob upload failed: HTTP {}", done.status)));
         }
         Ok(digest)
     }
 
     /// Puts a manifest under `reference` (a tag or its digest); returns its digest.
-    pub fn push_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<String, String> {
+    pub fn push_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<String, RegistryError> {
         let response =
             self.request("push", "PUT", &format!("{}/manifests/{reference}", self.repository), &[("content-type", media_type.into())], Some(bytes), 64 << 10)?;
         if response.status != 201 {
-            return Err(format!(
+            return Err(answer(format!(
                 "manifest push failed: HTTP {}: {}",
                 response.status,
                 String::from_utf8_lossy(&response.body).chars().take(200).collect::<String>()
-            ));
+            )));
         }
         Ok(format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(bytes))))
     }
@@ -248,7 +288,7 @@ impl<'a> Session<'a> {
     }
 
     /// The index under the `sha256-<hex>` fallback tag, if any.
-    pub fn fallback_index(&self, digest: &str) -> Result<Option<Json>, String> {
+    pub fn fallback_index(&self, digest: &str) -> Result<Option<Json>, RegistryError> {
         let tag = digest.replace(':', "-");
         let response = self.request(
             "pull",
@@ -259,14 +299,14 @@ impl<'a> Session<'a> {
             MAX_MANIFEST,
         )?;
         match response.status {
-            200 => serde_json::from_slice(&response.body).map(Some).map_err(|e| format!("fallback index is not JSON: {e}")),
+            200 => serde_json::from_slice(&response.body).map(Some).map_err(|e| answer(format!("fallback index is not JSON: {e}"))),
             404 => Ok(None),
-            status => Err(format!("fallback tag {tag}: HTTP {status}")),
+            status => Err(answer(format!("fallback tag {tag}: HTTP {status}"))),
         }
     }
 
     /// The digest a tag points to (Docker-Content-Digest, else the hash of the manifest).
-    pub fn resolve(&self, tag: &str) -> Result<String, String> {
+    pub fn resolve(&self, tag: &str) -> Result<String, RegistryError> {
         let tail = format!("{}/manifests/{tag}", self.repository);
         let response = self.request("resolve", "GET", &tail, &[("accept", MANIFEST_ACCEPT.into())], None, MAX_MANIFEST)?;
         match response.status {
@@ -275,34 +315,34 @@ impl<'a> Session<'a> {
                 if let Some(header) = response.header("docker-content-digest")
                     && header != computed
                 {
-                    return Err(format!("registry says {header} but the manifest hashes to {computed}"));
+                    return Err(answer(format!("registry says {header} but the manifest hashes to {computed}")));
                 }
                 Ok(computed)
             }
-            404 => Err(format!("{}:{tag} not found", self.repository)),
-            status => Err(format!("registry answered HTTP {status}")),
+            404 => Err(answer(format!("{}:{tag} not found", self.repository))),
+            status => Err(answer(format!("registry answered HTTP {status}"))),
         }
     }
 
     /// A manifest by digest, checked against the digest.
-    pub fn manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, String> {
+    pub fn manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
         let response =
             self.request("pull", "GET", &format!("{}/manifests/{digest}", self.repository), &[("accept", MANIFEST_ACCEPT.into())], None, MAX_MANIFEST)?;
         match response.status {
             200 => {
                 let computed = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(&response.body)));
                 if computed != digest {
-                    return Err(format!("manifest {digest} hashes to {computed}"));
+                    return Err(answer(format!("manifest {digest} hashes to {computed}")));
                 }
                 Ok(Some(response.body))
             }
             404 => Ok(None),
-            status => Err(format!("registry answered HTTP {status}")),
+            status => Err(answer(format!("registry answered HTTP {status}"))),
         }
     }
 
     /// A blob by digest (capped), checked against the digest.
-    pub fn blob(&self, digest: &str, limit: usize) -> Result<Vec<u8>, String> {
+    pub fn blob(&self, digest: &str, limit: usize) -> Result<Vec<u8>, RegistryError> {
         let tail = format!("{}/blobs/{digest}", self.repository);
         let mut response = self.request("pull", "GET", &tail, &[], None, limit)?;
         // Registries may redirect blob downloads to storage on another host (allowed: the digest is checked).
@@ -310,34 +350,34 @@ impl<'a> Session<'a> {
             if !matches!(response.status, 301 | 302 | 303 | 307 | 308) {
                 break;
             }
-            let location = response.header("location").ok_or("redirect without a location")?.to_owned();
+            let location = response.header("location").ok_or_else(|| answer("redirect without a location"))?.to_owned();
             if !(location.starts_with("https://") || is_loopback_url(&location)) {
-                return Err(format!("refusing blob redirect to {location:?}"));
+                return Err(answer(format!("refusing blob redirect to {location:?}")));
             }
-            response = self.http.get(&location, &[], limit).map_err(|e| e.to_string())?;
+            response = self.http.get(&location, &[], limit)?;
         }
         if response.status != 200 {
-            return Err(format!("blob {digest}: HTTP {}", response.status));
+            return Err(answer(format!("blob {digest}: HTTP {}", response.status)));
         }
         let computed = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(&response.body)));
         if computed != digest {
-            return Err(format!("blob {digest} hashes to {computed}"));
+            return Err(answer(format!("blob {digest} hashes to {computed}")));
         }
         Ok(response.body)
     }
 
     /// Referrers of `digest` with `artifact_type`: the referrers API when the registry has it
     /// (2xx), else the `sha256-<hex>` tag holding an index (on 404); any other answer fails.
-    pub fn referrers(&self, digest: &str, artifact_type: &str) -> Result<Vec<Json>, String> {
+    pub fn referrers(&self, digest: &str, artifact_type: &str) -> Result<Vec<Json>, RegistryError> {
         let tail = format!("{}/referrers/{digest}?artifactType={}", self.repository, crate::resolve::percent_encode(artifact_type));
         let response = self.request("pull", "GET", &tail, &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)?;
         let index: Json = match response.status {
-            200..=299 => serde_json::from_slice(&response.body).map_err(|e| format!("referrers index is not JSON: {e}"))?,
+            200..=299 => serde_json::from_slice(&response.body).map_err(|e| answer(format!("referrers index is not JSON: {e}")))?,
             404 => match self.fallback_index(digest)? {
                 Some(index) => index,
                 None => return Ok(Vec::new()),
             },
-            status => return Err(format!("referrers API answered HTTP {status}")),
+            status => return Err(answer(format!("referrers API answered HTTP {status}"))),
         };
         Ok(index
             .get("manifests")
@@ -348,9 +388,9 @@ impl<'a> Session<'a> {
 }
 
 /// Resolves the tag of `image` to a digest (for `verify` on a tag).
-pub fn resolve_tag(config: &Config, image: &ImageRef, http: &Http) -> Result<String, String> {
+pub fn resolve_tag(config: &Config, image: &ImageRef, http: &Http) -> Result<String, RegistryError> {
     if config.offline {
-        return Err("offline: a tag cannot be resolved without the registry; pass IMAGE@sha256:…".into());
+        return Err(RegistryError::Offline);
     }
     let session = Session::new(config, http, image);
     session.resolve(image.tag.as_deref().unwrap_or("latest"))

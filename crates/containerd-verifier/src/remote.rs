@@ -49,6 +49,8 @@ pub enum DnsError {
     NoServer,
     #[error("{server}: {problem}")]
     Failed { server: String, problem: String },
+    #[error("{0}")]
+    Malformed(String),
 }
 
 /// The outside world of one decision (or one batch of them).

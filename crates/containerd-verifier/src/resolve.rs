@@ -4,8 +4,6 @@
 //! `/.well-known/atproto-did`, records located by a bounded listRecords scan, proofs from
 //! `com.atproto.sync.getRecord`.
 
-use std::fmt;
-
 use atproto_sig_core::did::{DidMethod, did_method};
 use atproto_sig_core::syntax::{AtUri, is_disallowed_handle_tld, is_valid_did, is_valid_handle, is_valid_record_key};
 use serde_json::Value as Json;
@@ -25,29 +23,17 @@ pub const MAX_PROOF: usize = 4 << 20;
 pub const MAX_LIST_PAGES: usize = 20;
 
 /// Why a lookup failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
     /// The network failed: never evidence about signatures.
-    Network(NetError),
+    #[error("{0}")]
+    Network(#[from] NetError),
     /// The server answered, and the thing does not exist (404, RecordNotFound, …).
+    #[error("{0}")]
     NotFound(String),
     /// The server answered something unusable.
+    #[error("{0}")]
     Invalid(String),
-}
-
-impl fmt::Display for LookupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LookupError::Network(e) => write!(f, "{e}"),
-            LookupError::NotFound(e) | LookupError::Invalid(e) => f.write_str(e),
-        }
-    }
-}
-
-impl From<NetError> for LookupError {
-    fn from(e: NetError) -> LookupError {
-        LookupError::Network(e)
-    }
 }
 
 /// What stays as is in a query value: RFC 3986's unreserved characters, and `:` (DIDs and

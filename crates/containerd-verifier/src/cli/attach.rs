@@ -46,8 +46,8 @@ pub fn run(args: AttachArgs) -> u8 {
 
 type Failure = (u8, String, String);
 
-fn fail(message: impl Into<String>) -> Failure {
-    (exit::UNDECIDED, message.into(), String::new())
+fn fail(message: impl std::fmt::Display) -> Failure {
+    (exit::UNDECIDED, message.to_string(), String::new())
 }
 
 fn attach(args: &AttachArgs) -> Result<String, Failure> {

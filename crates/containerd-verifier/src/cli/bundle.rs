@@ -8,7 +8,6 @@ use crate::bundle;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::exit;
-use crate::input::read_capped;
 use crate::output::{Format, print_config_invalid, print_json, print_undecided};
 
 #[derive(Subcommand, Debug)]
@@ -86,14 +85,14 @@ fn create(args: &CreateArgs) -> u8 {
             exit::ADMITTED
         }
         Err(e) => {
-            print_undecided(Format::Text, &e, "check the network, the DIDs and the image references");
+            print_undecided(Format::Text, &e.to_string(), "check the network, the DIDs and the image references");
             exit::UNDECIDED
         }
     }
 }
 
 fn load(path: &std::path::Path, format: Format) -> Option<bundle::Bundle> {
-    match read_capped(path, bundle::MAX_BUNDLE).map_err(|e| e.to_string()).and_then(|b| bundle::parse(&b)) {
+    match bundle::read(path) {
         Ok(b) => Some(b),
         Err(e) => {
             print_undecided(format, &format!("{}: {e}", path.display()), "");

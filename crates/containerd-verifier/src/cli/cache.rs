@@ -149,7 +149,7 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
         }
     }
     if let Err(e) = crate::metrics::write(config, cache, now, refreshed.len(), failed.len()) {
-        failed.push(e);
+        failed.push(e.to_string());
     }
     match format {
         Format::Json => print_json(&serde_json::json!({"refreshed": refreshed, "failed": failed, "requests": http.request_count()})),

@@ -70,7 +70,7 @@ fn containerd_findings(path: &Path, budget: Span, out: &mut Vec<Finding>) {
         match containerd_config::load(path) {
             Ok(e) => e,
             Err(e) => {
-                add(Level::Fail, "containerd config", e);
+                add(Level::Fail, "containerd config", e.to_string());
                 return;
             }
         }

@@ -137,7 +137,7 @@ fn explain(args: &ExplainArgs) -> u8 {
     };
     let now = match now_micros(args.now.as_deref()) {
         Ok(now) => now,
-        Err(e) => return fail(&e, ""),
+        Err(e) => return fail(&e.to_string(), ""),
     };
     let image = match ImageRef::parse(&args.image) {
         Ok(image) => image,

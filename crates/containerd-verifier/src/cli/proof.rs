@@ -94,7 +94,7 @@ fn run_verify(args: &VerifyArgs) -> u8 {
     let now = match now_micros(args.now.as_deref()) {
         Ok(now) => now,
         Err(e) => {
-            print_undecided(args.format, &e, "");
+            print_undecided(args.format, &e.to_string(), "");
             return exit::UNDECIDED;
         }
     };

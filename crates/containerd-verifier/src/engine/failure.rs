@@ -30,8 +30,8 @@ pub enum RequestError {
     StdinNoDigest,
     #[error("{0}")]
     Reference(String),
-    #[error("cannot resolve {reference} to a digest: {problem}")]
-    TagUnresolved { reference: String, problem: String },
+    #[error("cannot resolve {reference} to a digest: {error}")]
+    TagUnresolved { reference: String, error: crate::registry::RegistryError },
 }
 
 /// Why the trust policy cannot be used.

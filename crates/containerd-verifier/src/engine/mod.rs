@@ -118,7 +118,7 @@ fn checked_request(request: &Request<'_>, registry: &Http) -> Result<(ImageRef, 
     let digest = match request.digest.map(str::to_owned).or_else(|| image.digest.clone()) {
         Some(d) => request::checked_digest(&d).map_err(|e| (e.into(), Some(image.clone())))?.to_owned(),
         None => crate::registry::resolve_tag(request.config, &image, registry)
-            .map_err(|problem| (RequestError::TagUnresolved { reference: request.reference.to_owned(), problem }.into(), Some(image.clone())))?,
+            .map_err(|error| (RequestError::TagUnresolved { reference: request.reference.to_owned(), error }.into(), Some(image.clone())))?,
     };
     Ok((image, digest))
 }

@@ -1,0 +1,87 @@
+//! `bundle create`: the ordinary online engine against a scratch cache (`strict_plc` forced
+//! on), then that cache exported, with the signed state of each named DID's collection.
+
+use std::path::Path;
+use std::time::Duration;
+
+use atproto_sig_core::Limits;
+use atproto_sig_core::record::MANIFEST_COLLECTION;
+use base64::Engine;
+
+use super::{Bundle, BundleError, CollectionEntry, FORMAT, VERSION};
+use crate::cache::{Cache, Kind, LocatorEntry};
+use crate::config::Config;
+use crate::net::{Deadline, Http};
+
+/// Creates a bundle for `images` (via the trust policy's candidates) and `dids` (every
+/// io.atcr.manifest record), written to `out`. Returns what it holds.
+pub fn create(
+    config: &Config,
+    policy: Option<&atproto_sig_core::policy::Policy>,
+    images: &[String],
+    dids: &[String],
+    out: &Path,
+) -> Result<Bundle, BundleError> {
+    let scratch = tempfile::tempdir().map_err(|e| BundleError::Write { path: "a scratch directory".into(), problem: e.to_string() })?;
+    let mut online = config.clone();
+    online.cache_dir = scratch.path().to_owned();
+    online.strict_plc = true;
+    online.offline = false;
+    let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(Duration::from_secs(300)));
+    let cache = Cache::new(scratch.path());
+    let dns = crate::dns::SystemResolve { timeout: config.connect_timeout.0 };
+    let empty = atproto_sig_core::policy::Policy::empty();
+    let context =
+        crate::engine::Context::new(&online, policy.unwrap_or(&empty), &cache, Some(&http), Some(&http), &dns, crate::input::now_micros(None).unwrap_or(0));
+    for name in images {
+        let image = atproto_sig_core::reference::ImageRef::parse(name).map_err(|e| BundleError::Image { name: name.clone(), problem: e.to_string() })?;
+        if policy.is_none() {
+            return Err(BundleError::NeedsPolicy);
+        }
+        let digest = match &image.digest {
+            Some(d) => d.clone(),
+            None => crate::registry::resolve_tag(config, &image, &http).map_err(|error| BundleError::Tag { name: name.clone(), error })?,
+        };
+        let decision = context.decide(&image, &digest);
+        crate::log::info(&format!("{name}: {} ({})", decision.message, decision.reason.code()));
+    }
+    let mut collections = Vec::new();
+    for did in dids {
+        let (document, _) = context.document(did).map_err(|v| BundleError::Document { did: did.clone(), message: v.message })?;
+        let pds = document.pds.clone().ok_or_else(|| BundleError::NoPds { did: did.clone() })?;
+        // The signed state of the whole collection first: it proves deletions too.
+        let repo = crate::resolve::fetch_repo(&http, &pds, did).map_err(|error| BundleError::Lookup { did: did.clone(), error })?;
+        let (car, _) = atproto_sig_core::collection::extract(&repo, MANIFEST_COLLECTION, &Limits::repository())
+            .map_err(|e| BundleError::Export { did: did.clone(), problem: e.to_string() })?;
+        collections.push(CollectionEntry {
+            did: did.clone(),
+            collection: MANIFEST_COLLECTION.into(),
+            fetched_at: context.now,
+            source: pds.clone(),
+            car: base64::engine::general_purpose::STANDARD.encode(&car),
+        });
+        let records =
+            crate::resolve::list_manifest_records(&http, &pds, did, MANIFEST_COLLECTION).map_err(|error| BundleError::Lookup { did: did.clone(), error })?;
+        for (rkey, digest) in records {
+            context.proof(&document, &rkey).map_err(|v| BundleError::Proof { did: did.clone(), rkey: rkey.clone(), message: v.message })?;
+            let entry = LocatorEntry { did: did.clone(), digest: digest.clone(), rkey, fetched_at: context.now };
+            cache.write(Kind::Locator, &[did, &digest], &entry);
+        }
+    }
+    let bundle = Bundle {
+        format: FORMAT.into(),
+        version: VERSION,
+        created_at: atproto_sig_core::syntax::format_datetime_micros(context.now),
+        dids: cache.all(Kind::Did).into_iter().map(|(_, e)| e).collect(),
+        locators: cache.all(Kind::Locator).into_iter().map(|(_, e)| e).collect(),
+        proofs: cache.all(Kind::Proof).into_iter().map(|(_, e)| e).collect(),
+        collections,
+    };
+    let written = |problem: String| BundleError::Write { path: out.display().to_string(), problem };
+    let bytes = serde_json::to_vec_pretty(&bundle).map_err(|e| written(e.to_string()))?;
+    let mut temp =
+        tempfile::NamedTempFile::new_in(out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))).map_err(|e| written(e.to_string()))?;
+    std::io::Write::write_all(&mut temp, &bytes).map_err(|e| written(e.to_string()))?;
+    temp.persist(out).map_err(|e| written(e.to_string()))?;
+    Ok(bundle)
+}

@@ -1,0 +1,139 @@
+//! Bundles: DID documents (with did:plc audit logs), record locators and proofs in one
+//! versioned JSON file, carried from a connected machine to air-gapped nodes.
+//!
+//! Creating one runs the ordinary online engine against a scratch cache (with `strict_plc`
+//! forced on, so every did:plc audit log is fetched and verified) and exports that cache.
+//! Importing verifies every entry before it enters the node's cache: a did:plc document must
+//! agree with its audit log, which is checked from the genesis hash up, so a tampered bundle is
+//! caught without trusting whoever carried it; every proof must verify under its DID's key.
+//! did:web documents cannot be self-certified: they are trusted as delivered (said on import).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
+use crate::config::Config;
+use crate::registry::RegistryError;
+use crate::resolve::LookupError;
+
+mod create;
+mod import;
+
+pub use create::create;
+pub use import::import;
+
+pub const FORMAT: &str = "atproto-verifier-bundle";
+/// Version 2 adds `collections` (the signed state of each DID's io.atcr.manifest collection);
+/// version 1 bundles are still read.
+pub const VERSION: u32 = 2;
+pub const MAX_BUNDLE: usize = 256 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    pub format: String,
+    pub version: u32,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    pub dids: Vec<DidEntry>,
+    pub locators: Vec<LocatorEntry>,
+    pub proofs: Vec<ProofEntry>,
+    /// The signed state of whole collections (made by `bundle create --did`): proves every
+    /// record that is gone, so importing revokes cached proofs of deleted records.
+    #[serde(default)]
+    pub collections: Vec<CollectionEntry>,
+}
+
+/// A collection CAR: commit, the MST nodes covering the collection, and its records.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionEntry {
+    pub did: String,
+    pub collection: String,
+    pub fetched_at: i64,
+    pub source: String,
+    /// Base64 of the CAR bytes.
+    pub car: String,
+}
+
+/// Why a bundle cannot be made or read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("not a bundle: {0}")]
+    NotABundle(String),
+    #[error("bundle format {format:?} version {version} is not supported (expected {FORMAT} {VERSION})")]
+    Unsupported { format: String, version: u32 },
+    /// The file could not be read (callers name the file).
+    #[error("{problem}")]
+    Read { path: String, problem: String },
+    #[error("cannot write {path}: {problem}")]
+    Write { path: String, problem: String },
+    #[error("--image needs the trust policy (to know which DIDs sign it): install it, or use --did")]
+    NeedsPolicy,
+    #[error("{name}: {problem}")]
+    Image { name: String, problem: String },
+    #[error("{name}: {error}")]
+    Tag { name: String, error: RegistryError },
+    #[error("{did}: {message}")]
+    Document { did: String, message: String },
+    #[error("{did} names no PDS")]
+    NoPds { did: String },
+    #[error("{did}: {error}")]
+    Lookup { did: String, error: LookupError },
+    #[error("{did}: the repository export: {problem}")]
+    Export { did: String, problem: String },
+    #[error("{did}/{rkey}: {message}")]
+    Proof { did: String, rkey: String, message: String },
+}
+
+/// What an import did with each entry, in words: only `stored` changed the cache.
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub stored: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub refused: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Parses a bundle file's bytes.
+pub fn parse(bytes: &[u8]) -> Result<Bundle, BundleError> {
+    let bundle: Bundle = serde_json::from_slice(bytes).map_err(|e| BundleError::NotABundle(e.to_string()))?;
+    if bundle.format != FORMAT || !(1..=VERSION).contains(&bundle.version) {
+        return Err(BundleError::Unsupported { format: bundle.format.chars().take(100).collect(), version: bundle.version });
+    }
+    Ok(bundle)
+}
+
+/// Reads (capped) and parses a bundle file.
+pub fn read(path: &Path) -> Result<Bundle, BundleError> {
+    let bytes = crate::input::read_capped(path, MAX_BUNDLE).map_err(|e| BundleError::Read { path: path.display().to_string(), problem: e.to_string() })?;
+    parse(&bytes)
+}
+
+/// Imports every bundle of the read-only `bundle_dir` not imported yet (tracked by name, size
+/// and modification time in the cache), so offline decisions see them.
+pub fn sync_bundle_dir(config: &Config, cache: &Cache) -> Vec<String> {
+    let Some(dir) = &config.bundle_dir else { return Vec::new() };
+    let mut notes = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![format!("bundle_dir {} is not readable", dir.display())];
+    };
+    for path in entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()) {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let stamp = format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok());
+        let marker = [stamp.as_str()];
+        if cache.read::<String>(Kind::Imported, &marker).is_some() {
+            continue;
+        }
+        match read(&path) {
+            Ok(bundle) => {
+                let report = import(&bundle, cache, &path.display().to_string(), config, crate::input::now_micros(None).unwrap_or(0));
+                notes.extend(report.refused.iter().map(|r| format!("{}: refused {r}", path.display())));
+                cache.write(Kind::Imported, &marker, &stamp);
+            }
+            Err(e) => notes.push(format!("{}: {e}", path.display())),
+        }
+    }
+    notes
+}
