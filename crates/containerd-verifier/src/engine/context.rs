@@ -8,7 +8,7 @@ use atproto_sig_core::plc::verify_audit_log;
 use atproto_sig_core::policy::Policy;
 use atproto_sig_core::{Limits, Verdict};
 
-use super::failure::*;
+use super::failure::{Failure, Lookup};
 use crate::cache::{Cache, DidEntry, Kind};
 use crate::cached::{Got, Lifetime, Material, Miss};
 use crate::config::Config;

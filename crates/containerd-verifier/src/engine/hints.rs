@@ -5,7 +5,7 @@ use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::reference::ImageRef;
 use atproto_sig_core::syntax::{AtUri, is_valid_did};
 
-use super::context::*;
+use super::context::Context;
 use crate::cache::{Kind, ReferrersEntry};
 use crate::cached::{Got, Lifetime, Material};
 use crate::net::Http;

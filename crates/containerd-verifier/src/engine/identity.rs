@@ -5,8 +5,8 @@ use atproto_sig_core::Verdict;
 use atproto_sig_core::reference::ImageRef;
 use atproto_sig_core::syntax::is_valid_did;
 
-use super::context::*;
-use super::failure::*;
+use super::context::Context;
+use super::failure::Failure;
 use crate::cache::{HandleEntry, Kind};
 use crate::cached::{Got, Material, Miss};
 use crate::resolve::{self, LookupError};

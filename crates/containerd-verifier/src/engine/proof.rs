@@ -9,8 +9,8 @@ use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, verify};
 use atproto_sig_core::{Limits, Verdict};
 use base64::Engine;
 
-use super::context::*;
-use super::failure::*;
+use super::context::Context;
+use super::failure::{Failure, Lookup};
 use crate::cache::{Kind, ProofEntry};
 use crate::cached::{Got, Material, Miss};
 use crate::knowledge;
