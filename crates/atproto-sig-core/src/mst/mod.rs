@@ -5,7 +5,6 @@
 //! expected layer, maximal prefix compression, keys inside the parent's gap, links only above
 //! layer 0. Absence proofs are only sound with all of this checked.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use sha2::{Digest, Sha256};
@@ -13,6 +12,12 @@ use sha2::{Digest, Sha256};
 use crate::cbor::{self, CborError, Map, Value};
 use crate::cid::{Cid, Codec};
 use crate::limits::Limits;
+
+mod build;
+mod walk;
+
+pub use build::build;
+pub use walk::{Covering, Lookup, Walk, covering, walk};
 
 /// Maximum MST key length (both reference implementations).
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -195,193 +200,10 @@ impl Node {
     }
 }
 
-/// Result of a lookup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lookup {
-    /// The key maps to this record CID.
-    Present(Cid),
-    /// The tree provably does not contain the key.
-    Absent,
-}
-
-/// A completed walk: the answer and the nodes visited (CID and layer), root first.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Walk {
-    /// Present or absent.
-    pub lookup: Lookup,
-    /// Visited nodes, root first.
-    pub path: Vec<(Cid, u32)>,
-}
-
-/// Walks from `root` to `key`, validating every node on the way.
-/// `block` returns verified block bytes by CID (a proof CAR, or a whole repository).
-pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits) -> Result<Walk, MstError> {
-    let key_layer = key_height(key);
-    let mut path = Vec::new();
-    let mut cid = root;
-    // Layer of the current node: unknown at the root, parent layer − 1 below it.
-    let mut expected: Option<u32> = None;
-    // Keys of the current node must lie strictly inside these bounds (the parent's gap).
-    let mut lower: Option<Vec<u8>> = None;
-    let mut upper: Option<Vec<u8>> = None;
-    loop {
-        if path.len() >= limits.max_mst_depth {
-            return Err(MstError::TooLarge);
-        }
-        let bytes = block(&cid).ok_or(MstError::MissingBlock(cid))?;
-        let node = Node::decode(bytes, limits)?;
-        let layer = match (node.entries.first(), expected) {
-            (Some(first), _) => key_height(&first.key),
-            (None, Some(layer)) => layer,
-            // An empty root is the empty repository, and only if it has no subtree.
-            (None, None) if node.left.is_none() => {
-                path.push((cid, 0));
-                return Ok(Walk { lookup: Lookup::Absent, path });
-            }
-            (None, None) => return Err(MstError::EmptyNode),
-        };
-        if let Some(expected) = expected
-            && layer != expected
-        {
-            return Err(MstError::Height { expected, found: layer });
-        }
-        if node.entries.is_empty() && node.left.is_none() {
-            return Err(MstError::EmptyNode);
-        }
-        for entry in &node.entries {
-            let found = key_height(&entry.key);
-            if found != layer {
-                return Err(MstError::Height { expected: layer, found });
-            }
-            if lower.as_deref().is_some_and(|l| entry.key.as_slice() <= l) || upper.as_deref().is_some_and(|u| entry.key.as_slice() >= u) {
-                return Err(MstError::KeyOrder);
-            }
-        }
-        if layer == 0 && (node.left.is_some() || node.entries.iter().any(|e| e.right.is_some())) {
-            return Err(MstError::EmptyNode);
-        }
-        path.push((cid, layer));
-        if key_layer > layer {
-            return Ok(Walk { lookup: Lookup::Absent, path });
-        }
-        if key_layer == layer {
-            let lookup = node.entries.iter().find(|e| e.key == key).map_or(Lookup::Absent, |e| Lookup::Present(e.value));
-            return Ok(Walk { lookup, path });
-        }
-        // Descend into the gap that would hold `key`.
-        let index = node.entries.partition_point(|e| e.key.as_slice() < key);
-        let (link, gap_low, gap_high) = match index.checked_sub(1).and_then(|i| node.entries.get(i)) {
-            None => (node.left, lower.clone(), node.entries.first().map(|e| e.key.clone()).or(upper.clone())),
-            Some(before) => (before.right, Some(before.key.clone()), node.entries.get(index).map(|e| e.key.clone()).or(upper.clone())),
-        };
-        let Some(next) = link else {
-            return Ok(Walk { lookup: Lookup::Absent, path });
-        };
-        cid = next;
-        expected = Some(layer - 1);
-        lower = gap_low;
-        upper = gap_high;
-    }
-}
-
-/// Nodes (root first) and the `(key, record CID)` entries with the prefix, in key order.
-pub type Covering = (Vec<Cid>, Vec<(Vec<u8>, Cid)>);
-
-/// The nodes that cover every key starting with `prefix` (a collection's `io.atcr.manifest/`):
-/// each node whose key range meets the prefix's range, root first, and the entries found
-/// there. A CAR holding the commit, these nodes and the records is a proof for every key of
-/// the collection at once: [`walk`] finds each record present, and proves each other key
-/// absent. Bounded by `max_mst_depth` and `max_blocks` nodes.
-pub fn covering<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, prefix: &[u8], limits: &Limits) -> Result<Covering, MstError> {
-    // Keys with the prefix lie in [prefix, end): the prefix with its last byte incremented.
-    let mut end = prefix.to_vec();
-    if let Some(last) = end.last_mut() {
-        *last = last.saturating_add(1);
-    }
-    let meets = |low: &Option<Vec<u8>>, high: &Option<Vec<u8>>| low.as_deref().is_none_or(|l| l < end.as_slice()) && high.as_deref().is_none_or(|h| h > prefix);
-    let mut nodes = Vec::new();
-    let mut entries = Vec::new();
-    /// A node still to visit: its CID, depth, and the gap of keys it may hold.
-    struct Pending {
-        cid: Cid,
-        depth: usize,
-        low: Option<Vec<u8>>,
-        high: Option<Vec<u8>>,
-    }
-    let mut stack = vec![Pending { cid: root, depth: 0, low: None, high: None }];
-    while let Some(Pending { cid, depth, low, high }) = stack.pop() {
-        if depth >= limits.max_mst_depth || nodes.len() >= limits.max_blocks {
-            return Err(MstError::TooLarge);
-        }
-        let node = Node::decode(block(&cid).ok_or(MstError::MissingBlock(cid))?, limits)?;
-        nodes.push(cid);
-        let mut gap_low = low;
-        let mut link = node.left;
-        for entry in node.entries.iter().map(Some).chain(std::iter::once(None)) {
-            let gap_high = entry.map_or(high.clone(), |e| Some(e.key.clone()));
-            if let Some(child) = link
-                && meets(&gap_low, &gap_high)
-            {
-                stack.push(Pending { cid: child, depth: depth + 1, low: gap_low.clone(), high: gap_high.clone() });
-            }
-            let Some(entry) = entry else { break };
-            if entry.key.starts_with(prefix) {
-                entries.push((entry.key.clone(), entry.value));
-            }
-            gap_low = Some(entry.key.clone());
-            link = entry.right;
-        }
-    }
-    entries.sort();
-    Ok((nodes, entries))
-}
-
-/// Builds the canonical MST for `entries`; returns the root CID and every node block.
-pub fn build(entries: &BTreeMap<Vec<u8>, Cid>) -> (Cid, Vec<(Cid, Vec<u8>)>) {
-    let keyed: Vec<(&[u8], Cid, u32)> = entries.iter().map(|(k, v)| (k.as_slice(), *v, key_height(k))).collect();
-    let mut blocks = Vec::new();
-    let root_layer = keyed.iter().map(|e| e.2).max().unwrap_or(0);
-    let root = build_layer(&keyed, root_layer, &mut blocks).unwrap_or_else(|| {
-        let empty = Node::default().encode();
-        let cid = Cid::for_dag_cbor(&empty);
-        blocks.push((cid, empty));
-        cid
-    });
-    (root, blocks)
-}
-
-fn build_layer(keys: &[(&[u8], Cid, u32)], layer: u32, blocks: &mut Vec<(Cid, Vec<u8>)>) -> Option<Cid> {
-    if keys.is_empty() {
-        return None;
-    }
-    let mut node = Node::default();
-    let mut gap_start = 0;
-    let subtree = |range: &[(&[u8], Cid, u32)], blocks: &mut Vec<(Cid, Vec<u8>)>| layer.checked_sub(1).and_then(|below| build_layer(range, below, blocks));
-    for (index, (key, value, height)) in keys.iter().enumerate() {
-        if *height == layer {
-            let gap = subtree(keys.get(gap_start..index).unwrap_or_default(), blocks);
-            match node.entries.last_mut() {
-                Some(last) => last.right = gap,
-                None => node.left = gap,
-            }
-            node.entries.push(Entry { key: key.to_vec(), value: *value, right: None });
-            gap_start = index + 1;
-        }
-    }
-    let gap = subtree(keys.get(gap_start..).unwrap_or_default(), blocks);
-    match node.entries.last_mut() {
-        Some(last) => last.right = gap,
-        None => node.left = gap,
-    }
-    let bytes = node.encode();
-    let cid = Cid::for_dag_cbor(&bytes);
-    blocks.push((cid, bytes));
-    Some(cid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn empty_tree_root() {

@@ -1,0 +1,229 @@
+//! The strict decoder: canonical DAG-CBOR only, depth-bounded, allocation backed by input.
+
+use std::fmt;
+
+use super::{Map, Value};
+use crate::cid::{Cid, CidError};
+
+/// Why bytes are not strict DAG-CBOR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CborError {
+    /// Input ended inside an item.
+    Truncated,
+    /// Bytes after the top-level item.
+    TrailingBytes,
+    /// A length or integer head longer than needed.
+    NonMinimal,
+    /// Indefinite-length item.
+    Indefinite,
+    /// Any floating-point number.
+    Float,
+    /// Simple value other than false/true/null, or a reserved additional-info value.
+    UnsupportedSimple(u8),
+    /// A tag other than 42.
+    UnsupportedTag(u64),
+    /// Tag 42 that does not wrap `0x00` + a blessed binary CID.
+    BadLink(Option<CidError>),
+    /// Integer outside the signed 64-bit range.
+    IntegerRange,
+    /// Map key that is not a text string.
+    NonTextKey,
+    /// Map keys out of canonical order, or duplicated.
+    KeyOrder,
+    /// Text string not valid UTF-8.
+    Utf8,
+    /// Nesting deeper than the limit.
+    TooDeep,
+    /// An array or map announcing more items than the input could hold.
+    Length,
+}
+
+impl fmt::Display for CborError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CborError::Truncated => write!(f, "truncated CBOR"),
+            CborError::TrailingBytes => write!(f, "bytes after the CBOR item"),
+            CborError::NonMinimal => write!(f, "non-minimal CBOR integer or length"),
+            CborError::Indefinite => write!(f, "indefinite-length CBOR item"),
+            CborError::Float => write!(f, "floating-point number (not allowed in atproto)"),
+            CborError::UnsupportedSimple(v) => write!(f, "unsupported CBOR simple value {v}"),
+            CborError::UnsupportedTag(t) => write!(f, "unsupported CBOR tag {t}"),
+            CborError::BadLink(Some(e)) => write!(f, "bad CID link: {e}"),
+            CborError::BadLink(None) => write!(f, "bad CID link: missing 0x00 prefix"),
+            CborError::IntegerRange => write!(f, "integer outside the 64-bit signed range"),
+            CborError::NonTextKey => write!(f, "map key is not a text string"),
+            CborError::KeyOrder => write!(f, "map keys not in canonical order or duplicated"),
+            CborError::Utf8 => write!(f, "text is not UTF-8"),
+            CborError::TooDeep => write!(f, "CBOR nesting too deep"),
+            CborError::Length => write!(f, "CBOR length larger than the input"),
+        }
+    }
+}
+
+impl std::error::Error for CborError {}
+
+/// Most items reserved up front for an array or map; beyond that, vectors grow with the items
+/// actually decoded (each at least one input byte), so memory stays proportional to the input.
+const PREALLOCATE_MAX: usize = 256;
+
+/// Default nesting limit: atproto records are shallow; commits and MST nodes are depth 3.
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+/// Decodes exactly one strict DAG-CBOR item spanning all of `bytes`.
+pub fn decode(bytes: &[u8], max_depth: usize) -> Result<Value, CborError> {
+    let mut reader = Reader { bytes, pos: 0 };
+    let value = reader.value(max_depth)?;
+    if reader.pos != bytes.len() {
+        return Err(CborError::TrailingBytes);
+    }
+    Ok(value)
+}
+
+/// Decodes one item at the start of `bytes`, returning it and the bytes consumed
+/// (for formats that embed CBOR, such as the CAR header).
+pub fn decode_prefix(bytes: &[u8], max_depth: usize) -> Result<(Value, usize), CborError> {
+    let mut reader = Reader { bytes, pos: 0 };
+    let value = reader.value(max_depth)?;
+    Ok((value, reader.pos))
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], CborError> {
+        let end = self.pos.checked_add(n).ok_or(CborError::Truncated)?;
+        let slice = self.bytes.get(self.pos..end).ok_or(CborError::Truncated)?;
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn byte(&mut self) -> Result<u8, CborError> {
+        let b = *self.bytes.get(self.pos).ok_or(CborError::Truncated)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// Reads the argument of a head with additional info `info`, enforcing shortest form.
+    fn argument(&mut self, info: u8) -> Result<u64, CborError> {
+        let (value, min) = match info {
+            0..=23 => return Ok(u64::from(info)),
+            24 => (u64::from(self.byte()?), 24),
+            25 => (u64::from(u16::from_be_bytes(self.array()?)), 0x100),
+            26 => (u64::from(u32::from_be_bytes(self.array()?)), 0x1_0000),
+            27 => (u64::from_be_bytes(self.array()?), 0x1_0000_0000),
+            31 => return Err(CborError::Indefinite),
+            _ => return Err(CborError::UnsupportedSimple(info)),
+        };
+        if value < min {
+            return Err(CborError::NonMinimal);
+        }
+        Ok(value)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CborError> {
+        let slice = self.take(N)?;
+        slice.try_into().map_err(|_| CborError::Truncated)
+    }
+
+    /// A length that must be backed by at least `length * min_item_bytes` remaining bytes.
+    fn length(&mut self, info: u8, min_item_bytes: usize) -> Result<usize, CborError> {
+        let n = self.argument(info)?;
+        let n = usize::try_from(n).map_err(|_| CborError::Length)?;
+        if n.checked_mul(min_item_bytes).is_none_or(|need| need > self.remaining()) {
+            return Err(if min_item_bytes == 1 { CborError::Truncated } else { CborError::Length });
+        }
+        Ok(n)
+    }
+
+    fn text(&mut self, info: u8) -> Result<String, CborError> {
+        let n = self.length(info, 1)?;
+        let raw = self.take(n)?;
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| CborError::Utf8)
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, CborError> {
+        let head = self.byte()?;
+        let (major, info) = (head >> 5, head & 0x1f);
+        match major {
+            0 => {
+                let n = self.argument(info)?;
+                i64::try_from(n).map(Value::Integer).map_err(|_| CborError::IntegerRange)
+            }
+            1 => {
+                let n = self.argument(info)?;
+                let n = i64::try_from(n).map_err(|_| CborError::IntegerRange)?;
+                Ok(Value::Integer(-1 - n))
+            }
+            2 => {
+                let n = self.length(info, 1)?;
+                Ok(Value::Bytes(self.take(n)?.to_vec()))
+            }
+            3 => Ok(Value::Text(self.text(info)?)),
+            4 => {
+                let depth = depth.checked_sub(1).ok_or(CborError::TooDeep)?;
+                let n = self.length(info, 1)?;
+                // Capacity is capped: nested arrays could each claim the whole remaining input.
+                let mut items = Vec::with_capacity(n.min(PREALLOCATE_MAX));
+                for _ in 0..n {
+                    items.push(self.value(depth)?);
+                }
+                Ok(Value::Array(items))
+            }
+            5 => {
+                let depth = depth.checked_sub(1).ok_or(CborError::TooDeep)?;
+                let n = self.length(info, 2)?;
+                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(PREALLOCATE_MAX));
+                for _ in 0..n {
+                    let key_head = self.byte()?;
+                    if key_head >> 5 != 3 {
+                        return Err(CborError::NonTextKey);
+                    }
+                    let key = self.text(key_head & 0x1f)?;
+                    if let Some((previous, _)) = entries.last()
+                        && !key_precedes(previous, &key)
+                    {
+                        return Err(CborError::KeyOrder);
+                    }
+                    let value = self.value(depth)?;
+                    entries.push((key, value));
+                }
+                Ok(Value::Map(Map(entries)))
+            }
+            6 => {
+                let tag = self.argument(info)?;
+                if tag != 42 {
+                    return Err(CborError::UnsupportedTag(tag));
+                }
+                let inner = self.byte()?;
+                if inner >> 5 != 2 {
+                    return Err(CborError::BadLink(None));
+                }
+                let n = self.length(inner & 0x1f, 1)?;
+                match self.take(n)? {
+                    [0x00, cid @ ..] => Cid::from_bytes(cid).map(Value::Link).map_err(|e| CborError::BadLink(Some(e))),
+                    _ => Err(CborError::BadLink(None)),
+                }
+            }
+            _ => match info {
+                20 => Ok(Value::Bool(false)),
+                21 => Ok(Value::Bool(true)),
+                22 => Ok(Value::Null),
+                25..=27 => Err(CborError::Float),
+                31 => Err(CborError::Indefinite),
+                other => Err(CborError::UnsupportedSimple(other)),
+            },
+        }
+    }
+}
+
+/// Canonical DAG-CBOR key order: shorter keys first, then bytewise.
+fn key_precedes(a: &str, b: &str) -> bool {
+    (a.len(), a.as_bytes()) < (b.len(), b.as_bytes())
+}
