@@ -108,100 +108,105 @@ pub fn verify(input: &ProofInput<'_>) -> Verdict {
     let expect = input.expect;
     let rkey = expect.rkey.unwrap_or_else(|| expect.digest.strip_prefix("sha256:").unwrap_or(expect.digest));
     let mut facts = Facts { did: expect.did.to_owned(), uri: format!("at://{}/{MANIFEST_COLLECTION}/{rkey}", expect.did), ..Facts::default() };
-    let verdict = |reason, message: String, facts: Facts| Verdict { reason, message, facts };
+    match verified(input, rkey, &mut facts) {
+        Ok(message) => Verdict { reason: Reason::Verified, message, facts },
+        Err((reason, message)) => Verdict { reason, message, facts },
+    }
+}
 
+/// A failed step: the reason and the sentence for people (the facts gathered so far go with it).
+type Step<T> = Result<T, (Reason, String)>;
+
+/// The checks in order, each on what the previous one established; the admission's sentence.
+fn verified(input: &ProofInput<'_>, rkey: &str, facts: &mut Facts) -> Step<String> {
+    let expect = input.expect;
     if !is_valid_digest(expect.digest) {
-        return verdict(Reason::InvalidRequest, format!("{:?} is not a sha256 digest", expect.digest), facts);
+        return Err((Reason::InvalidRequest, format!("{:?} is not a sha256 digest", expect.digest)));
     }
     if !is_valid_record_key(rkey) {
-        return verdict(Reason::InvalidRequest, format!("{rkey:?} is not a valid record key"), facts);
+        return Err((Reason::InvalidRequest, format!("{rkey:?} is not a valid record key")));
     }
+    let key = signing_key(input, facts)?;
+    let (car, commit, rev) = signed_commit(input, key, facts)?;
+    let record = proven_record(input, &car, &commit, rkey, facts)?;
+    if record.digest != expect.digest {
+        return Err((Reason::DigestMismatch, format!("{} records digest {}, not the pulled {}", facts.uri, record.digest, expect.digest)));
+    }
+    if let Some(repository) = expect.repository
+        && record.repository != repository
+    {
+        return Err((Reason::RepositoryMismatch, format!("{} is for repository {:?}, not {repository:?}", facts.uri, record.repository)));
+    }
+    Ok(format!("{} signed by {} (commit {}, rev {rev})", expect.digest, expect.did, car.root))
+}
 
-    let key = match input.key {
-        KeySource::Key(key) => key,
+fn malformed(facts: &Facts, what: impl std::fmt::Display) -> (Reason, String) {
+    (Reason::ProofMalformed, format!("proof for {}: {what}", facts.uri))
+}
+
+/// The key the commit must be signed with: given, or the DID document's `#atproto` key.
+fn signing_key<'k>(input: &ProofInput<'k>, facts: &mut Facts) -> Step<&'k PublicKey> {
+    match input.key {
+        KeySource::Key(key) => Ok(key),
         KeySource::Document(doc) => {
             facts.handle.clone_from(&doc.handle);
-            if doc.did != expect.did {
-                let message = format!("the DID document is for {}, not {}", doc.did, expect.did);
-                return verdict(Reason::DidDocumentInvalid, message, facts);
+            if doc.did != input.expect.did {
+                return Err((Reason::DidDocumentInvalid, format!("the DID document is for {}, not {}", doc.did, input.expect.did)));
             }
-            match &doc.signing_key {
-                Ok(key) => key,
-                Err(e) => return verdict(Reason::DidDocumentInvalid, format!("{}: {e}", expect.did), facts),
-            }
+            doc.signing_key.as_ref().map_err(|e| (Reason::DidDocumentInvalid, format!("{}: {e}", input.expect.did)))
         }
-    };
+    }
+}
 
-    let malformed = |what: String, facts: Facts| verdict(Reason::ProofMalformed, format!("proof for {}: {what}", facts.uri), facts);
-    let car = match Car::parse(input.car, input.limits) {
-        Ok(car) => car,
-        Err(e) => return malformed(e.to_string(), facts),
-    };
+/// The CAR, its v3 commit for the expected DID with a valid signature, and the commit's rev
+/// (signed, and not later than the clock allows).
+fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts) -> Step<(Car<'c>, Commit, String)> {
+    let expect = input.expect;
+    let car = Car::parse(input.car, input.limits).map_err(|e| malformed(facts, e))?;
     facts.commit = Some(car.root);
-    let Some(commit_block) = car.block(&car.root) else {
-        return malformed(format!("commit block {} is missing", car.root), facts);
-    };
-    let commit = match Commit::decode(commit_block, input.limits) {
-        Ok(commit) => commit,
-        Err(e) => return malformed(e.to_string(), facts),
-    };
+    let commit_block = car.block(&car.root).ok_or_else(|| malformed(facts, format!("commit block {} is missing", car.root)))?;
+    let commit = Commit::decode(commit_block, input.limits).map_err(|e| malformed(facts, e))?;
     facts.rev.clone_from(&commit.rev);
     if commit.version != 3 {
-        return malformed(format!("commit version {} is not supported (only 3)", commit.version), facts);
+        return Err(malformed(facts, format!("commit version {} is not supported (only 3)", commit.version)));
     }
     if commit.did != expect.did {
         let message = format!("the proof's commit is signed for {}, not {}", commit.did.chars().take(80).collect::<String>(), expect.did);
-        return verdict(Reason::DidMismatch, message, facts);
+        return Err((Reason::DidMismatch, message));
     }
     // The signature first: everything after it (rev, MST, record) is covered by it, so a
     // tampered rev must read as a bad signature, not as a clock problem.
     if let Err(e) = commit.verify_signature(key) {
         let message = format!("commit {} of {} does not verify under the DID's {} key: {e}", car.root, expect.did, key.curve().jwt_alg());
-        return verdict(Reason::SignatureInvalid, message, facts);
+        return Err((Reason::SignatureInvalid, message));
     }
-    let rev = commit.rev.as_deref().unwrap_or_default();
-    let Some(rev_micros) = tid_timestamp_micros(rev) else {
-        return malformed(format!("commit rev {rev:?} is not a TID"), facts);
-    };
+    let rev = commit.rev.clone().unwrap_or_default();
+    let rev_micros = tid_timestamp_micros(&rev).ok_or_else(|| malformed(facts, format!("commit rev {rev:?} is not a TID")))?;
     if i64::try_from(rev_micros).unwrap_or(i64::MAX) > input.now_micros.saturating_add(input.max_clock_skew_micros) {
-        let message = format!("commit rev {rev} is dated in the future beyond the allowed clock skew — check this node's clock");
-        return verdict(Reason::RevInFuture, message, facts);
+        return Err((Reason::RevInFuture, format!("commit rev {rev} is dated in the future beyond the allowed clock skew — check this node's clock")));
     }
+    Ok((car, commit, rev))
+}
 
+/// The record at `io.atcr.manifest/<rkey>` in the signed tree, decoded; its absence is proven
+/// deletion (`record-deleted`).
+fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &str, facts: &mut Facts) -> Step<ManifestRecord> {
     let path = format!("{MANIFEST_COLLECTION}/{rkey}");
-    let walk = match mst::walk(|cid| car.block(cid), commit.data, path.as_bytes(), input.limits) {
-        Ok(walk) => walk,
-        Err(e) => return malformed(e.to_string(), facts),
-    };
+    let walk = mst::walk(|cid| car.block(cid), commit.data, path.as_bytes(), input.limits).map_err(|e| malformed(facts, e))?;
     let record_cid = match walk.lookup {
         Lookup::Present(cid) => cid,
         Lookup::Absent => {
+            let rev = commit.rev.as_deref().unwrap_or_default();
             let message = format!(
                 "the signed repository of {} (rev {rev}) has no record {path}: it was deleted or never written, so the image is not signed",
-                expect.did
+                input.expect.did
             );
-            return verdict(Reason::RecordDeleted, message, facts);
+            return Err((Reason::RecordDeleted, message));
         }
     };
     facts.record_cid = Some(record_cid);
-    let Some(record_block) = car.block(&record_cid) else {
-        return malformed(format!("record block {record_cid} is missing"), facts);
-    };
-    let record = match ManifestRecord::decode(record_block, input.limits) {
-        Ok(record) => record,
-        Err(e) => return verdict(Reason::RecordInvalid, format!("{}: {e}", facts.uri), facts),
-    };
+    let record_block = car.block(&record_cid).ok_or_else(|| malformed(facts, format!("record block {record_cid} is missing")))?;
+    let record = ManifestRecord::decode(record_block, input.limits).map_err(|e| (Reason::RecordInvalid, format!("{}: {e}", facts.uri)))?;
     facts.record = Some(record.clone());
-    if record.digest != expect.digest {
-        let message = format!("{} records digest {}, not the pulled {}", facts.uri, record.digest, expect.digest);
-        return verdict(Reason::DigestMismatch, message, facts);
-    }
-    if let Some(repository) = expect.repository
-        && record.repository != repository
-    {
-        let message = format!("{} is for repository {:?}, not {repository:?}", facts.uri, record.repository);
-        return verdict(Reason::RepositoryMismatch, message, facts);
-    }
-    let message = format!("{} signed by {} (commit {}, rev {rev})", expect.digest, expect.did, car.root);
-    verdict(Reason::Verified, message, facts)
+    Ok(record)
 }

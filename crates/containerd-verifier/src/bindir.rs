@@ -124,6 +124,35 @@ fn now_string() -> String {
     atproto_sig_core::syntax::format_datetime_micros(crate::input::now_micros(None).unwrap_or(0))
 }
 
+/// The watchdog: decide within our own budget, always with a reason. When the budget (plus a
+/// margin) runs out first, it answers `deadline-exceeded`, records it, and exits.
+fn start_watchdog(config: &Config, invocation: &Invocation, answer: Arc<Answer>) {
+    let budget = config.budget.0;
+    let name = invocation.name.clone().unwrap_or_default();
+    let digest = invocation.digest.clone().unwrap_or_default();
+    let audit_config = config.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(budget + Duration::from_millis(300));
+        // Blame the network only when a request was in flight; otherwise the time went to
+        // work on this node (an overloaded CPU, a slow disk).
+        let message = match crate::net::waiting_for() {
+            Some(origin) => format!(
+                "no decision for {name} within the {budget:?} budget: still waiting for {origin} — check that it is reachable, or raise `budget` in config.toml"
+            ),
+            None => format!(
+                "no decision for {name} within the {budget:?} budget, with no request in flight: the time went to work on this node (CPU or disk) — check its load, or raise `budget` in config.toml"
+            ),
+        };
+        if answer.give(Reason::DeadlineExceeded.code(), &message) {
+            audit(
+                &audit_config,
+                json!({"time": now_string(), "name": name, "digest": digest, "outcome": "undecided", "reason": "deadline-exceeded", "message": message}),
+            );
+            std::process::exit(i32::from(exit::UNDECIDED));
+        }
+    });
+}
+
 /// Runs the containerd entry point; returns the exit code.
 pub fn run(raw: &[String]) -> u8 {
     let started = Instant::now();
@@ -137,34 +166,7 @@ pub fn run(raw: &[String]) -> u8 {
         Ok(c) => c,
         Err(e) => return undecided(Reason::ConfigInvalid, &format!("{e} — fix it and run `atproto-verifier policy check`")),
     };
-    // The watchdog: decide within our own budget, always with a reason.
-    {
-        let answer = Arc::clone(&answer);
-        let budget = config.budget.0;
-        let name = invocation.name.clone().unwrap_or_default();
-        let digest = invocation.digest.clone().unwrap_or_default();
-        let audit_config = config.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(budget + Duration::from_millis(300));
-            // Blame the network only when a request was in flight; otherwise the time went to
-            // work on this node (an overloaded CPU, a slow disk).
-            let message = match crate::net::waiting_for() {
-                Some(origin) => format!(
-                    "no decision for {name} within the {budget:?} budget: still waiting for {origin} — check that it is reachable, or raise `budget` in config.toml"
-                ),
-                None => format!(
-                    "no decision for {name} within the {budget:?} budget, with no request in flight: the time went to work on this node (CPU or disk) — check its load, or raise `budget` in config.toml"
-                ),
-            };
-            if answer.give(Reason::DeadlineExceeded.code(), &message) {
-                audit(
-                    &audit_config,
-                    json!({"time": now_string(), "name": name, "digest": digest, "outcome": "undecided", "reason": "deadline-exceeded", "message": message}),
-                );
-                std::process::exit(i32::from(exit::UNDECIDED));
-            }
-        });
-    }
+    start_watchdog(&config, &invocation, Arc::clone(&answer));
     let (Some(name), Some(digest)) = (invocation.name.clone(), invocation.digest.clone()) else {
         return undecided(Reason::InvalidRequest, &RequestError::MissingArguments.to_string());
     };

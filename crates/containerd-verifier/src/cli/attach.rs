@@ -62,98 +62,130 @@ fn attach(args: &AttachArgs) -> Result<String, Failure> {
         Some(d) => d.clone(),
         None => session.resolve(image.tag.as_deref().unwrap_or("latest")).map_err(fail)?,
     };
-    let policy = crate::engine::request::load_policy(&config.policy)
-        .map_err(|_| fail("attach verifies before it attaches and needs the trust policy: run `atproto-verifier policy check`"))?;
-    // Verify first, exactly as a pull would: only a verified proof is attached.
-    let request = crate::engine::Request {
-        reference: &args.image,
-        digest: Some(&digest),
-        descriptor: None,
-        policy: Ok(&policy),
-        config: &config,
-        now_micros: crate::input::now_micros(None).unwrap_or(0),
-        deadline: Deadline::after(config.budget.0),
-    };
-    let answer = crate::engine::decide(&request, &crate::remote::Remote::system(config.connect_timeout.0));
-    let (decision, notes) = (answer.decision, answer.notes);
-    let signer = match (decision.outcome, decision.signers.first()) {
-        (Outcome::Admit, Some(did)) => did.clone(),
-        _ => return Err((exit::REJECTED, format!("{} is not verified ({}): {}", args.image, decision.reason.code(), decision.message), notes.join("; "))),
-    };
-    let cache = Cache::new(&config.cache_dir);
-    let locator: LocatorEntry =
-        cache.read(Kind::Locator, &[&signer, &digest]).ok_or_else(|| fail("the verified record's location is missing from the cache"))?;
-    let proof: ProofEntry =
-        cache.read(Kind::Proof, &[&signer, MANIFEST_COLLECTION, &locator.rkey]).ok_or_else(|| fail("the verified proof is missing from the cache"))?;
-    let car = base64::engine::general_purpose::STANDARD.decode(&proof.car).map_err(|e| fail(e.to_string()))?;
-    let document: Option<DidEntry> = cache.read(Kind::Did, &[&signer]);
-    let document = document.and_then(|d| atproto_sig_core::did::DidDocument::parse(d.document.as_bytes(), &signer, &Limits::default()).ok());
-    let limits = Limits::default();
-    let parsed = Car::parse(&car, &limits).map_err(|e| fail(e.to_string()))?;
-    let commit = parsed.block(&parsed.root).and_then(|b| Commit::decode(b, &limits).ok()).ok_or_else(|| fail("the proof has no commit"))?;
-    let signed_at =
-        commit.rev.as_deref().and_then(atproto_sig_core::syntax::tid_timestamp_micros).map(|t| atproto_sig_core::syntax::format_datetime_micros(t as i64));
-    let key = document.as_ref().and_then(|d| d.signing_key.clone().ok());
-
+    let signer = verified_signer(&args.image, &config, &digest)?;
+    let proof = VerifiedProof::from_cache(&config, &signer, &digest)?;
     let subject = session.manifest(&digest).map_err(fail)?.ok_or_else(|| fail(format!("{digest} is not in the registry")))?;
     let subject_type = serde_json::from_slice::<Json>(&subject)
         .ok()
         .and_then(|m| m.get("mediaType").and_then(Json::as_str).map(str::to_owned))
         .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
-    let meta = serde_json::to_vec(&json!({
-        "$type": "io.atcr.atproto.signature",
-        "version": "1.0",
-        "subject": {"digest": digest, "mediaType": subject_type},
-        "atproto": {
-            "did": signer,
-            "handle": document.as_ref().and_then(|d| d.handle.clone()),
-            "pdsEndpoint": document.as_ref().and_then(|d| d.pds.clone()),
-            "recordUri": format!("at://{signer}/{MANIFEST_COLLECTION}/{}", locator.rkey),
-            "commitCid": parsed.root.to_string(),
-            "signedAt": signed_at,
-        },
-        "signature": {
-            "algorithm": key.as_ref().map(|k| k.curve().jwt_alg()),
-            "keyId": format!("{signer}#atproto"),
-            "publicKeyMultibase": key.as_ref().map(|k| k.to_multikey()),
-        },
-    }))
-    .map_err(|e| fail(e.to_string()))?;
+    let meta = serde_json::to_vec(&proof.signature_metadata(&digest, &subject_type)).map_err(|e| fail(e.to_string()))?;
     let meta_digest = session.push_blob(&meta).map_err(fail)?;
-    let car_digest = session.push_blob(&car).map_err(fail)?;
+    let car_digest = session.push_blob(&proof.car).map_err(fail)?;
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "artifactType": SIGNATURE_ARTIFACT_TYPE,
         "config": {"mediaType": SIGNATURE_ARTIFACT_TYPE, "digest": meta_digest, "size": meta.len()},
-        "layers": [{"mediaType": CAR_MEDIA_TYPE, "digest": car_digest, "size": car.len()}],
+        "layers": [{"mediaType": CAR_MEDIA_TYPE, "digest": car_digest, "size": proof.car.len()}],
         "subject": {"mediaType": subject_type, "digest": digest, "size": subject.len()},
-        "annotations": {"io.atcr.atproto.did": signer, "org.opencontainers.image.created": signed_at.clone().unwrap_or_default()},
+        "annotations": {"io.atcr.atproto.did": proof.signer, "org.opencontainers.image.created": proof.signed_at.clone().unwrap_or_default()},
     }))
     .map_err(|e| fail(e.to_string()))?;
     let artifact_digest = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&<sha2::Sha256 as sha2::Digest>::digest(&manifest)));
     let artifact = session.push_manifest(&artifact_digest, "application/vnd.oci.image.manifest.v1+json", &manifest).map_err(fail)?;
-    let discovery = if session.has_referrers_api(&digest) {
-        "indexed by the registry's referrers API".to_owned()
-    } else {
-        // No referrers API: maintain the index under the sha256-<hex> tag, keeping other referrers.
-        let mut index = session
-            .fallback_index(&digest)
-            .map_err(fail)?
-            .unwrap_or_else(|| json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}));
-        let descriptor = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": artifact, "size": manifest.len(), "artifactType": SIGNATURE_ARTIFACT_TYPE});
-        if let Some(list) = index.get_mut("manifests").and_then(Json::as_array_mut) {
-            list.retain(|d| d.get("digest") != descriptor.get("digest"));
-            list.push(descriptor);
-        }
-        let bytes = serde_json::to_vec(&index).map_err(|e| fail(e.to_string()))?;
-        session.push_manifest(&digest.replace(':', "-"), "application/vnd.oci.image.index.v1+json", &bytes).map_err(fail)?;
-        format!("listed under the tag {}", digest.replace(':', "-"))
-    };
+    let discovery = make_discoverable(&session, &digest, &artifact, manifest.len())?;
     Ok(format!(
-        "attached {artifact} to {}@{digest}: proof of at://{signer}/{MANIFEST_COLLECTION}/{} (commit {}), {discovery}",
+        "attached {artifact} to {}@{digest}: proof of at://{}/{MANIFEST_COLLECTION}/{} (commit {}), {discovery}",
         image.scope_name(),
-        locator.rkey,
-        parsed.root
+        proof.signer,
+        proof.rkey,
+        proof.commit
     ))
+}
+
+/// Verifies `digest` exactly as a pull would (only a verified proof is attached); returns the
+/// signer whose proof admitted it.
+fn verified_signer(reference: &str, config: &Config, digest: &str) -> Result<String, Failure> {
+    let policy = crate::engine::request::load_policy(&config.policy)
+        .map_err(|_| fail("attach verifies before it attaches and needs the trust policy: run `atproto-verifier policy check`"))?;
+    let request = crate::engine::Request {
+        reference,
+        digest: Some(digest),
+        descriptor: None,
+        policy: Ok(&policy),
+        config,
+        now_micros: crate::input::now_micros(None).unwrap_or(0),
+        deadline: Deadline::after(config.budget.0),
+    };
+    let answer = crate::engine::decide(&request, &crate::remote::Remote::system(config.connect_timeout.0));
+    let decision = answer.decision;
+    match (decision.outcome, decision.signers.first()) {
+        (Outcome::Admit, Some(did)) => Ok(did.clone()),
+        _ => Err((exit::REJECTED, format!("{reference} is not verified ({}): {}", decision.reason.code(), decision.message), answer.notes.join("; "))),
+    }
+}
+
+/// The proof the verification just stored, and what the signature metadata says about it.
+struct VerifiedProof {
+    signer: String,
+    rkey: String,
+    car: Vec<u8>,
+    commit: atproto_sig_core::cid::Cid,
+    signed_at: Option<String>,
+    document: Option<atproto_sig_core::did::DidDocument>,
+}
+
+impl VerifiedProof {
+    fn from_cache(config: &Config, signer: &str, digest: &str) -> Result<VerifiedProof, Failure> {
+        let cache = Cache::new(&config.cache_dir);
+        let locator: LocatorEntry =
+            cache.read(Kind::Locator, &[signer, digest]).ok_or_else(|| fail("the verified record's location is missing from the cache"))?;
+        let proof: ProofEntry =
+            cache.read(Kind::Proof, &[signer, MANIFEST_COLLECTION, &locator.rkey]).ok_or_else(|| fail("the verified proof is missing from the cache"))?;
+        let car = base64::engine::general_purpose::STANDARD.decode(&proof.car).map_err(|e| fail(e.to_string()))?;
+        let limits = Limits::default();
+        let document: Option<DidEntry> = cache.read(Kind::Did, &[signer]);
+        let document = document.and_then(|d| atproto_sig_core::did::DidDocument::parse(d.document.as_bytes(), signer, &limits).ok());
+        let parsed = Car::parse(&car, &limits).map_err(|e| fail(e.to_string()))?;
+        let commit = parsed.block(&parsed.root).and_then(|b| Commit::decode(b, &limits).ok()).ok_or_else(|| fail("the proof has no commit"))?;
+        let signed_at =
+            commit.rev.as_deref().and_then(atproto_sig_core::syntax::tid_timestamp_micros).map(|t| atproto_sig_core::syntax::format_datetime_micros(t as i64));
+        Ok(VerifiedProof { signer: signer.to_owned(), rkey: locator.rkey, commit: parsed.root, car, signed_at, document })
+    }
+
+    /// The ATCR-style signature JSON (the artifact's config blob).
+    fn signature_metadata(&self, digest: &str, subject_type: &str) -> Json {
+        let key = self.document.as_ref().and_then(|d| d.signing_key.clone().ok());
+        json!({
+            "$type": "io.atcr.atproto.signature",
+            "version": "1.0",
+            "subject": {"digest": digest, "mediaType": subject_type},
+            "atproto": {
+                "did": self.signer,
+                "handle": self.document.as_ref().and_then(|d| d.handle.clone()),
+                "pdsEndpoint": self.document.as_ref().and_then(|d| d.pds.clone()),
+                "recordUri": format!("at://{}/{MANIFEST_COLLECTION}/{}", self.signer, self.rkey),
+                "commitCid": self.commit.to_string(),
+                "signedAt": self.signed_at,
+            },
+            "signature": {
+                "algorithm": key.as_ref().map(|k| k.curve().jwt_alg()),
+                "keyId": format!("{}#atproto", self.signer),
+                "publicKeyMultibase": key.as_ref().map(|k| k.to_multikey()),
+            },
+        })
+    }
+}
+
+/// Makes the artifact findable from the image: the registry's referrers API indexes it itself;
+/// without one, the index under the `sha256-<hex>` tag is kept (other referrers preserved).
+fn make_discoverable(session: &Session<'_>, digest: &str, artifact: &str, manifest_len: usize) -> Result<String, Failure> {
+    if session.has_referrers_api(digest) {
+        return Ok("indexed by the registry's referrers API".to_owned());
+    }
+    let mut index = session
+        .fallback_index(digest)
+        .map_err(fail)?
+        .unwrap_or_else(|| json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}));
+    let descriptor =
+        json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": artifact, "size": manifest_len, "artifactType": SIGNATURE_ARTIFACT_TYPE});
+    if let Some(list) = index.get_mut("manifests").and_then(Json::as_array_mut) {
+        list.retain(|d| d.get("digest") != descriptor.get("digest"));
+        list.push(descriptor);
+    }
+    let bytes = serde_json::to_vec(&index).map_err(|e| fail(e.to_string()))?;
+    let tag = digest.replace(':', "-");
+    session.push_manifest(&tag, "application/vnd.oci.image.index.v1+json", &bytes).map_err(fail)?;
+    Ok(format!("listed under the tag {tag}"))
 }

@@ -95,65 +95,71 @@ fn containerd_findings(path: &Path, budget: Span, out: &mut Vec<Finding>) {
     if plugin.is_none() {
         add(Level::Warn, "bindir plugin", format!("no [plugins.\"{BINDIR_PLUGIN}\"] section: containerd uses bin_dir {DEFAULT_BIN_DIR} and a 10s timeout"));
     }
-    let bin_dir = effective.bin_dir();
     let timeout_text = plugin.and_then(|p| p.table.get("per_verifier_timeout")).and_then(toml::Value::as_str).unwrap_or("10s");
+    out.push(timeout_finding(timeout_text, budget));
+    bin_dir_findings(&effective.bin_dir(), out);
+    cri_findings(&effective, out);
+}
+
+/// containerd's `per_verifier_timeout` against our budget: we must answer first.
+fn timeout_finding(timeout_text: &str, budget: Span) -> Finding {
+    let finding = |level, message: String| Finding { level, check: "timeout", message };
     match Span::parse(timeout_text) {
-        Some(timeout) if timeout.0 <= budget.0 => add(
+        Some(timeout) if timeout.0 <= budget.0 => finding(
             Level::Fail,
-            "timeout",
             format!(
                 "per_verifier_timeout {timeout_text} is not longer than our budget {budget}: containerd would kill the verifier before it can say why — lower `budget` in config.toml"
             ),
         ),
-        Some(_) => add(Level::Ok, "timeout", format!("per_verifier_timeout {timeout_text} > budget {budget}")),
-        None => add(Level::Warn, "timeout", format!("per_verifier_timeout {timeout_text:?} could not be read; make sure it exceeds our budget {budget}")),
+        Some(_) => finding(Level::Ok, format!("per_verifier_timeout {timeout_text} > budget {budget}")),
+        None => finding(Level::Warn, format!("per_verifier_timeout {timeout_text:?} could not be read; make sure it exceeds our budget {budget}")),
     }
-    match std::fs::read_dir(&bin_dir) {
-        Err(_) => add(
-            Level::Fail,
-            "bin_dir",
-            format!("{} does not exist: containerd admits EVERY pull when bin_dir is missing — install the verifier there", bin_dir.display()),
-        ),
+}
+
+/// The bin_dir containerd runs: missing or empty admits every pull, a non-executable file
+/// fails every pull, and it should hold this verifier.
+fn bin_dir_findings(bin_dir: &Path, out: &mut Vec<Finding>) {
+    let mut add = |level, message: String| out.push(Finding { level, check: "bin_dir", message });
+    match std::fs::read_dir(bin_dir) {
+        Err(_) => {
+            add(Level::Fail, format!("{} does not exist: containerd admits EVERY pull when bin_dir is missing — install the verifier there", bin_dir.display()))
+        }
         Ok(entries) => {
             let files: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
             if files.is_empty() {
-                add(
-                    Level::Fail,
-                    "bin_dir",
-                    format!("{} is empty: containerd admits EVERY pull when bin_dir is empty — install the verifier there", bin_dir.display()),
-                );
+                add(Level::Fail, format!("{} is empty: containerd admits EVERY pull when bin_dir is empty — install the verifier there", bin_dir.display()));
             }
             for file in &files {
                 let executable = std::fs::metadata(file).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
                 if !executable {
-                    add(
-                        Level::Fail,
-                        "bin_dir",
-                        format!("{} is not an executable file: containerd fails EVERY pull on it — remove it or chmod +x", file.display()),
-                    );
+                    add(Level::Fail, format!("{} is not an executable file: containerd fails EVERY pull on it — remove it or chmod +x", file.display()));
                 }
             }
             let ours = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
             if files.iter().any(|f| f.canonicalize().ok() == ours || f.file_name().is_some_and(|n| n.to_string_lossy().contains("atproto-verifier"))) {
-                add(Level::Ok, "bin_dir", format!("{} holds this verifier", bin_dir.display()));
+                add(Level::Ok, format!("{} holds this verifier", bin_dir.display()));
             } else if !files.is_empty() {
-                add(Level::Fail, "bin_dir", format!("{} holds verifiers, but not atproto-verifier: install it there", bin_dir.display()));
+                add(Level::Fail, format!("{} holds verifiers, but not atproto-verifier: install it there", bin_dir.display()));
             }
         }
     }
+}
+
+/// Kubernetes pulls: the CRI plugin must pull through the transfer service, or no verifier runs.
+fn cri_findings(effective: &containerd_config::Effective, out: &mut Vec<Finding>) {
+    let mut add = |level, message: String| out.push(Finding { level, check: "CRI", message });
     let cri_disabled = [CRI_IMAGES_PLUGIN, "io.containerd.grpc.v1.cri"].iter().find_map(|p| effective.is_disabled(p).map(|f| (*p, f)));
     if let Some((name, file)) = cri_disabled {
-        add(Level::Ok, "CRI", format!("the CRI plugin is disabled ({name} in {}): no Kubernetes pulls to check", file.display()));
+        add(Level::Ok, format!("the CRI plugin is disabled ({name} in {}): no Kubernetes pulls to check", file.display()));
         return;
     }
     let triggers = effective.local_pull_triggers();
     if triggers.is_empty() {
-        add(Level::Ok, "CRI", "CRI pulls use the transfer service (containerd 2.1+), so verifiers run".into());
+        add(Level::Ok, "CRI pulls use the transfer service (containerd 2.1+), so verifiers run".into());
     }
     for t in triggers {
         add(
             Level::Fail,
-            "CRI",
             format!(
                 "{}: {} makes containerd fall back to the local image pull, which runs NO image verifier (Kubernetes pulls are admitted unchecked) — {}",
                 t.at, t.setting, t.fix
