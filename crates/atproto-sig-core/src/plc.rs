@@ -222,115 +222,22 @@ fn signer_index(keys: &[String], limit: usize, message: &[u8], sig: &[u8]) -> Op
 
 /// Verifies a `GET /<did>/log/audit` response and returns the state it ends in.
 pub fn verify_audit_log(did: &str, bytes: &[u8], limits: &Limits) -> Result<PlcState, PlcError> {
-    if !is_valid_did_plc(did) {
-        return Err(PlcError::InvalidDid);
-    }
-    if bytes.len() > limits.max_json_bytes.saturating_mul(16) {
-        return Err(PlcError::Format(format!("{} bytes is over the limit", bytes.len())));
-    }
-    let json: Json = serde_json::from_slice(bytes).map_err(|e| PlcError::Format(e.to_string()))?;
-    let entries = json.as_array().ok_or_else(|| PlcError::Format("not an array".into()))?;
-    if entries.len() > limits.max_audit_log_entries {
-        return Err(PlcError::Format(format!("{} entries is over the limit", entries.len())));
-    }
-    if entries.is_empty() {
-        return Err(PlcError::Empty);
-    }
-
-    // Every operation within the did:plc limits before any signature is checked: a hostile log
-    // is refused at its first offending operation for the cost of reading it.
-    for (index, entry) in entries.iter().enumerate() {
-        if let Some(operation) = entry.get("operation") {
-            check_operation_limits(operation).map_err(|reason| entry_error(index, reason))?;
-        }
-    }
-
+    let entries = bounded_entries(did, bytes, limits)?;
     let mut ops: Vec<Op> = Vec::with_capacity(entries.len());
     // Indices into `ops` of the current canonical chain.
     let mut chain: Vec<usize> = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
-        let fail = |reason: &str| entry_error(index, reason);
-        if entry.get("did").and_then(Json::as_str) != Some(did) {
-            return Err(fail("entry is for another DID"));
-        }
-        let operation = entry.get("operation").ok_or_else(|| fail("no operation"))?;
-        let signed = cbor::from_json(operation, 16).map_err(|e| fail(&format!("operation: {e}")))?;
-        let Value::Map(mut unsigned) = signed.clone() else { return Err(fail("operation is not an object")) };
-        let signed_bytes = cbor::encode(&signed);
-        let cid = Cid::for_dag_cbor(&signed_bytes).to_string();
-        if entry.get("cid").and_then(Json::as_str) != Some(cid.as_str()) {
-            return Err(fail("cid does not match the operation"));
-        }
-        let sig = match unsigned.remove("sig") {
-            Some(Value::Text(text)) => decode_signature(&text).ok_or_else(|| fail("sig is not 64 bytes of strict unpadded base64url"))?,
-            _ => return Err(fail("sig is missing")),
-        };
-        let message = cbor::encode(&Value::Map(unsigned));
-        let created_at = entry.get("createdAt").and_then(Json::as_str).and_then(parse_datetime_micros).ok_or_else(|| fail("createdAt is not a datetime"))?;
-        let kind = match operation.get("type").and_then(Json::as_str) {
-            Some("plc_tombstone") => Kind::Tombstone,
-            Some("plc_operation" | "create") => Kind::Operation,
-            _ => return Err(fail("unknown operation type")),
-        };
-        let state = match kind {
-            Kind::Operation => normalize(did, operation).ok_or_else(|| fail("operation fields are malformed"))?,
-            Kind::Tombstone => PlcState { did: did.to_owned(), deactivated: true, ..PlcState::default() },
-        };
-        let prev = match operation.get("prev") {
-            Some(Json::Null) => None,
-            Some(Json::String(p)) => Some(p.as_str()),
-            _ => return Err(fail("prev is missing")),
-        };
-
+        let decoded = decode_entry(did, index, entry)?;
         let signer = if index == 0 {
-            if prev.is_some() || kind == Kind::Tombstone {
-                return Err(fail("genesis operation must have prev = null and not be a tombstone"));
-            }
-            let digest = Sha256::digest(&signed_bytes);
-            let derived = format!("did:plc:{}", multibase::Base::Base32Lower.encode(digest).get(..24).unwrap_or_default());
-            if derived != did {
-                return Err(fail("DID is not derived from the genesis operation"));
-            }
-            signer_index(&state.rotation_keys, usize::MAX, &message, &sig).ok_or_else(|| fail("genesis is not signed by one of its rotation keys"))?
+            genesis_signer(did, &decoded).map_err(|reason| entry_error(index, reason))?
         } else {
-            if operation.get("type").and_then(Json::as_str) == Some("create") {
-                return Err(fail("legacy create is only valid as genesis"));
-            }
-            let prev = prev.ok_or_else(|| fail("prev is null after genesis"))?;
-            let position =
-                chain.iter().position(|&i| ops.get(i).is_some_and(|o| o.cid == prev)).ok_or_else(|| fail("prev is not a valid (non-nullified) operation"))?;
-            let base = chain.get(position).and_then(|&i| ops.get(i)).ok_or_else(|| fail("prev not found"))?;
-            if base.kind == Kind::Tombstone {
-                return Err(fail("operation follows a tombstone"));
-            }
-            let keys = &base.state.rotation_keys;
-            match chain.get(position + 1).and_then(|&i| ops.get(i)) {
-                // Extends the chain: any rotation key of `prev` will do.
-                None => signer_index(keys, usize::MAX, &message, &sig).ok_or_else(|| fail("not signed by a rotation key of the previous operation"))?,
-                // Recovery: nullifies the operations after `prev`.
-                Some(first_nullified) => {
-                    let signer = signer_index(keys, first_nullified.signer, &message, &sig)
-                        .ok_or_else(|| fail("nullification not signed by a higher-priority rotation key"))?;
-                    let last = chain.last().and_then(|&i| ops.get(i)).map_or(i64::MIN, |o| o.created_at);
-                    if created_at <= last {
-                        return Err(fail("nullification is not later than the operations it replaces"));
-                    }
-                    if created_at - first_nullified.created_at > RECOVERY_WINDOW_MICROS {
-                        return Err(fail("nullification is outside the 72 h recovery window"));
-                    }
-                    signer
-                }
-            }
-            .to_owned()
-        };
-        if index > 0 {
-            let position = chain.iter().position(|&i| ops.get(i).is_some_and(|o| Some(o.cid.as_str()) == prev)).unwrap_or(chain.len());
+            let (signer, position) = successor_signer(&ops, &chain, &decoded).map_err(|reason| entry_error(index, reason))?;
             chain.truncate(position + 1);
-        }
+            signer
+        };
         chain.push(index);
-        ops.push(Op { cid, kind, state, created_at, signer });
+        ops.push(Op { cid: decoded.cid, kind: decoded.kind, state: decoded.state, created_at: decoded.created_at, signer });
     }
-
     for (index, entry) in entries.iter().enumerate() {
         let nullified = entry.get("nullified").and_then(Json::as_bool).unwrap_or(false);
         if nullified == chain.contains(&index) {
@@ -339,4 +246,129 @@ pub fn verify_audit_log(did: &str, bytes: &[u8], limits: &Limits) -> Result<PlcS
     }
     let last = chain.last().and_then(|&i| ops.get(i)).ok_or(PlcError::Empty)?;
     Ok(last.state.clone())
+}
+
+/// The log's entries, with every operation within the did:plc limits before any signature is
+/// checked: a hostile log is refused at its first offending operation for the cost of reading it.
+fn bounded_entries(did: &str, bytes: &[u8], limits: &Limits) -> Result<Vec<Json>, PlcError> {
+    if !is_valid_did_plc(did) {
+        return Err(PlcError::InvalidDid);
+    }
+    if bytes.len() > limits.max_json_bytes.saturating_mul(16) {
+        return Err(PlcError::Format(format!("{} bytes is over the limit", bytes.len())));
+    }
+    let Json::Array(entries) = serde_json::from_slice(bytes).map_err(|e| PlcError::Format(e.to_string()))? else {
+        return Err(PlcError::Format("not an array".into()));
+    };
+    if entries.len() > limits.max_audit_log_entries {
+        return Err(PlcError::Format(format!("{} entries is over the limit", entries.len())));
+    }
+    if entries.is_empty() {
+        return Err(PlcError::Empty);
+    }
+    for (index, entry) in entries.iter().enumerate() {
+        if let Some(operation) = entry.get("operation") {
+            check_operation_limits(operation).map_err(|reason| entry_error(index, reason))?;
+        }
+    }
+    Ok(entries)
+}
+
+/// One log entry, decoded and checked on its own (CID, signature bytes, fields).
+struct Decoded {
+    cid: String,
+    /// The DAG-CBOR of the signed operation (its hash is the CID; the genesis's, the DID).
+    signed_bytes: Vec<u8>,
+    /// The DAG-CBOR of the operation without `sig`: what the signature covers.
+    message: Vec<u8>,
+    sig: Vec<u8>,
+    created_at: i64,
+    kind: Kind,
+    legacy_create: bool,
+    state: PlcState,
+    prev: Option<String>,
+}
+
+fn decode_entry(did: &str, index: usize, entry: &Json) -> Result<Decoded, PlcError> {
+    let fail = |reason: &str| entry_error(index, reason);
+    if entry.get("did").and_then(Json::as_str) != Some(did) {
+        return Err(fail("entry is for another DID"));
+    }
+    let operation = entry.get("operation").ok_or_else(|| fail("no operation"))?;
+    let signed = cbor::from_json(operation, 16).map_err(|e| fail(&format!("operation: {e}")))?;
+    let Value::Map(mut unsigned) = signed.clone() else { return Err(fail("operation is not an object")) };
+    let signed_bytes = cbor::encode(&signed);
+    let cid = Cid::for_dag_cbor(&signed_bytes).to_string();
+    if entry.get("cid").and_then(Json::as_str) != Some(cid.as_str()) {
+        return Err(fail("cid does not match the operation"));
+    }
+    let sig = match unsigned.remove("sig") {
+        Some(Value::Text(text)) => decode_signature(&text).ok_or_else(|| fail("sig is not 64 bytes of strict unpadded base64url"))?,
+        _ => return Err(fail("sig is missing")),
+    };
+    let message = cbor::encode(&Value::Map(unsigned));
+    let created_at = entry.get("createdAt").and_then(Json::as_str).and_then(parse_datetime_micros).ok_or_else(|| fail("createdAt is not a datetime"))?;
+    let kind = match operation.get("type").and_then(Json::as_str) {
+        Some("plc_tombstone") => Kind::Tombstone,
+        Some("plc_operation" | "create") => Kind::Operation,
+        _ => return Err(fail("unknown operation type")),
+    };
+    let state = match kind {
+        Kind::Operation => normalize(did, operation).ok_or_else(|| fail("operation fields are malformed"))?,
+        Kind::Tombstone => PlcState { did: did.to_owned(), deactivated: true, ..PlcState::default() },
+    };
+    let prev = match operation.get("prev") {
+        Some(Json::Null) => None,
+        Some(Json::String(p)) => Some(p.clone()),
+        _ => return Err(fail("prev is missing")),
+    };
+    let legacy_create = operation.get("type").and_then(Json::as_str) == Some("create");
+    Ok(Decoded { cid, signed_bytes, message, sig, created_at, kind, legacy_create, state, prev })
+}
+
+/// The genesis: `prev` null, the DID its hash, signed by one of its own rotation keys.
+fn genesis_signer(did: &str, op: &Decoded) -> Result<usize, &'static str> {
+    if op.prev.is_some() || op.kind == Kind::Tombstone {
+        return Err("genesis operation must have prev = null and not be a tombstone");
+    }
+    let digest = Sha256::digest(&op.signed_bytes);
+    let derived = format!("did:plc:{}", multibase::Base::Base32Lower.encode(digest).get(..24).unwrap_or_default());
+    if derived != did {
+        return Err("DID is not derived from the genesis operation");
+    }
+    signer_index(&op.state.rotation_keys, usize::MAX, &op.message, &op.sig).ok_or("genesis is not signed by one of its rotation keys")
+}
+
+/// A later operation: signed by a rotation key of its `prev` on the canonical chain (a key of
+/// higher priority, within 72 hours, to nullify what followed `prev`). Returns the signer's
+/// index and `prev`'s position on the chain.
+fn successor_signer(ops: &[Op], chain: &[usize], op: &Decoded) -> Result<(usize, usize), &'static str> {
+    if op.legacy_create {
+        return Err("legacy create is only valid as genesis");
+    }
+    let prev = op.prev.as_deref().ok_or("prev is null after genesis")?;
+    let position = chain.iter().position(|&i| ops.get(i).is_some_and(|o| o.cid == prev)).ok_or("prev is not a valid (non-nullified) operation")?;
+    let base = chain.get(position).and_then(|&i| ops.get(i)).ok_or("prev not found")?;
+    if base.kind == Kind::Tombstone {
+        return Err("operation follows a tombstone");
+    }
+    let keys = &base.state.rotation_keys;
+    let signer = match chain.get(position + 1).and_then(|&i| ops.get(i)) {
+        // Extends the chain: any rotation key of `prev` will do.
+        None => signer_index(keys, usize::MAX, &op.message, &op.sig).ok_or("not signed by a rotation key of the previous operation")?,
+        // Recovery: nullifies the operations after `prev`.
+        Some(first_nullified) => {
+            let signer =
+                signer_index(keys, first_nullified.signer, &op.message, &op.sig).ok_or("nullification not signed by a higher-priority rotation key")?;
+            let last = chain.last().and_then(|&i| ops.get(i)).map_or(i64::MIN, |o| o.created_at);
+            if op.created_at <= last {
+                return Err("nullification is not later than the operations it replaces");
+            }
+            if op.created_at - first_nullified.created_at > RECOVERY_WINDOW_MICROS {
+                return Err("nullification is outside the 72 h recovery window");
+            }
+            signer
+        }
+    };
+    Ok((signer, position))
 }
