@@ -145,6 +145,41 @@ fn check_scope(checker: &mut Checker, node: &Node, scope: &str) {
     }
 }
 
+/// A rule's own `trustedDIDs`: each listed under the top-level `trustedDIDs`, once.
+fn parse_required_dids(checker: &mut Checker, list: &Node, trusted: &[TrustedDid], context: &str) -> Vec<String> {
+    let mut trusted_dids = Vec::new();
+    match &list.kind {
+        Kind::Seq(items) => {
+            if items.len() > MAX_TRUSTED_DIDS {
+                checker.error(list.at, format!("`require.trustedDIDs` of {context} lists {} DIDs, more than {MAX_TRUSTED_DIDS}", items.len()), "");
+            }
+            for item in items.iter().take(MAX_TRUSTED_DIDS) {
+                let Some(did) = checker.string(item, "a trustedDIDs entry") else { continue };
+                if !trusted.iter().any(|t| t.did == did) {
+                    checker.error(
+                        item.at,
+                        format!("{did} is required by {context} but is not listed under the top-level `trustedDIDs`"),
+                        "add it to trustedDIDs with its name and validity window, or fix the spelling",
+                    );
+                } else if trusted_dids.contains(&did) {
+                    checker.warn(item.at, format!("{did} is listed twice in {context}"), "each DID counts once toward minSignatures");
+                } else {
+                    trusted_dids.push(did);
+                }
+            }
+            if items.is_empty() {
+                checker.error(
+                    list.at,
+                    format!("`trustedDIDs` of {context} is empty"),
+                    "list DIDs, or remove the key to accept every DID in the top-level trustedDIDs",
+                );
+            }
+        }
+        _ => checker.error(list.at, format!("`trustedDIDs` of {context} must be a list of DIDs"), ""),
+    }
+    trusted_dids
+}
+
 fn parse_requirement(checker: &mut Checker, node: &Node, trusted: &[TrustedDid], context: &str) -> Requirement {
     let entries = checker.mapping(node, &format!("`require` of {context}"), &["signature", "trustedDIDs", "minSignatures"]);
     let signature = match get(&entries, "signature").map(|n| (&n.kind, n.at)) {
@@ -162,38 +197,7 @@ fn parse_requirement(checker: &mut Checker, node: &Node, trusted: &[TrustedDid],
             true
         }
     };
-    let mut trusted_dids = Vec::new();
-    if let Some(list) = get(&entries, "trustedDIDs") {
-        match &list.kind {
-            Kind::Seq(items) => {
-                if items.len() > MAX_TRUSTED_DIDS {
-                    checker.error(list.at, format!("`require.trustedDIDs` of {context} lists {} DIDs, more than {MAX_TRUSTED_DIDS}", items.len()), "");
-                }
-                for item in items.iter().take(MAX_TRUSTED_DIDS) {
-                    let Some(did) = checker.string(item, "a trustedDIDs entry") else { continue };
-                    if !trusted.iter().any(|t| t.did == did) {
-                        checker.error(
-                            item.at,
-                            format!("{did} is required by {context} but is not listed under the top-level `trustedDIDs`"),
-                            "add it to trustedDIDs with its name and validity window, or fix the spelling",
-                        );
-                    } else if trusted_dids.contains(&did) {
-                        checker.warn(item.at, format!("{did} is listed twice in {context}"), "each DID counts once toward minSignatures");
-                    } else {
-                        trusted_dids.push(did);
-                    }
-                }
-                if items.is_empty() {
-                    checker.error(
-                        list.at,
-                        format!("`trustedDIDs` of {context} is empty"),
-                        "list DIDs, or remove the key to accept every DID in the top-level trustedDIDs",
-                    );
-                }
-            }
-            _ => checker.error(list.at, format!("`trustedDIDs` of {context} must be a list of DIDs"), ""),
-        }
-    }
+    let trusted_dids = get(&entries, "trustedDIDs").map(|list| parse_required_dids(checker, list, trusted, context)).unwrap_or_default();
     let min_signatures = match get(&entries, "minSignatures").map(|n| (&n.kind, n.at)) {
         None => 1,
         Some((Kind::Int(n), _)) if *n >= 1 => usize::try_from(*n).unwrap_or(usize::MAX),
@@ -243,23 +247,9 @@ fn parse_action(checker: &mut Checker, node: Option<&Node>, context: &str) -> Ac
     }
 }
 
-/// Parses and validates a policy (YAML or JSON). On failure, returns every error found.
-pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
-    if text.len() > MAX_POLICY_BYTES {
-        return Err(vec![Issue::new(
-            Position { line: 1, column: 1 },
-            format!("the policy is {} bytes, over the {MAX_POLICY_BYTES}-byte limit", text.len()),
-            "",
-        )]);
-    }
-    let (root, duplicates) = yaml::parse(text).map_err(|errors| errors.into_iter().map(|e| Issue::new(e.at, e.message, "")).collect::<Vec<_>>())?;
-    let mut checker = Checker::default();
-    for duplicate in duplicates {
-        checker.error(duplicate.at, duplicate.message, "remove or merge one of them");
-    }
-    let top = checker.mapping(&root, "the policy", &["version", "trustedDIDs", "policies", "default"]);
-
-    let version = match get(&top, "version") {
+/// `version`: 1.0 is the only one.
+fn parse_version(checker: &mut Checker, node: Option<&Node>, root: &Node) -> String {
+    match node {
         Some(node) => match node.scalar_text() {
             Some(v) if v == "1.0" || v == "1" => v,
             other => {
@@ -271,42 +261,47 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
             checker.error(root.at, "the policy has no `version`", "add `version: 1.0` at the top");
             String::new()
         }
-    };
-
-    let mut trusted = Vec::new();
-    if let Some(node) = get(&top, "trustedDIDs").filter(|n| !matches!(n.kind, Kind::Null)) {
-        let entries = checker.mapping(node, "`trustedDIDs`", &[]);
-        if entries.len() > MAX_TRUSTED_DIDS {
-            checker.error(
-                node.at,
-                format!("`trustedDIDs` lists {} DIDs, more than {MAX_TRUSTED_DIDS}", entries.len()),
-                "a policy names its signers, not a directory: split by scope or trim the list",
-            );
-        }
-        for (key, value) in entries.into_iter().take(MAX_TRUSTED_DIDS) {
-            let did = key.scalar_text().unwrap_or_default();
-            if trusted.iter().any(|t: &TrustedDid| t.did == did) || !check_did_key(&mut checker, key, &did) {
-                continue;
-            }
-            let mut entry = TrustedDid { did: did.clone(), name: None, valid_from: None, expires_at: None };
-            if !matches!(value.kind, Kind::Null) {
-                let fields = checker.mapping(value, &format!("trustedDIDs.{did}"), &["name", "validFrom", "expiresAt"]);
-                entry.name = get(&fields, "name").and_then(|n| checker.string(n, "name"));
-                entry.valid_from = get(&fields, "validFrom").and_then(|n| checker.date(n, "validFrom"));
-                entry.expires_at = get(&fields, "expiresAt").and_then(|n| checker.date(n, "expiresAt"));
-                if let (Some(from), Some(until)) = (entry.valid_from, entry.expires_at)
-                    && until <= from
-                {
-                    let at = get(&fields, "expiresAt").map_or(value.at, |n| n.at);
-                    checker.error(at, format!("{did} expires before it becomes valid"), "expiresAt must be later than validFrom");
-                }
-            }
-            trusted.push(entry);
-        }
     }
+}
 
+/// The top-level `trustedDIDs`: each DID once, with its name and validity window.
+fn parse_trusted(checker: &mut Checker, node: &Node) -> Vec<TrustedDid> {
+    let mut trusted = Vec::new();
+    let entries = checker.mapping(node, "`trustedDIDs`", &[]);
+    if entries.len() > MAX_TRUSTED_DIDS {
+        checker.error(
+            node.at,
+            format!("`trustedDIDs` lists {} DIDs, more than {MAX_TRUSTED_DIDS}", entries.len()),
+            "a policy names its signers, not a directory: split by scope or trim the list",
+        );
+    }
+    for (key, value) in entries.into_iter().take(MAX_TRUSTED_DIDS) {
+        let did = key.scalar_text().unwrap_or_default();
+        if trusted.iter().any(|t: &TrustedDid| t.did == did) || !check_did_key(checker, key, &did) {
+            continue;
+        }
+        let mut entry = TrustedDid { did: did.clone(), name: None, valid_from: None, expires_at: None };
+        if !matches!(value.kind, Kind::Null) {
+            let fields = checker.mapping(value, &format!("trustedDIDs.{did}"), &["name", "validFrom", "expiresAt"]);
+            entry.name = get(&fields, "name").and_then(|n| checker.string(n, "name"));
+            entry.valid_from = get(&fields, "validFrom").and_then(|n| checker.date(n, "validFrom"));
+            entry.expires_at = get(&fields, "expiresAt").and_then(|n| checker.date(n, "expiresAt"));
+            if let (Some(from), Some(until)) = (entry.valid_from, entry.expires_at)
+                && until <= from
+            {
+                let at = get(&fields, "expiresAt").map_or(value.at, |n| n.at);
+                checker.error(at, format!("{did} expires before it becomes valid"), "expiresAt must be later than validFrom");
+            }
+        }
+        trusted.push(entry);
+    }
+    trusted
+}
+
+/// `policies`: the rules in file order (the first match applies).
+fn parse_rules(checker: &mut Checker, node: Option<&Node>, root: &Node, trusted: &[TrustedDid]) -> Vec<Rule> {
     let mut rules: Vec<Rule> = Vec::new();
-    match get(&top, "policies").map(|n| (&n.kind, n.at)) {
+    match node.map(|n| (&n.kind, n.at)) {
         Some((Kind::Seq(items), at)) => {
             if items.len() > MAX_RULES {
                 checker.error(at, format!("`policies` holds {} rules, more than {MAX_RULES}", items.len()), "merge rules with globs (`*`, `**`)");
@@ -330,7 +325,7 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
                 let scope = match get(&fields, "scope") {
                     Some(n) => {
                         let written = checker.string(n, "scope").unwrap_or_default();
-                        check_scope(&mut checker, n, &written);
+                        check_scope(checker, n, &written);
                         // Matched in canonical form: `atcr.io:443/*` and `atcr.io/*` are one scope.
                         let scope = crate::reference::canonical_scope(&written);
                         if let Some(earlier) = rules.iter().find(|r| r.scope == scope && !scope.is_empty()) {
@@ -348,32 +343,58 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
                     }
                 };
                 let require = match get(&fields, "require") {
-                    Some(n) => parse_requirement(&mut checker, n, &trusted, &context),
+                    Some(n) => parse_requirement(checker, n, trusted, &context),
                     None => {
                         checker.error(item.at, format!("{context} has no `require`"), "add `require: { signature: true }` (or false)");
                         Requirement { signature: true, trusted_dids: Vec::new(), min_signatures: 1 }
                     }
                 };
-                let action = parse_action(&mut checker, get(&fields, "action"), &context);
+                let action = parse_action(checker, get(&fields, "action"), &context);
                 rules.push(Rule { name, scope, require, action, at: item.at });
             }
         }
         Some((_, at)) => checker.error(at, "`policies` must be a list", ""),
         None => checker.warn(root.at, "the policy has no `policies`", "every image falls to the `default` rule"),
     }
+    rules
+}
 
-    let default = get(&top, "default").map(|node| {
-        let fields = checker.mapping(node, "`default`", &["require", "action"]);
-        let require = match get(&fields, "require") {
-            Some(n) => parse_requirement(&mut checker, n, &trusted, "the default"),
-            None => {
-                checker.error(node.at, "`default` has no `require`", "add `require: { signature: true }` (or false)");
-                Requirement { signature: true, trusted_dids: Vec::new(), min_signatures: 1 }
-            }
-        };
-        let action = parse_action(&mut checker, get(&fields, "action"), "the default");
-        Rule { name: "default".into(), scope: "**".into(), require, action, at: node.at }
-    });
+/// `default`: the rule for images no policy matches.
+fn parse_default(checker: &mut Checker, node: &Node, trusted: &[TrustedDid]) -> Rule {
+    let fields = checker.mapping(node, "`default`", &["require", "action"]);
+    let require = match get(&fields, "require") {
+        Some(n) => parse_requirement(checker, n, trusted, "the default"),
+        None => {
+            checker.error(node.at, "`default` has no `require`", "add `require: { signature: true }` (or false)");
+            Requirement { signature: true, trusted_dids: Vec::new(), min_signatures: 1 }
+        }
+    };
+    let action = parse_action(checker, get(&fields, "action"), "the default");
+    Rule { name: "default".into(), scope: "**".into(), require, action, at: node.at }
+}
+
+/// Parses and validates a policy (YAML or JSON). On failure, returns every error found.
+pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(vec![Issue::new(
+            Position { line: 1, column: 1 },
+            format!("the policy is {} bytes, over the {MAX_POLICY_BYTES}-byte limit", text.len()),
+            "",
+        )]);
+    }
+    let (root, duplicates) = yaml::parse(text).map_err(|errors| errors.into_iter().map(|e| Issue::new(e.at, e.message, "")).collect::<Vec<_>>())?;
+    let mut checker = Checker::default();
+    for duplicate in duplicates {
+        checker.error(duplicate.at, duplicate.message, "remove or merge one of them");
+    }
+    let top = checker.mapping(&root, "the policy", &["version", "trustedDIDs", "policies", "default"]);
+
+    let version = parse_version(&mut checker, get(&top, "version"), &root);
+    let trusted = get(&top, "trustedDIDs").filter(|n| !matches!(n.kind, Kind::Null)).map(|n| parse_trusted(&mut checker, n)).unwrap_or_default();
+
+    let rules = parse_rules(&mut checker, get(&top, "policies"), &root, &trusted);
+
+    let default = get(&top, "default").map(|node| parse_default(&mut checker, node, &trusted));
     if default.is_none() {
         checker.warn(
             root.at,
