@@ -128,33 +128,43 @@ fn resolve_plain(text: &str) -> Kind {
 /// so a caller can report them together with its own checks. Lookups see the first occurrence.
 pub fn parse(text: &str) -> Result<(Node, Vec<YamlError>), Vec<YamlError>> {
     let mut parser = Parser::new_from_str(text);
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut root: Option<Node> = None;
-    let mut errors = Vec::new();
-    let mut documents = 0;
+    let mut builder = Builder::default();
     let mut nodes = 0usize;
     while let Some(next) = parser.next_event() {
-        let (event, span) = match next {
-            Ok(pair) => pair,
-            Err(e) => {
-                let at = Position { line: e.marker().line(), column: e.marker().col() + 1 };
-                return Err(vec![YamlError { at, message: format!("not valid YAML: {}", e.info()) }]);
-            }
-        };
+        let (event, span) = next.map_err(|e| {
+            let at = Position { line: e.marker().line(), column: e.marker().col() + 1 };
+            vec![YamlError { at, message: format!("not valid YAML: {}", e.info()) }]
+        })?;
         let at = Position { line: span.start.line(), column: span.start.col() + 1 };
-        let fail = |message: &str| Err(vec![YamlError { at, message: message.to_owned() }]);
         nodes += 1;
         if nodes > MAX_NODES {
-            return fail("more than 100000 values: a trust policy is far smaller — is this the right file?");
+            return Err(vec![YamlError { at, message: "more than 100000 values: a trust policy is far smaller — is this the right file?".into() }]);
         }
+        builder.event(event, at).map_err(|e| vec![e])?;
+    }
+    match builder.root {
+        Some(root) => Ok((root, builder.duplicates)),
+        None => Err(vec![YamlError { at: Position { line: 1, column: 1 }, message: "the file is empty".into() }]),
+    }
+}
+
+/// The tree under construction, one parser event at a time.
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    root: Option<Node>,
+    duplicates: Vec<YamlError>,
+    documents: usize,
+}
+
+impl Builder {
+    fn event(&mut self, event: Event<'_>, at: Position) -> Result<(), YamlError> {
+        let fail = |message: &str| Err(YamlError { at, message: message.to_owned() });
         let node = match event {
-            Event::StreamStart | Event::StreamEnd | Event::Nothing | Event::DocumentEnd => continue,
+            Event::StreamStart | Event::StreamEnd | Event::Nothing | Event::DocumentEnd => return Ok(()),
             Event::DocumentStart(_) => {
-                documents += 1;
-                if documents > 1 {
-                    return fail("more than one YAML document: put the whole policy in one document");
-                }
-                continue;
+                self.documents += 1;
+                return if self.documents > 1 { fail("more than one YAML document: put the whole policy in one document") } else { Ok(()) };
             }
             Event::Alias(_) => return fail("aliases (*name) are not supported: write the value out"),
             Event::Scalar(value, style, anchor, tag) => {
@@ -173,41 +183,40 @@ pub fn parse(text: &str) -> Result<(Node, Vec<YamlError>), Vec<YamlError>> {
             Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag) if anchor != 0 || tag.is_some() => {
                 return fail("anchors and tags are not supported: write the value out");
             }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => return fail("nested too deeply"),
             Event::SequenceStart(..) => {
-                if stack.len() >= MAX_DEPTH {
-                    return fail("nested too deeply");
-                }
-                stack.push(Frame::Seq(at, Vec::new()));
-                continue;
+                self.stack.push(Frame::Seq(at, Vec::new()));
+                return Ok(());
             }
             Event::MappingStart(..) => {
-                if stack.len() >= MAX_DEPTH {
-                    return fail("nested too deeply");
-                }
-                stack.push(Frame::Map(at, Vec::new(), None, std::collections::HashMap::new()));
-                continue;
+                self.stack.push(Frame::Map(at, Vec::new(), None, std::collections::HashMap::new()));
+                return Ok(());
             }
-            Event::SequenceEnd => match stack.pop() {
+            Event::SequenceEnd => match self.stack.pop() {
                 Some(Frame::Seq(start, items)) => Node { at: start, kind: Kind::Seq(items) },
                 _ => return fail("unbalanced sequence"),
             },
-            Event::MappingEnd => match stack.pop() {
+            Event::MappingEnd => match self.stack.pop() {
                 Some(Frame::Map(start, entries, None, _)) => Node { at: start, kind: Kind::Map(entries) },
                 _ => return fail("unbalanced mapping"),
             },
         };
-        // Attach the finished node to its parent.
-        match stack.last_mut() {
-            None => root = Some(node),
+        self.attach(node)
+    }
+
+    /// Attaches a finished node to its parent (or makes it the root).
+    fn attach(&mut self, node: Node) -> Result<(), YamlError> {
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
             Some(Frame::Seq(_, items)) => items.push(node),
             Some(Frame::Map(_, entries, pending, seen)) => match pending.take() {
                 None => {
                     if matches!(node.kind, Kind::Seq(_) | Kind::Map(_)) {
-                        return Err(vec![YamlError { at: node.at, message: "mapping keys must be scalars".into() }]);
+                        return Err(YamlError { at: node.at, message: "mapping keys must be scalars".into() });
                     }
                     let text = node.scalar_text().unwrap_or_default();
                     if let Some(first_line) = seen.get(&text) {
-                        errors.push(YamlError {
+                        self.duplicates.push(YamlError {
                             at: node.at,
                             message: format!("duplicate key {text:?} (first at line {first_line}): a later value would silently replace the earlier one"),
                         });
@@ -219,10 +228,7 @@ pub fn parse(text: &str) -> Result<(Node, Vec<YamlError>), Vec<YamlError>> {
                 Some(key) => entries.push((key, node)),
             },
         }
-    }
-    match root {
-        Some(root) => Ok((root, errors)),
-        None => Err(vec![YamlError { at: Position { line: 1, column: 1 }, message: "the file is empty".into() }]),
+        Ok(())
     }
 }
 
