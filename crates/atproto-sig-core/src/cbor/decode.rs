@@ -166,51 +166,9 @@ impl Reader<'_> {
                 Ok(Value::Bytes(self.take(n)?.to_vec()))
             }
             3 => Ok(Value::Text(self.text(info)?)),
-            4 => {
-                let depth = depth.checked_sub(1).ok_or(CborError::TooDeep)?;
-                let n = self.length(info, 1)?;
-                // Capacity is capped: nested arrays could each claim the whole remaining input.
-                let mut items = Vec::with_capacity(n.min(PREALLOCATE_MAX));
-                for _ in 0..n {
-                    items.push(self.value(depth)?);
-                }
-                Ok(Value::Array(items))
-            }
-            5 => {
-                let depth = depth.checked_sub(1).ok_or(CborError::TooDeep)?;
-                let n = self.length(info, 2)?;
-                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(PREALLOCATE_MAX));
-                for _ in 0..n {
-                    let key_head = self.byte()?;
-                    if key_head >> 5 != 3 {
-                        return Err(CborError::NonTextKey);
-                    }
-                    let key = self.text(key_head & 0x1f)?;
-                    if let Some((previous, _)) = entries.last()
-                        && !key_precedes(previous, &key)
-                    {
-                        return Err(CborError::KeyOrder);
-                    }
-                    let value = self.value(depth)?;
-                    entries.push((key, value));
-                }
-                Ok(Value::Map(Map(entries)))
-            }
-            6 => {
-                let tag = self.argument(info)?;
-                if tag != 42 {
-                    return Err(CborError::UnsupportedTag(tag));
-                }
-                let inner = self.byte()?;
-                if inner >> 5 != 2 {
-                    return Err(CborError::BadLink(None));
-                }
-                let n = self.length(inner & 0x1f, 1)?;
-                match self.take(n)? {
-                    [0x00, cid @ ..] => Cid::from_bytes(cid).map(Value::Link).map_err(|e| CborError::BadLink(Some(e))),
-                    _ => Err(CborError::BadLink(None)),
-                }
-            }
+            4 => self.sequence(info, depth),
+            5 => self.map(info, depth),
+            6 => self.link(info),
             _ => match info {
                 20 => Ok(Value::Bool(false)),
                 21 => Ok(Value::Bool(true)),
@@ -219,6 +177,56 @@ impl Reader<'_> {
                 31 => Err(CborError::Indefinite),
                 other => Err(CborError::UnsupportedSimple(other)),
             },
+        }
+    }
+
+    fn sequence(&mut self, info: u8, depth: usize) -> Result<Value, CborError> {
+        let depth = depth.checked_sub(1).ok_or(CborError::TooDeep)?;
+        let n = self.length(info, 1)?;
+        // Capacity is capped: nested arrays could each claim the whole remaining input.
+        let mut items = Vec::with_capacity(n.min(PREALLOCATE_MAX));
+        for _ in 0..n {
+            items.push(self.value(depth)?);
+        }
+        Ok(Value::Array(items))
+    }
+
+    /// A map: text keys only, in canonical order (which also rules out duplicates).
+    fn map(&mut self, info: u8, depth: usize) -> Result<Value, CborError> {
+        let depth = depth.checked_sub(1).ok_or(CborError::TooDeep)?;
+        let n = self.length(info, 2)?;
+        let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(PREALLOCATE_MAX));
+        for _ in 0..n {
+            let key_head = self.byte()?;
+            if key_head >> 5 != 3 {
+                return Err(CborError::NonTextKey);
+            }
+            let key = self.text(key_head & 0x1f)?;
+            if let Some((previous, _)) = entries.last()
+                && !key_precedes(previous, &key)
+            {
+                return Err(CborError::KeyOrder);
+            }
+            let value = self.value(depth)?;
+            entries.push((key, value));
+        }
+        Ok(Value::Map(Map(entries)))
+    }
+
+    /// Tag 42 only: a byte string of 0x00 and a blessed CID.
+    fn link(&mut self, info: u8) -> Result<Value, CborError> {
+        let tag = self.argument(info)?;
+        if tag != 42 {
+            return Err(CborError::UnsupportedTag(tag));
+        }
+        let inner = self.byte()?;
+        if inner >> 5 != 2 {
+            return Err(CborError::BadLink(None));
+        }
+        let n = self.length(inner & 0x1f, 1)?;
+        match self.take(n)? {
+            [0x00, cid @ ..] => Cid::from_bytes(cid).map(Value::Link).map_err(|e| CborError::BadLink(Some(e))),
+            _ => Err(CborError::BadLink(None)),
         }
     }
 }
