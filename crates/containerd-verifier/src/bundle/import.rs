@@ -83,99 +83,26 @@ fn check_fetch_time(fetched_at: i64, now: i64, config: &Config) -> Result<(), Re
 /// than the stored one for the same record, is refused. Fetch times are this node's: never
 /// later than the import (`now`), nor than a proof's signed commit.
 pub fn import(bundle: &Bundle, cache: &Cache, source: &str, config: &Config, now: i64) -> ImportReport {
-    let limits = Limits::default();
-    let mut report = ImportReport::default();
-    let mut documents: BTreeMap<String, DidDocument> = BTreeMap::new();
-    for entry in &bundle.dids {
-        let label = format!("DID document {}", entry.did);
-        let checked = check_fetch_time(entry.fetched_at, now, config).and_then(|()| check_did_entry(entry, &limits));
-        let (document, note) = match checked {
-            Ok(found) => found,
-            Err(e) => {
-                report.refused.push(format!("{label}: {e}"));
-                continue;
-            }
-        };
-        report.notes.extend(note);
-        let held = cache.read::<DidEntry>(Kind::Did, &[&entry.did]);
-        if let (Some(held_log), Some(new_log)) = (held.as_ref().and_then(|h| h.audit_log.as_deref()), entry.audit_log.as_deref())
-            && crate::knowledge::is_older_audit_log(new_log, held_log)
-        {
-            report.refused.push(format!("{label}: {}", Refusal::OlderAuditLog));
-            continue;
-        }
-        documents.insert(entry.did.clone(), document);
-        if held.as_ref().is_some_and(|h| h.document == entry.document && h.audit_log == entry.audit_log) {
-            report.unchanged.push(label);
-            continue;
-        }
-        let mut stored = entry.clone();
-        stored.fetched_at = crate::knowledge::stored_fetch_time(entry.fetched_at, now, None);
-        stored.source = format!("bundle {source} ({})", entry.source);
-        cache.write(Kind::Did, &[&entry.did], &stored);
-        report.stored.push(label);
-    }
-    let document_of = |did: &str, documents: &BTreeMap<String, DidDocument>| {
-        documents.get(did).cloned().or_else(|| cache.read::<DidEntry>(Kind::Did, &[did]).and_then(|e| check_did_entry(&e, &limits).ok()).map(|(d, _)| d))
-    };
-    // (did, rkey, digest) whose proof verified for exactly that digest: only these locators count.
-    let mut proven: Vec<(String, String, String)> = Vec::new();
-    for entry in &bundle.proofs {
-        let label = format!("proof {}/{}/{}", entry.did, entry.collection, entry.rkey);
-        if let Err(e) = check_fetch_time(entry.fetched_at, now, config) {
-            report.refused.push(format!("{label}: {e}"));
-            continue;
-        }
-        let Some(document) = document_of(&entry.did, &documents) else {
-            report.refused.push(format!("{label}: no verified DID document for {}", entry.did));
-            continue;
-        };
-        let Ok(car) = base64::engine::general_purpose::STANDARD.decode(&entry.car) else {
-            report.refused.push(format!("{label}: not base64"));
-            continue;
-        };
-        let digest = bundle.locators.iter().find(|l| l.did == entry.did && l.rkey == entry.rkey).map(|l| l.digest.clone());
-        match store_proof(
-            cache,
-            config,
-            now,
-            &document,
-            &entry.rkey,
-            &entry.collection,
-            &car,
-            digest.as_deref(),
-            &format!("bundle {source} ({})", entry.source),
-            entry.fetched_at,
-        ) {
-            Ok(Stored { changed, verified }) => {
-                if verified && let Some(digest) = digest {
-                    proven.push((entry.did.clone(), entry.rkey.clone(), digest));
-                }
-                if changed { report.stored.push(label) } else { report.unchanged.push(label) }
-            }
-            Err(e) => report.refused.push(format!("{label}: {e}")),
-        }
-    }
-    for locator in &bundle.locators {
-        let label = format!("locator {} -> {}/{}", locator.digest, locator.did, locator.rkey);
-        if !proven.iter().any(|(d, r, g)| *d == locator.did && *r == locator.rkey && *g == locator.digest) {
-            // A locator must point at a record that names its digest; otherwise it could make a
-            // good image look mismatched or revoked.
-            report.refused.push(format!("{label}: its record does not verify for that digest"));
-            continue;
-        }
-        if cache.read::<LocatorEntry>(Kind::Locator, &[&locator.did, &locator.digest]).is_some_and(|held| held.rkey == locator.rkey) {
-            report.unchanged.push(label);
-            continue;
-        }
-        let stored = LocatorEntry { fetched_at: crate::knowledge::stored_fetch_time(locator.fetched_at, now, None), ..locator.clone() };
-        cache.write(Kind::Locator, &[&locator.did, &locator.digest], &stored);
-        report.stored.push(label);
-    }
+    let mut importer = Importer { bundle, cache, source, config, now, report: ImportReport::default(), documents: BTreeMap::new() };
+    importer.documents();
+    let proven = importer.proofs();
+    importer.locators(&proven);
     for entry in &bundle.collections {
-        import_collection(entry, bundle, cache, config, now, source, &document_of(&entry.did, &documents), &mut report);
+        importer.collection(entry);
     }
-    report
+    importer.report
+}
+
+/// One import: the bundle, where it goes, and what has been verified so far.
+struct Importer<'a> {
+    bundle: &'a Bundle,
+    cache: &'a Cache,
+    source: &'a str,
+    config: &'a Config,
+    now: i64,
+    report: ImportReport,
+    /// DID documents verified from this bundle.
+    documents: BTreeMap<String, DidDocument>,
 }
 
 /// What storing one proof did.
@@ -184,144 +111,245 @@ struct Stored {
     verified: bool,
 }
 
-/// Verifies one proof CAR for `document.did`/`collection`/`rkey` and stores it unless this node
-/// holds a proof at the same or a newer commit. `digest` is the digest its record should name.
-#[allow(clippy::too_many_arguments)]
-fn store_proof(
-    cache: &Cache,
-    config: &Config,
-    now: i64,
-    document: &DidDocument,
-    rkey: &str,
-    collection: &str,
-    car: &[u8],
-    digest: Option<&str>,
-    source: &str,
+/// One proof to verify and store.
+struct ProofToStore<'p> {
+    document: &'p DidDocument,
+    collection: &'p str,
+    rkey: &'p str,
+    car: &'p [u8],
+    /// The digest its record should name (from a locator), if known.
+    digest: Option<&'p str>,
+    source: String,
+    /// The fetch time the bundle claims.
     claimed: i64,
-) -> Result<Stored, Refusal> {
-    let limits = Limits::default();
-    let did = document.did.as_str();
-    let zero = format!("sha256:{}", "0".repeat(64));
-    let verdict = verify(&ProofInput {
-        car,
-        key: KeySource::Document(document),
-        expect: Expectation { did, rkey: Some(rkey), digest: digest.unwrap_or(&zero), repository: None },
-        now_micros: now,
-        max_clock_skew_micros: config.clock_skew.micros(),
-        limits: &limits,
-    });
-    // These outcomes are only reachable after the commit signature and the MST path verified.
-    let authentic = matches!(verdict.reason, Reason::Verified | Reason::DigestMismatch | Reason::RecordDeleted | Reason::RecordInvalid);
-    if collection != MANIFEST_COLLECTION || !authentic {
-        return Err(Refusal::Proof { message: verdict.message, code: verdict.reason.code() });
-    }
-    let rev = verdict.facts.rev.clone().unwrap_or_default();
-    if let Some(held) = crate::knowledge::newer_held(cache, did, collection, rkey, &rev) {
-        return Err(Refusal::RolledBack(crate::knowledge::rollback_message("this proof", &rev, &held)));
-    }
-    let held: Option<ProofEntry> = cache.read(Kind::Proof, &[did, collection, rkey]);
-    let verified = verdict.reason == Reason::Verified;
-    if held.as_ref().and_then(crate::knowledge::entry_rev).is_some_and(|(r, _)| r == rev) {
-        return Ok(Stored { changed: false, verified });
-    }
-    let signed = atproto_sig_core::syntax::tid_timestamp_micros(&rev).and_then(|t| i64::try_from(t).ok());
-    let entry = ProofEntry {
-        did: did.to_owned(),
-        collection: collection.to_owned(),
-        rkey: rkey.to_owned(),
-        fetched_at: crate::knowledge::stored_fetch_time(claimed, now, signed),
-        source: source.to_owned(),
-        car: base64::engine::general_purpose::STANDARD.encode(car),
-    };
-    cache.write(Kind::Proof, &[did, collection, rkey], &entry);
-    Ok(Stored { changed: true, verified })
 }
 
-/// Applies the signed state of a whole collection: every record this node knows of for the
-/// DID (cached proofs, locators, this bundle's entries) gets the proof cut from that state:
-/// present records a newer proof, deleted ones an absence proof that revokes them.
-#[allow(clippy::too_many_arguments)]
-fn import_collection(
-    entry: &CollectionEntry,
-    bundle: &Bundle,
-    cache: &Cache,
-    config: &Config,
-    now: i64,
-    source: &str,
-    document: &Option<DidDocument>,
-    report: &mut ImportReport,
-) {
-    let label = format!("collection state {}/{}", entry.did, entry.collection);
-    if let Err(e) = check_fetch_time(entry.fetched_at, now, config) {
-        report.refused.push(format!("{label}: {e}"));
-        return;
-    }
-    let Some(document) = document else {
-        report.refused.push(format!("{label}: no verified DID document for {}", entry.did));
-        return;
-    };
-    let Ok(car) = base64::engine::general_purpose::STANDARD.decode(&entry.car) else {
-        report.refused.push(format!("{label}: not base64"));
-        return;
-    };
-    let limits = Limits::collection();
-    let present = match atproto_sig_core::collection::extract(&car, &entry.collection, &limits) {
-        Ok((_, rkeys)) => rkeys,
-        Err(e) => {
-            report.refused.push(format!("{label}: {e}"));
-            return;
-        }
-    };
-    let locators: Vec<LocatorEntry> = cache.all::<LocatorEntry>(Kind::Locator).into_iter().map(|(_, l)| l).filter(|l| l.did == entry.did).collect();
-    let mut rkeys: Vec<String> = present.clone();
-    rkeys.extend(
-        cache.all::<ProofEntry>(Kind::Proof).into_iter().map(|(_, p)| p).filter(|p| p.did == entry.did && p.collection == entry.collection).map(|p| p.rkey),
-    );
-    rkeys.extend(locators.iter().map(|l| l.rkey.clone()));
-    rkeys.extend(bundle.proofs.iter().filter(|p| p.did == entry.did).map(|p| p.rkey.clone()));
-    rkeys.sort();
-    rkeys.dedup();
-    let (mut changed, mut revoked, mut failed) = (0usize, Vec::new(), Vec::new());
-    for rkey in &rkeys {
-        let had = cache.read::<ProofEntry>(Kind::Proof, &[&entry.did, &entry.collection, rkey]).is_some();
-        let proof = match atproto_sig_core::collection::record_proof(&car, &entry.collection, rkey, &limits) {
-            Ok(p) => p,
-            Err(e) => {
-                failed.push(format!("{rkey}: {e}"));
+impl Importer<'_> {
+    /// DID documents: checked (did:plc against its audit log), never an older audit log.
+    fn documents(&mut self) {
+        let limits = Limits::default();
+        for entry in &self.bundle.dids {
+            let label = format!("DID document {}", entry.did);
+            let checked = check_fetch_time(entry.fetched_at, self.now, self.config).and_then(|()| check_did_entry(entry, &limits));
+            let (document, note) = match checked {
+                Ok(found) => found,
+                Err(e) => {
+                    self.report.refused.push(format!("{label}: {e}"));
+                    continue;
+                }
+            };
+            self.report.notes.extend(note);
+            let held = self.cache.read::<DidEntry>(Kind::Did, &[&entry.did]);
+            if let (Some(held_log), Some(new_log)) = (held.as_ref().and_then(|h| h.audit_log.as_deref()), entry.audit_log.as_deref())
+                && crate::knowledge::is_older_audit_log(new_log, held_log)
+            {
+                self.report.refused.push(format!("{label}: {}", Refusal::OlderAuditLog));
                 continue;
             }
-        };
-        let digest = locators.iter().find(|l| &l.rkey == rkey).map(|l| l.digest.clone());
-        let gone = !present.contains(rkey);
-        match store_proof(
-            cache,
-            config,
-            now,
-            document,
-            rkey,
-            &entry.collection,
-            &proof,
-            digest.as_deref(),
-            &format!("bundle {source} ({})", entry.source),
-            entry.fetched_at,
-        ) {
-            Ok(Stored { changed: true, .. }) => {
-                changed += 1;
-                if gone && had {
-                    revoked.push(rkey.clone());
-                }
+            self.documents.insert(entry.did.clone(), document);
+            if held.as_ref().is_some_and(|h| h.document == entry.document && h.audit_log == entry.audit_log) {
+                self.report.unchanged.push(label);
+                continue;
             }
-            Ok(_) => {}
-            Err(e) => failed.push(format!("{rkey}: {e}")),
+            let mut stored = entry.clone();
+            stored.fetched_at = crate::knowledge::stored_fetch_time(entry.fetched_at, self.now, None);
+            stored.source = format!("bundle {} ({})", self.source, entry.source);
+            self.cache.write(Kind::Did, &[&entry.did], &stored);
+            self.report.stored.push(label);
         }
     }
-    if failed.is_empty() {
-        let what = format!("{label}: {} records known, {changed} proofs updated", rkeys.len());
-        if changed > 0 { report.stored.push(what) } else { report.unchanged.push(what) }
-    } else {
-        report.refused.push(format!("{label}: {}", failed.join("; ")));
+
+    /// The verified document of `did`: from this bundle, else the one this node holds.
+    fn document_of(&self, did: &str) -> Option<DidDocument> {
+        self.documents
+            .get(did)
+            .cloned()
+            .or_else(|| self.cache.read::<DidEntry>(Kind::Did, &[did]).and_then(|e| check_did_entry(&e, &Limits::default()).ok()).map(|(d, _)| d))
     }
-    for rkey in revoked {
-        report.notes.push(format!("revoked at://{}/{}/{rkey}: the signed collection state proves the record is gone", entry.did, entry.collection));
+
+    /// Proofs; returns (did, rkey, digest) whose proof verified for exactly that digest: only
+    /// these locators count.
+    fn proofs(&mut self) -> Vec<(String, String, String)> {
+        let mut proven = Vec::new();
+        for entry in &self.bundle.proofs {
+            let label = format!("proof {}/{}/{}", entry.did, entry.collection, entry.rkey);
+            if let Err(e) = check_fetch_time(entry.fetched_at, self.now, self.config) {
+                self.report.refused.push(format!("{label}: {e}"));
+                continue;
+            }
+            let Some(document) = self.document_of(&entry.did) else {
+                self.report.refused.push(format!("{label}: no verified DID document for {}", entry.did));
+                continue;
+            };
+            let Ok(car) = base64::engine::general_purpose::STANDARD.decode(&entry.car) else {
+                self.report.refused.push(format!("{label}: not base64"));
+                continue;
+            };
+            let digest = self.bundle.locators.iter().find(|l| l.did == entry.did && l.rkey == entry.rkey).map(|l| l.digest.clone());
+            let proof = ProofToStore {
+                document: &document,
+                collection: &entry.collection,
+                rkey: &entry.rkey,
+                car: &car,
+                digest: digest.as_deref(),
+                source: format!("bundle {} ({})", self.source, entry.source),
+                claimed: entry.fetched_at,
+            };
+            match self.store_proof(&proof) {
+                Ok(Stored { changed, verified }) => {
+                    if verified && let Some(digest) = digest {
+                        proven.push((entry.did.clone(), entry.rkey.clone(), digest));
+                    }
+                    if changed { self.report.stored.push(label) } else { self.report.unchanged.push(label) }
+                }
+                Err(e) => self.report.refused.push(format!("{label}: {e}")),
+            }
+        }
+        proven
+    }
+
+    /// Locators, only where a proof verified for exactly that digest.
+    fn locators(&mut self, proven: &[(String, String, String)]) {
+        for locator in &self.bundle.locators {
+            let label = format!("locator {} -> {}/{}", locator.digest, locator.did, locator.rkey);
+            if !proven.iter().any(|(d, r, g)| *d == locator.did && *r == locator.rkey && *g == locator.digest) {
+                // A locator must point at a record that names its digest; otherwise it could make a
+                // good image look mismatched or revoked.
+                self.report.refused.push(format!("{label}: its record does not verify for that digest"));
+                continue;
+            }
+            if self.cache.read::<LocatorEntry>(Kind::Locator, &[&locator.did, &locator.digest]).is_some_and(|held| held.rkey == locator.rkey) {
+                self.report.unchanged.push(label);
+                continue;
+            }
+            let stored = LocatorEntry { fetched_at: crate::knowledge::stored_fetch_time(locator.fetched_at, self.now, None), ..locator.clone() };
+            self.cache.write(Kind::Locator, &[&locator.did, &locator.digest], &stored);
+            self.report.stored.push(label);
+        }
+    }
+
+    /// Verifies one proof CAR and stores it unless this node holds a proof at the same or a
+    /// newer commit.
+    fn store_proof(&self, proof: &ProofToStore<'_>) -> Result<Stored, Refusal> {
+        let limits = Limits::default();
+        let did = proof.document.did.as_str();
+        let zero = format!("sha256:{}", "0".repeat(64));
+        let verdict = verify(&ProofInput {
+            car: proof.car,
+            key: KeySource::Document(proof.document),
+            expect: Expectation { did, rkey: Some(proof.rkey), digest: proof.digest.unwrap_or(&zero), repository: None },
+            now_micros: self.now,
+            max_clock_skew_micros: self.config.clock_skew.micros(),
+            limits: &limits,
+        });
+        // These outcomes are only reachable after the commit signature and the MST path verified.
+        let authentic = matches!(verdict.reason, Reason::Verified | Reason::DigestMismatch | Reason::RecordDeleted | Reason::RecordInvalid);
+        if proof.collection != MANIFEST_COLLECTION || !authentic {
+            return Err(Refusal::Proof { message: verdict.message, code: verdict.reason.code() });
+        }
+        let (collection, rkey) = (proof.collection, proof.rkey);
+        let rev = verdict.facts.rev.clone().unwrap_or_default();
+        if let Some(held) = crate::knowledge::newer_held(self.cache, did, collection, rkey, &rev) {
+            return Err(Refusal::RolledBack(crate::knowledge::rollback_message("this proof", &rev, &held)));
+        }
+        let held: Option<ProofEntry> = self.cache.read(Kind::Proof, &[did, collection, rkey]);
+        let verified = verdict.reason == Reason::Verified;
+        if held.as_ref().and_then(crate::knowledge::entry_rev).is_some_and(|(r, _)| r == rev) {
+            return Ok(Stored { changed: false, verified });
+        }
+        let signed = atproto_sig_core::syntax::tid_timestamp_micros(&rev).and_then(|t| i64::try_from(t).ok());
+        let entry = ProofEntry {
+            did: did.to_owned(),
+            collection: collection.to_owned(),
+            rkey: rkey.to_owned(),
+            fetched_at: crate::knowledge::stored_fetch_time(proof.claimed, self.now, signed),
+            source: proof.source.clone(),
+            car: base64::engine::general_purpose::STANDARD.encode(proof.car),
+        };
+        self.cache.write(Kind::Proof, &[did, collection, rkey], &entry);
+        Ok(Stored { changed: true, verified })
+    }
+
+    /// Applies the signed state of a whole collection: every record this node knows of for the
+    /// DID (cached proofs, locators, this bundle's entries) gets the proof cut from that state:
+    /// present records a newer proof, deleted ones an absence proof that revokes them.
+    fn collection(&mut self, entry: &CollectionEntry) {
+        let label = format!("collection state {}/{}", entry.did, entry.collection);
+        let checked = check_fetch_time(entry.fetched_at, self.now, self.config)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.document_of(&entry.did).ok_or_else(|| format!("no verified DID document for {}", entry.did)))
+            .and_then(|document| Ok((document, base64::engine::general_purpose::STANDARD.decode(&entry.car).map_err(|_| "not base64".to_owned())?)))
+            .and_then(|(document, car)| {
+                let (_, present) = atproto_sig_core::collection::extract(&car, &entry.collection, &Limits::collection()).map_err(|e| e.to_string())?;
+                Ok((document, car, present))
+            });
+        let (document, car, present) = match checked {
+            Ok(found) => found,
+            Err(e) => {
+                self.report.refused.push(format!("{label}: {e}"));
+                return;
+            }
+        };
+        let locators: Vec<LocatorEntry> = self.cache.all::<LocatorEntry>(Kind::Locator).into_iter().map(|(_, l)| l).filter(|l| l.did == entry.did).collect();
+        let rkeys = self.known_rkeys(entry, &present, &locators);
+        let (mut changed, mut revoked, mut failed) = (0usize, Vec::new(), Vec::new());
+        for rkey in &rkeys {
+            let had = self.cache.read::<ProofEntry>(Kind::Proof, &[&entry.did, &entry.collection, rkey]).is_some();
+            let proof = match atproto_sig_core::collection::record_proof(&car, &entry.collection, rkey, &Limits::collection()) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed.push(format!("{rkey}: {e}"));
+                    continue;
+                }
+            };
+            let digest = locators.iter().find(|l| &l.rkey == rkey).map(|l| l.digest.clone());
+            let to_store = ProofToStore {
+                document: &document,
+                collection: &entry.collection,
+                rkey,
+                car: &proof,
+                digest: digest.as_deref(),
+                source: format!("bundle {} ({})", self.source, entry.source),
+                claimed: entry.fetched_at,
+            };
+            match self.store_proof(&to_store) {
+                Ok(Stored { changed: true, .. }) => {
+                    changed += 1;
+                    if had && !present.contains(rkey) {
+                        revoked.push(rkey.clone());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => failed.push(format!("{rkey}: {e}")),
+            }
+        }
+        if failed.is_empty() {
+            let what = format!("{label}: {} records known, {changed} proofs updated", rkeys.len());
+            if changed > 0 { self.report.stored.push(what) } else { self.report.unchanged.push(what) }
+        } else {
+            self.report.refused.push(format!("{label}: {}", failed.join("; ")));
+        }
+        for rkey in revoked {
+            self.report.notes.push(format!("revoked at://{}/{}/{rkey}: the signed collection state proves the record is gone", entry.did, entry.collection));
+        }
+    }
+
+    /// Every record key this node knows for the collection's DID: present in the signed state,
+    /// held as proofs or locators, or carried by this bundle.
+    fn known_rkeys(&self, entry: &CollectionEntry, present: &[String], locators: &[LocatorEntry]) -> Vec<String> {
+        let mut rkeys: Vec<String> = present.to_vec();
+        rkeys.extend(
+            self.cache
+                .all::<ProofEntry>(Kind::Proof)
+                .into_iter()
+                .map(|(_, p)| p)
+                .filter(|p| p.did == entry.did && p.collection == entry.collection)
+                .map(|p| p.rkey),
+        );
+        rkeys.extend(locators.iter().map(|l| l.rkey.clone()));
+        rkeys.extend(self.bundle.proofs.iter().filter(|p| p.did == entry.did).map(|p| p.rkey.clone()));
+        rkeys.sort();
+        rkeys.dedup();
+        rkeys
     }
 }
