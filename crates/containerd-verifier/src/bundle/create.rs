@@ -47,26 +47,7 @@ pub fn create(
     }
     let mut collections = Vec::new();
     for did in dids {
-        let (document, _) = context.document(did).map_err(|v| BundleError::Document { did: did.clone(), message: v.message })?;
-        let pds = document.pds.clone().ok_or_else(|| BundleError::NoPds { did: did.clone() })?;
-        // The signed state of the whole collection first: it proves deletions too.
-        let repo = crate::resolve::fetch_repo(&http, &pds, did).map_err(|error| BundleError::Lookup { did: did.clone(), error })?;
-        let (car, _) = atproto_sig_core::collection::extract(&repo, MANIFEST_COLLECTION, &Limits::repository())
-            .map_err(|e| BundleError::Export { did: did.clone(), problem: e.to_string() })?;
-        collections.push(CollectionEntry {
-            did: did.clone(),
-            collection: MANIFEST_COLLECTION.into(),
-            fetched_at: context.now,
-            source: pds.clone(),
-            car: base64::engine::general_purpose::STANDARD.encode(&car),
-        });
-        let records =
-            crate::resolve::list_manifest_records(&http, &pds, did, MANIFEST_COLLECTION).map_err(|error| BundleError::Lookup { did: did.clone(), error })?;
-        for (rkey, digest) in records {
-            context.proof(&document, &rkey).map_err(|v| BundleError::Proof { did: did.clone(), rkey: rkey.clone(), message: v.message })?;
-            let entry = LocatorEntry { did: did.clone(), digest: digest.clone(), rkey, fetched_at: context.now };
-            cache.write(Kind::Locator, &[did, &digest], &entry);
-        }
+        collections.push(collect_did(&context, &http, &cache, did)?);
     }
     let bundle = Bundle {
         format: FORMAT.into(),
@@ -77,11 +58,41 @@ pub fn create(
         proofs: cache.all(Kind::Proof).into_iter().map(|(_, e)| e).collect(),
         collections,
     };
+    write(&bundle, out)?;
+    Ok(bundle)
+}
+
+/// Everything of `did`: the signed state of its whole collection first (it proves deletions
+/// too), then a proof and a locator for every record it lists.
+fn collect_did(context: &crate::engine::Context<'_>, http: &Http, cache: &Cache, did: &str) -> Result<CollectionEntry, BundleError> {
+    let (document, _) = context.document(did).map_err(|v| BundleError::Document { did: did.to_owned(), message: v.message })?;
+    let pds = document.pds.clone().ok_or_else(|| BundleError::NoPds { did: did.to_owned() })?;
+    let repo = crate::resolve::fetch_repo(http, &pds, did).map_err(|error| BundleError::Lookup { did: did.to_owned(), error })?;
+    let (car, _) = atproto_sig_core::collection::extract(&repo, MANIFEST_COLLECTION, &Limits::repository())
+        .map_err(|e| BundleError::Export { did: did.to_owned(), problem: e.to_string() })?;
+    let records =
+        crate::resolve::list_manifest_records(http, &pds, did, MANIFEST_COLLECTION).map_err(|error| BundleError::Lookup { did: did.to_owned(), error })?;
+    for (rkey, digest) in records {
+        context.proof(&document, &rkey).map_err(|v| BundleError::Proof { did: did.to_owned(), rkey: rkey.clone(), message: v.message })?;
+        let entry = LocatorEntry { did: did.to_owned(), digest: digest.clone(), rkey, fetched_at: context.now };
+        cache.write(Kind::Locator, &[did, &digest], &entry);
+    }
+    Ok(CollectionEntry {
+        did: did.to_owned(),
+        collection: MANIFEST_COLLECTION.into(),
+        fetched_at: context.now,
+        source: pds,
+        car: base64::engine::general_purpose::STANDARD.encode(&car),
+    })
+}
+
+/// Writes the bundle to `out` atomically (a temporary file beside it, then a rename).
+fn write(bundle: &Bundle, out: &Path) -> Result<(), BundleError> {
     let written = |problem: String| BundleError::Write { path: out.display().to_string(), problem };
-    let bytes = serde_json::to_vec_pretty(&bundle).map_err(|e| written(e.to_string()))?;
-    let mut temp =
-        tempfile::NamedTempFile::new_in(out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))).map_err(|e| written(e.to_string()))?;
+    let bytes = serde_json::to_vec_pretty(bundle).map_err(|e| written(e.to_string()))?;
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| written(e.to_string()))?;
     std::io::Write::write_all(&mut temp, &bytes).map_err(|e| written(e.to_string()))?;
     temp.persist(out).map_err(|e| written(e.to_string()))?;
-    Ok(bundle)
+    Ok(())
 }
