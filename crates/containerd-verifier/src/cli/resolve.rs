@@ -37,33 +37,9 @@ pub fn run(args: ResolveArgs) -> u8 {
     let empty = atproto_sig_core::policy::Policy::empty();
     let now = crate::input::now_micros(None).unwrap_or(0);
     let context = crate::engine::Context::new(&config, &empty, &cache, http.as_ref(), None, &dns, now);
-    let (did, from_handle) = if is_valid_did(&args.identity) {
-        (args.identity.clone(), None)
-    } else {
-        let Some(http) = http.as_ref() else {
-            print_undecided(args.format, "offline: a handle cannot be resolved", "resolve it on a connected machine, or give the DID");
-            return exit::UNDECIDED;
-        };
-        match crate::resolve::resolve_handle(http, config.handle_resolver.as_deref(), &dns, &args.identity) {
-            Ok(did) => (did, Some(args.identity.to_ascii_lowercase())),
-            // A network failure (DNS included) could not decide: exit 2, as for pulls.
-            Err(e @ crate::resolve::LookupError::Network(_)) => {
-                print_undecided(
-                    args.format,
-                    &format!("cannot resolve {}: {e} (a network failure)", args.identity),
-                    "check this machine's DNS and connectivity, then retry",
-                );
-                return exit::UNDECIDED;
-            }
-            Err(e) => {
-                print_undecided(
-                    args.format,
-                    &format!("cannot resolve {}: {e}", args.identity),
-                    "check the spelling, DNS (_atproto TXT) or https://<handle>/.well-known/atproto-did",
-                );
-                return exit::REJECTED;
-            }
-        }
+    let (did, from_handle) = match resolved_did(&args, &config, http.as_ref(), &dns) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     let document = match context.document(&did) {
         Ok((d, _)) => d,
@@ -74,8 +50,45 @@ pub fn run(args: ResolveArgs) -> u8 {
     };
     // A handle counts only if the DID document claims it back.
     let handle_verified = from_handle.as_ref().is_none_or(|h| document.handle.as_deref() == Some(h.as_str()));
+    print_identity(args.format, &did, from_handle.as_deref(), &document, handle_verified, now);
+    if handle_verified { exit::ADMITTED } else { exit::REJECTED }
+}
+
+/// The DID named (as is) or the handle's DID; on failure, what was printed and the exit code.
+fn resolved_did(args: &ResolveArgs, config: &Config, http: Option<&Http>, dns: &crate::dns::SystemResolve) -> Result<(String, Option<String>), u8> {
+    if is_valid_did(&args.identity) {
+        return Ok((args.identity.clone(), None));
+    }
+    let Some(http) = http else {
+        print_undecided(args.format, "offline: a handle cannot be resolved", "resolve it on a connected machine, or give the DID");
+        return Err(exit::UNDECIDED);
+    };
+    match crate::resolve::resolve_handle(http, config.handle_resolver.as_deref(), dns, &args.identity) {
+        Ok(did) => Ok((did, Some(args.identity.to_ascii_lowercase()))),
+        // A network failure (DNS included) could not decide: exit 2, as for pulls.
+        Err(e @ crate::resolve::LookupError::Network(_)) => {
+            print_undecided(
+                args.format,
+                &format!("cannot resolve {}: {e} (a network failure)", args.identity),
+                "check this machine's DNS and connectivity, then retry",
+            );
+            Err(exit::UNDECIDED)
+        }
+        Err(e) => {
+            print_undecided(
+                args.format,
+                &format!("cannot resolve {}: {e}", args.identity),
+                "check the spelling, DNS (_atproto TXT) or https://<handle>/.well-known/atproto-did",
+            );
+            Err(exit::REJECTED)
+        }
+    }
+}
+
+/// The identity, its handle (verified both ways or not), PDS and key, and the trustedDIDs snippet.
+fn print_identity(format: Format, did: &str, from_handle: Option<&str>, document: &atproto_sig_core::did::DidDocument, handle_verified: bool, now: i64) {
     let key = document.signing_key.as_ref().ok();
-    match args.format {
+    match format {
         Format::Json => print_json(&json!({
             "did": did,
             "handle": document.handle,
@@ -86,7 +99,7 @@ pub fn run(args: ResolveArgs) -> u8 {
         })),
         Format::Text => {
             println!("{did}");
-            match (&from_handle, handle_verified) {
+            match (from_handle, handle_verified) {
                 (Some(h), false) => {
                     println!("  handle:      {h} points here, but the DID document claims {} — NOT verified", document.handle.as_deref().unwrap_or("no handle"))
                 }
@@ -108,5 +121,4 @@ pub fn run(args: ResolveArgs) -> u8 {
             );
         }
     }
-    if handle_verified { exit::ADMITTED } else { exit::REJECTED }
 }
