@@ -98,20 +98,7 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
             );
             return exit::UNDECIDED;
         }
-        match format {
-            Format::Json => print_json(&serde_json::json!({"refreshed": [], "failed": bundle_notes, "requests": 0})),
-            Format::Text => {
-                println!("offline: imported new bundles of bundle_dir, {} problems", bundle_notes.len());
-                for n in &bundle_notes {
-                    println!("  failed: {n}");
-                }
-            }
-        }
-        let metrics = crate::metrics::write(config, cache, now, 0, bundle_notes.len());
-        if let Err(e) = &metrics {
-            println!("  failed: {e}");
-        }
-        return if bundle_notes.is_empty() && metrics.is_ok() { exit::ADMITTED } else { exit::UNDECIDED };
+        return refresh_offline(config, cache, now, format, &bundle_notes);
     }
     let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(std::time::Duration::from_secs(600)));
     let dns = crate::dns::SystemResolve { timeout: config.connect_timeout.0 };
@@ -121,9 +108,46 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     eager.did_ttl = crate::config::Span(config.did_ttl.0 / 2);
     eager.proof_ttl = crate::config::Span(config.proof_ttl.0 / 2);
     let context = crate::engine::Context::new(&eager, &empty, cache, Some(&http), Some(&http), &dns, now);
-    let (mut refreshed, mut failed) = (Vec::new(), bundle_notes);
+    let (refreshed, mut failed) = refetch_stale(&context, cache, now);
+    failed.splice(0..0, bundle_notes);
+    if let Err(e) = crate::metrics::write(config, cache, now, refreshed.len(), failed.len()) {
+        failed.push(e.to_string());
+    }
+    match format {
+        Format::Json => print_json(&serde_json::json!({"refreshed": refreshed, "failed": failed, "requests": http.request_count()})),
+        Format::Text => {
+            println!("refreshed {} entries ({} requests), {} failed", refreshed.len(), http.request_count(), failed.len());
+            for f in &failed {
+                println!("  failed: {f}");
+            }
+        }
+    }
+    if failed.is_empty() { exit::ADMITTED } else { exit::UNDECIDED }
+}
+
+/// Offline, a refresh only imports `bundle_dir` (done by the caller): report it.
+fn refresh_offline(config: &Config, cache: &Cache, now: i64, format: Format, bundle_notes: &[String]) -> u8 {
+    match format {
+        Format::Json => print_json(&serde_json::json!({"refreshed": [], "failed": bundle_notes, "requests": 0})),
+        Format::Text => {
+            println!("offline: imported new bundles of bundle_dir, {} problems", bundle_notes.len());
+            for n in bundle_notes {
+                println!("  failed: {n}");
+            }
+        }
+    }
+    let metrics = crate::metrics::write(config, cache, now, 0, bundle_notes.len());
+    if let Err(e) = &metrics {
+        println!("  failed: {e}");
+    }
+    if bundle_notes.is_empty() && metrics.is_ok() { exit::ADMITTED } else { exit::UNDECIDED }
+}
+
+/// Refetches every DID document and proof past (the context's) TTL: (refreshed, failed).
+fn refetch_stale(context: &crate::engine::Context<'_>, cache: &Cache, now: i64) -> (Vec<String>, Vec<String>) {
+    let (mut refreshed, mut failed) = (Vec::new(), Vec::new());
     for (_, entry) in cache.all::<DidEntry>(Kind::Did) {
-        if freshness(entry.fetched_at, now, eager.did_ttl.micros(), 0) == Freshness::Fresh {
+        if freshness(entry.fetched_at, now, context.config.did_ttl.micros(), 0) == Freshness::Fresh {
             continue;
         }
         match context.document(&entry.did) {
@@ -132,7 +156,7 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
         }
     }
     for (_, entry) in cache.all::<ProofEntry>(Kind::Proof) {
-        if freshness(entry.fetched_at, now, eager.proof_ttl.micros(), 0) == Freshness::Fresh {
+        if freshness(entry.fetched_at, now, context.config.proof_ttl.micros(), 0) == Freshness::Fresh {
             continue;
         }
         let uri = format!("at://{}/{}/{}", entry.did, entry.collection, entry.rkey);
@@ -148,19 +172,7 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
             Err(v) => failed.push(format!("{uri}: {}", v.message)),
         }
     }
-    if let Err(e) = crate::metrics::write(config, cache, now, refreshed.len(), failed.len()) {
-        failed.push(e.to_string());
-    }
-    match format {
-        Format::Json => print_json(&serde_json::json!({"refreshed": refreshed, "failed": failed, "requests": http.request_count()})),
-        Format::Text => {
-            println!("refreshed {} entries ({} requests), {} failed", refreshed.len(), http.request_count(), failed.len());
-            for f in &failed {
-                println!("  failed: {f}");
-            }
-        }
-    }
-    if failed.is_empty() { exit::ADMITTED } else { exit::UNDECIDED }
+    (refreshed, failed)
 }
 
 fn prune(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
