@@ -278,6 +278,64 @@ fn cache_finding(dir: &Path) -> Finding {
     }
 }
 
+/// The trust policy: loads and validates, or every pull is blocked.
+fn policy_finding(config: &Config) -> Finding {
+    match crate::engine::request::load_policy(&config.policy) {
+        Ok(p) => Finding {
+            level: Level::Ok,
+            check: "policy",
+            message: format!(
+                "{}: {} policies, {} trusted DIDs, {}",
+                config.policy.display(),
+                p.rules.len(),
+                p.trusted.len(),
+                if p.default.is_some() { "with a default" } else { "no default (unmatched images are rejected)" }
+            ),
+        },
+        Err(crate::engine::PolicyError::Unreadable(e)) => {
+            Finding { level: Level::Fail, check: "policy", message: format!("{e} — every pull is blocked until a policy is installed") }
+        }
+        Err(crate::engine::PolicyError::Invalid(errors)) => Finding {
+            level: Level::Fail,
+            check: "policy",
+            message: format!("{} errors, first: {} — run `atproto-verifier policy check`", errors.len(), errors.first().cloned().unwrap_or_default()),
+        },
+    }
+}
+
+/// The CA certificates https trusts.
+fn trust_roots_finding() -> Finding {
+    let (roots, source) = crate::ureq_fetch::default_roots();
+    if roots.is_empty() {
+        Finding {
+            level: Level::Warn,
+            check: "trust roots",
+            message: "no CA certificates in the system store or ca_bundle: https uses the compiled-in Mozilla roots (install ca-certificates)".into(),
+        }
+    } else {
+        Finding { level: Level::Ok, check: "trust roots", message: format!("https trusts {source}") }
+    }
+}
+
+/// One line per finding (text), or one JSON document.
+fn print_findings(format: Format, findings: &[Finding]) {
+    let label = |l: Level| match l {
+        Level::Ok => "ok",
+        Level::Warn => "warn",
+        Level::Fail => "FAIL",
+    };
+    match format {
+        Format::Json => print_json(
+            &json!({"ok": !findings.iter().any(|f| f.level == Level::Fail), "findings": findings.iter().map(|f| json!({"level": label(f.level), "check": f.check, "message": f.message})).collect::<Vec<_>>()}),
+        ),
+        Format::Text => {
+            for f in findings {
+                println!("{:<4} {:<17} {}", label(f.level), f.check, f.message);
+            }
+        }
+    }
+}
+
 pub fn run(args: DoctorArgs) -> u8 {
     let mut findings = Vec::new();
     let config = match Config::load(args.config.as_deref()) {
@@ -293,27 +351,7 @@ pub fn run(args: DoctorArgs) -> u8 {
             Config::default()
         }
     };
-    match crate::engine::request::load_policy(&config.policy) {
-        Ok(p) => findings.push(Finding {
-            level: Level::Ok,
-            check: "policy",
-            message: format!(
-                "{}: {} policies, {} trusted DIDs, {}",
-                config.policy.display(),
-                p.rules.len(),
-                p.trusted.len(),
-                if p.default.is_some() { "with a default" } else { "no default (unmatched images are rejected)" }
-            ),
-        }),
-        Err(crate::engine::PolicyError::Unreadable(e)) => {
-            findings.push(Finding { level: Level::Fail, check: "policy", message: format!("{e} — every pull is blocked until a policy is installed") })
-        }
-        Err(crate::engine::PolicyError::Invalid(errors)) => findings.push(Finding {
-            level: Level::Fail,
-            check: "policy",
-            message: format!("{} errors, first: {} — run `atproto-verifier policy check`", errors.len(), errors.first().cloned().unwrap_or_default()),
-        }),
-    }
+    findings.push(policy_finding(&config));
     findings.push(cache_finding(&config.cache_dir));
     if let Some(path) = &config.audit_log {
         findings.push(audit_log_finding(path));
@@ -325,36 +363,12 @@ pub fn run(args: DoctorArgs) -> u8 {
             message: format!("offline: proofs older than max_proof_age ({}) are refused; import bundles more often than that", config.max_proof_age),
         });
     }
-    let (roots, source) = crate::ureq_fetch::default_roots();
-    findings.push(if roots.is_empty() {
-        Finding {
-            level: Level::Warn,
-            check: "trust roots",
-            message: "no CA certificates in the system store or ca_bundle: https uses the compiled-in Mozilla roots (install ca-certificates)".into(),
-        }
-    } else {
-        Finding { level: Level::Ok, check: "trust roots", message: format!("https trusts {source}") }
-    });
+    findings.push(trust_roots_finding());
     containerd_findings(&args.containerd_config, config.budget, &mut findings);
     nerdctl_findings(&mut findings);
     if let Some(image) = &args.live {
         live_finding(&args, image, &mut findings);
     }
-    let failed = findings.iter().any(|f| f.level == Level::Fail);
-    let label = |l: Level| match l {
-        Level::Ok => "ok",
-        Level::Warn => "warn",
-        Level::Fail => "FAIL",
-    };
-    match args.format {
-        Format::Json => print_json(
-            &json!({"ok": !failed, "findings": findings.iter().map(|f| json!({"level": label(f.level), "check": f.check, "message": f.message})).collect::<Vec<_>>()}),
-        ),
-        Format::Text => {
-            for f in &findings {
-                println!("{:<4} {:<17} {}", label(f.level), f.check, f.message);
-            }
-        }
-    }
-    if failed { exit::REJECTED } else { exit::ADMITTED }
+    print_findings(args.format, &findings);
+    if findings.iter().any(|f| f.level == Level::Fail) { exit::REJECTED } else { exit::ADMITTED }
 }
