@@ -130,10 +130,11 @@ fn requirement_summary(policy: &Policy, rule: &Rule) -> String {
     format!("at least {} of {set} trusted signer(s)", rule.require.min_signatures)
 }
 
-fn explain(args: &ExplainArgs) -> u8 {
+/// The clock (`--now` or this node's), the image and the policy to explain with.
+fn explain_inputs(args: &ExplainArgs) -> Result<(i64, ImageRef, Policy), u8> {
     let fail = |message: &str, hint: &str| {
         print_undecided(args.format, message, hint);
-        exit::UNDECIDED
+        Err(exit::UNDECIDED)
     };
     let now = match now_micros(args.now.as_deref()) {
         Ok(now) => now,
@@ -152,21 +153,32 @@ fn explain(args: &ExplainArgs) -> u8 {
         Err(PolicyError::Unreadable(e)) => return fail(&e, INSTALL_POLICY_HINT),
         Err(PolicyError::Invalid(errors)) => return fail(&errors.join("\n"), "run: atproto-verifier policy check"),
     };
+    Ok((now, image, policy))
+}
+
+/// No rule applies: the pull is rejected (no-matching-rule).
+fn print_unmatched(args: &ExplainArgs, image: &ImageRef, skipped_rules: &[&Rule], skipped: Vec<serde_json::Value>) {
+    match args.format {
+        Format::Json => print_json(&json!({"image": image.scope_name(), "rule": null, "skipped": skipped, "outcome": "reject", "reason": "no-matching-rule"})),
+        Format::Text => {
+            println!("image:   {} (matched as {})", args.image, image.scope_name());
+            for r in skipped_rules {
+                println!("skipped: {} (line {}): scope {:?} does not match", r.name, r.at.line, r.scope);
+            }
+            println!("applies: nothing — no policy matches and the file has no `default`, so the pull is rejected (no-matching-rule)");
+        }
+    }
+}
+
+fn explain(args: &ExplainArgs) -> u8 {
+    let (now, image, policy) = match explain_inputs(args) {
+        Ok(inputs) => inputs,
+        Err(code) => return code,
+    };
     let matched = policy.rule_for(&image);
     let skipped: Vec<_> = matched.skipped.iter().map(|r| json!({"name": r.name, "scope": r.scope, "line": r.at.line})).collect();
     let Some(rule) = matched.rule else {
-        match args.format {
-            Format::Json => {
-                print_json(&json!({"image": image.scope_name(), "rule": null, "skipped": skipped, "outcome": "reject", "reason": "no-matching-rule"}))
-            }
-            Format::Text => {
-                println!("image:   {} (matched as {})", args.image, image.scope_name());
-                for r in &matched.skipped {
-                    println!("skipped: {} (line {}): scope {:?} does not match", r.name, r.at.line, r.scope);
-                }
-                println!("applies: nothing — no policy matches and the file has no `default`, so the pull is rejected (no-matching-rule)");
-            }
-        }
+        print_unmatched(args, &image, &matched.skipped, skipped);
         return exit::ADMITTED;
     };
     let trusted = policy.trusted_for(rule);
