@@ -25,6 +25,8 @@ pub struct Walk {
 
 /// Walks from `root` to `key`, validating every node on the way.
 /// `block` returns verified block bytes by CID (a proof CAR, or a whole repository).
+// One loop on purpose (~70 lines): each step of the descent checks the layer and key-range
+// invariants against the step before it; split up, that state would travel between functions.
 pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits) -> Result<Walk, MstError> {
     let key_layer = key_height(key);
     let mut path = Vec::new();

@@ -108,6 +108,9 @@ impl Policy {
     }
 }
 
+/// The decision under one rule. One function on purpose (~65 lines): the cases are tried in
+/// order of precedence (enough signers; expired; too few; untrusted; nobody valid; the most
+/// specific failure; no record), and that order is the policy's meaning.
 fn decide_rule(policy: &Policy, rule: &Rule, image: &ImageRef, verdicts: &[Verdict], now: i64) -> Decision {
     let decision = |outcome, reason, message: String, signers| Decision { outcome, reason, message, rule: Some(rule.name.clone()), signers };
     if !rule.require.signature {

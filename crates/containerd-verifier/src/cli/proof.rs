@@ -116,10 +116,23 @@ fn run_verify(args: &VerifyArgs) -> u8 {
     };
     let did = uri.authority.as_str();
     let expect = Expectation { did, rkey: uri.rkey.as_deref(), digest: &args.digest, repository: args.repository.as_deref() };
-    let verdict = if args.audit_log.is_some() {
-        match verify_audit_log(did, &key_bytes, &limits).map(|state| state.signing_key()) {
+    let verdict = verdict_from_files(args, expect, &car, &key_bytes, now);
+    print_verdict(&verdict, args.format);
+    match verdict.reason {
+        atproto_sig_core::Reason::Verified => exit::ADMITTED,
+        reason if crate::engine::is_undecided(reason) => exit::UNDECIDED,
+        _ => exit::REJECTED,
+    }
+}
+
+/// The verdict on `car` under the key of the DID document or audit log the files give.
+fn verdict_from_files(args: &VerifyArgs, expect: Expectation<'_>, car: &[u8], key_bytes: &[u8], now: i64) -> Verdict {
+    let limits = Limits::default();
+    let did = expect.did;
+    if args.audit_log.is_some() {
+        match verify_audit_log(did, key_bytes, &limits).map(|state| state.signing_key()) {
             Ok(Ok(key)) => verify(&ProofInput {
-                car: &car,
+                car,
                 key: KeySource::Key(&key),
                 expect,
                 now_micros: now,
@@ -130,9 +143,9 @@ fn run_verify(args: &VerifyArgs) -> u8 {
             Err(e) => rejected(did, atproto_sig_core::Reason::DidDocumentInvalid, format!("the audit log of {did} is invalid: {e}")),
         }
     } else {
-        match DidDocument::parse(&key_bytes, did, &limits) {
+        match DidDocument::parse(key_bytes, did, &limits) {
             Ok(doc) => verify(&ProofInput {
-                car: &car,
+                car,
                 key: KeySource::Document(&doc),
                 expect,
                 now_micros: now,
@@ -141,12 +154,6 @@ fn run_verify(args: &VerifyArgs) -> u8 {
             }),
             Err(e) => rejected(did, atproto_sig_core::Reason::DidDocumentInvalid, format!("DID document: {e}")),
         }
-    };
-    print_verdict(&verdict, args.format);
-    match verdict.reason {
-        atproto_sig_core::Reason::Verified => exit::ADMITTED,
-        reason if crate::engine::is_undecided(reason) => exit::UNDECIDED,
-        _ => exit::REJECTED,
     }
 }
 
@@ -266,7 +273,19 @@ fn inspect(bytes: &[u8], path: Option<&str>, limits: &Limits, report: &mut serde
     text.push(format!("  prev:      {}", commit.prev.map_or("null".to_owned(), |c| c.to_string())));
     text.push(format!("  signature: {signature_status}"));
     let Some(path) = path else { return exit::ADMITTED };
-    let walk = match mst::walk(|c| car.block(c), commit.data, path.as_bytes(), limits) {
+    inspect_path(&car, commit.data, path, limits, report, text)
+}
+
+/// The MST walk from the commit's `data` to `path`, and the record there if present.
+fn inspect_path(
+    car: &Car<'_>,
+    data: atproto_sig_core::cid::Cid,
+    path: &str,
+    limits: &Limits,
+    report: &mut serde_json::Map<String, serde_json::Value>,
+    text: &mut Vec<String>,
+) -> u8 {
+    let walk = match mst::walk(|c| car.block(c), data, path.as_bytes(), limits) {
         Ok(walk) => walk,
         Err(e) => {
             report.insert("mst".into(), json!({"path": path, "error": e.to_string()}));
