@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use atproto_sig_core::Reason;
 use atproto_sig_core::policy::Outcome;
 use serde_json::{Value as Json, json};
 
 use crate::config::Config;
-use crate::engine::{self, RequestError, request::MAX_DESCRIPTOR};
+use crate::engine::{self, Failure, RequestError, request::MAX_DESCRIPTOR};
 use crate::exit;
 use crate::net::Deadline;
 use crate::remote::Remote;
@@ -133,17 +132,9 @@ fn start_watchdog(config: &Config, invocation: &Invocation, answer: Arc<Answer>)
     let audit_config = config.clone();
     std::thread::spawn(move || {
         std::thread::sleep(budget + Duration::from_millis(300));
-        // Blame the network only when a request was in flight; otherwise the time went to
-        // work on this node (an overloaded CPU, a slow disk).
-        let message = match crate::net::waiting_for() {
-            Some(origin) => format!(
-                "no decision for {name} within the {budget:?} budget: still waiting for {origin} — check that it is reachable, or raise `budget` in config.toml"
-            ),
-            None => format!(
-                "no decision for {name} within the {budget:?} budget, with no request in flight: the time went to work on this node (CPU or disk) — check its load, or raise `budget` in config.toml"
-            ),
-        };
-        if answer.give(Reason::DeadlineExceeded.code(), &message) {
+        let failure = Failure::NoAnswerInTime { name: name.clone(), budget, waiting_for: crate::net::waiting_for() };
+        let message = failure.to_string();
+        if answer.give(failure.reason().code(), &message) {
             audit(
                 &audit_config,
                 json!({"time": now_string(), "name": name, "digest": digest, "outcome": "undecided", "reason": "deadline-exceeded", "message": message}),
@@ -158,17 +149,17 @@ pub fn run(raw: &[String]) -> u8 {
     let started = Instant::now();
     let invocation = parse_args(raw.get(1..).unwrap_or_default());
     let answer = Arc::new(Answer { given: AtomicBool::new(false) });
-    let undecided = |code: Reason, message: &str| {
-        answer.give(code.code(), message);
+    let undecided = |failure: Failure| {
+        answer.give(failure.reason().code(), &failure.to_string());
         exit::UNDECIDED
     };
     let config = match Config::load(None) {
         Ok(c) => c,
-        Err(e) => return undecided(Reason::ConfigInvalid, &format!("{e} — fix it and run `atproto-verifier policy check`")),
+        Err(e) => return undecided(Failure::Config(e.to_string())),
     };
     start_watchdog(&config, &invocation, Arc::clone(&answer));
     let (Some(name), Some(digest)) = (invocation.name.clone(), invocation.digest.clone()) else {
-        return undecided(Reason::InvalidRequest, &RequestError::MissingArguments.to_string());
+        return undecided(RequestError::MissingArguments.into());
     };
     match invocation.stdin_media_type.as_deref() {
         None | Some(DESCRIPTOR_MEDIA_TYPE) | Some(INPUT_MEDIA_TYPE) => {}
@@ -176,7 +167,7 @@ pub fn run(raw: &[String]) -> u8 {
     }
     let mut payload = Vec::new();
     if std::io::stdin().lock().take(MAX_DESCRIPTOR as u64 + 1).read_to_end(&mut payload).is_err() {
-        return undecided(Reason::InvalidRequest, &RequestError::Stdin.to_string());
+        return undecided(RequestError::Stdin.into());
     }
     // Drain anything beyond the cap so containerd's writer never sees a broken pipe.
     let _ = std::io::copy(&mut std::io::stdin().lock().take(16 << 20), &mut std::io::sink());

@@ -44,13 +44,14 @@ pub fn run(args: AttachArgs) -> u8 {
     }
 }
 
-type Failure = (u8, String, String);
+/// (exit code, message, hint) of an attach that did not happen.
+type Refused = (u8, String, String);
 
-fn fail(message: impl std::fmt::Display) -> Failure {
+fn fail(message: impl std::fmt::Display) -> Refused {
     (exit::UNDECIDED, message.to_string(), String::new())
 }
 
-fn attach(args: &AttachArgs) -> Result<String, Failure> {
+fn attach(args: &AttachArgs) -> Result<String, Refused> {
     let config = Config::load(args.config.as_deref()).map_err(|e| fail(e.to_string()))?;
     if config.offline {
         return Err(fail("attach needs the network: run it on a connected machine"));
@@ -96,7 +97,7 @@ fn attach(args: &AttachArgs) -> Result<String, Failure> {
 
 /// Verifies `digest` exactly as a pull would (only a verified proof is attached); returns the
 /// signer whose proof admitted it.
-fn verified_signer(reference: &str, config: &Config, digest: &str) -> Result<String, Failure> {
+fn verified_signer(reference: &str, config: &Config, digest: &str) -> Result<String, Refused> {
     let policy = crate::engine::request::load_policy(&config.policy)
         .map_err(|_| fail("attach verifies before it attaches and needs the trust policy: run `atproto-verifier policy check`"))?;
     let request = crate::engine::Request {
@@ -127,7 +128,7 @@ struct VerifiedProof {
 }
 
 impl VerifiedProof {
-    fn from_cache(config: &Config, signer: &str, digest: &str) -> Result<VerifiedProof, Failure> {
+    fn from_cache(config: &Config, signer: &str, digest: &str) -> Result<VerifiedProof, Refused> {
         let cache = Cache::new(&config.cache_dir);
         let locator: LocatorEntry =
             cache.read(Kind::Locator, &[signer, digest]).ok_or_else(|| fail("the verified record's location is missing from the cache"))?;
@@ -170,7 +171,7 @@ impl VerifiedProof {
 
 /// Makes the artifact findable from the image: the registry's referrers API indexes it itself;
 /// without one, the index under the `sha256-<hex>` tag is kept (other referrers preserved).
-fn make_discoverable(session: &Session<'_>, digest: &str, artifact: &str, manifest_len: usize) -> Result<String, Failure> {
+fn make_discoverable(session: &Session<'_>, digest: &str, artifact: &str, manifest_len: usize) -> Result<String, Refused> {
     if session.has_referrers_api(digest) {
         return Ok("indexed by the registry's referrers API".to_owned());
     }

@@ -15,6 +15,7 @@ use atproto_sig_core::{Expectation, KeySource, Limits, ProofInput, Verdict, veri
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::engine::Failure;
 use crate::exit;
 use crate::input::{now_micros, read_capped};
 use crate::output::{Format, print_json, print_undecided};
@@ -139,8 +140,8 @@ fn verdict_from_files(args: &VerifyArgs, expect: Expectation<'_>, car: &[u8], ke
                 max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
                 limits: &limits,
             }),
-            Ok(Err(e)) => rejected(did, atproto_sig_core::Reason::DidDocumentInvalid, format!("the audit log of {did} gives no signing key: {e}")),
-            Err(e) => rejected(did, atproto_sig_core::Reason::DidDocumentInvalid, format!("the audit log of {did} is invalid: {e}")),
+            Ok(Err(e)) => Failure::NoSigningKey { did: did.to_owned(), problem: e.to_string() }.verdict(did),
+            Err(e) => Failure::AuditLogInvalid { did: did.to_owned(), problem: e.to_string() }.verdict(did),
         }
     } else {
         match DidDocument::parse(key_bytes, did, &limits) {
@@ -152,13 +153,9 @@ fn verdict_from_files(args: &VerifyArgs, expect: Expectation<'_>, car: &[u8], ke
                 max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
                 limits: &limits,
             }),
-            Err(e) => rejected(did, atproto_sig_core::Reason::DidDocumentInvalid, format!("DID document: {e}")),
+            Err(e) => Failure::DocumentInvalid(format!("DID document: {e}")).verdict(did),
         }
     }
-}
-
-fn rejected(did: &str, reason: atproto_sig_core::Reason, message: String) -> Verdict {
-    Verdict { reason, message, facts: atproto_sig_core::Facts { did: did.to_owned(), ..Default::default() } }
 }
 
 /// The JSON form of a verdict (also used by `verify` and the audit log later).

@@ -95,6 +95,26 @@ pub enum Failure {
     NoRecord { did: String, digest: String },
     #[error("the time budget ran out before every candidate signer was checked")]
     OutOfTime,
+    /// config.toml cannot be used: every pull is refused until it is fixed.
+    #[error("{0} — fix it and run `atproto-verifier policy check`")]
+    Config(String),
+    /// The watchdog answered: no decision within the budget. It blames the network only when
+    /// a request was in flight; otherwise the time went to work on this node.
+    #[error("{}", no_answer_message(name, *budget, waiting_for.as_deref()))]
+    NoAnswerInTime { name: String, budget: std::time::Duration, waiting_for: Option<String> },
+    #[error("the audit log of {did} gives no signing key: {problem}")]
+    NoSigningKey { did: String, problem: String },
+}
+
+fn no_answer_message(name: &str, budget: std::time::Duration, waiting_for: Option<&str>) -> String {
+    match waiting_for {
+        Some(origin) => format!(
+            "no decision for {name} within the {budget:?} budget: still waiting for {origin} — check that it is reachable, or raise `budget` in config.toml"
+        ),
+        None => format!(
+            "no decision for {name} within the {budget:?} budget, with no request in flight: the time went to work on this node (CPU or disk) — check its load, or raise `budget` in config.toml"
+        ),
+    }
 }
 
 fn lookup_message(what: &str, error: &LookupError) -> String {
@@ -129,7 +149,9 @@ impl Failure {
             Failure::ProofTooOld { .. } => Reason::ProofTooOld,
             Failure::RecordGone { .. } => Reason::RecordDeleted,
             Failure::NoRecordUnder { .. } | Failure::NoRecord { .. } => Reason::RecordNotFound,
-            Failure::OutOfTime => Reason::DeadlineExceeded,
+            Failure::OutOfTime | Failure::NoAnswerInTime { .. } => Reason::DeadlineExceeded,
+            Failure::Config(_) => Reason::ConfigInvalid,
+            Failure::NoSigningKey { .. } => Reason::DidDocumentInvalid,
         }
     }
 
