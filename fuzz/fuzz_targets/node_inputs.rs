@@ -1,13 +1,16 @@
 #![no_main]
 //! What a node reads besides proofs: containerd's stdin descriptor and argv, config.toml,
-//! hosts.toml (with its certs.d-style values), and image references. Never a panic.
+//! hosts.toml (with its certs.d-style values), docker config.json, and image references.
+//! Never a panic.
 use std::path::Path;
 
-use containerd_verifier::{bindir, config::Config, engine, hosts};
+use containerd_verifier::{bindir, config::Config, credentials, engine, hosts};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = engine::request::descriptor_digest(data);
+    let _ = credentials::source_for(data, "registry.example.com");
+    let _ = credentials::source_for(data, "docker.io");
     if let Ok(text) = std::str::from_utf8(data) {
         let args: Vec<String> = text.split_whitespace().take(64).map(str::to_owned).collect();
         let _ = bindir::parse_args(&args);

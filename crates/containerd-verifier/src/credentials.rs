@@ -91,31 +91,53 @@ pub fn lookup(config: &Config, host: &str) -> Result<Option<Credential>, Credent
         Err(_) if config.docker_config.is_none() => return Ok(None),
         Err(e) => return Err(CredentialError::Config { path: path.display().to_string(), problem: e.problem }),
     };
-    let json: Json = serde_json::from_slice(&bytes).map_err(|_| CredentialError::Config { path: path.display().to_string(), problem: "not JSON".into() })?;
+    let source = source_for(&bytes, host).map_err(|problem| CredentialError::Config { path: path.display().to_string(), problem: problem.into() })?;
+    match source {
+        Source::Helper(name) => run_helper(&name, &helper_server(host)),
+        // A store holds every registry; fall through to `auths` only when it has nothing.
+        Source::Store(name, auths) => Ok(run_helper(&name, &helper_server(host))?.or(auths)),
+        Source::Auths(found) => Ok(found),
+    }
+}
+
+/// Where a docker config says the credential for a host is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `credHelpers` names a helper for this host.
+    Helper(String),
+    /// The `credsStore` helper, then what `auths` holds for the host.
+    Store(String, Option<Credential>),
+    /// `auths` alone (possibly nothing).
+    Auths(Option<Credential>),
+}
+
+/// Reads a docker config (`config.json` bytes) for `host`; runs nothing.
+pub fn source_for(bytes: &[u8], host: &str) -> Result<Source, &'static str> {
+    let json: Json = serde_json::from_slice(bytes).map_err(|_| "not JSON")?;
     let keys = keys(host);
     if let Some(helpers) = json.get("credHelpers").and_then(Json::as_object)
         && let Some(name) = keys.iter().find_map(|k| helpers.get(k)).and_then(Json::as_str)
     {
-        return run_helper(name, &helper_server(host));
+        return Ok(Source::Helper(name.to_owned()));
     }
-    if let Some(name) = json.get("credsStore").and_then(Json::as_str).filter(|n| !n.is_empty()) {
-        // A store holds every registry; fall through to `auths` only when it has nothing.
-        if let Some(found) = run_helper(name, &helper_server(host))? {
-            return Ok(Some(found));
-        }
+    let auths = json.get("auths").and_then(Json::as_object).and_then(|auths| keys.iter().find_map(|k| auths.get(k))).and_then(auth_entry);
+    match json.get("credsStore").and_then(Json::as_str).filter(|n| !n.is_empty()) {
+        Some(name) => Ok(Source::Store(name.to_owned(), auths)),
+        None => Ok(Source::Auths(auths)),
     }
-    let Some(entry) = json.get("auths").and_then(Json::as_object).and_then(|auths| keys.iter().find_map(|k| auths.get(k))) else {
-        return Ok(None);
-    };
+}
+
+/// The credential of one `auths` entry: `identitytoken`, `auth`, or `username` + `password`.
+fn auth_entry(entry: &Json) -> Option<Credential> {
     if let Some(token) = entry.get("identitytoken").and_then(Json::as_str).filter(|t| !t.is_empty()) {
-        return Ok(Some(Credential::IdentityToken(token.to_owned())));
+        return Some(Credential::IdentityToken(token.to_owned()));
     }
     if let Some(auth) = entry.get("auth").and_then(Json::as_str).filter(|a| !a.is_empty()) {
-        return Ok(Some(Credential::Basic(auth.to_owned())));
+        return Some(Credential::Basic(auth.to_owned()));
     }
     match (entry.get("username").and_then(Json::as_str), entry.get("password").and_then(Json::as_str)) {
-        (Some(user), Some(pass)) => Ok(Some(Credential::Basic(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))))),
-        _ => Ok(None),
+        (Some(user), Some(pass)) => Some(Credential::Basic(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))),
+        _ => None,
     }
 }
 
