@@ -139,6 +139,11 @@ fn verified_and_the_cached_proof_is_used_without_a_request() {
     let answer = world.decide("registry.test/team/app:1", &digest);
     expect(&answer, Reason::Verified);
     assert!(answer.requests.identity >= 2, "{:?}", answer.requests);
+    // The facts the admission rests on: the signed commit and rev, and the record.
+    let facts = &answer.verdicts.first().expect("one verdict").facts;
+    assert_eq!(facts.did, repo.identity.did);
+    assert!(facts.commit.is_some() && facts.rev.is_some());
+    assert_eq!(facts.record.as_ref().map(|r| r.digest.as_str()), Some(digest.as_str()));
     // Warm: the same decision from the cache, no request to PLC or the PDS.
     let warm = world.decide("registry.test/team/app:1", &digest);
     assert_eq!((warm.decision.reason, warm.requests.identity), (Reason::Verified, 0), "{}", warm.decision.message);

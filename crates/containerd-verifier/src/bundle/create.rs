@@ -42,7 +42,7 @@ pub fn create(
             Some(d) => d.clone(),
             None => crate::registry::resolve_tag(config, &image, &http).map_err(|error| BundleError::Tag { name: name.clone(), error })?,
         };
-        let decision = context.decide(&image, &digest);
+        let (decision, _) = context.decide(&image, &digest);
         crate::log::info(&format!("{name}: {} ({})", decision.message, decision.reason.code()));
     }
     let mut collections = Vec::new();

@@ -25,19 +25,20 @@ struct Candidates {
 }
 
 impl Context<'_> {
-    /// The full decision for an image at `digest`.
-    pub fn decide(&self, image: &ImageRef, digest: &str) -> Decision {
+    /// The full decision for an image at `digest`, with the verdicts (and their facts) it
+    /// rests on.
+    pub fn decide(&self, image: &ImageRef, digest: &str) -> (Decision, Vec<Verdict>) {
         // Messages name the digest being pulled, whatever the reference carried.
         let image = &ImageRef { digest: Some(digest.to_owned()), ..image.clone() };
         let Some(rule) = self.policy.rule_for(image).rule.filter(|r| r.require.signature) else {
             // No rule, or one that requires no signature: the policy decides without a lookup.
-            return self.policy.decide(image, &[], self.now);
+            return (self.policy.decide(image, &[], self.now), Vec::new());
         };
         let candidates = self.candidates(image, digest, rule);
         let verdicts = self.verdicts(&candidates, digest, rule.require.min_signatures);
         let mut decision = self.policy.decide(image, &verdicts, self.now);
         self.explain(&mut decision, candidates.untrusted_path);
-        decision
+        (decision, verdicts)
     }
 
     /// The candidate signers for `image` under `rule`. Only signers the rule accepts now are

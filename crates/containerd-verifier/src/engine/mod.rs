@@ -1,7 +1,8 @@
 //! The decision engine: one public entry, [`decide`]. Given a [`Request`] (image reference,
 //! digest, descriptor, policy, config, clock, deadline) and the [`Remote`] to reach the world
 //! through (a `Fetch` for HTTP, a `Resolve` for DNS), it returns an [`Answer`]: the decision
-//! with its reason, the notes made on the way, and the requests made. The containerd entry,
+//! with its reason, the verdicts (and facts) it rests on, the notes made on the way, and the
+//! requests made. The containerd entry,
 //! `verify` and every other command are adapters around it or its parts ([`Context`] for one
 //! candidate's material, [`request`] for the checks of a request).
 //!
@@ -25,6 +26,7 @@ mod proof;
 mod report;
 pub mod request;
 
+use atproto_sig_core::Verdict;
 use atproto_sig_core::policy::{Decision, Outcome, Policy};
 use atproto_sig_core::reference::ImageRef;
 
@@ -69,6 +71,9 @@ pub struct Answer {
     /// The canonical image with the digest decided (none if the request was refused first).
     pub image: Option<ImageRef>,
     pub decision: Decision,
+    /// Each candidate signer's verdict, with its facts (DID, commit, rev, record), in the
+    /// order they were checked.
+    pub verdicts: Vec<Verdict>,
     /// Set when the request itself could not be decided (bad argument, stdin, policy).
     pub refused: Option<Failure>,
     /// Diagnostic lines (stderr, containerd's debug log; `verify`'s notes).
@@ -81,6 +86,7 @@ pub fn decide(request: &Request<'_>, remote: &Remote) -> Answer {
     let refuse = |failure: Failure, image: Option<ImageRef>, requests: Requests| Answer {
         image,
         decision: Decision { outcome: Outcome::Reject, reason: failure.reason(), message: failure.to_string(), rule: None, signers: Vec::new() },
+        verdicts: Vec::new(),
         refused: Some(failure),
         notes: Vec::new(),
         requests,
@@ -100,9 +106,9 @@ pub fn decide(request: &Request<'_>, remote: &Remote) -> Answer {
     let http = (!config.offline).then(|| Http::with_fetch(remote.fetch.clone(), config.request_timeout.0, request.deadline));
     let cache = Cache::new(&config.cache_dir);
     let context = Context::new(config, policy, &cache, http.as_ref(), Some(&registry), &*remote.resolve, request.now_micros);
-    let decision = context.decide(&image, &digest);
+    let (decision, verdicts) = context.decide(&image, &digest);
     let requests = Requests { identity: http.as_ref().map_or(0, Http::request_count), registry: registry.request_count() };
-    Answer { image: Some(ImageRef { digest: Some(digest), ..image }), decision, refused: None, notes: context.notes.into_inner(), requests }
+    Answer { image: Some(ImageRef { digest: Some(digest), ..image }), decision, verdicts, refused: None, notes: context.notes.into_inner(), requests }
 }
 
 /// The image and the digest to decide, or why the request cannot be decided.
