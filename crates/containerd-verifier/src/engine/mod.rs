@@ -2,9 +2,9 @@
 //! digest, descriptor, policy, config, clock, deadline) and the [`Remote`] to reach the world
 //! through (a `Fetch` for HTTP, a `Resolve` for DNS), it returns an [`Answer`]: the decision
 //! with its reason, the verdicts (and facts) it rests on, the notes made on the way, and the
-//! requests made. The containerd entry,
-//! `verify` and every other command are adapters around it or its parts ([`Context`] for one
-//! candidate's material, [`request`] for the checks of a request).
+//! requests made. The containerd entry, `verify` and every other command are adapters around it
+//! or its parts ([`Context`] for one candidate's material, [`request`] for the checks of a
+//! request).
 //!
 //! Flow: the request is checked (digest, descriptor, reference, policy) → the policy's rule for
 //! the image → no signature required? admit without any lookup → candidate signers (identity in
