@@ -228,7 +228,8 @@ pub fn fetch_proof(http: &Http, pds: &str, did: &str, collection: &str, rkey: &s
         400 | 404 => {
             let error = serde_json::from_slice::<Json>(&response.body)
                 .ok()
-                .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_owned))
+                // Named in messages: a server's word, so kept short.
+                .and_then(|j| j.get("error").and_then(Json::as_str).map(|e| e.chars().take(100).collect::<String>()))
                 .unwrap_or_else(|| format!("HTTP {}", response.status));
             if error == "RecordNotFound" {
                 Ok(ProofAnswer::NotFound)

@@ -192,7 +192,7 @@ impl<'a> Session<'a> {
                 if let Some(header) = response.header("docker-content-digest")
                     && header != computed
                 {
-                    return Err(answer(format!("registry says {header} but the manifest hashes to {computed}")));
+                    return Err(answer(format!("registry says {} but the manifest hashes to {computed}", header.chars().take(80).collect::<String>())));
                 }
                 Ok(computed)
             }
