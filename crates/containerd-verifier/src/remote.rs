@@ -85,11 +85,6 @@ impl MemoryFetch {
         self.routes.borrow_mut().insert(url.to_owned(), Ok(Fetched { status, headers: Vec::new(), body: body.into() }));
     }
 
-    /// Answers `url` with a full response.
-    pub fn serve_response(&self, url: &str, response: Fetched) {
-        self.routes.borrow_mut().insert(url.to_owned(), Ok(response));
-    }
-
     /// Fails every exchange with `url` this way.
     pub fn fail(&self, url: &str, error: NetError) {
         self.routes.borrow_mut().insert(url.to_owned(), Err(error));

@@ -11,9 +11,6 @@ use serde_json::Value as Json;
 use crate::net::{Http, NetError, is_loopback_url};
 use crate::remote::{DnsError, Resolve};
 
-/// Longest wait for one DNS question (within the decision's budget).
-pub const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Largest DID document, audit log, listRecords page and proof accepted.
 pub const MAX_DID_DOC: usize = 256 << 10;
 pub const MAX_AUDIT_LOG: usize = 4 << 20;
@@ -111,7 +108,8 @@ pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Resolve, ha
     // DNS TXT first (the spec prefers it), HTTPS well-known second; if both answer, they must agree.
     // A DNS failure (not "no such record") may hide the answer: it is a network failure.
     let mut dns_failure: Option<DnsError> = None;
-    let timeout = http.deadline().remaining().min(DNS_TIMEOUT);
+    // What is left of the budget; the resolver adds its own cap (`connect_timeout`).
+    let timeout = http.deadline().remaining();
     let from_dns = match dns.txt(&format!("_atproto.{handle}"), timeout) {
         Ok(records) => {
             let dids: Vec<&str> = records.iter().filter_map(|r| r.strip_prefix("did=")).collect();

@@ -15,7 +15,7 @@ use atproto_sig_core::{Reason, policy::Policy};
 use containerd_verifier::config::Config;
 use containerd_verifier::engine::{self, Answer, PolicyError, Request};
 use containerd_verifier::net::{Deadline, NetError};
-use containerd_verifier::remote::{MemoryFetch, MemoryResolve, Remote};
+use containerd_verifier::remote::{DnsError, MemoryFetch, MemoryResolve, Remote};
 use containerd_verifier::resolve::query;
 
 const PLC: &str = "https://plc.test";
@@ -167,6 +167,25 @@ fn identity_unresolved_when_the_handle_in_the_path_resolves_nowhere() {
     let answer = world.decide("atcr.test/nobody.test/app:1", &digest_of("identity"));
     expect(&answer, Reason::IdentityUnresolved);
     assert!(world.fetch.requested().iter().any(|u| u == "https://nobody.test/.well-known/atproto-did"), "{:?}", world.fetch.requested());
+}
+
+fn a_handle_in_the_path_resolves_through_dns_and_is_checked_both_ways() {
+    let (repo, digest, rkey) = repo_with_manifest("handle-path", Curve::K256);
+    let rule = "  - name: atcr\n    scope: \"atcr.test/**\"\n    require: { signature: true }\n    action: enforce\n";
+    let world = World::new(&policy_for(&[(&repo.identity.did, "")], rule));
+    world.serve(&repo, &rkey, &Tamper::None);
+    world.resolve.serve(&format!("_atproto.{}", repo.identity.handle), vec![format!("did={}", repo.identity.did)]);
+    let answer = world.decide(&format!("atcr.test/{}/app:1", repo.identity.handle), &digest);
+    assert_eq!(answer.decision.reason, Reason::Verified, "{}\n{:#?}", answer.decision.message, answer.notes);
+    // Verified through the path's identity, not only as a trusted DID: no identity failure noted.
+    assert!(!answer.notes.iter().any(|n| n.starts_with("identity in the image path")), "{:#?}", answer.notes);
+
+    // The same handle whose DNS fails (and no well-known): a network reason, never "unresolved".
+    let world = World::new(&policy_for(&[], rule));
+    world.resolve.fail(&format!("_atproto.{}", repo.identity.handle), DnsError::NoServer);
+    let answer = world.decide(&format!("atcr.test/{}/app:1", repo.identity.handle), &digest);
+    assert_eq!(answer.decision.reason, Reason::NetworkError, "{}", answer.decision.message);
+    assert_eq!(engine::exit_code(&answer.decision), 2);
 }
 
 fn did_unresolved_when_plc_does_not_know_the_did() {
@@ -355,6 +374,7 @@ scenarios!(
     verified_and_the_cached_proof_is_used_without_a_request,
     not_required_and_no_matching_rule_make_no_request,
     identity_unresolved_when_the_handle_in_the_path_resolves_nowhere,
+    a_handle_in_the_path_resolves_through_dns_and_is_checked_both_ways,
     did_unresolved_when_plc_does_not_know_the_did,
     did_document_invalid_for_a_document_of_another_did,
     record_not_found_when_the_repository_has_no_record_for_the_digest,

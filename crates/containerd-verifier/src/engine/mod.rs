@@ -99,7 +99,7 @@ pub fn decide(request: &Request<'_>, remote: &Remote) -> Answer {
     };
     let policy = match request.policy {
         Ok(policy) => policy,
-        Err(e) => return refuse(Failure::Policy(e.clone()), Some(image), Requests::default()),
+        Err(e) => return refuse(Failure::Policy(e.clone()), Some(image), Requests { identity: 0, registry: registry.request_count() }),
     };
     // Offline: no client for PLC, PDS or handles is built, so none of them can be asked. The
     // registry client exists either way (for attached proofs).
