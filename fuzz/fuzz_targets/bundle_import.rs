@@ -3,7 +3,8 @@
 //! cache, as `bundle import` and the refresh timer do. Must never panic or run unbounded.
 use std::sync::OnceLock;
 
-use containerd_verifier::{bundle, cache::Cache, config::Config};
+use containerd_verifier::testkit::{import_bundle, parse_bundle};
+use containerd_verifier::{config::Config, material::store::Cache};
 use libfuzzer_sys::fuzz_target;
 
 fn cache() -> &'static (tempfile::TempDir, Cache) {
@@ -16,8 +17,8 @@ fn cache() -> &'static (tempfile::TempDir, Cache) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(parsed) = bundle::parse(data) {
+    if let Ok(parsed) = parse_bundle(data) {
         let (_, cache) = cache();
-        let _ = bundle::import(&parsed, cache, "fuzz", &Config::default(), 1_767_225_600_000_000);
+        let _ = import_bundle(&parsed, cache, "fuzz", &Config::default(), 1_767_225_600_000_000);
     }
 });

@@ -5,10 +5,9 @@
 //! gets, as the input chooses, the genuine answer of a real signed world, that answer cut or
 //! with a byte flipped, arbitrary bytes, an HTTP status, or a network failure. Never a panic,
 //! and a network failure is never reported as a signature verdict.
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::rc::Rc;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use atproto_sig_core::crypto::Curve;
@@ -18,9 +17,8 @@ use atproto_sig_core::testkit::{Identity, T0_MICROS, TestRepo, digest_of};
 use atproto_sig_core::Reason;
 use containerd_verifier::config::Config;
 use containerd_verifier::engine::{self, Request};
-use containerd_verifier::net::{Deadline, Fetched, NetError};
-use containerd_verifier::remote::{DnsError, Exchange, Fetch, Remote, Resolve};
-use containerd_verifier::resolve::query;
+use containerd_verifier::remote::{Deadline, DnsError, Exchange, Fetch, Fetched, InFlight, NetError, Remote, Resolve};
+use containerd_verifier::testkit::query;
 use libfuzzer_sys::fuzz_target;
 
 const PLC: &str = "https://plc.test";
@@ -64,15 +62,13 @@ fn world() -> &'static World {
 /// Remembers whether any answer was other than genuine or a network failure.
 struct Choices {
     data: Vec<u8>,
-    at: Cell<usize>,
-    tampered: Cell<bool>,
+    at: AtomicUsize,
+    tampered: AtomicBool,
 }
 
 impl Choices {
     fn byte(&self) -> Option<u8> {
-        let b = self.data.get(self.at.get()).copied();
-        self.at.set(self.at.get() + 1);
-        b
+        self.data.get(self.at.fetch_add(1, Ordering::Relaxed)).copied()
     }
 
     fn u16(&self) -> usize {
@@ -80,15 +76,15 @@ impl Choices {
     }
 
     fn bytes(&self, n: usize) -> Vec<u8> {
-        let start = self.at.get().min(self.data.len());
+        let start = self.at.load(Ordering::Relaxed).min(self.data.len());
         let end = start.saturating_add(n).min(self.data.len());
-        self.at.set(end);
+        self.at.store(end, Ordering::Relaxed);
         self.data.get(start..end).unwrap_or_default().to_vec()
     }
 }
 
 struct FuzzFetch {
-    choices: Rc<Choices>,
+    choices: Arc<Choices>,
 }
 
 impl Fetch for FuzzFetch {
@@ -98,7 +94,7 @@ impl Fetch for FuzzFetch {
         let status = |c: Option<u8>| [200, 200, 404, 400, 500, 301, 429][usize::from(c.unwrap_or(0)) % 7];
         let choice = self.choices.byte().map(|b| b % 6);
         if !matches!(choice, None | Some(0) | Some(4)) {
-            self.choices.tampered.set(true);
+            self.choices.tampered.store(true, Ordering::Relaxed);
         }
         let (status, mut body) = match choice {
             None | Some(0) => match genuine {
@@ -137,14 +133,14 @@ impl Fetch for FuzzFetch {
 }
 
 struct FuzzResolve {
-    choices: Rc<Choices>,
+    choices: Arc<Choices>,
 }
 
 impl Resolve for FuzzResolve {
     fn txt(&self, _name: &str, _timeout: Duration) -> Result<Vec<String>, DnsError> {
         let choice = self.choices.byte().map(|b| b % 4);
         if matches!(choice, Some(2)) {
-            self.choices.tampered.set(true);
+            self.choices.tampered.store(true, Ordering::Relaxed);
         }
         match choice {
             None | Some(0) => Ok(vec![format!("did={}", world().did)]),
@@ -160,7 +156,7 @@ impl Resolve for FuzzResolve {
 
 fuzz_target!(|data: &[u8]| {
     let world = world();
-    let choices = Rc::new(Choices { data: data.to_vec(), at: Cell::new(0), tampered: Cell::new(false) });
+    let choices = Arc::new(Choices { data: data.to_vec(), at: AtomicUsize::new(0), tampered: AtomicBool::new(false) });
     let flags = choices.byte().unwrap_or(0);
     // tmpfs when there is one: the cache fsyncs every entry it writes.
     let shm = std::path::Path::new("/dev/shm");
@@ -179,19 +175,19 @@ fuzz_target!(|data: &[u8]| {
         1 => format!("atcr.test/{}/app:1", world.handle),
         2 => format!("registry.test/team/app@{}", world.digest),
         _ => {
-            choices.tampered.set(true);
+            choices.tampered.store(true, Ordering::Relaxed);
             let n = usize::from(choices.byte().unwrap_or(0));
             String::from_utf8_lossy(&choices.bytes(n)).into_owned()
         }
     };
     let descriptor = if flags & 8 != 0 {
-        choices.tampered.set(true);
+        choices.tampered.store(true, Ordering::Relaxed);
         let n = choices.u16() & 0x3ff;
         choices.bytes(n)
     } else {
         format!(r#"{{"digest":"{}"}}"#, world.digest).into_bytes()
     };
-    let remote = Remote { fetch: Rc::new(FuzzFetch { choices: Rc::clone(&choices) }), resolve: Rc::new(FuzzResolve { choices: Rc::clone(&choices) }) };
+    let remote = Remote::new(Arc::new(FuzzFetch { choices: Arc::clone(&choices) }), Arc::new(FuzzResolve { choices: Arc::clone(&choices) }));
     let request = Request {
         reference: &reference,
         digest: Some(&world.digest),
@@ -200,11 +196,12 @@ fuzz_target!(|data: &[u8]| {
         config: &config,
         now_micros: T0_MICROS + 60_000_000,
         deadline: Deadline::after(Duration::from_secs(8)),
+        in_flight: &InFlight::default(),
     };
     let answer = engine::decide(&request, &remote);
     // Genuine answers and network failures only: admitted, or undecided for the network's
     // sake; never a verdict about signatures or records.
-    if !choices.tampered.get() {
+    if !choices.tampered.load(Ordering::Relaxed) {
         assert!(
             matches!(answer.decision.reason, Reason::Verified | Reason::NetworkError | Reason::DeadlineExceeded),
             "{}: {}",

@@ -4,18 +4,19 @@
 //! Never a panic.
 use std::path::Path;
 
-use containerd_verifier::{bindir, config::Config, credentials, engine, hosts};
+use containerd_verifier::testkit::{docker_config_source, parse_hosts_file};
+use containerd_verifier::{bindir, config::Config, engine};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = engine::request::descriptor_digest(data);
-    let _ = credentials::source_for(data, "registry.example.com");
-    let _ = credentials::source_for(data, "docker.io");
+    let _ = docker_config_source(data, "registry.example.com");
+    let _ = docker_config_source(data, "docker.io");
     if let Ok(text) = std::str::from_utf8(data) {
         let args: Vec<String> = text.split_whitespace().take(64).map(str::to_owned).collect();
         let _ = bindir::parse_args(&args);
         let _ = Config::parse(text);
-        let _ = hosts::parse_hosts_file(Path::new("/etc/containerd/certs.d/x"), text);
+        let _ = parse_hosts_file(Path::new("/etc/containerd/certs.d/x"), text);
         let _ = atproto_sig_core::reference::ImageRef::parse(text);
         let _ = atproto_sig_core::reference::canonical_scope(text);
     }

@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = verify(&ProofInput {
         car: data,
         key: KeySource::Key(&f.key),
-        expect: Expectation { did: &f.did, rkey: None, digest: &f.digest, repository: Some("app") },
+        expect: Expectation { did: &f.did, rkey: None, digest: Some(&f.digest), repository: Some("app") },
         now_micros: T0_MICROS,
         max_clock_skew_micros: 0,
         limits: &Limits::default(),

@@ -34,7 +34,7 @@ fn bench_real(c: &mut Criterion) {
             let verdict = verify(&ProofInput {
                 car: &car,
                 key: KeySource::Document(&doc),
-                expect: Expectation { did: &did, rkey: None, digest: &digest, repository: Some("myapp") },
+                expect: Expectation { did: &did, rkey: None, digest: Some(&digest), repository: Some("myapp") },
                 now_micros: now,
                 max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
                 limits: &limits,
@@ -55,7 +55,7 @@ fn bench_real(c: &mut Criterion) {
                 let verdict = verify(&ProofInput {
                     car: &car,
                     key: KeySource::Key(&key),
-                    expect: Expectation { did: &did, rkey: None, digest: &digest, repository: Some("app") },
+                    expect: Expectation { did: &did, rkey: None, digest: Some(&digest), repository: Some("app") },
                     now_micros: T0_MICROS,
                     max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
                     limits: &limits,

@@ -32,8 +32,8 @@ fn err(e: impl fmt::Display) -> CollectionError {
 
 /// The commit of a CAR (header root), decoded.
 fn commit_of<'a>(car: &Car<'a>, limits: &Limits) -> Result<(&'a [u8], Commit), CollectionError> {
-    let block = car.block(&car.root).ok_or_else(|| err("the commit block is missing"))?;
-    Ok((block, Commit::decode(block, limits).map_err(err)?))
+    let commit = Commit::of_car(car, limits).map_err(err)?;
+    Ok((car.block(&car.root).unwrap_or_default(), commit))
 }
 
 /// Cuts the state of `collection` out of a whole-repository CAR (`getRepo`): the commit, the

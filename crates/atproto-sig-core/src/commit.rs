@@ -35,6 +35,8 @@ pub enum CommitError {
     Field(&'static str),
     /// A CID that must be a dag-cbor link is a raw one.
     NotDagCbor(&'static str),
+    /// The CAR does not hold the block its header names as root.
+    MissingRoot(Cid),
 }
 
 impl fmt::Display for CommitError {
@@ -43,6 +45,7 @@ impl fmt::Display for CommitError {
             CommitError::Cbor(e) => write!(f, "commit block: {e}"),
             CommitError::Field(name) => write!(f, "commit field '{name}' is missing or has the wrong type"),
             CommitError::NotDagCbor(name) => write!(f, "commit field '{name}' must link to dag-cbor"),
+            CommitError::MissingRoot(cid) => write!(f, "commit block {cid} is missing"),
         }
     }
 }
@@ -50,6 +53,19 @@ impl fmt::Display for CommitError {
 impl std::error::Error for CommitError {}
 
 impl Commit {
+    /// The commit a CAR's header names as its root, decoded (not yet verified: check its
+    /// signature before trusting anything it says, its rev included).
+    pub fn of_car(car: &crate::car::Car<'_>, limits: &Limits) -> Result<Commit, CommitError> {
+        let block = car.block(&car.root).ok_or(CommitError::MissingRoot(car.root))?;
+        Commit::decode(block, limits)
+    }
+
+    /// The rev's time in microseconds since the epoch, when the rev is a TID. Signed time only
+    /// once the signature verified.
+    pub fn rev_micros(&self) -> Option<i64> {
+        self.rev.as_deref().and_then(crate::syntax::tid_timestamp_micros).and_then(|t| i64::try_from(t).ok())
+    }
+
     /// Decodes a commit block. Unknown fields are ignored, as in both reference
     /// implementations (they are not covered by the re-encoded signature either).
     pub fn decode(block: &[u8], limits: &Limits) -> Result<Commit, CommitError> {

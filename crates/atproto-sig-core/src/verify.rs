@@ -36,6 +36,12 @@ pub struct Facts {
     pub record_cid: Option<Cid>,
     /// The record, once decoded.
     pub record: Option<ManifestRecord>,
+    /// The commit's signature verified under the DID's key: from here on, everything the
+    /// commit says (its rev, the tree, hence the record's presence or absence) is signed.
+    pub signature_verified: bool,
+    /// The MST path to the record verified under that signed commit: the record's presence
+    /// (`record_cid`) or its absence is proven by the signature.
+    pub path_proven: bool,
 }
 
 /// The outcome of [`verify`].
@@ -72,8 +78,11 @@ pub struct Expectation<'a> {
     pub did: &'a str,
     /// Record key; `None` means the digest's hex (how ATCR keys manifest records).
     pub rkey: Option<&'a str>,
-    /// Image digest, `sha256:<64 hex>`.
-    pub digest: &'a str,
+    /// Image digest, `sha256:<64 hex>`, that the record must name. `None`: no digest is
+    /// expected (accepting a proof into a cache, where only its record key is known); then
+    /// `rkey` is required, and [`Reason::Verified`] means only "the record is proven present and
+    /// decodes", never an admission.
+    pub digest: Option<&'a str>,
     /// Image repository name, if the policy requires it to match.
     pub repository: Option<&'a str>,
 }
@@ -106,7 +115,8 @@ pub fn is_valid_digest(digest: &str) -> bool {
 /// Checks a proof. Never panics; every failure is a verdict with a reason.
 pub fn verify(input: &ProofInput<'_>) -> Verdict {
     let expect = input.expect;
-    let rkey = expect.rkey.unwrap_or_else(|| expect.digest.strip_prefix("sha256:").unwrap_or(expect.digest));
+    let digest = expect.digest.unwrap_or_default();
+    let rkey = expect.rkey.unwrap_or_else(|| digest.strip_prefix("sha256:").unwrap_or(digest));
     let mut facts = Facts { did: expect.did.to_owned(), uri: format!("at://{}/{MANIFEST_COLLECTION}/{rkey}", expect.did), ..Facts::default() };
     match verified(input, rkey, &mut facts) {
         Ok(message) => Verdict { reason: Reason::Verified, message, facts },
@@ -120,8 +130,8 @@ type Step<T> = Result<T, (Reason, String)>;
 /// The checks in order, each on what the previous one established; the admission's sentence.
 fn verified(input: &ProofInput<'_>, rkey: &str, facts: &mut Facts) -> Step<String> {
     let expect = input.expect;
-    if !is_valid_digest(expect.digest) {
-        return Err((Reason::InvalidRequest, format!("{:?} is not a sha256 digest", expect.digest)));
+    if let Some(digest) = expect.digest.filter(|d| !is_valid_digest(d)) {
+        return Err((Reason::InvalidRequest, format!("{digest:?} is not a sha256 digest")));
     }
     if !is_valid_record_key(rkey) {
         return Err((Reason::InvalidRequest, format!("{rkey:?} is not a valid record key")));
@@ -129,15 +139,18 @@ fn verified(input: &ProofInput<'_>, rkey: &str, facts: &mut Facts) -> Step<Strin
     let key = signing_key(input, facts)?;
     let (car, commit, rev) = signed_commit(input, key, facts)?;
     let record = proven_record(input, &car, &commit, rkey, facts)?;
-    if record.digest != expect.digest {
-        return Err((Reason::DigestMismatch, format!("{} records digest {}, not the pulled {}", facts.uri, record.digest, expect.digest)));
+    let Some(digest) = expect.digest else {
+        return Ok(format!("{} is present in the signed repository of {} (commit {}, rev {rev})", facts.uri, expect.did, car.root));
+    };
+    if record.digest != digest {
+        return Err((Reason::DigestMismatch, format!("{} records digest {}, not the pulled {digest}", facts.uri, record.digest)));
     }
     if let Some(repository) = expect.repository
         && record.repository != repository
     {
         return Err((Reason::RepositoryMismatch, format!("{} is for repository {:?}, not {repository:?}", facts.uri, record.repository)));
     }
-    Ok(format!("{} signed by {} (commit {}, rev {rev})", expect.digest, expect.did, car.root))
+    Ok(format!("{digest} signed by {} (commit {}, rev {rev})", expect.did, car.root))
 }
 
 fn malformed(facts: &Facts, what: impl std::fmt::Display) -> (Reason, String) {
@@ -164,8 +177,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
     let expect = input.expect;
     let car = Car::parse(input.car, input.limits).map_err(|e| malformed(facts, e))?;
     facts.commit = Some(car.root);
-    let commit_block = car.block(&car.root).ok_or_else(|| malformed(facts, format!("commit block {} is missing", car.root)))?;
-    let commit = Commit::decode(commit_block, input.limits).map_err(|e| malformed(facts, e))?;
+    let commit = Commit::of_car(&car, input.limits).map_err(|e| malformed(facts, e))?;
     facts.rev.clone_from(&commit.rev);
     if commit.version != 3 {
         return Err(malformed(facts, format!("commit version {} is not supported (only 3)", commit.version)));
@@ -180,6 +192,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
         let message = format!("commit {} of {} does not verify under the DID's {} key: {e}", car.root, expect.did, key.curve().jwt_alg());
         return Err((Reason::SignatureInvalid, message));
     }
+    facts.signature_verified = true;
     let rev = commit.rev.clone().unwrap_or_default();
     let rev_micros = tid_timestamp_micros(&rev).ok_or_else(|| malformed(facts, format!("commit rev {rev:?} is not a TID")))?;
     if i64::try_from(rev_micros).unwrap_or(i64::MAX) > input.now_micros.saturating_add(input.max_clock_skew_micros) {
@@ -193,6 +206,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
 fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &str, facts: &mut Facts) -> Step<ManifestRecord> {
     let path = format!("{MANIFEST_COLLECTION}/{rkey}");
     let walk = mst::walk(|cid| car.block(cid), commit.data, path.as_bytes(), input.limits).map_err(|e| malformed(facts, e))?;
+    facts.path_proven = true;
     let record_cid = match walk.lookup {
         Lookup::Present(cid) => cid,
         Lookup::Absent => {

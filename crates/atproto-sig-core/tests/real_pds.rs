@@ -37,7 +37,7 @@ fn check(car: &[u8], doc: &[u8], rkey: Option<&str>, digest: &str, repository: &
     verify(&ProofInput {
         car,
         key: KeySource::Document(&document),
-        expect: Expectation { did, rkey, digest, repository: Some(repository) },
+        expect: Expectation { did, rkey, digest: Some(digest), repository: Some(repository) },
         now_micros: now(),
         max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
         limits: &limits,

@@ -27,7 +27,7 @@ fn check(case: &Case, car: &[u8], doc: &str, digest: &str, repository: &str) -> 
     verify(&ProofInput {
         car,
         key: KeySource::Document(&document),
-        expect: Expectation { did: &case.repo.identity.did, rkey: None, digest, repository: Some(repository) },
+        expect: Expectation { did: &case.repo.identity.did, rkey: None, digest: Some(digest), repository: Some(repository) },
         now_micros: T0_MICROS,
         max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
         limits: &limits,

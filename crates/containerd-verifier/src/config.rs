@@ -119,7 +119,8 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// Make no network call at all: material comes from the cache, bundles and the registry.
     pub offline: bool,
-    /// Read-only directory of bundles, imported (after verification) before each decision.
+    /// Read-only directory of bundles, imported (after verification) by `cache refresh` (the
+    /// refresh timer), never on the pull path.
     pub bundle_dir: Option<PathBuf>,
     /// Time budget for one decision, network included; decided and explained when it runs out.
     pub budget: Span,
@@ -253,7 +254,7 @@ impl Config {
     pub fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
         let (path, explicit) = config_path(flag);
         let error = |problem: ConfigProblem| ConfigError { path: path.clone(), problem };
-        let text = match crate::input::read_capped(&path, 1 << 20) {
+        let text = match crate::fsio::read_capped(&path, crate::limits::NodeLimits::DEFAULT.config_file) {
             Ok(bytes) => String::from_utf8(bytes).map_err(|_| error(ConfigProblem::NotUtf8))?,
             Err(_) if !explicit && !path.exists() => String::new(),
             Err(e) => return Err(error(ConfigProblem::Unreadable(e.problem))),
@@ -266,7 +267,6 @@ impl Config {
             config.cache_dir = default_cache_dir(running_as_root(), dirs.as_ref().map(directories::BaseDirs::cache_dir));
         }
         config.check().map_err(error)?;
-        crate::ureq_fetch::set_extra_bundle(config.ca_bundle.clone());
         Ok(config)
     }
 

@@ -1,30 +1,35 @@
-//! The `atproto-verifier` binary's modules, as a library: the decision [`engine`] (one entry,
-//! `engine::decide`, with its I/O passed in through [`remote`]), the adapters around it (the
-//! containerd entry [`bindir`], the operator and CI command line [`cli`]), and what the engine
-//! uses (resolution, registry, cache, bundles). A library so engine tests, fuzz targets and,
-//! later, long-running adapters drive the same code; every check of signed data is done by
-//! `atproto-sig-core`.
+//! The `atproto-verifier` binary's modules, as a library, in layers; imports point down only:
+//!
+//! 1. ground: [`config`], [`limits`], [`log`], [`clock`], [`fsio`], [`exit`];
+//! 2. [`remote`]: the world, passed in (`Fetch`, `Resolve`, `Subscribe`; the real ones named
+//!    only in `remote::system`);
+//! 3. `lookup`: remote material, typed (ATProto identities and repositories, OCI registries);
+//!    nothing there decides trust;
+//! 4. [`material`]: what this node knows (the on-disk cache, the one read sequence, the
+//!    knowledge rules: signed time only, never backwards, one way in);
+//! 5. [`engine`]: one decision (`engine::decide`), or a batch of lookups (`engine::Session`);
+//! 6. adapters: `bundle` (create, import), [`bindir`] (containerd), [`cli`] (operators and CI);
+//!    `serve` and `watch` go beside them.
+//!
+//! The API boundary is [`engine`], [`remote`], [`material`] and [`config`] (plus the ground
+//! floor); the rest is `pub(crate)`. In-memory doubles of the world (`remote::memory`) and the
+//! entry points tests and fuzz targets drive (`testkit`) exist only with the `testkit` feature.
 #![forbid(unsafe_code)]
 
 pub mod bindir;
-pub mod bundle;
-pub mod cache;
-pub mod cached;
+pub(crate) mod bundle;
 pub mod cli;
+pub mod clock;
 pub mod config;
-pub mod containerd_config;
-pub mod credentials;
-pub mod dns;
 pub mod engine;
 pub mod exit;
-pub mod hosts;
-pub mod input;
-pub mod knowledge;
+pub mod fsio;
+pub mod limits;
 pub mod log;
-pub mod metrics;
-pub mod net;
-pub mod output;
-pub mod registry;
+pub(crate) mod lookup;
+pub mod material;
+pub(crate) mod metrics;
 pub mod remote;
-pub mod resolve;
-pub mod ureq_fetch;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -5,6 +5,7 @@
 //! The level is `--log-level`, else `ATPROTO_VERIFIER_LOG`, else `info`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Environment variable naming the log level.
 pub const LOG_ENV: &str = "ATPROTO_VERIFIER_LOG";
@@ -91,6 +92,51 @@ pub fn info(msg: &str) {
 
 pub fn debug(msg: &str) {
     log(Level::Debug, msg, &[]);
+}
+
+/// Where the diagnostics of one decision (or one job) go: collected, so the adapter says them
+/// with the decision they belong to (containerd's debug log, a server's log line with its
+/// request id), or straight to stderr (one-shot commands). Clones share the collection.
+#[derive(Clone, Debug, Default)]
+pub struct Notes {
+    lines: Option<Arc<Mutex<Vec<String>>>>,
+}
+
+impl Notes {
+    /// Notes kept for the caller to take.
+    pub fn collect() -> Notes {
+        Notes { lines: Some(Arc::default()) }
+    }
+
+    /// Notes written to stderr as they come.
+    pub fn stderr() -> Notes {
+        Notes { lines: None }
+    }
+
+    fn lines(&self) -> Option<std::sync::MutexGuard<'_, Vec<String>>> {
+        self.lines.as_ref().map(|l| l.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// A note (info level).
+    pub fn push(&self, line: String) {
+        match self.lines() {
+            Some(mut lines) => lines.push(line),
+            None => info(&line),
+        }
+    }
+
+    /// A problem worth a warning (said as `warning: …` among collected notes).
+    pub fn warn(&self, line: String) {
+        match self.lines() {
+            Some(mut lines) => lines.push(format!("warning: {line}")),
+            None => warn(&line),
+        }
+    }
+
+    /// The collected notes, taken (none for stderr notes).
+    pub fn take(&self) -> Vec<String> {
+        self.lines().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::cache::{Cache, DidEntry, Kind, ProofEntry};
 use crate::config::Config;
+use crate::material::store::{Cache, DidEntry, Kind, ProofEntry};
 
 /// Largest audit log read for counting (the newest part of a larger one).
 const MAX_AUDIT_BYTES: u64 = 64 << 20;

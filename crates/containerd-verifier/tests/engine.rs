@@ -4,7 +4,7 @@
 //! Every reason code a pull can get is produced here, and the message a person reads for it is
 //! snapshot-tested (`tests/snapshots/engine__*.snap`): a change of wording is a reviewed diff.
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use atproto_sig_core::cbor::{Map, Value};
@@ -13,10 +13,9 @@ use atproto_sig_core::record::{MANIFEST_COLLECTION, manifest_value};
 use atproto_sig_core::testkit::{Identity, T0_MICROS, Tamper, TestRepo, digest_of};
 use atproto_sig_core::{Reason, policy::Policy};
 use containerd_verifier::config::Config;
-use containerd_verifier::engine::{self, Answer, PolicyError, Request};
-use containerd_verifier::net::{Deadline, NetError};
-use containerd_verifier::remote::{DnsError, MemoryFetch, MemoryResolve, Remote};
-use containerd_verifier::resolve::query;
+use containerd_verifier::engine::{self, Answer, Class, PolicyError, Request};
+use containerd_verifier::remote::{Deadline, DnsError, InFlight, NetError, Remote};
+use containerd_verifier::testkit::{MemoryFetch, MemoryResolve, query};
 
 const PLC: &str = "https://plc.test";
 const MINUTE: i64 = 60_000_000;
@@ -25,8 +24,8 @@ const DAY: i64 = 86_400_000_000;
 /// One node and the world it sees.
 struct World {
     _dir: tempfile::TempDir,
-    fetch: Rc<MemoryFetch>,
-    resolve: Rc<MemoryResolve>,
+    fetch: Arc<MemoryFetch>,
+    resolve: Arc<MemoryResolve>,
     config: Config,
     policy: Result<Policy, PolicyError>,
 }
@@ -52,8 +51,8 @@ impl World {
         };
         World {
             _dir: dir,
-            fetch: Rc::new(MemoryFetch::new()),
-            resolve: Rc::new(MemoryResolve::new()),
+            fetch: Arc::new(MemoryFetch::new()),
+            resolve: Arc::new(MemoryResolve::new()),
             config,
             policy: Policy::parse(policy).map_err(|issues| PolicyError::Invalid(issues.iter().map(|i| i.render("policy.yaml", "error")).collect())),
         }
@@ -94,7 +93,7 @@ impl World {
     }
 
     fn decide_at(&self, reference: &str, digest: &str, descriptor: Option<&[u8]>, now: i64, budget: Duration) -> Answer {
-        let remote = Remote { fetch: self.fetch.clone(), resolve: self.resolve.clone() };
+        let remote = Remote::new(self.fetch.clone(), self.resolve.clone());
         let request = Request {
             reference,
             digest: Some(digest),
@@ -103,6 +102,7 @@ impl World {
             config: &self.config,
             now_micros: now,
             deadline: Deadline::after(budget),
+            in_flight: &InFlight::default(),
         };
         engine::decide(&request, &remote)
     }
@@ -147,7 +147,7 @@ fn verified_and_the_cached_proof_is_used_without_a_request() {
     // Warm: the same decision from the cache, no request to PLC or the PDS.
     let warm = world.decide("registry.test/team/app:1", &digest);
     assert_eq!((warm.decision.reason, warm.requests.identity), (Reason::Verified, 0), "{}", warm.decision.message);
-    assert_eq!(engine::exit_code(&warm.decision), 0);
+    assert_eq!(warm.class(), Class::Admitted);
 }
 
 fn not_required_and_no_matching_rule_make_no_request() {
@@ -185,7 +185,7 @@ fn a_handle_in_the_path_resolves_through_dns_and_is_checked_both_ways() {
     world.resolve.fail(&format!("_atproto.{}", repo.identity.handle), DnsError::NoServer);
     let answer = world.decide(&format!("atcr.test/{}/app:1", repo.identity.handle), &digest);
     assert_eq!(answer.decision.reason, Reason::NetworkError, "{}", answer.decision.message);
-    assert_eq!(engine::exit_code(&answer.decision), 2);
+    assert_eq!(answer.class(), Class::Undecided);
 }
 
 fn did_unresolved_when_plc_does_not_know_the_did() {
@@ -304,13 +304,13 @@ fn network_error_and_deadline_are_never_signature_verdicts() {
     world.fetch.fail(&format!("{PLC}/{}", repo.identity.did), NetError::Connect("https://plc.test: connection refused".into()));
     let answer = world.decide("registry.test/team/app:1", &digest);
     expect(&answer, Reason::NetworkError);
-    assert_eq!(engine::exit_code(&answer.decision), 2);
+    assert_eq!(answer.class(), Class::Undecided);
 
     let world = World::trusting(&repo);
     world.serve(&repo, &rkey, &Tamper::None);
     let late = world.decide_at("registry.test/team/app:1", &digest, None, T0_MICROS + MINUTE, Duration::ZERO);
     expect(&late, Reason::DeadlineExceeded);
-    assert_eq!(engine::exit_code(&late.decision), 2);
+    assert_eq!(late.class(), Class::Undecided);
 }
 
 fn config_invalid_and_invalid_request_are_refused_before_any_lookup() {
@@ -331,7 +331,7 @@ fn a_descriptor_naming_another_digest_is_refused() {
     let answer = world.decide_at("registry.test/team/app:1", &digest_of("argv"), Some(descriptor.as_bytes()), T0_MICROS, Duration::from_secs(8));
     assert_eq!(answer.decision.reason, Reason::DigestMismatch);
     insta::assert_snapshot!("digest-mismatch-descriptor", answer.decision.message);
-    assert_eq!(engine::exit_code(&answer.decision), 1);
+    assert_eq!(answer.class(), Class::Rejected);
 }
 
 fn proof_too_old_offline_measured_by_the_signed_rev() {

@@ -4,79 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use atproto_sig_core::did::{DidDocument, DidMethod, did_method};
-use atproto_sig_core::plc::verify_audit_log;
-use atproto_sig_core::record::MANIFEST_COLLECTION;
-use atproto_sig_core::syntax::format_datetime_micros;
-use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, verify};
+use atproto_sig_core::did::DidDocument;
 use atproto_sig_core::{Limits, Reason};
 use base64::Engine;
 
 use super::{Bundle, CollectionEntry, ImportReport};
-use crate::cache::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
 use crate::config::Config;
-
-/// Why one entry of a bundle is refused (said in the import report, entry by entry).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-enum Refusal {
-    #[error(
-        "it claims to be fetched {claimed}, later than this node's clock ({now}) plus clock_skew ({skew}) — a bundle cannot come from the future; check both clocks and re-create the bundle"
-    )]
-    FromTheFuture { claimed: String, now: String, skew: String },
-    #[error("{0}")]
-    Document(String),
-    #[error("no audit log: a did:plc document cannot be checked without it")]
-    NoAuditLog,
-    #[error("audit log invalid: {0}")]
-    AuditLog(String),
-    #[error("the audit log ends in a tombstone: the DID is deactivated")]
-    Deactivated,
-    #[error("the document's #atproto key differs from the key its audit log establishes")]
-    KeyDiffers,
-    #[error("the document's PDS or handle differs from its audit log")]
-    ServiceDiffers,
-    #[error("its audit log is a prefix of the one this node already holds — older than what this node already holds (a rotated-out key must not come back)")]
-    OlderAuditLog,
-    #[error("{message} ({code})")]
-    Proof { message: String, code: &'static str },
-    #[error("{0}")]
-    RolledBack(String),
-}
-
-/// The document a bundle entry proves: did:plc entries must agree with their audit log.
-fn check_did_entry(entry: &DidEntry, limits: &Limits) -> Result<(DidDocument, Option<String>), Refusal> {
-    let document = DidDocument::parse(entry.document.as_bytes(), &entry.did, limits).map_err(|e| Refusal::Document(e.to_string()))?;
-    match did_method(&entry.did).map_err(|e| Refusal::Document(e.to_string()))? {
-        DidMethod::Plc => {
-            let log = entry.audit_log.as_deref().ok_or(Refusal::NoAuditLog)?;
-            let state = verify_audit_log(&entry.did, log.as_bytes(), limits).map_err(|e| Refusal::AuditLog(e.to_string()))?;
-            if state.deactivated {
-                return Err(Refusal::Deactivated);
-            }
-            let key = state.signing_key().map_err(|e| Refusal::AuditLog(e.to_string()))?;
-            if document.signing_key.as_ref().ok() != Some(&key) {
-                return Err(Refusal::KeyDiffers);
-            }
-            if document.pds != state.pds() || document.handle != state.handle() {
-                return Err(Refusal::ServiceDiffers);
-            }
-            Ok((document, None))
-        }
-        DidMethod::Web => Ok((document, Some(format!("{}: did:web documents are trusted as delivered (they cannot be self-certified)", entry.did)))),
-    }
-}
-
-/// Refuses material that claims to be fetched later than this node's clock allows.
-fn check_fetch_time(fetched_at: i64, now: i64, config: &Config) -> Result<(), Refusal> {
-    if fetched_at > now.saturating_add(config.clock_skew.micros()) {
-        return Err(Refusal::FromTheFuture {
-            claimed: format_datetime_micros(fetched_at),
-            now: format_datetime_micros(now),
-            skew: config.clock_skew.to_string(),
-        });
-    }
-    Ok(())
-}
+use crate::material::knowledge::{self, DocumentAccepted, OfferedProof, Refusal, check_fetch_time, checked_document};
+use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
 
 /// Verifies every entry and writes the accepted ones to `cache`. Nothing moves backwards: a
 /// did:plc audit log that is a prefix of the stored one, or a proof at an older commit rev
@@ -130,7 +65,8 @@ impl Importer<'_> {
         let limits = Limits::default();
         for entry in &self.bundle.dids {
             let label = format!("DID document {}", entry.did);
-            let checked = check_fetch_time(entry.fetched_at, self.now, self.config).and_then(|()| check_did_entry(entry, &limits));
+            let checked = check_fetch_time(entry.fetched_at, self.now, &self.config.clock_skew)
+                .and_then(|()| checked_document(entry, &limits).map_err(|e| e.to_string()));
             let (document, note) = match checked {
                 Ok(found) => found,
                 Err(e) => {
@@ -139,23 +75,16 @@ impl Importer<'_> {
                 }
             };
             self.report.notes.extend(note);
-            let held = self.cache.read::<DidEntry>(Kind::Did, &[&entry.did]);
-            if let (Some(held_log), Some(new_log)) = (held.as_ref().and_then(|h| h.audit_log.as_deref()), entry.audit_log.as_deref())
-                && crate::knowledge::is_older_audit_log(new_log, held_log)
-            {
-                self.report.refused.push(format!("{label}: {}", Refusal::OlderAuditLog));
-                continue;
+            let stored = DidEntry { source: format!("bundle {} ({})", self.source, entry.source), ..entry.clone() };
+            match knowledge::accept_document(self.cache, &stored, self.now) {
+                Ok(DocumentAccepted::Stored) => self.report.stored.push(label),
+                Ok(DocumentAccepted::Unchanged) => self.report.unchanged.push(label),
+                Err(e) => {
+                    self.report.refused.push(format!("{label}: {e}"));
+                    continue;
+                }
             }
             self.documents.insert(entry.did.clone(), document);
-            if held.as_ref().is_some_and(|h| h.document == entry.document && h.audit_log == entry.audit_log) {
-                self.report.unchanged.push(label);
-                continue;
-            }
-            let mut stored = entry.clone();
-            stored.fetched_at = crate::knowledge::stored_fetch_time(entry.fetched_at, self.now, None);
-            stored.source = format!("bundle {} ({})", self.source, entry.source);
-            self.cache.write(Kind::Did, &[&entry.did], &stored);
-            self.report.stored.push(label);
         }
     }
 
@@ -164,7 +93,7 @@ impl Importer<'_> {
         self.documents
             .get(did)
             .cloned()
-            .or_else(|| self.cache.read::<DidEntry>(Kind::Did, &[did]).and_then(|e| check_did_entry(&e, &Limits::default()).ok()).map(|(d, _)| d))
+            .or_else(|| self.cache.read::<DidEntry>(Kind::Did, &[did]).and_then(|e| checked_document(&e, &Limits::default()).ok()).map(|(d, _)| d))
     }
 
     /// Proofs; returns (did, rkey, digest) whose proof verified for exactly that digest: only
@@ -173,7 +102,7 @@ impl Importer<'_> {
         let mut proven = Vec::new();
         for entry in &self.bundle.proofs {
             let label = format!("proof {}/{}/{}", entry.did, entry.collection, entry.rkey);
-            if let Err(e) = check_fetch_time(entry.fetched_at, self.now, self.config) {
+            if let Err(e) = check_fetch_time(entry.fetched_at, self.now, &self.config.clock_skew) {
                 self.report.refused.push(format!("{label}: {e}"));
                 continue;
             }
@@ -222,52 +151,30 @@ impl Importer<'_> {
                 self.report.unchanged.push(label);
                 continue;
             }
-            let stored = LocatorEntry { fetched_at: crate::knowledge::stored_fetch_time(locator.fetched_at, self.now, None), ..locator.clone() };
+            let stored = LocatorEntry { fetched_at: crate::material::knowledge::stored_fetch_time(locator.fetched_at, self.now, None), ..locator.clone() };
             self.cache.write(Kind::Locator, &[&locator.did, &locator.digest], &stored);
             self.report.stored.push(label);
         }
     }
 
     /// Verifies one proof CAR and stores it unless this node holds a proof at the same or a
-    /// newer commit.
+    /// newer commit (`knowledge::accept_proof`, the one way in).
     fn store_proof(&self, proof: &ProofToStore<'_>) -> Result<Stored, Refusal> {
-        let limits = Limits::default();
-        let did = proof.document.did.as_str();
-        let zero = format!("sha256:{}", "0".repeat(64));
-        let verdict = verify(&ProofInput {
+        let offered = OfferedProof {
+            document: proof.document,
+            collection: proof.collection,
+            rkey: proof.rkey,
             car: proof.car,
-            key: KeySource::Document(proof.document),
-            expect: Expectation { did, rkey: Some(proof.rkey), digest: proof.digest.unwrap_or(&zero), repository: None },
-            now_micros: self.now,
-            max_clock_skew_micros: self.config.clock_skew.micros(),
-            limits: &limits,
-        });
-        // These outcomes are only reachable after the commit signature and the MST path verified.
-        let authentic = matches!(verdict.reason, Reason::Verified | Reason::DigestMismatch | Reason::RecordDeleted | Reason::RecordInvalid);
-        if proof.collection != MANIFEST_COLLECTION || !authentic {
-            return Err(Refusal::Proof { message: verdict.message, code: verdict.reason.code() });
-        }
-        let (collection, rkey) = (proof.collection, proof.rkey);
-        let rev = verdict.facts.rev.clone().unwrap_or_default();
-        if let Some(held) = crate::knowledge::newer_held(self.cache, did, collection, rkey, &rev) {
-            return Err(Refusal::RolledBack(crate::knowledge::rollback_message("this proof", &rev, &held)));
-        }
-        let held: Option<ProofEntry> = self.cache.read(Kind::Proof, &[did, collection, rkey]);
-        let verified = verdict.reason == Reason::Verified;
-        if held.as_ref().and_then(crate::knowledge::entry_rev).is_some_and(|(r, _)| r == rev) {
-            return Ok(Stored { changed: false, verified });
-        }
-        let signed = atproto_sig_core::syntax::tid_timestamp_micros(&rev).and_then(|t| i64::try_from(t).ok());
-        let entry = ProofEntry {
-            did: did.to_owned(),
-            collection: collection.to_owned(),
-            rkey: rkey.to_owned(),
-            fetched_at: crate::knowledge::stored_fetch_time(proof.claimed, self.now, signed),
+            digest: proof.digest,
             source: proof.source.clone(),
-            car: base64::engine::general_purpose::STANDARD.encode(proof.car),
+            fetched_at: proof.claimed,
+            now: self.now,
+            clock_skew_micros: self.config.clock_skew.micros(),
         };
-        self.cache.write(Kind::Proof, &[did, collection, rkey], &entry);
-        Ok(Stored { changed: true, verified })
+        let accepted = knowledge::accept_proof(self.cache, &offered)?;
+        // Verified for the locator's digest (or, with none, proven present).
+        let verified = accepted.verdict.reason == Reason::Verified && proof.digest.is_some();
+        Ok(Stored { changed: accepted.changed, verified })
     }
 
     /// Applies the signed state of a whole collection: every record this node knows of for the
@@ -275,8 +182,7 @@ impl Importer<'_> {
     /// present records a newer proof, deleted ones an absence proof that revokes them.
     fn collection(&mut self, entry: &CollectionEntry) {
         let label = format!("collection state {}/{}", entry.did, entry.collection);
-        let checked = check_fetch_time(entry.fetched_at, self.now, self.config)
-            .map_err(|e| e.to_string())
+        let checked = check_fetch_time(entry.fetched_at, self.now, &self.config.clock_skew)
             .and_then(|()| self.document_of(&entry.did).ok_or_else(|| format!("no verified DID document for {}", entry.did)))
             .and_then(|document| Ok((document, base64::engine::general_purpose::STANDARD.decode(&entry.car).map_err(|_| "not base64".to_owned())?)))
             .and_then(|(document, car)| {

@@ -12,10 +12,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
 use crate::config::Config;
-use crate::registry::RegistryError;
-use crate::resolve::LookupError;
+use crate::lookup::atproto::LookupError;
+use crate::lookup::registry::RegistryError;
+use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
 
 mod create;
 mod import;
@@ -71,6 +71,8 @@ pub enum BundleError {
     Write { path: String, problem: String },
     #[error("--image needs the trust policy (to know which DIDs sign it): install it, or use --did")]
     NeedsPolicy,
+    #[error("bundle create needs the network: run it on a connected machine")]
+    Offline,
     #[error("{name}: {problem}")]
     Image { name: String, problem: String },
     #[error("{name}: {error}")]
@@ -107,7 +109,7 @@ pub fn parse(bytes: &[u8]) -> Result<Bundle, BundleError> {
 
 /// Reads (capped) and parses a bundle file.
 pub fn read(path: &Path) -> Result<Bundle, BundleError> {
-    let bytes = crate::input::read_capped(path, MAX_BUNDLE).map_err(|e| BundleError::Read { path: path.display().to_string(), problem: e.to_string() })?;
+    let bytes = crate::fsio::read_capped(path, MAX_BUNDLE).map_err(|e| BundleError::Read { path: path.display().to_string(), problem: e.to_string() })?;
     parse(&bytes)
 }
 
@@ -128,7 +130,7 @@ pub fn sync_bundle_dir(config: &Config, cache: &Cache) -> Vec<String> {
         }
         match read(&path) {
             Ok(bundle) => {
-                let report = import(&bundle, cache, &path.display().to_string(), config, crate::input::now_micros(None).unwrap_or(0));
+                let report = import(&bundle, cache, &path.display().to_string(), config, crate::clock::now_micros(None).unwrap_or(0));
                 notes.extend(report.refused.iter().map(|r| format!("{}: refused {r}", path.display())));
                 cache.write(Kind::Imported, &marker, &stamp);
             }

@@ -8,20 +8,19 @@ use std::path::PathBuf;
 
 use atproto_sig_core::Limits;
 use atproto_sig_core::car::Car;
-use atproto_sig_core::commit::Commit;
 use atproto_sig_core::policy::Outcome;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::reference::ImageRef;
-use base64::Engine;
 use clap::Args;
 use serde_json::{Value as Json, json};
 
-use crate::cache::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
+use crate::cli::output::{Format, print_undecided};
 use crate::config::Config;
 use crate::exit;
-use crate::net::{Deadline, Http};
-use crate::output::{Format, print_undecided};
-use crate::registry::{CAR_MEDIA_TYPE, SIGNATURE_ARTIFACT_TYPE, Session};
+use crate::lookup::registry::{CAR_MEDIA_TYPE, Files, SIGNATURE_ARTIFACT_TYPE, Session, sha256_digest};
+use crate::material::knowledge;
+use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
+use crate::remote::{Deadline, Http, InFlight, Remote};
 
 #[derive(Args, Debug)]
 pub struct AttachArgs {
@@ -32,7 +31,11 @@ pub struct AttachArgs {
 }
 
 pub fn run(args: AttachArgs) -> u8 {
-    match attach(&args) {
+    let attached = Config::load(args.config.as_deref()).map_err(|e| fail(e.to_string())).and_then(|config| {
+        let remote = crate::remote::system::system(&config);
+        attach(&args, &config, &remote)
+    });
+    match attached {
         Ok(line) => {
             println!("{line}");
             exit::ADMITTED
@@ -51,20 +54,22 @@ fn fail(message: impl std::fmt::Display) -> Refused {
     (exit::UNDECIDED, message.to_string(), String::new())
 }
 
-fn attach(args: &AttachArgs) -> Result<String, Refused> {
-    let config = Config::load(args.config.as_deref()).map_err(|e| fail(e.to_string()))?;
+/// Verifies the image over `remote`, then pushes its proof next to it in its registry.
+fn attach(args: &AttachArgs, config: &Config, remote: &Remote) -> Result<String, Refused> {
     if config.offline {
         return Err(fail("attach needs the network: run it on a connected machine"));
     }
     let image = ImageRef::parse(&args.image).map_err(|e| fail(e.to_string()))?;
-    let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(std::time::Duration::from_secs(120)));
-    let session = Session::new(&config, &http, &image);
+    let deadline = Deadline::after(std::time::Duration::from_secs(120));
+    let http = Http::new(std::sync::Arc::clone(&remote.fetch), config.request_timeout.0, deadline, InFlight::default());
+    let files = Files::new(config, deadline, crate::log::Notes::stderr());
+    let session = Session::new(&files, &http, &image);
     let digest = match &image.digest {
         Some(d) => d.clone(),
         None => session.resolve(image.tag.as_deref().unwrap_or("latest")).map_err(fail)?,
     };
-    let signer = verified_signer(&args.image, &config, &digest)?;
-    let proof = VerifiedProof::from_cache(&config, &signer, &digest)?;
+    let signer = verified_signer(&args.image, config, remote, &digest)?;
+    let proof = VerifiedProof::from_cache(config, &signer, &digest)?;
     let subject = session.manifest(&digest).map_err(fail)?.ok_or_else(|| fail(format!("{digest} is not in the registry")))?;
     let subject_type = serde_json::from_slice::<Json>(&subject)
         .ok()
@@ -83,7 +88,7 @@ fn attach(args: &AttachArgs) -> Result<String, Refused> {
         "annotations": {"io.atcr.atproto.did": proof.signer, "org.opencontainers.image.created": proof.signed_at.clone().unwrap_or_default()},
     }))
     .map_err(|e| fail(e.to_string()))?;
-    let artifact_digest = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&<sha2::Sha256 as sha2::Digest>::digest(&manifest)));
+    let artifact_digest = sha256_digest(&manifest);
     let artifact = session.push_manifest(&artifact_digest, "application/vnd.oci.image.manifest.v1+json", &manifest).map_err(fail)?;
     let discovery = make_discoverable(&session, &digest, &artifact, manifest.len())?;
     Ok(format!(
@@ -97,7 +102,7 @@ fn attach(args: &AttachArgs) -> Result<String, Refused> {
 
 /// Verifies `digest` exactly as a pull would (only a verified proof is attached); returns the
 /// signer whose proof admitted it.
-fn verified_signer(reference: &str, config: &Config, digest: &str) -> Result<String, Refused> {
+fn verified_signer(reference: &str, config: &Config, remote: &Remote, digest: &str) -> Result<String, Refused> {
     let policy = crate::engine::request::load_policy(&config.policy)
         .map_err(|_| fail("attach verifies before it attaches and needs the trust policy: run `atproto-verifier policy check`"))?;
     let request = crate::engine::Request {
@@ -106,10 +111,11 @@ fn verified_signer(reference: &str, config: &Config, digest: &str) -> Result<Str
         descriptor: None,
         policy: Ok(&policy),
         config,
-        now_micros: crate::input::now_micros(None).unwrap_or(0),
+        now_micros: crate::clock::now_micros(None).unwrap_or(0),
         deadline: Deadline::after(config.budget.0),
+        in_flight: &InFlight::default(),
     };
-    let answer = crate::engine::decide(&request, &crate::remote::Remote::system(config.connect_timeout.0));
+    let answer = crate::engine::decide(&request, remote);
     let decision = answer.decision;
     match (decision.outcome, decision.signers.first()) {
         (Outcome::Admit, Some(did)) => Ok(did.clone()),
@@ -134,14 +140,12 @@ impl VerifiedProof {
             cache.read(Kind::Locator, &[signer, digest]).ok_or_else(|| fail("the verified record's location is missing from the cache"))?;
         let proof: ProofEntry =
             cache.read(Kind::Proof, &[signer, MANIFEST_COLLECTION, &locator.rkey]).ok_or_else(|| fail("the verified proof is missing from the cache"))?;
-        let car = base64::engine::general_purpose::STANDARD.decode(&proof.car).map_err(|e| fail(e.to_string()))?;
+        let car = knowledge::decode_car(&proof).ok_or_else(|| fail("the verified proof in the cache is not base64"))?;
         let limits = Limits::default();
         let document: Option<DidEntry> = cache.read(Kind::Did, &[signer]);
         let document = document.and_then(|d| atproto_sig_core::did::DidDocument::parse(d.document.as_bytes(), signer, &limits).ok());
         let parsed = Car::parse(&car, &limits).map_err(|e| fail(e.to_string()))?;
-        let commit = parsed.block(&parsed.root).and_then(|b| Commit::decode(b, &limits).ok()).ok_or_else(|| fail("the proof has no commit"))?;
-        let signed_at =
-            commit.rev.as_deref().and_then(atproto_sig_core::syntax::tid_timestamp_micros).map(|t| atproto_sig_core::syntax::format_datetime_micros(t as i64));
+        let signed_at = knowledge::commit_rev(&car).map(|(_, micros)| atproto_sig_core::syntax::format_datetime_micros(micros));
         Ok(VerifiedProof { signer: signer.to_owned(), rkey: locator.rkey, commit: parsed.root, car, signed_at, document })
     }
 

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::bundle;
-use crate::cache::Cache;
+use crate::cli::output::{Format, print_config_invalid, print_json, print_undecided};
 use crate::config::Config;
 use crate::exit;
-use crate::output::{Format, print_config_invalid, print_json, print_undecided};
+use crate::material::store::Cache;
 
 #[derive(Subcommand, Debug)]
 pub enum BundleCommand {
@@ -72,7 +72,7 @@ fn create(args: &CreateArgs) -> u8 {
         }
     };
     let policy = crate::engine::request::load_policy(&config.policy).ok();
-    match bundle::create(&config, policy.as_ref(), &args.images, &args.dids, &args.output) {
+    match bundle::create(&config, &crate::remote::system::system(&config), policy.as_ref(), &args.images, &args.dids, &args.output) {
         Ok(b) => {
             println!(
                 "{}: {} DID documents ({} with audit logs), {} proofs, {} locators",
@@ -143,7 +143,7 @@ fn import(args: &ImportArgs) -> u8 {
     };
     let Some(b) = load(&args.file, args.format) else { return exit::UNDECIDED };
     let cache = Cache::new(&config.cache_dir);
-    let now = match crate::input::now_micros(None) {
+    let now = match crate::clock::now_micros(None) {
         Ok(now) => now,
         Err(e) => {
             eprintln!("{e}");

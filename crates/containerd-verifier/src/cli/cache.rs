@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::cache::{Cache, DidEntry, Freshness, Kind, ProofEntry, freshness};
+use crate::cli::output::{Format, print_config_invalid, print_json, print_undecided};
 use crate::config::Config;
+use crate::engine::{Session, SessionOptions};
 use crate::exit;
-use crate::net::{Deadline, Http};
-use crate::output::{Format, print_config_invalid, print_json, print_undecided};
+use crate::material::read::Refresh;
+use crate::material::store::{Cache, DidEntry, Freshness, Kind, ProofEntry, freshness};
+use crate::remote::{Deadline, InFlight};
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -41,7 +43,7 @@ pub fn run(command: CacheCommand) -> u8 {
         }
     };
     let cache = Cache::new(&config.cache_dir);
-    let now = crate::input::now_micros(None).unwrap_or(0);
+    let now = crate::clock::now_micros(None).unwrap_or(0);
     match command {
         CacheCommand::List(a) => list(&config, &cache, now, a.format),
         CacheCommand::Refresh(a) => refresh(&config, &cache, now, a.format),
@@ -100,23 +102,25 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
         }
         return refresh_offline(config, cache, now, format, &bundle_notes);
     }
-    let http = Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(std::time::Duration::from_secs(600)));
-    let dns = crate::dns::SystemResolve { timeout: config.connect_timeout.0 };
+    let remote = crate::remote::system::system(config);
     let empty = atproto_sig_core::policy::Policy::empty();
-    // Entries past half their TTL are refetched: the context treats them as not fresh.
-    let mut eager = config.clone();
-    eager.did_ttl = crate::config::Span(config.did_ttl.0 / 2);
-    eager.proof_ttl = crate::config::Span(config.proof_ttl.0 / 2);
-    let context = crate::engine::Context::new(&eager, &empty, cache, Some(&http), Some(&http), &dns, now);
-    let (refreshed, mut failed) = refetch_stale(&context, cache, now);
+    // Entries past half their TTL are refetched, so a pull rarely meets an expired one.
+    let options = SessionOptions { refresh: Refresh::PastHalfLife, ..SessionOptions::default() };
+    let deadline = Deadline::after(std::time::Duration::from_secs(600));
+    let session = Session::new(config, &empty, &remote, now, deadline, &InFlight::default(), options);
+    let (refreshed, mut failed) = refetch_stale(&session, cache, now);
+    for note in session.take_notes() {
+        crate::log::info(&note);
+    }
+    let requests = session.requests().identity;
     failed.splice(0..0, bundle_notes);
     if let Err(e) = crate::metrics::write(config, cache, now, refreshed.len(), failed.len()) {
         failed.push(e.to_string());
     }
     match format {
-        Format::Json => print_json(&serde_json::json!({"refreshed": refreshed, "failed": failed, "requests": http.request_count()})),
+        Format::Json => print_json(&serde_json::json!({"refreshed": refreshed, "failed": failed, "requests": requests})),
         Format::Text => {
-            println!("refreshed {} entries ({} requests), {} failed", refreshed.len(), http.request_count(), failed.len());
+            println!("refreshed {} entries ({requests} requests), {} failed", refreshed.len(), failed.len());
             for f in &failed {
                 println!("  failed: {f}");
             }
@@ -143,11 +147,13 @@ fn refresh_offline(config: &Config, cache: &Cache, now: i64, format: Format, bun
     if bundle_notes.is_empty() && metrics.is_ok() { exit::ADMITTED } else { exit::UNDECIDED }
 }
 
-/// Refetches every DID document and proof past (the context's) TTL: (refreshed, failed).
-fn refetch_stale(context: &crate::engine::Context<'_>, cache: &Cache, now: i64) -> (Vec<String>, Vec<String>) {
+/// Refetches every DID document and proof due under the session's refresh mode: (refreshed,
+/// failed).
+fn refetch_stale(context: &Session<'_>, cache: &Cache, now: i64) -> (Vec<String>, Vec<String>) {
+    let due = |fetched_at: i64, ttl: crate::config::Span| Refresh::PastHalfLife.due(fetched_at, now, ttl.micros());
     let (mut refreshed, mut failed) = (Vec::new(), Vec::new());
     for (_, entry) in cache.all::<DidEntry>(Kind::Did) {
-        if freshness(entry.fetched_at, now, context.config.did_ttl.micros(), 0) == Freshness::Fresh {
+        if !due(entry.fetched_at, context.config.did_ttl) {
             continue;
         }
         match context.document(&entry.did) {
@@ -156,7 +162,7 @@ fn refetch_stale(context: &crate::engine::Context<'_>, cache: &Cache, now: i64) 
         }
     }
     for (_, entry) in cache.all::<ProofEntry>(Kind::Proof) {
-        if freshness(entry.fetched_at, now, context.config.proof_ttl.micros(), 0) == Freshness::Fresh {
+        if !due(entry.fetched_at, context.config.proof_ttl) {
             continue;
         }
         let uri = format!("at://{}/{}/{}", entry.did, entry.collection, entry.rkey);

@@ -6,9 +6,9 @@ use atproto_sig_core::Limits;
 use atproto_sig_core::plc::verify_audit_log;
 use clap::{Args, Subcommand};
 
+use crate::cli::output::{Format, print_json, print_undecided};
 use crate::exit;
-use crate::input::read_capped;
-use crate::output::{Format, print_json, print_undecided};
+use crate::fsio::read_capped;
 
 #[derive(Subcommand, Debug)]
 pub enum DidCommand {

@@ -5,6 +5,7 @@ mod bundle;
 mod cache;
 mod did;
 mod doctor;
+pub(crate) mod output;
 pub mod policy;
 mod proof;
 mod resolve;

@@ -8,12 +8,13 @@ use atproto_sig_core::syntax::format_datetime_micros;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::cli::output::{Format, print_json, print_undecided};
+use crate::clock::now_micros;
 use crate::config::Config;
 use crate::engine::PolicyError;
 use crate::engine::request::{INSTALL_POLICY_HINT, load_policy};
 use crate::exit;
-use crate::input::{now_micros, read_capped};
-use crate::output::{Format, print_json, print_undecided};
+use crate::fsio::read_capped;
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {

@@ -15,10 +15,11 @@ use atproto_sig_core::{Expectation, KeySource, Limits, ProofInput, Verdict, veri
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use crate::cli::output::{Format, print_json, print_undecided};
+use crate::clock::now_micros;
 use crate::engine::Failure;
 use crate::exit;
-use crate::input::{now_micros, read_capped};
-use crate::output::{Format, print_json, print_undecided};
+use crate::fsio::read_capped;
 
 #[derive(Subcommand, Debug)]
 pub enum ProofCommand {
@@ -116,7 +117,7 @@ fn run_verify(args: &VerifyArgs) -> u8 {
         None => return exit::UNDECIDED,
     };
     let did = uri.authority.as_str();
-    let expect = Expectation { did, rkey: uri.rkey.as_deref(), digest: &args.digest, repository: args.repository.as_deref() };
+    let expect = Expectation { did, rkey: uri.rkey.as_deref(), digest: Some(&args.digest), repository: args.repository.as_deref() };
     let verdict = verdict_from_files(args, expect, &car, &key_bytes, now);
     print_verdict(&verdict, args.format);
     match verdict.reason {

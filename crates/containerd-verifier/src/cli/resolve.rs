@@ -7,11 +7,11 @@ use atproto_sig_core::syntax::is_valid_did;
 use clap::Args;
 use serde_json::json;
 
-use crate::cache::Cache;
+use crate::cli::output::{Format, print_config_invalid, print_json, print_undecided};
 use crate::config::Config;
+use crate::engine::{Session, SessionOptions, is_undecided};
 use crate::exit;
-use crate::net::{Deadline, Http};
-use crate::output::{Format, print_config_invalid, print_json, print_undecided};
+use crate::remote::{Deadline, Http, InFlight, Resolve};
 
 #[derive(Args, Debug)]
 pub struct ResolveArgs {
@@ -31,13 +31,11 @@ pub fn run(args: ResolveArgs) -> u8 {
             return exit::UNDECIDED;
         }
     };
-    let http = (!config.offline).then(|| Http::new(config.connect_timeout.0, config.request_timeout.0, Deadline::after(config.budget.0)));
-    let cache = Cache::new(&config.cache_dir);
-    let dns = crate::dns::SystemResolve { timeout: config.connect_timeout.0 };
+    let remote = crate::remote::system::system(&config);
     let empty = atproto_sig_core::policy::Policy::empty();
-    let now = crate::input::now_micros(None).unwrap_or(0);
-    let context = crate::engine::Context::new(&config, &empty, &cache, http.as_ref(), None, &dns, now);
-    let (did, from_handle) = match resolved_did(&args, &config, http.as_ref(), &dns) {
+    let now = crate::clock::now_micros(None).unwrap_or(0);
+    let context = Session::new(&config, &empty, &remote, now, Deadline::after(config.budget.0), &InFlight::default(), SessionOptions::default());
+    let (did, from_handle) = match resolved_did(&args, &config, context.http(), &*remote.resolve) {
         Ok(found) => found,
         Err(code) => return code,
     };
@@ -45,7 +43,7 @@ pub fn run(args: ResolveArgs) -> u8 {
         Ok((d, _)) => d,
         Err(v) => {
             print_undecided(args.format, &v.message, "");
-            return if crate::engine::is_undecided(v.reason) { exit::UNDECIDED } else { exit::REJECTED };
+            return if is_undecided(v.reason) { exit::UNDECIDED } else { exit::REJECTED };
         }
     };
     // A handle counts only if the DID document claims it back.
@@ -55,7 +53,7 @@ pub fn run(args: ResolveArgs) -> u8 {
 }
 
 /// The DID named (as is) or the handle's DID; on failure, what was printed and the exit code.
-fn resolved_did(args: &ResolveArgs, config: &Config, http: Option<&Http>, dns: &crate::dns::SystemResolve) -> Result<(String, Option<String>), u8> {
+fn resolved_did(args: &ResolveArgs, config: &Config, http: Option<&Http>, dns: &dyn Resolve) -> Result<(String, Option<String>), u8> {
     if is_valid_did(&args.identity) {
         return Ok((args.identity.clone(), None));
     }
@@ -63,10 +61,10 @@ fn resolved_did(args: &ResolveArgs, config: &Config, http: Option<&Http>, dns: &
         print_undecided(args.format, "offline: a handle cannot be resolved", "resolve it on a connected machine, or give the DID");
         return Err(exit::UNDECIDED);
     };
-    match crate::resolve::resolve_handle(http, config.handle_resolver.as_deref(), dns, &args.identity) {
+    match crate::lookup::atproto::resolve_handle(http, config.handle_resolver.as_deref(), dns, &args.identity) {
         Ok(did) => Ok((did, Some(args.identity.to_ascii_lowercase()))),
         // A network failure (DNS included) could not decide: exit 2, as for pulls.
-        Err(e @ crate::resolve::LookupError::Network(_)) => {
+        Err(e @ crate::lookup::atproto::LookupError::Network(_)) => {
             print_undecided(
                 args.format,
                 &format!("cannot resolve {}: {e} (a network failure)", args.identity),

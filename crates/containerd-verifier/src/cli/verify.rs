@@ -7,14 +7,13 @@ use atproto_sig_core::policy::{Decision, Outcome};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
+use crate::cli::output::{Format, print_config_invalid, print_json, print_undecided};
+use crate::clock::now_micros;
 use crate::config::Config;
-use crate::engine::request::{INSTALL_POLICY_HINT, load_policy};
-use crate::engine::{self, Failure, PolicyError, Request, RequestError, outcome_label};
+use crate::engine::request::load_policy;
+use crate::engine::{self, Failure, PolicyError, Request, outcome_label};
 use crate::exit;
-use crate::input::now_micros;
-use crate::net::Deadline;
-use crate::output::{Format, print_config_invalid, print_json, print_undecided};
-use crate::remote::Remote;
+use crate::remote::{Deadline, InFlight};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum VerifyFormat {
@@ -67,23 +66,24 @@ pub fn run(args: VerifyArgs) -> u8 {
         config: &config,
         now_micros: now_micros(None).unwrap_or(0),
         deadline: Deadline::after(config.budget.0),
+        in_flight: &InFlight::default(),
     };
-    let answer = engine::decide(&request, &Remote::system(config.connect_timeout.0));
+    let answer = engine::decide(&request, &crate::remote::system::system(&config));
     if let Some(failure) = &answer.refused {
-        let (message, hint) = match failure {
-            Failure::Request(e @ RequestError::TagUnresolved { .. }) => (e.to_string(), "pass the digest: IMAGE@sha256:… or --digest"),
-            Failure::Policy(PolicyError::Unreadable(e)) => (e.clone(), INSTALL_POLICY_HINT),
-            Failure::Policy(PolicyError::Invalid(errors)) => (errors.join("\n"), "run: atproto-verifier policy check"),
-            other => (other.to_string(), ""),
+        let message = match failure {
+            Failure::Policy(PolicyError::Unreadable(e)) => e.clone(),
+            Failure::Policy(PolicyError::Invalid(errors)) => errors.join("\n"),
+            other => other.to_string(),
         };
-        print_undecided(text_format, &message, hint);
+        print_undecided(text_format, &message, answer.hint());
         return exit::UNDECIDED;
     }
+    let code = exit::code(answer.class());
     let Some(image) = answer.image else { return exit::UNDECIDED };
     let decision = &answer.decision;
     let digest = image.digest.clone().unwrap_or_default();
-    let code = engine::exit_code(decision);
-    let mut record = engine::decision_record(&args.image, &digest, decision, (answer.requests.identity, answer.requests.registry), started.elapsed());
+    let mut record = engine::decision_record(&args.image, &digest, decision, answer.requests, started.elapsed());
+    record.insert("exit".into(), json!(code));
     record.insert("image".into(), json!(args.image));
     let result = serde_json::Value::Object(record);
     match args.format {

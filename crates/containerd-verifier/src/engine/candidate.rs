@@ -5,11 +5,11 @@ use atproto_sig_core::did::DidDocument;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::{Reason, Verdict};
 
-use super::context::Context;
+use super::context::Session;
 use super::failure::{Failure, Lookup};
 use super::proof::Origin;
-use crate::cache::{Kind, LocatorEntry};
-use crate::resolve;
+use crate::lookup::atproto;
+use crate::material::store::{Kind, LocatorEntry};
 
 /// Where a record key came from: it decides what a failure there means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ struct Search<'d> {
     locator: Option<LocatorEntry>,
 }
 
-impl Context<'_> {
+impl Session<'_> {
     /// Verifies one candidate signer for `digest`.
     pub fn verify_candidate(&self, did: &str, digest: &str, repository: Option<&str>, hint_rkey: Option<&str>) -> Verdict {
         let (document, stale_document) = match self.document(did) {
@@ -87,8 +87,8 @@ impl Context<'_> {
 
     /// The record key the PDS lists for the digest (a bounded listRecords scan), if any.
     fn listed_rkey(&self, search: &Search<'_>) -> Result<Option<String>, Verdict> {
-        let (Some(http), Some(pds)) = (self.http, search.document.pds.as_deref()) else { return Ok(None) };
-        resolve::find_record(http, pds, search.did, MANIFEST_COLLECTION, search.digest, search.repository)
+        let (Some(http), Some(pds)) = (&self.http, search.document.pds.as_deref()) else { return Ok(None) };
+        atproto::find_record(http, pds, search.did, MANIFEST_COLLECTION, search.digest, search.repository)
             .map_err(|error| Failure::Lookup { what: format!("the record list of {}", search.did), kind: Lookup::Record, error }.verdict(search.did))
     }
 

@@ -1,79 +1,166 @@
-//! The material of one decision (or one batch): config, policy, cache, clients, clock, and what
-//! the decision noted along the way; and the DID document step.
+//! The material of one decision, or of one batch of lookups ([`Session`]): config, policy,
+//! cache, clients, files, clock, deadline, what the decision noted along the way; and the DID
+//! document step.
 
 #![allow(clippy::result_large_err)]
 
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use atproto_sig_core::did::{DidDocument, DidMethod, did_method};
-use atproto_sig_core::plc::verify_audit_log;
 use atproto_sig_core::policy::Policy;
 use atproto_sig_core::{Limits, Verdict};
 
+use super::Requests;
 use super::failure::{Failure, Lookup};
-use crate::cache::{Cache, DidEntry, Kind};
-use crate::cached::{Got, Lifetime, Material, Miss};
 use crate::config::Config;
-use crate::net::Http;
-use crate::remote::Resolve;
-use crate::resolve::{self};
+use crate::limits::NodeLimits;
+use crate::log::Notes;
+use crate::lookup::atproto;
+use crate::lookup::registry::Files;
+use crate::material::knowledge;
+use crate::material::read::{Got, Lifetime, Material, Miss, Refresh};
+use crate::material::store::{Cache, DidEntry, Kind};
+use crate::remote::{Deadline, Http, InFlight, Remote, Resolve};
 
 /// Said whenever a decision rests on cached material past its TTL.
 pub const STALE_NOTE: &str = " — from cached data past its TTL, because the network failed";
 
-/// Most candidate signers examined per decision.
-pub const MAX_CANDIDATES: usize = 8;
-
-/// Everything a decision needs from outside.
-pub struct Context<'a> {
-    pub config: &'a Config,
-    pub policy: &'a Policy,
-    pub cache: &'a Cache,
-    /// `None` when offline: no client exists, so no request can be made.
-    pub http: Option<&'a Http>,
-    /// The registry client: also present offline (the registry or its mirror is the one remote
-    /// an offline node still reaches, for proofs attached to images).
-    pub registry: Option<&'a Http>,
-    pub dns: &'a dyn Resolve,
-    pub now: i64,
-    /// Diagnostic lines for stderr (containerd's debug log).
-    pub notes: std::cell::RefCell<Vec<String>>,
-    /// Set when cached material past its TTL was used because the network failed.
-    pub used_stale: std::cell::Cell<bool>,
-    /// What verified proofs rest on when not fetched just now (see [`Origin::note`]).
-    pub provenance: std::cell::RefCell<Vec<String>>,
-    /// Proof CARs found attached to the image in the registry: (did, rkey, car).
-    pub attached: std::cell::RefCell<Vec<(String, String, Vec<u8>)>>,
+/// How a session reads remote material, beyond what the config says.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Another cache directory than the config's (`bundle create` collects into a scratch one).
+    pub cache_dir: Option<PathBuf>,
+    /// When cached material is fetched again (`cache refresh`: past half its TTL).
+    pub refresh: Refresh,
+    /// Fetch and verify every did:plc audit log, whatever `strict_plc` says (bundles carry them).
+    pub audit_logs: bool,
+    /// Go online even if the config says offline (`bundle create` runs on a connected machine).
+    pub online: bool,
+    /// The registry is asked too (tags, referrer hints, attached proofs); else only identities.
+    pub registry: bool,
 }
 
-impl Context<'_> {
-    pub(super) fn note(&self, line: String) {
-        self.notes.borrow_mut().push(line);
+/// One decision's (or one batch job's) material and what it noted. Built per decision (or
+/// per job) on the thread that runs it: the world ([`Remote`]) is shared, a session is not.
+pub struct Session<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) policy: &'a Policy,
+    pub(crate) cache: Cache,
+    /// The identity client (PLC, PDS, handles); `None` when offline: no request can be made.
+    pub(crate) http: Option<Http>,
+    /// The registry client: also present offline (the registry or its mirror is the one remote
+    /// an offline node still reaches, for proofs attached to images); `None` when not asked.
+    pub(crate) registry: Option<Http>,
+    /// hosts.toml and the docker config, read once per session.
+    pub(crate) files: Files,
+    pub(crate) dns: Arc<dyn Resolve>,
+    pub(crate) now: i64,
+    pub(crate) deadline: Deadline,
+    pub(crate) refresh: Refresh,
+    pub(crate) strict_plc: bool,
+    pub(crate) limits: NodeLimits,
+    /// Diagnostic lines of this decision (stderr, containerd's debug log; a server's log).
+    pub(crate) notes: Notes,
+    /// Set when cached material past its TTL was used because the network failed.
+    pub(crate) used_stale: Cell<bool>,
+    /// What verified proofs rest on when not fetched just now (see [`super::Origin::note`]).
+    pub(crate) provenance: RefCell<Vec<String>>,
+    /// Proof CARs found attached to the image in the registry: (did, rkey, car).
+    pub(crate) attached: RefCell<Vec<(String, String, Vec<u8>)>>,
+}
+
+impl<'a> Session<'a> {
+    /// A session over `remote`, due by `deadline`, its requests marked in `in_flight`.
+    pub fn new(
+        config: &'a Config,
+        policy: &'a Policy,
+        remote: &Remote,
+        now: i64,
+        deadline: Deadline,
+        in_flight: &InFlight,
+        options: SessionOptions,
+    ) -> Session<'a> {
+        let client = || Http::new(Arc::clone(&remote.fetch), config.request_timeout.0, deadline, in_flight.clone());
+        let online = options.online || !config.offline;
+        let notes = Notes::collect();
+        Session {
+            config,
+            policy,
+            cache: Cache::new(options.cache_dir.as_deref().unwrap_or(&config.cache_dir)).with_notes(notes.clone()),
+            http: online.then(client),
+            registry: options.registry.then(client),
+            files: Files::new(config, deadline, notes.clone()),
+            dns: Arc::clone(&remote.resolve),
+            now,
+            deadline,
+            refresh: options.refresh,
+            strict_plc: options.audit_logs || config.strict_plc,
+            limits: NodeLimits::DEFAULT,
+            notes,
+            used_stale: Cell::default(),
+            provenance: RefCell::default(),
+            attached: RefCell::default(),
+        }
     }
 
-    /// The DID document (from cache or network), and whether stale material was used.
+    /// The requests made so far.
+    pub fn requests(&self) -> Requests {
+        let registry = self.registry.as_ref().map_or(0, Http::request_count);
+        let identity = self.http.as_ref().map_or(0, Http::request_count);
+        Requests { identity, registry }
+    }
+
+    /// The notes made so far, taken.
+    pub fn take_notes(&self) -> Vec<String> {
+        self.notes.take()
+    }
+
+    /// The identity client, when online.
+    pub(crate) fn http(&self) -> Option<&Http> {
+        self.http.as_ref()
+    }
+
+    /// The digest the tag of `image` points to, asked of its registry.
+    pub fn resolve_tag(&self, image: &atproto_sig_core::reference::ImageRef) -> Result<String, crate::lookup::registry::RegistryError> {
+        let Some(http) = &self.registry else { return Err(crate::lookup::registry::RegistryError::Offline) };
+        crate::lookup::registry::resolve_tag(self.config, &self.files, image, http)
+    }
+
+    /// This session's clock.
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    pub(super) fn note(&self, line: String) {
+        self.notes.push(line);
+    }
+
+    /// The DID document of `did` (from cache or network), and whether stale material was used.
     pub fn document(&self, did: &str) -> Result<(DidDocument, bool), Verdict> {
         let limits = Limits::default();
-        let parse = |entry: &DidEntry| -> Result<DidDocument, Verdict> {
-            if self.config.strict_plc && did_method(did) == Ok(DidMethod::Plc) {
-                let log = entry.audit_log.as_deref().ok_or_else(|| Failure::NoAuditLog { did: did.to_owned() }.verdict(did))?;
-                let state = verify_audit_log(did, log.as_bytes(), &limits)
-                    .map_err(|e| Failure::AuditLogInvalid { did: did.to_owned(), problem: e.to_string() }.verdict(did))?;
-                return Ok(DidDocument { did: did.to_owned(), signing_key: state.signing_key(), pds: state.pds(), handle: state.handle() });
-            }
-            DidDocument::parse(entry.document.as_bytes(), did, &limits).map_err(|e| Failure::DocumentInvalid(e.to_string()).verdict(did))
-        };
-        let material = Material { cache: self.cache, kind: Kind::Did, key: &[did], now: self.now, lifetime: self.lifetime(self.config.did_ttl) };
+        let strict = self.strict_plc && did_method(did) == Ok(DidMethod::Plc);
+        let parse = |entry: &DidEntry| knowledge::document_of(entry, strict, &limits).map_err(|e| e.verdict(did));
+        let key = [did];
+        let material = self.material(Kind::Did, &key, self.config.did_ttl);
         let fetch = || {
-            let Some(http) = self.http else { return Ok(None) };
-            let (bytes, source) = resolve::fetch_did_document(http, &self.config.plc_directory, did)?;
-            let audit_log = if self.config.strict_plc && did_method(did) == Ok(DidMethod::Plc) {
-                Some(String::from_utf8_lossy(&resolve::fetch_audit_log(http, &self.config.plc_directory, did)?).into_owned())
-            } else {
-                None
-            };
+            let Some(http) = &self.http else { return Ok(None) };
+            let (bytes, source) = atproto::fetch_did_document(http, &self.config.plc_directory, did)?;
+            let audit_log =
+                if strict { Some(String::from_utf8_lossy(&atproto::fetch_audit_log(http, &self.config.plc_directory, did)?).into_owned()) } else { None };
             Ok(Some(DidEntry { did: did.to_owned(), fetched_at: self.now, source, document: String::from_utf8_lossy(&bytes).into_owned(), audit_log }))
         };
-        // A document that does not parse (or disagrees with its audit log) is never stored.
-        match material.get(self.http.is_some(), |e: &DidEntry| e.fetched_at, |_| true, fetch, |e| parse(e).is_ok()) {
+        // A document that does not parse (or disagrees with its audit log) is never stored;
+        // one that does goes in the one way documents go in (never an older audit log).
+        let accept = |entry: &DidEntry| {
+            if parse(entry).is_ok()
+                && let Err(refusal) = knowledge::accept_document(&self.cache, entry, self.now)
+            {
+                self.note(format!("the DID document {} served for {did} is not stored: {refusal}", entry.source));
+            }
+        };
+        match material.get(self.http.is_some(), |_: &DidEntry| true, fetch, accept) {
             Ok(Got::Cached(entry) | Got::Fetched(entry) | Got::Offline(entry)) => parse(&entry).map(|d| (d, false)),
             Ok(Got::Stale(entry, e)) => {
                 self.note(format!("using the cached DID document of {did} past its TTL: {e}"));
@@ -84,35 +171,13 @@ impl Context<'_> {
         }
     }
 
-    /// How long material with this TTL is fresh, and may stand in when the network fails.
-    pub(super) fn lifetime(&self, ttl: crate::config::Span) -> Lifetime {
-        Lifetime { ttl_micros: ttl.micros(), max_stale_micros: self.config.max_stale.micros() }
+    /// One cache entry read the session's way: its TTL, `max_stale`, the refresh mode, the
+    /// deadline (for the entry's lock).
+    pub(super) fn material<'k>(&'k self, kind: Kind, key: &'k [&'k str], ttl: crate::config::Span) -> Material<'k> {
+        self.material_with(kind, key, Lifetime { ttl_micros: ttl.micros(), max_stale_micros: self.config.max_stale.micros() })
     }
-}
 
-impl<'a> Context<'a> {
-    /// A context for one decision (or one batch, for bundles and refreshes).
-    pub fn new(
-        config: &'a Config,
-        policy: &'a Policy,
-        cache: &'a Cache,
-        http: Option<&'a Http>,
-        registry: Option<&'a Http>,
-        dns: &'a dyn Resolve,
-        now: i64,
-    ) -> Context<'a> {
-        Context {
-            config,
-            policy,
-            cache,
-            http,
-            registry,
-            dns,
-            now,
-            notes: Default::default(),
-            used_stale: Default::default(),
-            provenance: Default::default(),
-            attached: Default::default(),
-        }
+    pub(super) fn material_with<'k>(&'k self, kind: Kind, key: &'k [&'k str], lifetime: Lifetime) -> Material<'k> {
+        Material { cache: &self.cache, kind, key, now: self.now, lifetime, refresh: self.refresh, deadline: self.deadline }
     }
 }

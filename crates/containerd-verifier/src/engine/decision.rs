@@ -5,7 +5,7 @@ use atproto_sig_core::policy::{Decision, Outcome, Rule};
 use atproto_sig_core::reference::ImageRef;
 use atproto_sig_core::{Reason, Verdict};
 
-use super::context::{Context, MAX_CANDIDATES, STALE_NOTE};
+use super::context::{STALE_NOTE, Session};
 use super::failure::Failure;
 use super::identity::PathIdentity;
 
@@ -24,7 +24,7 @@ struct Candidates {
     verdicts: Vec<Verdict>,
 }
 
-impl Context<'_> {
+impl Session<'_> {
     /// The full decision for an image at `digest`, with the verdicts (and their facts) it
     /// rests on.
     pub fn decide(&self, image: &ImageRef, digest: &str) -> (Decision, Vec<Verdict>) {
@@ -76,7 +76,7 @@ impl Context<'_> {
                 found.dids.push((*did).to_owned());
             }
         }
-        found.dids.truncate(MAX_CANDIDATES);
+        found.dids.truncate(self.limits.candidates);
         found
     }
 
@@ -85,7 +85,7 @@ impl Context<'_> {
         let mut verdicts = candidates.verdicts.clone();
         let mut valid = 0;
         for did in &candidates.dids {
-            if self.http.is_some_and(|h| h.deadline().expired()) {
+            if self.deadline.expired() {
                 verdicts.push(Failure::OutOfTime.verdict(did));
                 break;
             }

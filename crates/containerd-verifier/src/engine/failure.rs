@@ -5,8 +5,8 @@
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::{Facts, Reason, Verdict};
 
-use crate::net::NetError;
-use crate::resolve::LookupError;
+use crate::lookup::atproto::LookupError;
+use crate::remote::NetError;
 
 /// What a failed lookup was for: it decides the reason an answer like "not found" maps to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum RequestError {
     #[error("{0}")]
     Reference(String),
     #[error("cannot resolve {reference} to a digest: {error}")]
-    TagUnresolved { reference: String, error: crate::registry::RegistryError },
+    TagUnresolved { reference: String, error: crate::lookup::registry::RegistryError },
 }
 
 /// Why the trust policy cannot be used.
@@ -95,26 +95,8 @@ pub enum Failure {
     NoRecord { did: String, digest: String },
     #[error("the time budget ran out before every candidate signer was checked")]
     OutOfTime,
-    /// config.toml cannot be used: every pull is refused until it is fixed.
-    #[error("{0} — fix it and run `atproto-verifier policy check`")]
-    Config(String),
-    /// The watchdog answered: no decision within the budget. It blames the network only when
-    /// a request was in flight; otherwise the time went to work on this node.
-    #[error("{}", no_answer_message(name, *budget, waiting_for.as_deref()))]
-    NoAnswerInTime { name: String, budget: std::time::Duration, waiting_for: Option<String> },
     #[error("the audit log of {did} gives no signing key: {problem}")]
     NoSigningKey { did: String, problem: String },
-}
-
-fn no_answer_message(name: &str, budget: std::time::Duration, waiting_for: Option<&str>) -> String {
-    match waiting_for {
-        Some(origin) => format!(
-            "no decision for {name} within the {budget:?} budget: still waiting for {origin} — check that it is reachable, or raise `budget` in config.toml"
-        ),
-        None => format!(
-            "no decision for {name} within the {budget:?} budget, with no request in flight: the time went to work on this node (CPU or disk) — check its load, or raise `budget` in config.toml"
-        ),
-    }
 }
 
 fn lookup_message(what: &str, error: &LookupError) -> String {
@@ -149,9 +131,20 @@ impl Failure {
             Failure::ProofTooOld { .. } => Reason::ProofTooOld,
             Failure::RecordGone { .. } => Reason::RecordDeleted,
             Failure::NoRecordUnder { .. } | Failure::NoRecord { .. } => Reason::RecordNotFound,
-            Failure::OutOfTime | Failure::NoAnswerInTime { .. } => Reason::DeadlineExceeded,
-            Failure::Config(_) => Reason::ConfigInvalid,
+            Failure::OutOfTime => Reason::DeadlineExceeded,
             Failure::NoSigningKey { .. } => Reason::DidDocumentInvalid,
+        }
+    }
+
+    /// What to do about a request refused with this failure, for people: the same words on
+    /// the command line, in containerd's log and in a server's answer ("" when the message
+    /// already says it).
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Failure::Request(RequestError::TagUnresolved { .. }) => "name the image by digest: IMAGE@sha256:… (or pass the digest: `verify --digest`)",
+            Failure::Policy(PolicyError::Unreadable(_)) => super::request::INSTALL_POLICY_HINT,
+            Failure::Policy(PolicyError::Invalid(_)) => "run: atproto-verifier policy check",
+            _ => "",
         }
     }
 

@@ -5,30 +5,25 @@ use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::reference::ImageRef;
 use atproto_sig_core::syntax::{AtUri, is_valid_did};
 
-use super::context::Context;
-use crate::cache::{Kind, ReferrersEntry};
-use crate::cached::{Got, Lifetime, Material};
-use crate::net::Http;
-use crate::resolve::LookupError;
+use super::context::Session;
+use crate::lookup::atproto::LookupError;
+use crate::lookup::registry::{self, CAR_MEDIA_TYPE, SIGNATURE_ARTIFACT_TYPE};
+use crate::material::read::{Got, Lifetime};
+use crate::material::store::{Kind, ReferrersEntry};
+use crate::remote::Http;
 
-impl Context<'_> {
+impl Session<'_> {
     /// DIDs and record keys named by ATProto signature artifacts that refer to `digest`
     /// (OCI referrers API, or the `sha256-<hex>` tag). Hints only: the proof decides.
     pub(super) fn referrer_hints(&self, image: &ImageRef, digest: &str) -> Vec<(String, String)> {
-        let Some(http) = self.registry else { return Vec::new() };
+        let Some(http) = &self.registry else { return Vec::new() };
         // Online, hints are cached like proofs (registries rate-limit); offline the registry is
         // where proofs come from, so it is always asked.
         let key = [image.host.as_str(), image.path.as_str(), digest];
         if self.http.is_none() {
             return self.fetch_referrer_hints(http, image, digest).unwrap_or_default();
         }
-        let material = Material {
-            cache: self.cache,
-            kind: Kind::Referrers,
-            key: &key,
-            now: self.now,
-            lifetime: Lifetime { ttl_micros: self.config.proof_ttl.micros(), max_stale_micros: 0 },
-        };
+        let material = self.material_with(Kind::Referrers, &key, Lifetime { ttl_micros: self.config.proof_ttl.micros(), max_stale_micros: 0 });
         let fetch = || {
             // A registry that cannot be asked is not an error here: hints are only hints.
             Ok::<_, LookupError>(self.fetch_referrer_hints(http, image, digest).map(|hints| ReferrersEntry {
@@ -37,7 +32,8 @@ impl Context<'_> {
                 fetched_at: self.now,
             }))
         };
-        match material.get(true, |e: &ReferrersEntry| e.fetched_at, |_| true, fetch, |_| true) {
+        // Hints are stored as found: they are only hints, and the proof decides.
+        match material.get(true, |_: &ReferrersEntry| true, fetch, |e| self.cache.write(Kind::Referrers, &key, e)) {
             Ok(Got::Cached(entry) | Got::Fetched(entry) | Got::Stale(entry, _) | Got::Offline(entry)) => entry.hints,
             Err(_) => Vec::new(),
         }
@@ -45,8 +41,8 @@ impl Context<'_> {
 
     /// The hints from the registry; `None` when the registry could not be asked.
     fn fetch_referrer_hints(&self, http: &Http, image: &ImageRef, digest: &str) -> Option<Vec<(String, String)>> {
-        let session = crate::registry::Session::new(self.config, http, image);
-        let descriptors = match session.referrers(digest, crate::registry::SIGNATURE_ARTIFACT_TYPE) {
+        let session = registry::Session::new(&self.files, http, image);
+        let descriptors = match session.referrers(digest, SIGNATURE_ARTIFACT_TYPE) {
             Ok(d) => d,
             Err(e) => {
                 self.note(format!("referrers of {digest}: {e} (continuing without hints)"));
@@ -54,24 +50,20 @@ impl Context<'_> {
             }
         };
         let mut hints = Vec::new();
-        for descriptor in descriptors.iter().take(4) {
+        for descriptor in descriptors.iter().take(self.limits.artifacts_examined) {
             let Some(manifest_digest) = descriptor.get("digest").and_then(serde_json::Value::as_str) else { continue };
             let manifest = session.manifest(manifest_digest).ok().flatten().and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
             // A layer holding the proof CAR (written by `attach`): verified like any other proof.
             let car = manifest
                 .as_ref()
                 .and_then(|m| {
-                    m.get("layers")?
-                        .as_array()?
-                        .iter()
-                        .find(|l| l.get("mediaType").and_then(serde_json::Value::as_str) == Some(crate::registry::CAR_MEDIA_TYPE))
-                        .cloned()
+                    m.get("layers")?.as_array()?.iter().find(|l| l.get("mediaType").and_then(serde_json::Value::as_str) == Some(CAR_MEDIA_TYPE)).cloned()
                 })
                 .and_then(|layer| layer.get("digest")?.as_str().map(str::to_owned))
-                .and_then(|d| session.blob(&d, crate::resolve::MAX_PROOF).ok());
+                .and_then(|d| session.blob(&d, self.limits.proof).ok());
             let hint = manifest
                 .and_then(|manifest| manifest.get("config")?.get("digest")?.as_str().map(str::to_owned))
-                .and_then(|config_digest| session.blob(&config_digest, 64 << 10).ok())
+                .and_then(|config_digest| session.blob(&config_digest, self.limits.registry_small).ok())
                 .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
                 .and_then(|meta| {
                     let did = meta.get("atproto")?.get("did")?.as_str()?.to_owned();

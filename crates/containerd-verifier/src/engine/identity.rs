@@ -5,11 +5,11 @@ use atproto_sig_core::Verdict;
 use atproto_sig_core::reference::ImageRef;
 use atproto_sig_core::syntax::is_valid_did;
 
-use super::context::Context;
+use super::context::Session;
 use super::failure::Failure;
-use crate::cache::{HandleEntry, Kind};
-use crate::cached::{Got, Material, Miss};
-use crate::resolve::{self, LookupError};
+use crate::lookup::atproto::{self, LookupError};
+use crate::material::read::{Got, Miss};
+use crate::material::store::{HandleEntry, Kind};
 
 /// The identity an ATProto registry path names.
 pub(super) enum PathIdentity {
@@ -24,7 +24,7 @@ pub(super) enum PathIdentity {
     Failed(Box<Verdict>),
 }
 
-impl Context<'_> {
+impl Session<'_> {
     /// The identity in an ATProto registry path (`host/<handle-or-did>/<repo>`) and the
     /// repository name after it. A handle is resolved to a DID; only a DID in `acceptable`
     /// (trusted by the rule, now) has its document fetched, for the bidirectional check: no
@@ -42,19 +42,21 @@ impl Context<'_> {
                 PathIdentity::Untrusted(identity.to_owned(), identity.to_owned())
             });
         }
-        let Some(http) = self.http else {
+        let Some(http) = &self.http else {
             // Offline, a handle can only be trusted through a cached, claiming document of a
             // trusted DID; leave it to the trusted DIDs.
             return found(PathIdentity::Offline(identity.to_owned()));
         };
         let fail = |failure: Failure| found(PathIdentity::Failed(Box::new(failure.verdict(identity))));
         let handle = identity.to_ascii_lowercase();
-        let material = Material { cache: self.cache, kind: Kind::Handle, key: &[&handle], now: self.now, lifetime: self.lifetime(self.config.did_ttl) };
+        let key = [handle.as_str()];
+        let material = self.material(Kind::Handle, &key, self.config.did_ttl);
         let fetch = || {
-            let did = resolve::resolve_handle(http, self.config.handle_resolver.as_deref(), self.dns, identity)?;
+            let did = atproto::resolve_handle(http, self.config.handle_resolver.as_deref(), &*self.dns, identity)?;
             Ok::<_, LookupError>(Some(HandleEntry { handle: handle.clone(), did, fetched_at: self.now }))
         };
-        let did = match material.get(true, |e: &HandleEntry| e.fetched_at, |_| true, fetch, |_| true) {
+        // A resolution is stored as fetched: it is checked against the DID document on every use.
+        let did = match material.get(true, |_: &HandleEntry| true, fetch, |e| self.cache.write(Kind::Handle, &key, e)) {
             Ok(Got::Cached(entry) | Got::Fetched(entry) | Got::Offline(entry)) => entry.did,
             Ok(Got::Stale(entry, e)) => {
                 self.note(format!("using the cached resolution of {handle} past its TTL: {e}"));

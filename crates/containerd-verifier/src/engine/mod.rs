@@ -3,8 +3,9 @@
 //! through (a `Fetch` for HTTP, a `Resolve` for DNS), it returns an [`Answer`]: the decision
 //! with its reason, the verdicts (and facts) it rests on, the notes made on the way, and the
 //! requests made. The containerd entry, `verify` and every other command are adapters around it
-//! or its parts ([`Context`] for one candidate's material, [`request`] for the checks of a
-//! request).
+//! or, for batch jobs (`bundle create`, `cache refresh`, `resolve`), a [`Session`]: the same
+//! material and steps without a whole decision. The engine returns decisions; what they mean
+//! to a caller (exit codes, HTTP answers, watchdogs) belongs to the adapters.
 //!
 //! Flow: the request is checked (digest, descriptor, reference, policy) → the policy's rule for
 //! the image → no signature required? admit without any lookup → candidate signers (identity in
@@ -12,8 +13,8 @@
 //! candidate: DID document, record location, proof (cache first, network when stale, stale cache
 //! only when the network fails) → core verify → the policy's decision.
 
-// A Verdict is the natural error of each step (it carries the reason and the facts); decisions
-// are made once per process, so its size does not matter.
+// A Verdict is the natural error of each step (it carries the reason and the facts); it is
+// moved a handful of times per decision, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
 mod candidate;
@@ -30,15 +31,13 @@ use atproto_sig_core::Verdict;
 use atproto_sig_core::policy::{Decision, Outcome, Policy};
 use atproto_sig_core::reference::ImageRef;
 
-pub use context::{Context, MAX_CANDIDATES, STALE_NOTE};
+pub use context::{STALE_NOTE, Session, SessionOptions};
 pub use failure::{Failure, PolicyError, RequestError};
 pub use proof::Origin;
-pub use report::{decision_record, exit_code, is_undecided, outcome_label};
+pub use report::{Class, decision_record, is_undecided, outcome_label};
 
-use crate::cache::Cache;
 use crate::config::Config;
-use crate::net::{Deadline, Http};
-use crate::remote::Remote;
+use crate::remote::{Deadline, InFlight, Remote};
 
 /// One pull (or one `verify`) to decide.
 pub struct Request<'a> {
@@ -54,8 +53,11 @@ pub struct Request<'a> {
     pub config: &'a Config,
     /// This node's clock (microseconds since the epoch); the only clock a decision reads.
     pub now_micros: i64,
-    /// When the answer is due (below containerd's `per_verifier_timeout`).
+    /// When the answer is due (below containerd's `per_verifier_timeout`, the API server's or
+    /// Gatekeeper's timeout).
     pub deadline: Deadline,
+    /// Where the request in flight is marked, for whoever watches this decision's deadline.
+    pub in_flight: &'a InFlight,
 }
 
 /// Requests a decision made: to PLC directories, PDSes and handle hosts; and to the registry.
@@ -81,38 +83,46 @@ pub struct Answer {
     pub requests: Requests,
 }
 
+impl Answer {
+    /// Admitted, rejected, or could not decide.
+    pub fn class(&self) -> Class {
+        Class::of(&self.decision)
+    }
+
+    /// What to do about a refused request, for people (empty when there is nothing to add).
+    pub fn hint(&self) -> &'static str {
+        self.refused.as_ref().map_or("", Failure::hint)
+    }
+}
+
 /// Decides one request.
 pub fn decide(request: &Request<'_>, remote: &Remote) -> Answer {
-    let refuse = |failure: Failure, image: Option<ImageRef>, requests: Requests| Answer {
+    let refuse = |failure: Failure, image: Option<ImageRef>, requests: Requests, notes: Vec<String>| Answer {
         image,
         decision: Decision { outcome: Outcome::Reject, reason: failure.reason(), message: failure.to_string(), rule: None, signers: Vec::new() },
         verdicts: Vec::new(),
         refused: Some(failure),
-        notes: Vec::new(),
+        notes,
         requests,
     };
-    let config = request.config;
-    let registry = Http::with_fetch(remote.fetch.clone(), config.request_timeout.0, request.deadline);
-    let (image, digest) = match checked_request(request, &registry) {
+    let empty = Policy::empty();
+    let policy = request.policy.as_ref().map_or(&empty, |p| *p);
+    let options = SessionOptions { registry: true, ..SessionOptions::default() };
+    let session = Session::new(request.config, policy, remote, request.now_micros, request.deadline, request.in_flight, options);
+    let (image, digest) = match checked_request(request, &session) {
         Ok(found) => found,
-        Err((failure, image)) => return refuse(failure, image, Requests { identity: 0, registry: registry.request_count() }),
+        Err((failure, image)) => return refuse(failure, image, Requests { identity: 0, ..session.requests() }, session.take_notes()),
     };
-    let policy = match request.policy {
-        Ok(policy) => policy,
-        Err(e) => return refuse(Failure::Policy(e.clone()), Some(image), Requests { identity: 0, registry: registry.request_count() }),
-    };
-    // Offline: no client for PLC, PDS or handles is built, so none of them can be asked. The
-    // registry client exists either way (for attached proofs).
-    let http = (!config.offline).then(|| Http::with_fetch(remote.fetch.clone(), config.request_timeout.0, request.deadline));
-    let cache = Cache::new(&config.cache_dir);
-    let context = Context::new(config, policy, &cache, http.as_ref(), Some(&registry), &*remote.resolve, request.now_micros);
-    let (decision, verdicts) = context.decide(&image, &digest);
-    let requests = Requests { identity: http.as_ref().map_or(0, Http::request_count), registry: registry.request_count() };
-    Answer { image: Some(ImageRef { digest: Some(digest), ..image }), decision, verdicts, refused: None, notes: context.notes.into_inner(), requests }
+    if let Err(e) = request.policy {
+        return refuse(Failure::Policy(e.clone()), Some(image), Requests { identity: 0, ..session.requests() }, session.take_notes());
+    }
+    let (decision, verdicts) = session.decide(&image, &digest);
+    let requests = session.requests();
+    Answer { image: Some(ImageRef { digest: Some(digest), ..image }), decision, verdicts, refused: None, notes: session.take_notes(), requests }
 }
 
 /// The image and the digest to decide, or why the request cannot be decided.
-fn checked_request(request: &Request<'_>, registry: &Http) -> Result<(ImageRef, String), (Failure, Option<ImageRef>)> {
+fn checked_request(request: &Request<'_>, session: &Session<'_>) -> Result<(ImageRef, String), (Failure, Option<ImageRef>)> {
     if let Some(digest) = request.digest {
         let digest = request::checked_digest(digest).map_err(|e| (e.into(), None))?;
         let stdin = request.descriptor.map(request::descriptor_digest).transpose().map_err(|e| (e.into(), None))?.flatten();
@@ -123,7 +133,8 @@ fn checked_request(request: &Request<'_>, registry: &Http) -> Result<(ImageRef, 
     let image = ImageRef::parse(request.reference).map_err(|e| (RequestError::Reference(e.to_string()).into(), None))?;
     let digest = match request.digest.map(str::to_owned).or_else(|| image.digest.clone()) {
         Some(d) => request::checked_digest(&d).map_err(|e| (e.into(), Some(image.clone())))?.to_owned(),
-        None => crate::registry::resolve_tag(request.config, &image, registry)
+        None => session
+            .resolve_tag(&image)
             .map_err(|error| (RequestError::TagUnresolved { reference: request.reference.to_owned(), error }.into(), Some(image.clone())))?,
     };
     Ok((image, digest))

@@ -9,13 +9,13 @@ use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, verify};
 use atproto_sig_core::{Limits, Verdict};
 use base64::Engine;
 
-use super::context::Context;
+use super::context::Session;
 use super::failure::{Failure, Lookup};
-use crate::cache::{Kind, ProofEntry};
-use crate::cached::{Got, Material, Miss};
-use crate::knowledge;
-use crate::net::NetError;
-use crate::resolve::{self, LookupError, ProofAnswer};
+use crate::lookup::atproto::{self, LookupError, ProofAnswer};
+use crate::material::knowledge::{self, Refusal};
+use crate::material::read::{Got, Miss};
+use crate::material::store::{Kind, ProofEntry};
+use crate::remote::NetError;
 
 /// Where the proof behind a verdict came from: an admission says so, with its age.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +53,7 @@ enum ProofMiss {
     Refused(Box<Verdict>),
 }
 
-impl crate::cached::FetchError for ProofMiss {
+impl crate::material::read::FetchError for ProofMiss {
     fn network(self) -> Result<NetError, Self> {
         match self {
             ProofMiss::Lookup(LookupError::Network(e)) => Ok(e),
@@ -66,52 +66,64 @@ impl crate::cached::FetchError for ProofMiss {
     }
 }
 
-impl Context<'_> {
+impl Session<'_> {
     /// A proof for `did`/`rkey`: cached if fresh, else fetched; stale only on network failure.
-    /// A fetched proof is stored only when its commit signature verifies under `document`'s
-    /// key and it is not older than the proof already held for that record.
+    /// A fetched proof goes into the cache only through `knowledge::accept_proof` (its commit
+    /// signature verified under `document`'s key, not older than the proof already held).
     pub fn proof(&self, document: &DidDocument, rkey: &str) -> Result<(Option<Vec<u8>>, Origin), Verdict> {
         let did = document.did.as_str();
         let parts = [did, MANIFEST_COLLECTION, rkey];
-        let decode = |entry: &ProofEntry| base64::engine::general_purpose::STANDARD.decode(&entry.car).ok();
-        if self.http.is_none() {
+        let Some(http) = &self.http else {
             let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
-            return self.offline_proof(did, rkey, cached.as_ref().and_then(decode));
-        }
-        let material = Material { cache: self.cache, kind: Kind::Proof, key: &parts, now: self.now, lifetime: self.lifetime(self.config.proof_ttl) };
-        // Stored only when its signature verifies under the document's key (set by `fetch`).
-        let authentic = std::cell::Cell::new(false);
+            return self.offline_proof(did, rkey, cached.as_ref().and_then(knowledge::decode_car));
+        };
+        let material = self.material(Kind::Proof, &parts, self.config.proof_ttl);
         let fetch = || -> Result<Option<ProofEntry>, ProofMiss> {
-            let (Some(http), Some(pds)) = (self.http, document.pds.as_deref()) else {
+            let Some(pds) = document.pds.as_deref() else {
                 return Err(ProofMiss::Refused(Box::new(Failure::NoPds { did: did.to_owned() }.verdict(did))));
             };
-            let car = match resolve::fetch_proof(http, pds, did, MANIFEST_COLLECTION, rkey).map_err(ProofMiss::Lookup)? {
-                ProofAnswer::Car(car) => car,
-                ProofAnswer::NotFound => return Ok(None),
-            };
-            if let Some((rev, _)) = document.signing_key.as_ref().ok().and_then(|key| knowledge::authentic_rev(&car, key)) {
-                if let Some(held) = knowledge::newer_held(self.cache, did, MANIFEST_COLLECTION, rkey, &rev) {
-                    let message = knowledge::rollback_message(&format!("the proof {pds} served for {did}/{MANIFEST_COLLECTION}/{rkey}"), &rev, &held);
-                    return Err(ProofMiss::Refused(Box::new(Failure::RolledBack(message).verdict(did))));
-                }
-                authentic.set(true);
+            match atproto::fetch_proof(http, pds, did, MANIFEST_COLLECTION, rkey).map_err(ProofMiss::Lookup)? {
+                ProofAnswer::Car(car) => Ok(Some(ProofEntry {
+                    did: did.to_owned(),
+                    collection: MANIFEST_COLLECTION.into(),
+                    rkey: rkey.to_owned(),
+                    fetched_at: self.now,
+                    source: pds.to_owned(),
+                    car: base64::engine::general_purpose::STANDARD.encode(&car),
+                })),
+                ProofAnswer::NotFound => Ok(None),
             }
-            let car = base64::engine::general_purpose::STANDARD.encode(&car);
-            Ok(Some(ProofEntry {
-                did: did.to_owned(),
-                collection: MANIFEST_COLLECTION.into(),
-                rkey: rkey.to_owned(),
-                fetched_at: self.now,
-                source: pds.to_owned(),
-                car,
-            }))
         };
-        match material.get(true, |e: &ProofEntry| e.fetched_at, |e| decode(e).is_some(), fetch, |_| authentic.get()) {
-            Ok(Got::Cached(entry)) => Ok((decode(&entry), Origin::Cached { fetched_at: entry.fetched_at })),
-            Ok(Got::Fetched(entry) | Got::Offline(entry)) => Ok((decode(&entry), Origin::Fetched)),
+        let refused = std::cell::RefCell::new(None);
+        let accept = |entry: &ProofEntry| {
+            let Some(car) = knowledge::decode_car(entry) else { return };
+            let offered = knowledge::OfferedProof {
+                document,
+                collection: MANIFEST_COLLECTION,
+                rkey,
+                car: &car,
+                digest: None,
+                source: entry.source.clone(),
+                fetched_at: entry.fetched_at,
+                now: self.now,
+                clock_skew_micros: self.config.clock_skew.micros(),
+            };
+            // An unproven proof is simply not stored: the check that follows gives its verdict.
+            if let Err(Refusal::RolledBack { rev, held }) = knowledge::accept_proof(&self.cache, &offered) {
+                let what = format!("the proof {} served for {did}/{MANIFEST_COLLECTION}/{rkey}", entry.source);
+                *refused.borrow_mut() = Some(knowledge::rollback_message(&what, &rev, &held));
+            }
+        };
+        let got = material.get(true, |e: &ProofEntry| knowledge::decode_car(e).is_some(), fetch, accept);
+        if let Some(message) = refused.take() {
+            return Err(Failure::RolledBack(message).verdict(did));
+        }
+        match got {
+            Ok(Got::Cached(entry)) => Ok((knowledge::decode_car(&entry), Origin::Cached { fetched_at: entry.fetched_at })),
+            Ok(Got::Fetched(entry) | Got::Offline(entry)) => Ok((knowledge::decode_car(&entry), Origin::Fetched)),
             Ok(Got::Stale(entry, e)) => {
                 self.note(format!("using the cached proof for {did}/{rkey} past its TTL: {e}"));
-                Ok((decode(&entry), Origin::Stale { fetched_at: entry.fetched_at }))
+                Ok((knowledge::decode_car(&entry), Origin::Stale { fetched_at: entry.fetched_at }))
             }
             Err(Miss::Nothing | Miss::Offline) => Ok((None, Origin::Fetched)),
             Err(Miss::Lookup(ProofMiss::Refused(v))) => Err(*v),
@@ -152,7 +164,7 @@ impl Context<'_> {
         verify(&ProofInput {
             car,
             key: KeySource::Document(document),
-            expect: Expectation { did, rkey: Some(rkey), digest, repository },
+            expect: Expectation { did, rkey: Some(rkey), digest: Some(digest), repository },
             now_micros: self.now,
             max_clock_skew_micros: self.config.clock_skew.micros(),
             limits: &limits,

@@ -1,14 +1,49 @@
-//! How a decision is reported: exit code, labels, the JSON record (audit log, `verify --format json`).
+//! How a decision is reported: its class (admitted, rejected, undecided), labels, and the JSON
+//! record (audit log lines, `verify --format json`, a server's log). Exit codes and HTTP
+//! answers are the adapters' own.
 
 use atproto_sig_core::Reason;
 use atproto_sig_core::policy::{Decision, Outcome};
+
+use super::Requests;
+
+/// What a decision amounts to for a caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Admitted (also by an audit-only rule).
+    Admitted,
+    /// Rejected by the proof or the policy.
+    Rejected,
+    /// Could not decide: network, deadline, configuration, or an unusable request.
+    Undecided,
+}
+
+impl Class {
+    /// The class of `decision`.
+    pub fn of(decision: &Decision) -> Class {
+        match decision.outcome {
+            Outcome::Admit | Outcome::AuditAdmit => Class::Admitted,
+            Outcome::Reject if is_undecided(decision.reason) => Class::Undecided,
+            Outcome::Reject => Class::Rejected,
+        }
+    }
+
+    /// A short word for logs and metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Admitted => "admitted",
+            Class::Rejected => "rejected",
+            Class::Undecided => "undecided",
+        }
+    }
+}
 
 /// The JSON record of a decision: one audit-log line, and `verify --format json`.
 pub fn decision_record(
     name: &str,
     digest: &str,
     decision: &Decision,
-    requests: (usize, usize),
+    requests: Requests,
     elapsed: std::time::Duration,
 ) -> serde_json::Map<String, serde_json::Value> {
     let value = serde_json::json!({
@@ -20,10 +55,9 @@ pub fn decision_record(
         "message": decision.message,
         "rule": decision.rule,
         "signers": decision.signers,
-        "requests": requests.0,
-        "registryRequests": requests.1,
+        "requests": requests.identity,
+        "registryRequests": requests.registry,
         "durationMs": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        "exit": exit_code(decision),
     });
     match value {
         serde_json::Value::Object(map) => map,
@@ -31,16 +65,7 @@ pub fn decision_record(
     }
 }
 
-/// The exit code of a decision: 0 admitted (also in audit mode), 1 rejected, 2 undecided.
-pub fn exit_code(decision: &Decision) -> u8 {
-    match decision.outcome {
-        Outcome::Admit | Outcome::AuditAdmit => crate::exit::ADMITTED,
-        Outcome::Reject if is_undecided(decision.reason) => crate::exit::UNDECIDED,
-        Outcome::Reject => crate::exit::REJECTED,
-    }
-}
-
-/// True for reasons that mean "could not decide" (exit 2) rather than "rejected" (exit 1).
+/// True for reasons that mean "could not decide" rather than "rejected".
 pub fn is_undecided(reason: Reason) -> bool {
     matches!(reason, Reason::NetworkError | Reason::DeadlineExceeded | Reason::ConfigInvalid | Reason::InvalidRequest)
 }

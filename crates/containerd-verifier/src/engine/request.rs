@@ -9,7 +9,7 @@ use atproto_sig_core::verify::is_valid_digest;
 use serde_json::Value as Json;
 
 use super::failure::{PolicyError, RequestError};
-use crate::input::read_capped;
+use crate::fsio::read_capped;
 
 /// Largest descriptor accepted on stdin (a few hundred bytes; annotations may add some).
 pub const MAX_DESCRIPTOR: usize = 256 << 10;

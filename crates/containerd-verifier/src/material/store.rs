@@ -1,7 +1,8 @@
 //! The on-disk cache: DID documents (with did:plc audit logs), digest -> record locators, and
 //! proofs. Every entry is one JSON file written atomically (temp file, fsync, rename, fsync of
 //! the directory), so concurrent verifier processes only ever see whole entries. Refreshes take
-//! an exclusive lock on the entry's lock file so parallel pulls of one image fetch once.
+//! an exclusive lock on the entry's lock file so parallel pulls of one image fetch once; the
+//! lock is waited for until the decision's deadline at most, never longer.
 //! Unreadable or corrupt entries are treated as missing. Nothing from the cache is trusted
 //! beyond what it is: proofs are re-verified by the core on every use.
 
@@ -12,8 +13,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
-/// Largest cache entry read back.
-const MAX_ENTRY_BYTES: usize = 8 << 20;
+use crate::limits::NodeLimits;
+use crate::log::Notes;
+use crate::remote::Deadline;
+
+/// An entry that says when this node fetched it (its own clock).
+pub trait Dated {
+    /// Microseconds since the epoch.
+    fn fetched_at(&self) -> i64;
+}
 
 /// Entry kinds, each in its own directory.
 #[derive(Clone, Copy, Debug)]
@@ -99,10 +107,42 @@ pub struct ReferrersEntry {
     pub fetched_at: i64,
 }
 
+impl Dated for DidEntry {
+    fn fetched_at(&self) -> i64 {
+        self.fetched_at
+    }
+}
+
+impl Dated for LocatorEntry {
+    fn fetched_at(&self) -> i64 {
+        self.fetched_at
+    }
+}
+
+impl Dated for ProofEntry {
+    fn fetched_at(&self) -> i64 {
+        self.fetched_at
+    }
+}
+
+impl Dated for HandleEntry {
+    fn fetched_at(&self) -> i64 {
+        self.fetched_at
+    }
+}
+
+impl Dated for ReferrersEntry {
+    fn fetched_at(&self) -> i64 {
+        self.fetched_at
+    }
+}
+
 /// The cache rooted at a directory.
 #[derive(Clone, Debug)]
 pub struct Cache {
     root: PathBuf,
+    /// Where problems with entries are said (the decision's notes, or stderr).
+    notes: Notes,
 }
 
 fn key_hash(parts: &[&str]) -> String {
@@ -115,8 +155,14 @@ fn key_hash(parts: &[&str]) -> String {
 }
 
 impl Cache {
+    /// The cache at `root`, its problems said on stderr.
     pub fn new(root: &Path) -> Cache {
-        Cache { root: root.join("v1") }
+        Cache { root: root.join("v1"), notes: Notes::stderr() }
+    }
+
+    /// The same cache, its problems said in `notes` (a decision's own).
+    pub fn with_notes(&self, notes: Notes) -> Cache {
+        Cache { root: self.root.clone(), notes }
     }
 
     fn path(&self, kind: Kind, parts: &[&str]) -> PathBuf {
@@ -126,14 +172,14 @@ impl Cache {
     /// Reads an entry; missing, unreadable or corrupt entries are `None` (and reported on stderr).
     pub fn read<T: DeserializeOwned>(&self, kind: Kind, parts: &[&str]) -> Option<T> {
         let path = self.path(kind, parts);
-        let bytes = match crate::input::read_capped(&path, MAX_ENTRY_BYTES) {
+        let bytes = match crate::fsio::read_capped(&path, NodeLimits::DEFAULT.cache_entry) {
             Ok(bytes) => bytes,
             Err(_) => return None,
         };
         match serde_json::from_slice(&bytes) {
             Ok(entry) => Some(entry),
             Err(e) => {
-                crate::log::warn(&format!("cache: ignoring corrupt entry {}: {e}", path.display()));
+                self.notes.warn(format!("cache: ignoring corrupt entry {}: {e}", path.display()));
                 None
             }
         }
@@ -142,7 +188,7 @@ impl Cache {
     /// Writes an entry atomically. Failures are reported, not fatal: the cache is an optimization.
     pub fn write<T: Serialize>(&self, kind: Kind, parts: &[&str], entry: &T) {
         if let Err(e) = self.try_write(kind, parts, entry) {
-            crate::log::warn(&format!("cache: cannot write to {}: {e}", self.root.display()));
+            self.notes.warn(format!("cache: cannot write to {}: {e}", self.root.display()));
         }
     }
 
@@ -171,11 +217,11 @@ impl Cache {
         paths
             .into_iter()
             .filter_map(|path| {
-                let bytes = crate::input::read_capped(&path, MAX_ENTRY_BYTES).ok()?;
+                let bytes = crate::fsio::read_capped(&path, NodeLimits::DEFAULT.cache_entry).ok()?;
                 match serde_json::from_slice(&bytes) {
                     Ok(entry) => Some((path, entry)),
                     Err(e) => {
-                        crate::log::warn(&format!("cache: ignoring corrupt entry {}: {e}", path.display()));
+                        self.notes.warn(format!("cache: ignoring corrupt entry {}: {e}", path.display()));
                         None
                     }
                 }
@@ -188,14 +234,30 @@ impl Cache {
         fs::remove_file(path).is_ok()
     }
 
-    /// Takes the refresh lock of an entry (blocking until other refreshers are done), so that
-    /// parallel pulls fetch once and the others read what it wrote. `None` if locking fails.
-    pub fn lock(&self, kind: Kind, parts: &[&str]) -> Option<File> {
+    /// Takes the refresh lock of an entry, waiting while another refresher holds it (so that
+    /// parallel pulls fetch once and the others read what it wrote), but only until
+    /// `deadline`: then `None`, and the caller goes ahead unlocked (a stuck holder costs a
+    /// duplicate fetch, never a missed deadline). `None` too if locking fails.
+    pub fn lock(&self, kind: Kind, parts: &[&str], deadline: Deadline) -> Option<File> {
         let path = self.path(kind, parts).with_extension("lock");
         fs::create_dir_all(path.parent()?).ok()?;
         let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok()?;
-        file.lock().ok()?;
-        Some(file)
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Some(file),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(_)) => return None,
+            }
+            // Leave the last moments of the budget to the fetch itself.
+            let left = deadline.remaining().saturating_sub(std::time::Duration::from_millis(20));
+            if left.is_zero() {
+                self.notes.warn(format!("cache: {} is held by another refresher past this decision's deadline: going ahead unlocked", path.display()));
+                return None;
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(std::time::Duration::from_millis(25));
+        }
     }
 }
 
@@ -241,7 +303,7 @@ mod tests {
             std::fs::read_dir(dir.path().join("v1/locator")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "json")).unwrap();
         fs::write(&path, b"{\"did\": tru").unwrap();
         assert_eq!(cache.read::<LocatorEntry>(Kind::Locator, &["did:plc:x", "sha256:1"]), None);
-        assert!(cache.lock(Kind::Locator, &["did:plc:x", "sha256:1"]).is_some());
+        assert!(cache.lock(Kind::Locator, &["did:plc:x", "sha256:1"], Deadline::after(std::time::Duration::from_secs(1))).is_some());
     }
 
     #[test]

@@ -2,26 +2,31 @@
 //! containerd execs us with `-name <ref> -digest <digest> -stdin-media-type <type>` (single
 //! dash, so parsed by hand; unknown flags such as `-operation` are tolerated), writes one
 //! descriptor on stdin, reads our stdout (the reason shown to the user) and our exit code
-//! (0 admits). We always answer within our own budget: a watchdog prints `deadline-exceeded`
-//! and exits before containerd's timeout would kill us with an unhelpful error.
+//! (0 admits). The engine keeps the decision's deadline itself; the [`watchdog`] is the last
+//! guard: should anything still overrun, it prints `deadline-exceeded` and exits before
+//! containerd's timeout would kill us with an unhelpful error. Decisions are recorded by
+//! [`audit`].
+
+mod audit;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use atproto_sig_core::policy::Outcome;
 use serde_json::{Value as Json, json};
 
-use crate::config::Config;
-use crate::engine::{self, Failure, RequestError, request::MAX_DESCRIPTOR};
+use crate::config::{Config, ConfigError};
+use crate::engine::{self, Failure, RequestError};
 use crate::exit;
-use crate::net::Deadline;
-use crate::remote::Remote;
+use crate::limits::NodeLimits;
+use crate::remote::{Deadline, InFlight};
 
 /// Longest stdout line (containerd reads up to 32 KiB; people read one line).
-pub const MAX_REASON: usize = 400;
+pub const MAX_REASON: usize = NodeLimits::DEFAULT.reason_line;
 
 pub const DESCRIPTOR_MEDIA_TYPE: &str = "application/vnd.oci.descriptor.v1+json";
 pub const INPUT_MEDIA_TYPE: &str = "application/vnd.containerd.image-verifier.input.v1+json";
@@ -105,43 +110,23 @@ impl Answer {
     }
 }
 
-fn audit(config: &Config, record: Json) {
-    let Some(path) = &config.audit_log else { return };
-    let line = format!("{record}\n");
-    // One write() of a line with O_APPEND: concurrent verifiers never interleave within a line.
-    let result = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| f.write_all(line.as_bytes()));
-    if let Err(e) = result {
-        // Reported on every decision it fails for, never blocking the pull.
-        crate::log::warn(&format!(
-            "audit log {} cannot be written: {e} — this decision is not recorded; check the directory exists and is writable (atproto-verifier doctor)",
-            path.display()
-        ));
-    }
+/// Why the containerd entry could not even ask the engine: config.toml is unusable (every
+/// pull is refused until it is fixed), or containerd's arguments or stdin are.
+#[derive(Debug, thiserror::Error)]
+enum EntryFailure {
+    #[error("{0} — fix it and run `atproto-verifier policy check`")]
+    Config(ConfigError),
+    #[error("{0}")]
+    Request(RequestError),
 }
 
-fn now_string() -> String {
-    atproto_sig_core::syntax::format_datetime_micros(crate::input::now_micros(None).unwrap_or(0))
-}
-
-/// The watchdog: decide within our own budget, always with a reason. When the budget (plus a
-/// margin) runs out first, it answers `deadline-exceeded`, records it, and exits.
-fn start_watchdog(config: &Config, invocation: &Invocation, answer: Arc<Answer>) {
-    let budget = config.budget.0;
-    let name = invocation.name.clone().unwrap_or_default();
-    let digest = invocation.digest.clone().unwrap_or_default();
-    let audit_config = config.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(budget + Duration::from_millis(300));
-        let failure = Failure::NoAnswerInTime { name: name.clone(), budget, waiting_for: crate::net::waiting_for() };
-        let message = failure.to_string();
-        if answer.give(failure.reason().code(), &message) {
-            audit(
-                &audit_config,
-                json!({"time": now_string(), "name": name, "digest": digest, "outcome": "undecided", "reason": "deadline-exceeded", "message": message}),
-            );
-            std::process::exit(i32::from(exit::UNDECIDED));
+impl EntryFailure {
+    fn reason(&self) -> atproto_sig_core::Reason {
+        match self {
+            EntryFailure::Config(_) => atproto_sig_core::Reason::ConfigInvalid,
+            EntryFailure::Request(e) => Failure::Request(e.clone()).reason(),
         }
-    });
+    }
 }
 
 /// Runs the containerd entry point; returns the exit code.
@@ -149,28 +134,30 @@ pub fn run(raw: &[String]) -> u8 {
     let started = Instant::now();
     let invocation = parse_args(raw.get(1..).unwrap_or_default());
     let answer = Arc::new(Answer { given: AtomicBool::new(false) });
-    let undecided = |failure: Failure| {
+    let undecided = |failure: EntryFailure| {
         answer.give(failure.reason().code(), &failure.to_string());
         exit::UNDECIDED
     };
     let config = match Config::load(None) {
         Ok(c) => c,
-        Err(e) => return undecided(Failure::Config(e.to_string())),
+        Err(e) => return undecided(EntryFailure::Config(e)),
     };
-    start_watchdog(&config, &invocation, Arc::clone(&answer));
+    let in_flight = InFlight::default();
+    watchdog::start(&config, &invocation, Arc::clone(&answer), in_flight.clone());
     let (Some(name), Some(digest)) = (invocation.name.clone(), invocation.digest.clone()) else {
-        return undecided(RequestError::MissingArguments.into());
+        return undecided(EntryFailure::Request(RequestError::MissingArguments));
     };
     match invocation.stdin_media_type.as_deref() {
         None | Some(DESCRIPTOR_MEDIA_TYPE) | Some(INPUT_MEDIA_TYPE) => {}
         Some(other) => crate::log::warn(&format!("unknown -stdin-media-type {other:?}: reading it as a descriptor")),
     }
+    let limits = NodeLimits::DEFAULT;
     let mut payload = Vec::new();
-    if std::io::stdin().lock().take(MAX_DESCRIPTOR as u64 + 1).read_to_end(&mut payload).is_err() {
-        return undecided(RequestError::Stdin.into());
+    if std::io::stdin().lock().take(limits.descriptor as u64 + 1).read_to_end(&mut payload).is_err() {
+        return undecided(EntryFailure::Request(RequestError::Stdin));
     }
     // Drain anything beyond the cap so containerd's writer never sees a broken pipe.
-    let _ = std::io::copy(&mut std::io::stdin().lock().take(16 << 20), &mut std::io::sink());
+    let _ = std::io::copy(&mut std::io::stdin().lock().take(limits.stdin_drain as u64), &mut std::io::sink());
     let policy = engine::request::load_policy(&config.policy);
     let request = engine::Request {
         reference: &name,
@@ -178,25 +165,27 @@ pub fn run(raw: &[String]) -> u8 {
         descriptor: Some(&payload),
         policy: policy.as_ref(),
         config: &config,
-        now_micros: crate::input::now_micros(None).unwrap_or(0),
+        now_micros: crate::clock::now_micros(None).unwrap_or(0),
         deadline: Deadline::after(config.budget.0.saturating_sub(started.elapsed())),
+        in_flight: &in_flight,
     };
-    let result = engine::decide(&request, &Remote::system(config.connect_timeout.0));
+    let result = engine::decide(&request, &crate::remote::system::system(&config));
     for note in &result.notes {
         crate::log::info(note);
     }
     let decision = &result.decision;
-    let code = engine::exit_code(decision);
+    let code = exit::code(result.class());
     let shown_code = if decision.outcome == Outcome::AuditAdmit { "audit" } else { decision.reason.code() };
     let shown = if decision.outcome == Outcome::AuditAdmit { decision.message.trim_start_matches("audit: ").to_owned() } else { decision.message.clone() };
     if !answer.give(shown_code, &shown) {
         // The watchdog already answered and is exiting.
         return exit::UNDECIDED;
     }
-    let mut record = engine::decision_record(&name, &digest, decision, (result.requests.identity, result.requests.registry), started.elapsed());
-    record.insert("time".into(), json!(now_string()));
+    let mut record = engine::decision_record(&name, &digest, decision, result.requests, started.elapsed());
+    record.insert("exit".into(), json!(code));
+    record.insert("time".into(), json!(audit::now_string()));
     record.insert("operation".into(), json!(invocation.operation));
-    audit(&config, Json::Object(record));
+    audit::record(&config, Json::Object(record));
     code
 }
 

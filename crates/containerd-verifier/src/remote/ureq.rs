@@ -1,35 +1,43 @@
 //! HTTP on the wire: the [`Fetch`] the binary uses. One blocking ureq agent per TLS setting
-//! (no async runtime), built on first use so a decision that needs no network never loads trust
-//! roots; no automatic redirects (callers decide whether a redirect may cross hosts); errors
+//! (no async runtime), shared by every thread, built on first use so a decision that needs no
+//! network never loads trust roots ([`TrustRoots`], a value built from the config: a new
+//! `UreqFetch` after a config reload trusts the new `ca_bundle`); no automatic redirects (callers decide whether a redirect may cross hosts); errors
 //! that stay network errors: a timeout is never a bad signature.
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::net::{Deadline, Fetched, NetError, Tls};
-use crate::remote::{Exchange, Fetch};
+use super::{Deadline, Exchange, Fetch, Fetched, NetError, Tls};
+use crate::limits::NodeLimits;
 
 const USER_AGENT: &str = concat!("atproto-verifier/", env!("CARGO_PKG_VERSION"));
+
+/// Most distinct TLS settings an agent is kept for (hosts.toml endpoints of one node); past
+/// it, agents are built per request rather than kept.
+const MAX_AGENTS: usize = 64;
 
 /// ureq agents, one per TLS setting met so far (a decision meets one or two).
 pub struct UreqFetch {
     connect_timeout: Duration,
-    agents: RefCell<Vec<(Tls, ureq::Agent)>>,
+    roots: TrustRoots,
+    agents: Mutex<Vec<(Tls, ureq::Agent)>>,
 }
 
 impl UreqFetch {
-    pub fn new(connect_timeout: Duration) -> UreqFetch {
-        UreqFetch { connect_timeout, agents: RefCell::new(Vec::new()) }
+    pub fn new(connect_timeout: Duration, roots: TrustRoots) -> UreqFetch {
+        UreqFetch { connect_timeout, roots, agents: Mutex::new(Vec::new()) }
     }
 
     fn agent(&self, tls: &Tls) -> ureq::Agent {
-        let mut agents = self.agents.borrow_mut();
+        let mut agents = self.agents.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((_, agent)) = agents.iter().find(|(t, _)| t == tls) {
             return agent.clone();
         }
-        let agent = agent(self.connect_timeout, tls);
-        agents.push((tls.clone(), agent.clone()));
+        let agent = agent(self.connect_timeout, &self.roots, tls);
+        if agents.len() < MAX_AGENTS {
+            agents.push((tls.clone(), agent.clone()));
+        }
         agent
     }
 }
@@ -63,11 +71,47 @@ impl Fetch for UreqFetch {
 /// Where trusted roots come from: the system's CA store (`SSL_CERT_FILE` / `SSL_CERT_DIR` or
 /// the distribution's bundle) plus `ca_bundle` from config.toml; the compiled-in Mozilla roots
 /// only when the system has none. Loaded on the first https request, never on a warm pull.
-static EXTRA_BUNDLE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+pub struct TrustRoots {
+    extra_bundle: Option<PathBuf>,
+    loaded: OnceLock<Roots>,
+}
 
-/// Names the extra CA bundle (config.toml `ca_bundle`); first call wins.
-pub fn set_extra_bundle(path: Option<PathBuf>) {
-    let _ = EXTRA_BUNDLE.set(path);
+/// Loaded roots, and where they came from (for `doctor`).
+pub struct Roots {
+    pub certificates: Arc<Vec<ureq::tls::Certificate<'static>>>,
+    pub source: String,
+}
+
+impl TrustRoots {
+    /// The system's roots, plus those of `extra_bundle` (config.toml `ca_bundle`).
+    pub fn new(extra_bundle: Option<PathBuf>) -> TrustRoots {
+        TrustRoots { extra_bundle, loaded: OnceLock::new() }
+    }
+
+    /// The roots, loaded on first use.
+    pub fn get(&self) -> &Roots {
+        self.loaded.get_or_init(|| {
+            let system = rustls_native_certs::load_native_certs();
+            let mut roots: Vec<ureq::tls::Certificate<'static>> =
+                system.certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect();
+            let mut source = format!("{} roots from the system store", roots.len());
+            if let Some(path) = &self.extra_bundle {
+                match crate::fsio::read_capped(path, NodeLimits::DEFAULT.pem_file) {
+                    Ok(pem) => {
+                        let extra = pem_certificates(&pem);
+                        source.push_str(&format!(" + {} from {}", extra.len(), path.display()));
+                        roots.extend(extra);
+                    }
+                    Err(e) => {
+                        // A node-level condition, not one decision's: said once, when loaded.
+                        crate::log::warn(&format!("ca_bundle {}: {} (ignored)", path.display(), e.problem));
+                        source.push_str(&format!(" (ca_bundle {} ignored: {})", path.display(), e.problem));
+                    }
+                }
+            }
+            Roots { certificates: Arc::new(roots), source }
+        })
+    }
 }
 
 fn pem_certificates(pem: &[u8]) -> Vec<ureq::tls::Certificate<'static>> {
@@ -80,41 +124,18 @@ fn pem_certificates(pem: &[u8]) -> Vec<ureq::tls::Certificate<'static>> {
         .collect()
 }
 
-/// The roots every https request trusts, and where they came from (for `doctor`).
-pub fn default_roots() -> &'static (Vec<ureq::tls::Certificate<'static>>, String) {
-    static ROOTS: std::sync::OnceLock<(Vec<ureq::tls::Certificate<'static>>, String)> = std::sync::OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let system = rustls_native_certs::load_native_certs();
-        let mut roots: Vec<ureq::tls::Certificate<'static>> = system.certs.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect();
-        let mut source = format!("{} roots from the system store", roots.len());
-        if let Some(Some(path)) = EXTRA_BUNDLE.get() {
-            match crate::input::read_capped(path, 4 << 20) {
-                Ok(pem) => {
-                    let extra = pem_certificates(&pem);
-                    source.push_str(&format!(" + {} from {}", extra.len(), path.display()));
-                    roots.extend(extra);
-                }
-                Err(e) => crate::log::warn(&format!("ca_bundle {}: {} (ignored)", path.display(), e.problem)),
-            }
-        }
-        (roots, source)
-    })
-}
-
-fn agent(connect_timeout: Duration, tls: &Tls) -> ureq::Agent {
+fn agent(connect_timeout: Duration, trust: &TrustRoots, tls: &Tls) -> ureq::Agent {
     let mut tls_config = ureq::tls::TlsConfig::builder().disable_verification(tls.skip_verify);
-    let (defaults, _) = default_roots();
-    let mut roots = defaults.clone();
+    let defaults = &trust.get().certificates;
+    let mut extra = Vec::new();
     for file in &tls.ca_files {
-        if let Ok(pem) = crate::input::read_capped(file, 4 << 20) {
-            roots.extend(pem_certificates(&pem));
+        if let Ok(pem) = crate::fsio::read_capped(file, NodeLimits::DEFAULT.pem_file) {
+            extra.extend(pem_certificates(&pem));
         }
     }
-    tls_config = if roots.is_empty() {
-        tls_config.root_certs(ureq::tls::RootCerts::WebPki)
-    } else {
-        tls_config.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)))
-    };
+    let roots = if extra.is_empty() { Arc::clone(defaults) } else { Arc::new(defaults.iter().cloned().chain(extra).collect()) };
+    tls_config =
+        if roots.is_empty() { tls_config.root_certs(ureq::tls::RootCerts::WebPki) } else { tls_config.root_certs(ureq::tls::RootCerts::Specific(roots)) };
     if let Some(client) = tls.client_pairs.iter().find_map(|(cert, key)| client_cert(cert, key.as_deref())) {
         tls_config = tls_config.client_cert(Some(client));
     }
@@ -131,9 +152,9 @@ fn agent(connect_timeout: Duration, tls: &Tls) -> ureq::Agent {
 
 /// A client certificate from a PEM certificate file and its key (in `key`, or in the same file).
 fn client_cert(cert: &Path, key: Option<&Path>) -> Option<ureq::tls::ClientCert> {
-    let cert_pem = crate::input::read_capped(cert, 1 << 20).ok()?;
+    let cert_pem = crate::fsio::read_capped(cert, NodeLimits::DEFAULT.pem_file).ok()?;
     let key_pem = match key {
-        Some(k) => crate::input::read_capped(k, 1 << 20).ok()?,
+        Some(k) => crate::fsio::read_capped(k, NodeLimits::DEFAULT.pem_file).ok()?,
         None => cert_pem.clone(),
     };
     let chain = pem_certificates(&cert_pem);
@@ -145,7 +166,7 @@ fn client_cert(cert: &Path, key: Option<&Path>) -> Option<ureq::tls::ClientCert>
 }
 
 fn classify(error: ureq::Error, url: &str, started: Instant, timeout: Duration, deadline: Deadline) -> NetError {
-    let short_url: String = url.split('?').next().unwrap_or(url).chars().take(200).collect();
+    let short_url = crate::limits::short(url.split('?').next().unwrap_or(url), 200);
     match error {
         ureq::Error::Timeout(_) if deadline.expired() => NetError::Deadline,
         ureq::Error::Timeout(_) => NetError::Timeout(short_url),

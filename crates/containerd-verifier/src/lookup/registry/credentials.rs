@@ -14,6 +14,11 @@ use base64::Engine;
 use serde_json::Value as Json;
 
 use crate::config::Config;
+use crate::limits::NodeLimits;
+use crate::remote::Deadline;
+
+/// Largest helper answer read.
+const HELPER_MAX_OUTPUT: usize = NodeLimits::DEFAULT.helper_output;
 
 /// What a registry gets.
 #[derive(Clone, PartialEq, Eq)]
@@ -50,20 +55,15 @@ pub enum CredentialError {
     Helper { program: String, problem: String },
 }
 
-/// Longest a credential helper may take.
-const HELPER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest helper answer read.
-const HELPER_MAX_OUTPUT: usize = 64 << 10;
-
-/// The docker config file in effect.
-fn config_path(config: &Config) -> Option<PathBuf> {
+/// The docker config file in effect, and whether config.toml named it (then it must exist).
+pub fn config_path(config: &Config) -> Option<(PathBuf, bool)> {
     if let Some(p) = &config.docker_config {
-        return Some(p.clone());
+        return Some((p.clone(), true));
     }
     if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("config.json"));
+        return Some((PathBuf::from(dir).join("config.json"), false));
     }
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".docker/config.json"))
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| (PathBuf::from(h).join(".docker/config.json"), false))
 }
 
 /// The keys docker may have stored `host` under.
@@ -82,20 +82,16 @@ fn helper_server(host: &str) -> String {
     if host == "docker.io" { "https://index.docker.io/v1/".into() } else { host.to_owned() }
 }
 
-/// Credentials for `host` (canonical), if any are configured.
-pub fn lookup(config: &Config, host: &str) -> Result<Option<Credential>, CredentialError> {
-    let Some(path) = config_path(config) else { return Ok(None) };
-    let bytes = match crate::input::read_capped(&path, 1 << 20) {
-        Ok(b) => b,
-        // No docker config: anonymous, as docker would be.
-        Err(_) if config.docker_config.is_none() => return Ok(None),
-        Err(e) => return Err(CredentialError::Config { path: path.display().to_string(), problem: e.problem }),
-    };
-    let source = source_for(&bytes, host).map_err(|problem| CredentialError::Config { path: path.display().to_string(), problem: problem.into() })?;
+/// Credentials for `host` (canonical) in the docker config `bytes` (read from `path`), if
+/// any; a helper it names runs only until `deadline` (and never longer than
+/// `NodeLimits::helper_timeout`).
+pub fn lookup(bytes: &[u8], path: &std::path::Path, host: &str, deadline: Deadline) -> Result<Option<Credential>, CredentialError> {
+    let source = source_for(bytes, host).map_err(|problem| CredentialError::Config { path: path.display().to_string(), problem: problem.into() })?;
+    let timeout = deadline.clamp(NodeLimits::DEFAULT.helper_timeout);
     match source {
-        Source::Helper(name) => run_helper(&name, &helper_server(host)),
+        Source::Helper(name) => run_helper(&name, &helper_server(host), timeout),
         // A store holds every registry; fall through to `auths` only when it has nothing.
-        Source::Store(name, auths) => Ok(run_helper(&name, &helper_server(host))?.or(auths)),
+        Source::Store(name, auths) => Ok(run_helper(&name, &helper_server(host), timeout)?.or(auths)),
         Source::Auths(found) => Ok(found),
     }
 }
@@ -142,9 +138,12 @@ fn auth_entry(entry: &Json) -> Option<Credential> {
 }
 
 /// Runs `docker-credential-<name> get` for `server`, bounded in time and output.
-fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, CredentialError> {
+fn run_helper(name: &str, server: &str, timeout: Duration) -> Result<Option<Credential>, CredentialError> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-        return Err(CredentialError::HelperName(name.chars().take(100).collect()));
+        return Err(CredentialError::HelperName(crate::limits::short(name, 100)));
+    }
+    if timeout.is_zero() {
+        return Err(CredentialError::HelperTimeout { program: format!("docker-credential-{name}"), timeout, server: server.to_owned() });
     }
     let program = format!("docker-credential-{name}");
     let mut child = Command::new(&program)
@@ -168,11 +167,11 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, Credential
         let _ = sender.send(out);
     });
     let started = Instant::now();
-    let timed_out = || CredentialError::HelperTimeout { program: program.clone(), timeout: HELPER_TIMEOUT, server: server.to_owned() };
+    let timed_out = || CredentialError::HelperTimeout { program: program.clone(), timeout, server: server.to_owned() };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > HELPER_TIMEOUT => {
+            Ok(None) if started.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(timed_out());
@@ -181,7 +180,7 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credential>, Credential
             Err(e) => return Err(helper(&e.to_string())),
         }
     };
-    let out = receiver.recv_timeout(HELPER_TIMEOUT.saturating_sub(started.elapsed()).max(Duration::from_millis(50))).map_err(|_| timed_out())?;
+    let out = receiver.recv_timeout(timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(5))).map_err(|_| timed_out())?;
     if !status.success() {
         // "credentials not found" is how helpers say they hold nothing for this server.
         return Ok(None);
@@ -216,6 +215,6 @@ mod tests {
     fn docker_hub_keys() {
         assert_eq!(keys("docker.io")[0], "https://index.docker.io/v1/");
         assert!(keys("registry.example.com").contains(&"https://registry.example.com".to_owned()));
-        assert!(run_helper("../evil", "x").is_err());
+        assert!(run_helper("../evil", "x", Duration::from_secs(1)).is_err());
     }
 }

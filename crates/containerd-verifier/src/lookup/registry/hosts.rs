@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::net::{Tls, is_loopback_host};
+use crate::remote::{Tls, is_loopback_host};
 
 /// What an endpoint may be asked for.
 pub const ALL_CAPABILITIES: &[&str] = &["pull", "resolve", "push", "referrers"];
@@ -63,7 +63,7 @@ pub fn endpoints(hosts_root: &Path, host: &str) -> (Vec<Endpoint>, Vec<String>) 
     let mut notes = Vec::new();
     let dir = host_dirs(hosts_root, host).into_iter().find(|d| d.is_dir());
     let mut list = match &dir {
-        Some(dir) => match crate::input::read_capped(&dir.join("hosts.toml"), 1 << 20) {
+        Some(dir) => match crate::fsio::read_capped(&dir.join("hosts.toml"), crate::limits::NodeLimits::DEFAULT.config_file) {
             Ok(bytes) => match String::from_utf8(bytes).map_err(|e| e.to_string()).and_then(|text| parse_hosts_file(dir, &text)) {
                 Ok(list) => list,
                 Err(e) => {

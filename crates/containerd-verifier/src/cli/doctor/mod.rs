@@ -11,9 +11,11 @@ use clap::Args;
 use serde_json::json;
 
 use crate::config::{Config, Span};
-use crate::containerd_config::{self, BINDIR_PLUGIN, CRI_IMAGES_PLUGIN, DEFAULT_BIN_DIR};
+pub mod containerd_config;
+
+use crate::cli::output::{Format, print_json};
 use crate::exit;
-use crate::output::{Format, print_json};
+use containerd_config::{BINDIR_PLUGIN, CRI_IMAGES_PLUGIN, DEFAULT_BIN_DIR};
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -304,8 +306,10 @@ fn policy_finding(config: &Config) -> Finding {
 }
 
 /// The CA certificates https trusts.
-fn trust_roots_finding() -> Finding {
-    let (roots, source) = crate::ureq_fetch::default_roots();
+fn trust_roots_finding(config: &Config) -> Finding {
+    let trust = crate::remote::ureq::TrustRoots::new(config.ca_bundle.clone());
+    let loaded = trust.get();
+    let (roots, source) = (&*loaded.certificates, &loaded.source);
     if roots.is_empty() {
         Finding {
             level: Level::Warn,
@@ -363,7 +367,7 @@ pub fn run(args: DoctorArgs) -> u8 {
             message: format!("offline: proofs older than max_proof_age ({}) are refused; import bundles more often than that", config.max_proof_age),
         });
     }
-    findings.push(trust_roots_finding());
+    findings.push(trust_roots_finding(&config));
     containerd_findings(&args.containerd_config, config.budget, &mut findings);
     nerdctl_findings(&mut findings);
     if let Some(image) = &args.live {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
-use crate::remote::{DnsError, Resolve};
+use super::{DnsError, Resolve};
 
 /// Largest DNS answer read over TCP.
 const MAX_TCP_ANSWER: usize = 64 << 10;
@@ -83,12 +83,21 @@ pub fn parse_response(buf: &[u8], id: u16) -> Result<Answer, DnsError> {
 /// The system's nameservers (or `$ATPROTO_VERIFIER_DNS`), as a [`Resolve`]; no question
 /// waits longer than `timeout` (config.toml `connect_timeout`).
 pub struct SystemResolve {
-    pub timeout: Duration,
+    timeout: Duration,
+    /// Read once, on the first question (a new `Remote` reads them again).
+    servers: std::sync::OnceLock<Vec<SocketAddr>>,
+}
+
+impl SystemResolve {
+    /// Asks each question for at most `timeout` (or less, as the caller says).
+    pub fn new(timeout: Duration) -> SystemResolve {
+        SystemResolve { timeout, servers: std::sync::OnceLock::new() }
+    }
 }
 
 impl Resolve for SystemResolve {
     fn txt(&self, name: &str, timeout: Duration) -> Result<Vec<String>, DnsError> {
-        lookup_txt_at(&nameservers(), name, timeout.min(self.timeout))
+        lookup_txt_at(self.servers.get_or_init(nameservers), name, timeout.min(self.timeout))
     }
 }
 

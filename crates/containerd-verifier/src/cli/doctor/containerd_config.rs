@@ -61,7 +61,7 @@ pub enum ContainerdConfigError {
 
 fn read(path: &Path) -> Result<(String, toml::Table), ContainerdConfigError> {
     let unreadable = |problem: String| ContainerdConfigError::Unreadable { path: path.display().to_string(), problem };
-    let bytes = crate::input::read_capped(path, 1 << 20).map_err(|e| unreadable(e.problem))?;
+    let bytes = crate::fsio::read_capped(path, 1 << 20).map_err(|e| unreadable(e.problem))?;
     let text = String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8".into()))?;
     let table = toml::from_str(&text).map_err(|e| ContainerdConfigError::Syntax { path: path.display().to_string(), problem: e.to_string() })?;
     Ok((text, table))

@@ -8,8 +8,8 @@ use atproto_sig_core::did::{DidMethod, did_method};
 use atproto_sig_core::syntax::{AtUri, is_disallowed_handle_tld, is_valid_did, is_valid_handle, is_valid_record_key};
 use serde_json::Value as Json;
 
-use crate::net::{Http, NetError, is_loopback_url};
 use crate::remote::{DnsError, Resolve};
+use crate::remote::{Http, NetError, is_loopback_url};
 
 /// Largest DID document, audit log, listRecords page and proof accepted.
 pub const MAX_DID_DOC: usize = 256 << 10;

@@ -1,8 +1,14 @@
-//! A small OCI distribution client over ureq, reaching registries the way containerd does:
+//! A small OCI distribution client over the decision's [`Http`], reaching registries the way
+//! containerd does:
 //! [`crate::hosts`] (hosts.toml or certs.d files: mirrors in file order, `ca`, `client`,
 //! `header`, `skip_verify`, `override_path`), anonymous or Bearer token auth from `WWW-Authenticate`, Basic credentials
 //! from a configured docker `config.json` (never printed). Used for tag -> digest, referrers
-//! (API, then the `sha256-<hex>` tag fallback) and pushing attached proofs.
+//! (API, then the `sha256-<hex>` tag fallback) and pushing attached proofs. The node's files
+//! (hosts.toml, the docker config) are read once per decision ([`Files`]), not per request.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -10,14 +16,17 @@ use sha2::{Digest, Sha256};
 use atproto_sig_core::reference::ImageRef;
 
 use crate::config::Config;
-use crate::credentials::CredentialError;
-use crate::hosts::Endpoint;
-use crate::net::{Fetched, Http, NetError, is_loopback_url};
+use crate::limits::NodeLimits;
+use crate::log::Notes;
+use crate::lookup::registry::credentials::{Credential, CredentialError};
+use crate::lookup::registry::hosts::Endpoint;
+use crate::remote::{Deadline, Fetched, Http, NetError, is_loopback_url};
 
 mod auth;
+pub mod credentials;
+pub mod hosts;
 
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-pub const MAX_MANIFEST: usize = 4 << 20;
 /// Media type of a layer holding a proof CAR.
 pub const CAR_MEDIA_TYPE: &str = "application/vnd.ipld.car";
 /// Artifact type of ATProto signature artifacts (ATCR's design, and ours from `attach`).
@@ -50,18 +59,85 @@ fn answer(message: impl Into<String>) -> RegistryError {
     RegistryError::Answer(message.into())
 }
 
-/// The endpoints for `host` that can do `capability`, in containerd's order.
-pub fn endpoints(config: &Config, host: &str, capability: &str) -> Vec<Endpoint> {
-    let (list, notes) = crate::hosts::endpoints(&config.containerd_hosts_dir, host);
-    for note in notes {
-        crate::log::warn(&note);
+/// The node's registry files as one decision sees them: hosts.toml per registry host and the
+/// docker config, each read once (on first use) and kept for the decision; credential helpers
+/// are asked once per host, within the decision's deadline.
+pub struct Files {
+    hosts_dir: PathBuf,
+    /// The docker config in effect, and whether it was named explicitly (then it must exist).
+    docker_config: Option<(PathBuf, bool)>,
+    deadline: Deadline,
+    notes: Notes,
+    endpoints: Mutex<HashMap<String, Vec<Endpoint>>>,
+    docker: OnceLock<Result<Option<Vec<u8>>, CredentialError>>,
+    credentials: Mutex<HashMap<String, Result<Option<Credential>, CredentialError>>>,
+}
+
+impl Files {
+    /// The files `config` names, for a decision due by `deadline`, problems said in `notes`.
+    pub fn new(config: &Config, deadline: Deadline, notes: Notes) -> Files {
+        Files {
+            hosts_dir: config.containerd_hosts_dir.clone(),
+            docker_config: credentials::config_path(config),
+            deadline,
+            notes,
+            endpoints: Mutex::default(),
+            docker: OnceLock::new(),
+            credentials: Mutex::default(),
+        }
     }
-    list.into_iter().filter(|e| e.can(capability)).collect()
+
+    /// The endpoints for `host` that can do `capability`, in containerd's order.
+    pub fn endpoints(&self, host: &str, capability: &str) -> Vec<Endpoint> {
+        let mut known = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = known.entry(host.to_owned()).or_insert_with(|| {
+            let (list, notes) = hosts::endpoints(&self.hosts_dir, host);
+            for note in notes {
+                self.notes.warn(note);
+            }
+            list
+        });
+        list.iter().filter(|e| e.can(capability)).cloned().collect()
+    }
+
+    /// Credentials for `host` (canonical), if any are configured; a helper is run at most once
+    /// per host and never past the deadline.
+    pub fn credential(&self, host: &str) -> Result<Option<Credential>, CredentialError> {
+        if let Some(known) = self.credentials.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(host) {
+            return known.clone();
+        }
+        let found = self.docker_config_bytes().and_then(|bytes| match bytes {
+            Some(bytes) => credentials::lookup(bytes, self.docker_path(), host, self.deadline),
+            None => Ok(None),
+        });
+        self.credentials.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(host.to_owned(), found.clone());
+        found
+    }
+
+    fn docker_path(&self) -> &std::path::Path {
+        self.docker_config.as_ref().map_or(std::path::Path::new(""), |(p, _)| p.as_path())
+    }
+
+    fn docker_config_bytes(&self) -> Result<Option<&[u8]>, CredentialError> {
+        let read = self.docker.get_or_init(|| {
+            let Some((path, explicit)) = &self.docker_config else { return Ok(None) };
+            match crate::fsio::read_capped(path, NodeLimits::DEFAULT.config_file) {
+                Ok(b) => Ok(Some(b)),
+                // No docker config: anonymous, as docker would be.
+                Err(_) if !explicit => Ok(None),
+                Err(e) => Err(CredentialError::Config { path: path.display().to_string(), problem: e.problem }),
+            }
+        });
+        match read {
+            Ok(bytes) => Ok(bytes.as_deref()),
+            Err(e) => Err(e.clone()),
+        }
+    }
 }
 
 /// A session with one registry host: endpoints, credentials, and a token once obtained.
 pub struct Session<'a> {
-    config: &'a Config,
+    files: &'a Files,
     http: &'a Http,
     host: String,
     repository: String,
@@ -72,8 +148,8 @@ pub struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    pub fn new(config: &'a Config, http: &'a Http, image: &ImageRef) -> Session<'a> {
-        Session { config, http, host: image.host.clone(), repository: image.path.clone(), authorization: Default::default(), last_endpoint: Default::default() }
+    pub fn new(files: &'a Files, http: &'a Http, image: &ImageRef) -> Session<'a> {
+        Session { files, http, host: image.host.clone(), repository: image.path.clone(), authorization: Default::default(), last_endpoint: Default::default() }
     }
 
     fn url(&self, endpoint: &Endpoint, tail: &str) -> String {
@@ -92,7 +168,7 @@ impl<'a> Session<'a> {
     ) -> Result<Fetched, RegistryError> {
         // Every endpoint's failure is reported: a broken mirror must not hide behind its upstream.
         let mut failures: Vec<(String, RegistryError)> = Vec::new();
-        for endpoint in endpoints(self.config, &self.host, capability) {
+        for endpoint in self.files.endpoints(&self.host, capability) {
             let client = self.http.with_tls(&endpoint.tls);
             let url = self.url(&endpoint, tail);
             let mut all: Vec<(&str, String)> = headers.to_vec();
@@ -113,8 +189,8 @@ impl<'a> Session<'a> {
 
     /// Uploads a blob (monolithic upload); returns its digest.
     pub fn push_blob(&self, bytes: &[u8]) -> Result<String, RegistryError> {
-        let digest = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(bytes)));
-        let start = self.request("push", "POST", &format!("{}/blobs/uploads/", self.repository), &[], Some(&[]), 64 << 10)?;
+        let digest = sha256_digest(bytes);
+        let start = self.request("push", "POST", &format!("{}/blobs/uploads/", self.repository), &[], Some(&[]), NodeLimits::DEFAULT.registry_small)?;
         if start.status != 202 {
             return Err(answer(format!("blob upload refused: HTTP {}", start.status)));
         }
@@ -129,7 +205,7 @@ impl<'a> Session<'a> {
             &format!("{url}{separator}digest={digest}"),
             &[("content-type", "application/octet-stream".into())],
             Some(bytes),
-            64 << 10,
+            NodeLimits::DEFAULT.registry_small,
         )?;
         if done.status != 201 {
             return Err(answer(format!("blob upload failed: HTTP {}", done.status)));
@@ -139,16 +215,22 @@ impl<'a> Session<'a> {
 
     /// Puts a manifest under `reference` (a tag or its digest); returns its digest.
     pub fn push_manifest(&self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<String, RegistryError> {
-        let response =
-            self.request("push", "PUT", &format!("{}/manifests/{reference}", self.repository), &[("content-type", media_type.into())], Some(bytes), 64 << 10)?;
+        let response = self.request(
+            "push",
+            "PUT",
+            &format!("{}/manifests/{reference}", self.repository),
+            &[("content-type", media_type.into())],
+            Some(bytes),
+            NodeLimits::DEFAULT.registry_small,
+        )?;
         if response.status != 201 {
             return Err(answer(format!(
                 "manifest push failed: HTTP {}: {}",
                 response.status,
-                String::from_utf8_lossy(&response.body).chars().take(200).collect::<String>()
+                crate::limits::short(&String::from_utf8_lossy(&response.body), 200)
             )));
         }
-        Ok(format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(bytes))))
+        Ok(sha256_digest(bytes))
     }
 
     /// True when the registry serves the referrers API (it then indexes `subject` itself).
@@ -159,7 +241,7 @@ impl<'a> Session<'a> {
             &format!("{}/referrers/{digest}", self.repository),
             &[("accept", "application/vnd.oci.image.index.v1+json".into())],
             None,
-            MAX_MANIFEST,
+            NodeLimits::DEFAULT.manifest,
         )
         .is_ok_and(|r| r.is_success())
     }
@@ -173,7 +255,7 @@ impl<'a> Session<'a> {
             &format!("{}/manifests/{tag}", self.repository),
             &[("accept", "application/vnd.oci.image.index.v1+json".into())],
             None,
-            MAX_MANIFEST,
+            NodeLimits::DEFAULT.manifest,
         )?;
         match response.status {
             200 => serde_json::from_slice(&response.body).map(Some).map_err(|e| answer(format!("fallback index is not JSON: {e}"))),
@@ -185,14 +267,14 @@ impl<'a> Session<'a> {
     /// The digest a tag points to (Docker-Content-Digest, else the hash of the manifest).
     pub fn resolve(&self, tag: &str) -> Result<String, RegistryError> {
         let tail = format!("{}/manifests/{tag}", self.repository);
-        let response = self.request("resolve", "GET", &tail, &[("accept", MANIFEST_ACCEPT.into())], None, MAX_MANIFEST)?;
+        let response = self.request("resolve", "GET", &tail, &[("accept", MANIFEST_ACCEPT.into())], None, NodeLimits::DEFAULT.manifest)?;
         match response.status {
             200 => {
-                let computed = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(&response.body)));
+                let computed = sha256_digest(&response.body);
                 if let Some(header) = response.header("docker-content-digest")
                     && header != computed
                 {
-                    return Err(answer(format!("registry says {} but the manifest hashes to {computed}", header.chars().take(80).collect::<String>())));
+                    return Err(answer(format!("registry says {} but the manifest hashes to {computed}", crate::limits::short(header, 80))));
                 }
                 Ok(computed)
             }
@@ -203,11 +285,17 @@ impl<'a> Session<'a> {
 
     /// A manifest by digest, checked against the digest.
     pub fn manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        let response =
-            self.request("pull", "GET", &format!("{}/manifests/{digest}", self.repository), &[("accept", MANIFEST_ACCEPT.into())], None, MAX_MANIFEST)?;
+        let response = self.request(
+            "pull",
+            "GET",
+            &format!("{}/manifests/{digest}", self.repository),
+            &[("accept", MANIFEST_ACCEPT.into())],
+            None,
+            NodeLimits::DEFAULT.manifest,
+        )?;
         match response.status {
             200 => {
-                let computed = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(&response.body)));
+                let computed = sha256_digest(&response.body);
                 if computed != digest {
                     return Err(answer(format!("manifest {digest} hashes to {computed}")));
                 }
@@ -236,7 +324,7 @@ impl<'a> Session<'a> {
         if response.status != 200 {
             return Err(answer(format!("blob {digest}: HTTP {}", response.status)));
         }
-        let computed = format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(&response.body)));
+        let computed = sha256_digest(&response.body);
         if computed != digest {
             return Err(answer(format!("blob {digest} hashes to {computed}")));
         }
@@ -246,8 +334,9 @@ impl<'a> Session<'a> {
     /// Referrers of `digest` with `artifact_type`: the referrers API when the registry has it
     /// (2xx), else the `sha256-<hex>` tag holding an index (on 404); any other answer fails.
     pub fn referrers(&self, digest: &str, artifact_type: &str) -> Result<Vec<Json>, RegistryError> {
-        let tail = format!("{}/referrers/{digest}?artifactType={}", self.repository, crate::resolve::percent_encode(artifact_type));
-        let response = self.request("pull", "GET", &tail, &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, MAX_MANIFEST)?;
+        let tail = format!("{}/referrers/{digest}?artifactType={}", self.repository, crate::lookup::atproto::percent_encode(artifact_type));
+        let response =
+            self.request("pull", "GET", &tail, &[("accept", "application/vnd.oci.image.index.v1+json".into())], None, NodeLimits::DEFAULT.manifest)?;
         let index: Json = match response.status {
             200..=299 => serde_json::from_slice(&response.body).map_err(|e| answer(format!("referrers index is not JSON: {e}")))?,
             404 => match self.fallback_index(digest)? {
@@ -259,17 +348,28 @@ impl<'a> Session<'a> {
         Ok(index
             .get("manifests")
             .and_then(Json::as_array)
-            .map(|m| m.iter().filter(|d| d.get("artifactType").and_then(Json::as_str) == Some(artifact_type)).take(16).cloned().collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|d| d.get("artifactType").and_then(Json::as_str) == Some(artifact_type))
+                    .take(NodeLimits::DEFAULT.referrers_listed)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }
 
+/// The OCI digest of `bytes` (`sha256:<hex>`).
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(bytes)))
+}
+
 /// Resolves the tag of `image` to a digest (for `verify` on a tag).
-pub fn resolve_tag(config: &Config, image: &ImageRef, http: &Http) -> Result<String, RegistryError> {
+pub fn resolve_tag(config: &Config, files: &Files, image: &ImageRef, http: &Http) -> Result<String, RegistryError> {
     if config.offline {
         return Err(RegistryError::Offline);
     }
-    let session = Session::new(config, http, image);
+    let session = Session::new(files, http, image);
     session.resolve(image.tag.as_deref().unwrap_or("latest"))
 }
 
@@ -287,13 +387,15 @@ mod tests {
         )
         .unwrap();
         let config = Config { containerd_hosts_dir: dir.path().to_owned(), ..Config::default() };
-        let list = endpoints(&config, "registry.example.com", "pull");
+        let files = Files::new(&config, Deadline::after(std::time::Duration::from_secs(1)), Notes::collect());
+        let endpoints = |host: &str, capability: &str| files.endpoints(host, capability);
+        let list = endpoints("registry.example.com", "pull");
         assert_eq!(
             list.iter().map(|e| e.origin.as_str()).collect::<Vec<_>>(),
             ["http://127.0.0.1:5002", "http://127.0.0.1:5001", "https://registry.example.com"]
         );
         assert!(list[1].tls.skip_verify);
-        assert_eq!(endpoints(&config, "other.example", "pull")[0].origin, "https://other.example");
-        assert_eq!(endpoints(&config, "127.0.0.1:5000", "pull")[0].origin, "http://127.0.0.1:5000");
+        assert_eq!(endpoints("other.example", "pull")[0].origin, "https://other.example");
+        assert_eq!(endpoints("127.0.0.1:5000", "pull")[0].origin, "http://127.0.0.1:5000");
     }
 }

@@ -5,8 +5,8 @@
 use serde_json::Value as Json;
 
 use super::{RegistryError, Session};
-use crate::credentials::Credential;
-use crate::net::{Fetched, Http, is_loopback_url};
+use crate::lookup::registry::credentials::Credential;
+use crate::remote::{Fetched, Http, is_loopback_url};
 
 /// The canonical registry host of an endpoint URL (`https://registry-1.docker.io/v2/…` is
 /// `docker.io`), the key credentials are looked up by.
@@ -62,7 +62,7 @@ impl Session<'_> {
             return Ok(response);
         }
         let challenge = response.header("www-authenticate").and_then(parse_challenge);
-        let credential = crate::credentials::lookup(self.config, &host)?;
+        let credential = self.files.credential(&host)?;
         let authorization = match challenge {
             Some((scheme, params)) if scheme == "bearer" => format!("Bearer {}", self.bearer_token(http, &params, credential.as_ref())?),
             Some((scheme, _)) if scheme == "basic" => match credential {
@@ -100,27 +100,33 @@ impl Session<'_> {
         let service = get("service").unwrap_or_default();
         let response = match credential {
             Some(Credential::IdentityToken(token)) => {
-                let form = crate::resolve::query(&[
+                let form = crate::lookup::atproto::query(&[
                     ("grant_type", "refresh_token"),
                     ("refresh_token", token),
                     ("service", &service),
                     ("scope", &scope),
                     ("client_id", "atproto-verifier"),
                 ]);
-                http.send("POST", &realm, &[("content-type", "application/x-www-form-urlencoded".into())], Some(form.as_bytes()), 64 << 10)
+                http.send(
+                    "POST",
+                    &realm,
+                    &[("content-type", "application/x-www-form-urlencoded".into())],
+                    Some(form.as_bytes()),
+                    crate::limits::NodeLimits::DEFAULT.registry_small,
+                )
             }
             other => {
-                let mut query = crate::resolve::query(&[("scope", &scope)]);
+                let mut query = crate::lookup::atproto::query(&[("scope", &scope)]);
                 if !service.is_empty() {
                     query.push('&');
-                    query.push_str(&crate::resolve::query(&[("service", &service)]));
+                    query.push_str(&crate::lookup::atproto::query(&[("service", &service)]));
                 }
                 let separator = if realm.contains('?') { '&' } else { '?' };
                 let headers: Vec<(&str, String)> = match other {
                     Some(Credential::Basic(b)) => vec![("authorization", format!("Basic {b}"))],
                     _ => Vec::new(),
                 };
-                http.get(&format!("{realm}{separator}{query}"), &headers, 64 << 10)
+                http.get(&format!("{realm}{separator}{query}"), &headers, crate::limits::NodeLimits::DEFAULT.registry_small)
             }
         }?;
         if !response.is_success() {

@@ -1,0 +1,122 @@
+//! Every byte and count cap of the binary, as one public type beside the core's
+//! `atproto_sig_core::Limits` (which bounds the parsers of signed data). Remote answers,
+//! operator files, cache entries, bundles and stdin are all read under one of these; a cap
+//! reached is an error, never a truncation. And [`short`]: the one way a hostile string is cut
+//! before it goes into a message.
+
+use std::time::Duration;
+
+/// The binary's caps (bytes unless said otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// A DID document (did:plc directory or did:web).
+    pub did_document: usize,
+    /// A did:plc audit log.
+    pub audit_log: usize,
+    /// One listRecords page.
+    pub list_page: usize,
+    /// listRecords pages scanned at most (100 records each).
+    pub list_pages: usize,
+    /// A record proof CAR (getRecord, or attached to an image).
+    pub proof: usize,
+    /// A whole-repository export (getRepo, for a bundle's collection state).
+    pub repository: usize,
+    /// A resolveHandle answer.
+    pub handle_answer: usize,
+    /// `/.well-known/atproto-did`.
+    pub well_known_did: usize,
+    /// An OCI manifest or index.
+    pub manifest: usize,
+    /// Small registry answers: upload and push responses, token service, artifact config blobs.
+    pub registry_small: usize,
+    /// Signature artifacts examined per image (each costs up to three registry requests).
+    pub artifacts_examined: usize,
+    /// Referrers kept from one referrers index.
+    pub referrers_listed: usize,
+    /// The descriptor containerd writes on stdin.
+    pub descriptor: usize,
+    /// Drained from stdin past the descriptor, so containerd's writer never sees a broken pipe.
+    pub stdin_drain: usize,
+    /// Candidate signers examined per decision.
+    pub candidates: usize,
+    /// One cache entry read back.
+    pub cache_entry: usize,
+    /// A bundle file.
+    pub bundle: usize,
+    /// config.toml, hosts.toml, containerd's config files, the docker config.
+    pub config_file: usize,
+    /// A PEM file (CA bundle, client certificate or key).
+    pub pem_file: usize,
+    /// A DNS answer over TCP.
+    pub dns_tcp_answer: usize,
+    /// A credential helper's answer.
+    pub helper_output: usize,
+    /// The longest a credential helper may take (less when the decision has less left).
+    pub helper_timeout: Duration,
+    /// The audit log read back for metrics (its newest part).
+    pub audit_log_read: usize,
+    /// containerd config files followed through `imports`.
+    pub containerd_imports: usize,
+    /// The reason line printed to containerd.
+    pub reason_line: usize,
+}
+
+impl NodeLimits {
+    /// The limits every command and the containerd entry use.
+    pub const DEFAULT: NodeLimits = NodeLimits {
+        did_document: 256 << 10,
+        audit_log: 4 << 20,
+        list_page: 2 << 20,
+        list_pages: 20,
+        proof: 4 << 20,
+        repository: 64 << 20,
+        handle_answer: 16 << 10,
+        well_known_did: 2048,
+        manifest: 4 << 20,
+        registry_small: 64 << 10,
+        artifacts_examined: 4,
+        referrers_listed: 16,
+        descriptor: 256 << 10,
+        stdin_drain: 16 << 20,
+        candidates: 8,
+        cache_entry: 8 << 20,
+        bundle: 256 << 20,
+        config_file: 1 << 20,
+        pem_file: 4 << 20,
+        dns_tcp_answer: 64 << 10,
+        helper_output: 64 << 10,
+        helper_timeout: Duration::from_secs(5),
+        audit_log_read: 64 << 20,
+        containerd_imports: 64,
+        reason_line: 400,
+    };
+}
+
+impl Default for NodeLimits {
+    fn default() -> NodeLimits {
+        NodeLimits::DEFAULT
+    }
+}
+
+/// `text` cut to at most `max` characters (a hostile string in a message: a URL, a remote
+/// error, an operator's typo), control characters shown as spaces, `…` marking a cut.
+pub fn short(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_strings_are_cut_and_made_one_line() {
+        assert_eq!(short("abc", 5), "abc");
+        assert_eq!(short("abcdef", 3), "abc…");
+        assert_eq!(short("a\nb\u{1b}c", 10), "a b c");
+        assert_eq!(short(&"é".repeat(10), 2), "éé…");
+    }
+}

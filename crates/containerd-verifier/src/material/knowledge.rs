@@ -1,0 +1,274 @@
+//! What this node knows never moves backwards, never looks fresher than it is, and gets in one
+//! way.
+//!
+//! Freshness rests only on time that is signed (a commit's `rev`) or that this node measured
+//! itself (its own clock at fetch or import). A `fetchedAt` inside a bundle is a claim by
+//! whoever made the bundle: it can make an entry look older, never newer.
+//!
+//! Accepting material into the cache is one function per kind, used by every writer (the
+//! engine's fetches, bundle import, and the watcher next): [`accept_proof`] (verified by the
+//! core, its signature checked, not older than the proof held for the same record) and
+//! [`accept_document`] (a did:plc document agreeing with its audit log, never an older log).
+
+use atproto_sig_core::car::Car;
+use atproto_sig_core::commit::Commit;
+use atproto_sig_core::did::{DidDocument, DidMethod, did_method};
+use atproto_sig_core::plc::verify_audit_log;
+use atproto_sig_core::record::MANIFEST_COLLECTION;
+use atproto_sig_core::syntax::format_datetime_micros;
+use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, Verdict, verify};
+use atproto_sig_core::{Limits, Reason};
+use base64::Engine;
+
+use crate::material::store::{Cache, DidEntry, Kind, ProofEntry};
+
+/// The signed commit rev of a proof CAR and its time in microseconds, read without checking
+/// the signature: meaningful only for a proof whose signature was checked before it was
+/// stored (every proof in the cache), or will be checked before it is used.
+pub fn commit_rev(car: &[u8]) -> Option<(String, i64)> {
+    let limits = Limits::collection();
+    let commit = Commit::of_car(&Car::parse(car, &limits).ok()?, &limits).ok()?;
+    Some((commit.rev.clone()?, commit.rev_micros()?))
+}
+
+/// The rev of a cached proof entry, if its CAR is readable.
+pub fn entry_rev(entry: &ProofEntry) -> Option<(String, i64)> {
+    decode_car(entry).as_deref().and_then(commit_rev)
+}
+
+/// The CAR bytes of a proof entry.
+pub fn decode_car(entry: &ProofEntry) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(&entry.car).ok()
+}
+
+/// The rev of the proof this node holds for `did`/`collection`/`rkey` when it is newer than
+/// `rev` (TIDs sort in time order): a proof at `rev` would be a rollback.
+pub fn newer_held(cache: &Cache, did: &str, collection: &str, rkey: &str, rev: &str) -> Option<String> {
+    let held: ProofEntry = cache.read(Kind::Proof, &[did, collection, rkey])?;
+    entry_rev(&held).map(|(r, _)| r).filter(|held| held.as_str() > rev)
+}
+
+/// The message for a refused rollback.
+pub fn rollback_message(what: &str, rev: &str, held: &str) -> String {
+    format!(
+        "{what} is at commit rev {rev}, older than what this node already holds (rev {held}) — refusing to move backwards (a replayed old proof could undo a revocation)"
+    )
+}
+
+/// The time to store for material fetched at `claimed` (someone else's word), imported at
+/// `now` (this node's clock), whose content was signed at `signed` (if known): never later
+/// than any of them, so it can only look older than it is.
+pub fn stored_fetch_time(claimed: i64, now: i64, signed: Option<i64>) -> i64 {
+    claimed.min(now).min(signed.unwrap_or(i64::MAX))
+}
+
+/// Why a proof or a DID document is not accepted into the cache.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The core's check failed before the signature was verified (or the collection is not
+    /// `io.atcr.manifest`): nothing about this proof is known to be signed.
+    #[error("{message} ({})", reason.code())]
+    Unproven { reason: Reason, message: String },
+    /// Older than what this node holds for the same record.
+    #[error("{}", rollback_message("this proof", .rev, .held))]
+    RolledBack { rev: String, held: String },
+    #[error("{0}")]
+    Document(String),
+    #[error("no audit log: a did:plc document cannot be checked without it")]
+    NoAuditLog,
+    #[error("audit log invalid: {0}")]
+    AuditLog(String),
+    #[error("the audit log ends in a tombstone: the DID is deactivated")]
+    Deactivated,
+    #[error("the document's #atproto key differs from the key its audit log establishes")]
+    KeyDiffers,
+    #[error("the document's PDS or handle differs from its audit log")]
+    ServiceDiffers,
+    #[error("its audit log is a prefix of the one this node already holds — older than what this node already holds (a rotated-out key must not come back)")]
+    OlderAuditLog,
+}
+
+/// A proof offered to the cache.
+pub struct OfferedProof<'p> {
+    /// The verified DID document of the repository.
+    pub document: &'p DidDocument,
+    pub collection: &'p str,
+    pub rkey: &'p str,
+    pub car: &'p [u8],
+    /// The digest its record should name, if known (a known locator).
+    pub digest: Option<&'p str>,
+    /// Where it came from (a PDS URL, `bundle <file> (…)`).
+    pub source: String,
+    /// When it was fetched by this node's clock, or as a bundle claims (never trusted later
+    /// than `now` or than its signed rev).
+    pub fetched_at: i64,
+    /// This node's clock.
+    pub now: i64,
+    pub clock_skew_micros: i64,
+}
+
+/// What accepting a proof did.
+#[derive(Debug)]
+pub struct Accepted {
+    /// False when the cache already held a proof at the same commit rev.
+    pub changed: bool,
+    /// The core's verdict on the proof (for the digest offered, or for presence alone).
+    pub verdict: Verdict,
+}
+
+/// Accepts a proof into the cache: the core verifies it (the commit signature under the
+/// document's key must hold; a record absent from the signed tree is a proof too, of
+/// deletion), it is refused if older than the proof held for the same record, and stored with
+/// a fetch time that can only look older than it is. Nothing unsigned is ever stored, so a
+/// forged rev can never block a genuine proof.
+pub fn accept_proof(cache: &Cache, proof: &OfferedProof<'_>) -> Result<Accepted, Refusal> {
+    let limits = Limits::default();
+    let did = proof.document.did.as_str();
+    let verdict = verify(&ProofInput {
+        car: proof.car,
+        key: KeySource::Document(proof.document),
+        expect: Expectation { did, rkey: Some(proof.rkey), digest: proof.digest, repository: None },
+        now_micros: proof.now,
+        max_clock_skew_micros: proof.clock_skew_micros,
+        limits: &limits,
+    });
+    // Only what the signature covers is kept: the path to the record proven under a verified
+    // commit whose rev is not in the future (a rev in the future could outrank every later
+    // proof, so it is never stored).
+    if proof.collection != MANIFEST_COLLECTION || !verdict.facts.path_proven {
+        return Err(Refusal::Unproven { reason: verdict.reason, message: verdict.message });
+    }
+    let rev = verdict.facts.rev.clone().unwrap_or_default();
+    let (collection, rkey) = (proof.collection, proof.rkey);
+    let held: Option<ProofEntry> = cache.read(Kind::Proof, &[did, collection, rkey]);
+    let held_rev = held.as_ref().and_then(entry_rev).map(|(r, _)| r);
+    if let Some(held) = held_rev.as_ref().filter(|held| held.as_str() > rev.as_str()) {
+        return Err(Refusal::RolledBack { rev, held: held.clone() });
+    }
+    if held_rev.as_deref() == Some(rev.as_str()) {
+        return Ok(Accepted { changed: false, verdict });
+    }
+    let signed_at = atproto_sig_core::syntax::tid_timestamp_micros(&rev).and_then(|t| i64::try_from(t).ok());
+    let entry = ProofEntry {
+        did: did.to_owned(),
+        collection: collection.to_owned(),
+        rkey: rkey.to_owned(),
+        fetched_at: stored_fetch_time(proof.fetched_at, proof.now, signed_at),
+        source: proof.source.clone(),
+        car: base64::engine::general_purpose::STANDARD.encode(proof.car),
+    };
+    cache.write(Kind::Proof, &[did, collection, rkey], &entry);
+    Ok(Accepted { changed: true, verdict })
+}
+
+/// The DID document a cache entry stands for: with `strict` (did:plc under `strict_plc`),
+/// derived from its verified audit log; else the served document, parsed.
+pub fn document_of(entry: &DidEntry, strict: bool, limits: &Limits) -> Result<DidDocument, crate::engine::Failure> {
+    use crate::engine::Failure;
+    let did = entry.did.as_str();
+    if strict {
+        let log = entry.audit_log.as_deref().ok_or_else(|| Failure::NoAuditLog { did: did.to_owned() })?;
+        let state = verify_audit_log(did, log.as_bytes(), limits).map_err(|e| Failure::AuditLogInvalid { did: did.to_owned(), problem: e.to_string() })?;
+        return Ok(DidDocument { did: did.to_owned(), signing_key: state.signing_key(), pds: state.pds(), handle: state.handle() });
+    }
+    DidDocument::parse(entry.document.as_bytes(), did, limits).map_err(|e| Failure::DocumentInvalid(e.to_string()))
+}
+
+/// The document an entry proves on its own: did:plc entries must carry an audit log the
+/// served document agrees with (key, PDS, handle; not deactivated); did:web documents are
+/// taken as delivered (they cannot be self-certified: the note says so).
+pub fn checked_document(entry: &DidEntry, limits: &Limits) -> Result<(DidDocument, Option<String>), Refusal> {
+    let document = DidDocument::parse(entry.document.as_bytes(), &entry.did, limits).map_err(|e| Refusal::Document(e.to_string()))?;
+    match did_method(&entry.did).map_err(|e| Refusal::Document(e.to_string()))? {
+        DidMethod::Plc => {
+            let log = entry.audit_log.as_deref().ok_or(Refusal::NoAuditLog)?;
+            let state = verify_audit_log(&entry.did, log.as_bytes(), limits).map_err(|e| Refusal::AuditLog(e.to_string()))?;
+            if state.deactivated {
+                return Err(Refusal::Deactivated);
+            }
+            let key = state.signing_key().map_err(|e| Refusal::AuditLog(e.to_string()))?;
+            if document.signing_key.as_ref().ok() != Some(&key) {
+                return Err(Refusal::KeyDiffers);
+            }
+            if document.pds != state.pds() || document.handle != state.handle() {
+                return Err(Refusal::ServiceDiffers);
+            }
+            Ok((document, None))
+        }
+        DidMethod::Web => Ok((document, Some(format!("{}: did:web documents are trusted as delivered (they cannot be self-certified)", entry.did)))),
+    }
+}
+
+/// What accepting a DID document did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DocumentAccepted {
+    Stored,
+    Unchanged,
+}
+
+/// Accepts a DID document entry into the cache after `check` (the caller's verification:
+/// [`checked_document`] for bundles, the engine's parse for fetched ones) held: refused if its
+/// audit log is older than the one held (a strict prefix), stored with a fetch time that can
+/// only look older than it is.
+pub fn accept_document(cache: &Cache, entry: &DidEntry, now: i64) -> Result<DocumentAccepted, Refusal> {
+    let held = cache.read::<DidEntry>(Kind::Did, &[&entry.did]);
+    if let (Some(held_log), Some(new_log)) = (held.as_ref().and_then(|h| h.audit_log.as_deref()), entry.audit_log.as_deref())
+        && is_older_audit_log(new_log, held_log)
+    {
+        return Err(Refusal::OlderAuditLog);
+    }
+    if held.as_ref().is_some_and(|h| h.document == entry.document && h.audit_log == entry.audit_log) {
+        return Ok(DocumentAccepted::Unchanged);
+    }
+    let stored = DidEntry { fetched_at: stored_fetch_time(entry.fetched_at, now, None), ..entry.clone() };
+    cache.write(Kind::Did, &[&entry.did], &stored);
+    Ok(DocumentAccepted::Stored)
+}
+
+/// Refuses material that claims to be fetched later than this node's clock allows.
+pub fn check_fetch_time(fetched_at: i64, now: i64, skew: &crate::config::Span) -> Result<(), String> {
+    if fetched_at > now.saturating_add(skew.micros()) {
+        return Err(format!(
+            "it claims to be fetched {}, later than this node's clock ({}) plus clock_skew ({skew}) — a bundle cannot come from the future; check both clocks and re-create the bundle",
+            format_datetime_micros(fetched_at),
+            format_datetime_micros(now),
+        ));
+    }
+    Ok(())
+}
+
+/// The operation CIDs of a did:plc audit log (in order), if it is a JSON array of entries.
+fn operation_cids(log: &str) -> Option<Vec<String>> {
+    let entries: Vec<serde_json::Value> = serde_json::from_str(log).ok()?;
+    entries.iter().map(|e| e.get("cid").and_then(serde_json::Value::as_str).map(str::to_owned)).collect()
+}
+
+/// True when `new` is a strict prefix of `held`: an older view of the same DID history.
+pub fn is_older_audit_log(new: &str, held: &str) -> bool {
+    match (operation_cids(new), operation_cids(held)) {
+        (Some(new), Some(held)) => new.len() < held.len() && held.starts_with(&new),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_times_only_move_older() {
+        assert_eq!(stored_fetch_time(100, 50, None), 50);
+        assert_eq!(stored_fetch_time(10, 50, Some(5)), 5);
+        assert_eq!(stored_fetch_time(10, 50, Some(20)), 10);
+    }
+
+    #[test]
+    fn audit_log_prefixes() {
+        let log = |cids: &[&str]| serde_json::to_string(&cids.iter().map(|c| serde_json::json!({"cid": c})).collect::<Vec<_>>()).unwrap();
+        assert!(is_older_audit_log(&log(&["a"]), &log(&["a", "b"])));
+        assert!(!is_older_audit_log(&log(&["a", "b"]), &log(&["a", "b"])));
+        assert!(!is_older_audit_log(&log(&["a", "c"]), &log(&["a", "b", "d"])));
+        assert!(!is_older_audit_log(&log(&["a", "b", "c"]), &log(&["a", "b"])));
+        assert!(!is_older_audit_log("not json", &log(&["a"])));
+    }
+}

@@ -1,0 +1,9 @@
+//! What tests and fuzz targets reach inside the crate's API boundary (feature `testkit`, never
+//! in the release binary): the parsers of hostile node inputs, bundle import, the query
+//! encoding the in-memory web is keyed by, and the in-memory world ([`crate::remote::memory`]).
+
+pub use crate::bundle::{Bundle, ImportReport, import as import_bundle, parse as parse_bundle};
+pub use crate::lookup::atproto::query;
+pub use crate::lookup::registry::credentials::{Source as DockerConfigSource, source_for as docker_config_source};
+pub use crate::lookup::registry::hosts::parse_hosts_file;
+pub use crate::remote::memory::{MemoryFetch, MemoryResolve, MemorySubscribe};
