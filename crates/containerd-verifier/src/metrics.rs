@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::material::store::{Cache, DidEntry, Kind, ProofEntry};
 
 /// Largest audit log read for counting (the newest part of a larger one).
-const MAX_AUDIT_BYTES: u64 = 64 << 20;
+const MAX_AUDIT_BYTES: u64 = crate::limits::NodeLimits::DEFAULT.audit_log_read as u64;
 
 /// Decision counts from the audit log: (outcome, reason) -> count.
 fn decision_counts(path: &Path) -> BTreeMap<(String, String), u64> {

@@ -405,3 +405,51 @@ fn every_reason_code_is_covered() {
     }
     assert!(!seen.contains(&Reason::UntrustedSigner));
 }
+
+/// Many decisions in one process, as a server makes them: 50 at once over one shared `Remote`,
+/// against slow answers (the PLC directory answers after 3 s, far past every budget), one of
+/// them with the DID document's cache lock held by a stuck refresher. Each decision keeps its
+/// own deadline (no watchdog, no `process::exit`): every one answers within its budget plus a
+/// small margin, as undecided, never as a verdict about signatures.
+#[test]
+fn fifty_concurrent_decisions_each_answer_within_their_budget() {
+    let (repo, digest, rkey) = repo_with_manifest("concurrent", Curve::P256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    world.fetch.delay(&format!("{PLC}/{}", repo.identity.did), Duration::from_secs(3));
+    // A refresher holding the DID document's lock (as another process would), never releasing it.
+    let held = hold_did_lock(&world, &repo.identity.did);
+    let budgets: Vec<Duration> = (0..50).map(|i| Duration::from_millis(300 + 20 * (i % 10))).collect();
+    let answers: Vec<(Duration, Duration, Answer)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = budgets
+            .iter()
+            .map(|&budget| {
+                let (world, digest) = (&world, &digest);
+                scope.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let answer = world.decide_at("registry.test/team/app:1", digest, None, T0_MICROS + MINUTE, budget);
+                    (budget, started.elapsed(), answer)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("a decision thread panicked")).collect()
+    });
+    drop(held);
+    assert_eq!(answers.len(), 50);
+    for (budget, took, answer) in &answers {
+        // 150 ms of margin for 50 threads on two cores: the budget holds inside the engine.
+        assert!(*took <= *budget + Duration::from_millis(150), "answered in {took:?} with a {budget:?} budget: {}", answer.decision.message);
+        assert!(matches!(answer.decision.reason, Reason::DeadlineExceeded | Reason::NetworkError), "{:?}: {}", answer.decision.reason, answer.decision.message);
+        assert_eq!(answer.class(), Class::Undecided);
+    }
+    // The stuck lock was said in the decisions' own notes, not on the process's stderr.
+    assert!(answers.iter().any(|(_, _, a)| a.notes.iter().any(|n| n.contains("held by another refresher"))), "{:?}", answers[0].2.notes);
+}
+
+/// Takes the cache lock of `did`'s document entry through the cache itself (as a refresher in
+/// another process would hold it) and keeps it while the returned file lives.
+fn hold_did_lock(world: &World, did: &str) -> std::fs::File {
+    use containerd_verifier::material::store::{Cache, Kind};
+    let cache = Cache::new(&world.config.cache_dir);
+    cache.lock(Kind::Did, &[did], Deadline::after(Duration::from_secs(1))).expect("the lock is free at first")
+}

@@ -27,7 +27,6 @@ pub const FORMAT: &str = "atproto-verifier-bundle";
 /// Version 2 adds `collections` (the signed state of each DID's io.atcr.manifest collection);
 /// version 1 bundles are still read.
 pub const VERSION: u32 = 2;
-pub const MAX_BUNDLE: usize = 256 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,14 +101,15 @@ pub struct ImportReport {
 pub fn parse(bytes: &[u8]) -> Result<Bundle, BundleError> {
     let bundle: Bundle = serde_json::from_slice(bytes).map_err(|e| BundleError::NotABundle(e.to_string()))?;
     if bundle.format != FORMAT || !(1..=VERSION).contains(&bundle.version) {
-        return Err(BundleError::Unsupported { format: bundle.format.chars().take(100).collect(), version: bundle.version });
+        return Err(BundleError::Unsupported { format: crate::limits::short(&bundle.format, 100), version: bundle.version });
     }
     Ok(bundle)
 }
 
 /// Reads (capped) and parses a bundle file.
 pub fn read(path: &Path) -> Result<Bundle, BundleError> {
-    let bytes = crate::fsio::read_capped(path, MAX_BUNDLE).map_err(|e| BundleError::Read { path: path.display().to_string(), problem: e.to_string() })?;
+    let bytes = crate::fsio::read_capped(path, crate::limits::NodeLimits::DEFAULT.bundle)
+        .map_err(|e| BundleError::Read { path: path.display().to_string(), problem: e.to_string() })?;
     parse(&bytes)
 }
 

@@ -10,19 +10,17 @@ use serde_json::Value as Json;
 
 use super::failure::{PolicyError, RequestError};
 use crate::fsio::read_capped;
-
-/// Largest descriptor accepted on stdin (a few hundred bytes; annotations may add some).
-pub const MAX_DESCRIPTOR: usize = 256 << 10;
+use crate::limits::{NodeLimits, short};
 
 /// `digest`, if it is a sha256 digest.
 pub fn checked_digest(digest: &str) -> Result<&str, RequestError> {
-    if is_valid_digest(digest) { Ok(digest) } else { Err(RequestError::BadDigest(digest.chars().take(200).collect())) }
+    if is_valid_digest(digest) { Ok(digest) } else { Err(RequestError::BadDigest(short(digest, 200))) }
 }
 
 /// The digest in a stdin payload: a descriptor, or the newer input wrapping one; `None` for
 /// an empty payload.
 pub fn descriptor_digest(payload: &[u8]) -> Result<Option<String>, RequestError> {
-    if payload.len() > MAX_DESCRIPTOR {
+    if payload.len() > NodeLimits::DEFAULT.descriptor {
         return Err(RequestError::Stdin);
     }
     if payload.iter().all(u8::is_ascii_whitespace) {
@@ -59,6 +57,6 @@ mod tests {
         assert_eq!(descriptor_digest(b"  \n"), Ok(None));
         assert!(descriptor_digest(b"{").is_err());
         assert!(descriptor_digest(b"{}").is_err());
-        assert_eq!(descriptor_digest(&vec![b' '; MAX_DESCRIPTOR + 1]), Err(RequestError::Stdin));
+        assert_eq!(descriptor_digest(&vec![b' '; NodeLimits::DEFAULT.descriptor + 1]), Err(RequestError::Stdin));
     }
 }

@@ -8,16 +8,12 @@ use atproto_sig_core::did::{DidMethod, did_method};
 use atproto_sig_core::syntax::{AtUri, is_disallowed_handle_tld, is_valid_did, is_valid_handle, is_valid_record_key};
 use serde_json::Value as Json;
 
+use crate::limits::{NodeLimits, short};
 use crate::remote::{DnsError, Resolve};
 use crate::remote::{Http, NetError, is_loopback_url};
 
-/// Largest DID document, audit log, listRecords page and proof accepted.
-pub const MAX_DID_DOC: usize = 256 << 10;
-pub const MAX_AUDIT_LOG: usize = 4 << 20;
-pub const MAX_LIST_PAGE: usize = 2 << 20;
-pub const MAX_PROOF: usize = 4 << 20;
-/// listRecords pages scanned at most (100 records each).
-pub const MAX_LIST_PAGES: usize = 20;
+/// The caps every answer here is read under.
+const LIMITS: NodeLimits = NodeLimits::DEFAULT;
 
 /// Why a lookup failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -63,7 +59,7 @@ pub fn fetch_did_document(http: &Http, plc_directory: &str, did: &str) -> Result
         DidMethod::Plc => format!("{}/{did}", plc_directory.trim_end_matches('/')),
         DidMethod::Web => did_web_url(did).ok_or_else(|| LookupError::Invalid(format!("{did} cannot be resolved")))?,
     };
-    let response = http.get(&url, &[("accept", "application/did+ld+json, application/json".into())], MAX_DID_DOC)?;
+    let response = http.get(&url, &[("accept", "application/did+ld+json, application/json".into())], LIMITS.did_document)?;
     match response.status {
         200 => Ok((response.body, url)),
         // No redirects for did:web: a document must be served by its own host.
@@ -76,7 +72,7 @@ pub fn fetch_did_document(http: &Http, plc_directory: &str, did: &str) -> Result
 /// Fetches a did:plc audit log.
 pub fn fetch_audit_log(http: &Http, plc_directory: &str, did: &str) -> Result<Vec<u8>, LookupError> {
     let url = format!("{}/{did}/log/audit", plc_directory.trim_end_matches('/'));
-    let response = http.get(&url, &[], MAX_AUDIT_LOG)?;
+    let response = http.get(&url, &[], LIMITS.audit_log)?;
     match response.status {
         200 => Ok(response.body),
         404 => Err(LookupError::NotFound(format!("{did} has no audit log at {url}"))),
@@ -92,7 +88,7 @@ pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Resolve, ha
     }
     if let Some(resolver) = resolver {
         let url = format!("{}/xrpc/com.atproto.identity.resolveHandle?{}", resolver.trim_end_matches('/'), query(&[("handle", &handle)]));
-        let response = http.get(&url, &[], 16 << 10)?;
+        let response = http.get(&url, &[], LIMITS.handle_answer)?;
         return match response.status {
             200 => {
                 let json: Json = serde_json::from_slice(&response.body).map_err(|e| LookupError::Invalid(format!("resolveHandle: {e}")))?;
@@ -126,7 +122,7 @@ pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Resolve, ha
         }
     };
     let url = format!("https://{handle}/.well-known/atproto-did");
-    let from_https = match http.get(&url, &[], 2048) {
+    let from_https = match http.get(&url, &[], LIMITS.well_known_did) {
         Ok(r) if r.status == 200 => {
             let text = String::from_utf8_lossy(&r.body);
             let did = text.lines().next().unwrap_or_default().trim().to_owned();
@@ -153,18 +149,18 @@ fn check_pds(pds: &str) -> Result<(), LookupError> {
 }
 
 /// Visits the `collection` records of `did` page by page (`com.atproto.repo.listRecords`),
-/// at most [`MAX_LIST_PAGES`] pages, until `visit` returns true. Each record is passed as
+/// at most `NodeLimits::list_pages` pages, until `visit` returns true. Each record is passed as
 /// (rkey, value); records without a valid rkey are skipped.
 fn scan_records(http: &Http, pds: &str, did: &str, collection: &str, mut visit: impl FnMut(String, &Json) -> bool) -> Result<(), LookupError> {
     check_pds(pds)?;
     let mut cursor: Option<String> = None;
-    for _ in 0..MAX_LIST_PAGES {
+    for _ in 0..LIMITS.list_pages {
         let mut params = vec![("repo", did), ("collection", collection), ("limit", "100")];
         if let Some(c) = &cursor {
             params.push(("cursor", c));
         }
         let url = format!("{pds}/xrpc/com.atproto.repo.listRecords?{}", query(&params));
-        let response = http.get(&url, &[], MAX_LIST_PAGE)?;
+        let response = http.get(&url, &[], LIMITS.list_page)?;
         match response.status {
             200 => {}
             400 | 404 => return Err(LookupError::NotFound(format!("{pds} has no repository for {did}"))),
@@ -220,14 +216,14 @@ pub enum ProofAnswer {
 pub fn fetch_proof(http: &Http, pds: &str, did: &str, collection: &str, rkey: &str) -> Result<ProofAnswer, LookupError> {
     check_pds(pds)?;
     let url = format!("{pds}/xrpc/com.atproto.sync.getRecord?{}", query(&[("did", did), ("collection", collection), ("rkey", rkey)]));
-    let response = http.get(&url, &[("accept", "application/vnd.ipld.car".into())], MAX_PROOF)?;
+    let response = http.get(&url, &[("accept", "application/vnd.ipld.car".into())], LIMITS.proof)?;
     match response.status {
         200 => Ok(ProofAnswer::Car(response.body)),
         400 | 404 => {
             let error = serde_json::from_slice::<Json>(&response.body)
                 .ok()
                 // Named in messages: a server's word, so kept short.
-                .and_then(|j| j.get("error").and_then(Json::as_str).map(|e| e.chars().take(100).collect::<String>()))
+                .and_then(|j| j.get("error").and_then(Json::as_str).map(|e| short(e, 100)))
                 .unwrap_or_else(|| format!("HTTP {}", response.status));
             if error == "RecordNotFound" {
                 Ok(ProofAnswer::NotFound)
@@ -239,14 +235,11 @@ pub fn fetch_proof(http: &Http, pds: &str, did: &str, collection: &str, rkey: &s
     }
 }
 
-/// Largest whole-repository export read (for the signed state of a collection in a bundle).
-pub const MAX_REPO: usize = 64 << 20;
-
 /// The whole repository of `did` at its latest commit (`com.atproto.sync.getRepo`), as a CAR.
 pub fn fetch_repo(http: &Http, pds: &str, did: &str) -> Result<Vec<u8>, LookupError> {
     check_pds(pds)?;
     let url = format!("{pds}/xrpc/com.atproto.sync.getRepo?{}", query(&[("did", did)]));
-    let response = http.get(&url, &[("accept", "application/vnd.ipld.car".into())], MAX_REPO)?;
+    let response = http.get(&url, &[("accept", "application/vnd.ipld.car".into())], LIMITS.repository)?;
     match response.status {
         200 => Ok(response.body),
         400 | 404 => Err(LookupError::NotFound(format!("{pds} cannot serve the repository of {did}: HTTP {}", response.status))),

@@ -13,9 +13,6 @@ use hickory_proto::rr::{Name, RData, RecordType};
 
 use super::{DnsError, Resolve};
 
-/// Largest DNS answer read over TCP.
-const MAX_TCP_ANSWER: usize = 64 << 10;
-
 fn nameservers() -> Vec<SocketAddr> {
     if let Some(addr) = std::env::var("ATPROTO_VERIFIER_DNS").ok().and_then(|s| s.parse().ok()) {
         return vec![addr];
@@ -124,7 +121,7 @@ fn ask_tcp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> Resu
     stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
     let mut prefix = [0u8; 2];
     stream.read_exact(&mut prefix).map_err(|e| format!("{server} (TCP): {e}"))?;
-    let size = usize::from(u16::from_be_bytes(prefix)).min(MAX_TCP_ANSWER);
+    let size = usize::from(u16::from_be_bytes(prefix)).min(crate::limits::NodeLimits::DEFAULT.dns_tcp_answer);
     let mut buf = vec![0u8; size];
     stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
     stream.read_exact(&mut buf).map_err(|e| format!("{server} (TCP): {e}"))?;
@@ -140,7 +137,7 @@ pub fn lookup_txt_at(servers: &[SocketAddr], name: &str, timeout: Duration) -> R
         return Err(DnsError::NoTime);
     }
     let id = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) ^ std::process::id()) as u16;
-    let query = encode_query(name, id).ok_or_else(|| DnsError::BadName(name.chars().take(300).collect()))?;
+    let query = encode_query(name, id).ok_or_else(|| DnsError::BadName(crate::limits::short(name, 300)))?;
     let mut last = DnsError::NoServer;
     for &server in servers {
         let result = ask_udp(server, &query, id, timeout).and_then(|answer| match answer {

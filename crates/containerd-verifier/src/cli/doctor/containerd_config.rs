@@ -19,7 +19,7 @@ const CRI_V2_PLUGIN: &str = "io.containerd.grpc.v1.cri";
 /// containerd's default `bin_dir`, as `containerd config default` prints it.
 pub const DEFAULT_BIN_DIR: &str = "/opt/containerd/image-verifier/bin";
 /// Most files followed through `imports`.
-const MAX_FILES: usize = 64;
+const MAX_FILES: usize = crate::limits::NodeLimits::DEFAULT.containerd_imports;
 
 /// A plugin section and the file it came from.
 #[derive(Clone, Debug)]
@@ -61,7 +61,7 @@ pub enum ContainerdConfigError {
 
 fn read(path: &Path) -> Result<(String, toml::Table), ContainerdConfigError> {
     let unreadable = |problem: String| ContainerdConfigError::Unreadable { path: path.display().to_string(), problem };
-    let bytes = crate::fsio::read_capped(path, 1 << 20).map_err(|e| unreadable(e.problem))?;
+    let bytes = crate::fsio::read_capped(path, crate::limits::NodeLimits::DEFAULT.config_file).map_err(|e| unreadable(e.problem))?;
     let text = String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8".into()))?;
     let table = toml::from_str(&text).map_err(|e| ContainerdConfigError::Syntax { path: path.display().to_string(), problem: e.to_string() })?;
     Ok((text, table))

@@ -214,7 +214,7 @@ fn live_finding(args: &DoctorArgs, image: &str, out: &mut Vec<Finding>) {
     } else if text.contains("image verifier") && text.contains("blocked") {
         Finding { level: Level::Ok, check: "live", message: format!("a verifier ran and blocked {image}, as the policy requires") }
     } else {
-        let last = text.lines().last().unwrap_or_default().chars().take(300).collect::<String>();
+        let last = crate::limits::short(text.lines().last().unwrap_or_default(), 300);
         Finding {
             level: Level::Warn,
             check: "live",

@@ -142,10 +142,15 @@ fn run_helper(name: &str, server: &str, timeout: Duration) -> Result<Option<Cred
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
         return Err(CredentialError::HelperName(crate::limits::short(name, 100)));
     }
+    run_program(&format!("docker-credential-{name}"), server, timeout)
+}
+
+/// Runs a credential helper `program` (`get`, the server on stdin) for at most `timeout`.
+fn run_program(program: &str, server: &str, timeout: Duration) -> Result<Option<Credential>, CredentialError> {
+    let program = program.to_owned();
     if timeout.is_zero() {
-        return Err(CredentialError::HelperTimeout { program: format!("docker-credential-{name}"), timeout, server: server.to_owned() });
+        return Err(CredentialError::HelperTimeout { program, timeout, server: server.to_owned() });
     }
-    let program = format!("docker-credential-{name}");
     let mut child = Command::new(&program)
         .arg("get")
         .stdin(Stdio::piped())
@@ -216,5 +221,23 @@ mod tests {
         assert_eq!(keys("docker.io")[0], "https://index.docker.io/v1/");
         assert!(keys("registry.example.com").contains(&"https://registry.example.com".to_owned()));
         assert!(run_helper("../evil", "x", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn a_helper_runs_only_until_the_decision_deadline() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-slow");
+        std::fs::write(&helper, "#!/bin/sh\nsleep 5\necho '{\"Username\":\"u\",\"Secret\":\"s\"}'\n").unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let program = helper.display().to_string();
+        let started = Instant::now();
+        let deadline = Deadline::after(Duration::from_millis(300));
+        let answer = run_program(&program, "registry.example.com", deadline.clamp(NodeLimits::DEFAULT.helper_timeout));
+        assert!(matches!(answer, Err(CredentialError::HelperTimeout { .. })), "{answer:?}");
+        assert!(started.elapsed() < Duration::from_millis(800), "{:?}", started.elapsed());
+        // No time left: not even started.
+        let spent = Deadline::after(Duration::ZERO);
+        assert!(matches!(run_program(&program, "x", spent.clamp(Duration::from_secs(5))), Err(CredentialError::HelperTimeout { .. })));
     }
 }
