@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::bundle;
-use crate::cli::output::{Format, print_config_invalid, print_json, print_undecided};
-use crate::config::Config;
+use crate::cli::output::{Format, load_config, print_json, print_undecided};
 use crate::exit;
 use crate::material::store::Cache;
 
@@ -64,12 +63,9 @@ fn create(args: &CreateArgs) -> u8 {
         print_undecided(Format::Text, "nothing to bundle", "name images (--image REF) and/or DIDs (--did DID)");
         return exit::UNDECIDED;
     }
-    let config = match Config::load(args.config.as_deref()) {
+    let config = match load_config(args.config.as_deref(), Format::Text) {
         Ok(c) => c,
-        Err(e) => {
-            print_config_invalid(Format::Text, &e.to_string());
-            return exit::UNDECIDED;
-        }
+        Err(code) => return code,
     };
     let policy = crate::engine::request::load_policy(&config.policy).ok();
     match bundle::create(&config, &crate::remote::system::system(&config), policy.as_ref(), &args.images, &args.dids, &args.output) {
@@ -134,12 +130,9 @@ fn inspect(args: &InspectArgs) -> u8 {
 }
 
 fn import(args: &ImportArgs) -> u8 {
-    let config = match Config::load(args.config.as_deref()) {
+    let config = match load_config(args.config.as_deref(), args.format) {
         Ok(c) => c,
-        Err(e) => {
-            print_config_invalid(args.format, &e.to_string());
-            return exit::UNDECIDED;
-        }
+        Err(code) => return code,
     };
     let Some(b) = load(&args.file, args.format) else { return exit::UNDECIDED };
     let cache = Cache::new(&config.cache_dir);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::cli::output::{Format, print_config_invalid, print_json, print_undecided};
+use crate::cli::output::{Format, load_config, print_json, print_undecided};
 use crate::config::Config;
 use crate::engine::{Session, SessionOptions};
 use crate::exit;
@@ -35,12 +35,9 @@ pub fn run(command: CacheCommand) -> u8 {
     let args = match &command {
         CacheCommand::List(a) | CacheCommand::Refresh(a) | CacheCommand::Prune(a) => a,
     };
-    let config = match Config::load(args.config.as_deref()) {
+    let config = match load_config(args.config.as_deref(), args.format) {
         Ok(c) => c,
-        Err(e) => {
-            print_config_invalid(args.format, &e.to_string());
-            return exit::UNDECIDED;
-        }
+        Err(code) => return code,
     };
     let cache = Cache::new(&config.cache_dir);
     let now = crate::clock::now_micros(None).unwrap_or(0);

@@ -38,3 +38,12 @@ fn print_failure(format: Format, reason: &str, message: &str, hint: &str) {
         }
     }
 }
+
+/// config.toml for a command: loaded, or the `config-invalid` problem printed and the exit
+/// code to return (2).
+pub fn load_config(path: Option<&std::path::Path>, format: Format) -> Result<crate::config::Config, u8> {
+    crate::config::Config::load(path).map_err(|e| {
+        print_config_invalid(format, &e.to_string());
+        crate::exit::UNDECIDED
+    })
+}

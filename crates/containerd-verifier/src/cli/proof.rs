@@ -240,13 +240,13 @@ fn inspect(bytes: &[u8], path: Option<&str>, limits: &Limits, report: &mut serde
     report.insert("blocks".into(), json!(car.len()));
     report.insert("bytes".into(), json!(bytes.len()));
     text.push(format!("CAR v1: {} bytes, {} blocks (all hash-checked), root {}", bytes.len(), car.len(), car.root));
-    let Some(commit_block) = car.block(&car.root) else {
-        report.insert("error".into(), json!("the root block (commit) is missing"));
-        text.push("commit: missing (the root block is not in the CAR)".into());
-        return exit::REJECTED;
-    };
-    let commit = match Commit::decode(commit_block, limits) {
+    let commit = match Commit::of_car(&car, limits) {
         Ok(commit) => commit,
+        Err(atproto_sig_core::commit::CommitError::MissingRoot(_)) => {
+            report.insert("error".into(), json!("the root block (commit) is missing"));
+            text.push("commit: missing (the root block is not in the CAR)".into());
+            return exit::REJECTED;
+        }
         Err(e) => {
             report.insert("error".into(), json!(e.to_string()));
             text.push(format!("commit: not decodable: {e}"));

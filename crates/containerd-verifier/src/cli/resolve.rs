@@ -7,7 +7,7 @@ use atproto_sig_core::syntax::is_valid_did;
 use clap::Args;
 use serde_json::json;
 
-use crate::cli::output::{Format, print_config_invalid, print_json, print_undecided};
+use crate::cli::output::{Format, load_config, print_json, print_undecided};
 use crate::config::Config;
 use crate::engine::{Session, SessionOptions, is_undecided};
 use crate::exit;
@@ -24,12 +24,9 @@ pub struct ResolveArgs {
 }
 
 pub fn run(args: ResolveArgs) -> u8 {
-    let config = match Config::load(args.config.as_deref()) {
+    let config = match load_config(args.config.as_deref(), args.format) {
         Ok(c) => c,
-        Err(e) => {
-            print_config_invalid(args.format, &e.to_string());
-            return exit::UNDECIDED;
-        }
+        Err(code) => return code,
     };
     let remote = crate::remote::system::system(&config);
     let empty = atproto_sig_core::policy::Policy::empty();

@@ -7,9 +7,8 @@ use atproto_sig_core::policy::{Decision, Outcome};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::cli::output::{Format, print_config_invalid, print_json, print_undecided};
+use crate::cli::output::{Format, load_config, print_json, print_undecided};
 use crate::clock::now_micros;
-use crate::config::Config;
 use crate::engine::request::load_policy;
 use crate::engine::{self, Failure, PolicyError, Request, outcome_label};
 use crate::exit;
@@ -46,12 +45,9 @@ pub struct VerifyArgs {
 pub fn run(args: VerifyArgs) -> u8 {
     let started = Instant::now();
     let text_format = if args.format == VerifyFormat::Json { Format::Json } else { Format::Text };
-    let mut config = match Config::load(args.config.as_deref()) {
+    let mut config = match load_config(args.config.as_deref(), text_format) {
         Ok(c) => c,
-        Err(e) => {
-            print_config_invalid(text_format, &e.to_string());
-            return exit::UNDECIDED;
-        }
+        Err(code) => return code,
     };
     config.offline |= args.offline;
     if let Some(policy) = &args.policy {

@@ -183,3 +183,45 @@ impl Remote {
 }
 
 pub use http::{Http, InFlight, is_loopback_host, is_loopback_url};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One world for every worker thread: `Remote` (and what it holds) is `Send + Sync`.
+    #[test]
+    fn the_world_is_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Remote>();
+        shared::<ureq::UreqFetch>();
+        shared::<dns::SystemResolve>();
+        shared::<http::InFlight>();
+    }
+
+    /// Each decision's in-flight marker is its own: two decisions never see each other's.
+    #[test]
+    fn each_decision_marks_its_own_request_in_flight() {
+        let web = Arc::new(memory::MemoryFetch::new());
+        web.delay("https://slow.test/x", Duration::from_millis(300));
+        let (mine, theirs) = (http::InFlight::default(), http::InFlight::default());
+        let client = Http::new(web, Duration::from_secs(1), Deadline::after(Duration::from_secs(1)), mine.clone());
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| client.get("https://slow.test/x", &[], 10));
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(mine.origin().as_deref(), Some("https://slow.test"));
+            assert_eq!(theirs.origin(), None);
+            let _ = waiting.join();
+        });
+        assert_eq!(mine.origin(), None, "cleared once answered");
+    }
+
+    /// Trust roots are a value built from the config: a new one after a reload reads the new
+    /// `ca_bundle` (here: an unreadable one, said in its source).
+    #[test]
+    fn trust_roots_follow_the_config_they_were_built_from() {
+        let plain = ureq::TrustRoots::new(None);
+        let reloaded = ureq::TrustRoots::new(Some(PathBuf::from("/nonexistent/ca.pem")));
+        assert!(!plain.get().source.contains("ca_bundle"), "{}", plain.get().source);
+        assert!(reloaded.get().source.contains("/nonexistent/ca.pem"), "{}", reloaded.get().source);
+    }
+}
