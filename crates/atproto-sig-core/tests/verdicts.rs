@@ -171,3 +171,44 @@ fn every_single_byte_flip_is_rejected() {
         assert_ne!(verdict.reason, Reason::Verified, "flip at byte {index} still verified");
     }
 }
+
+/// What the signature covers is said as facts: `signature_verified` once the commit verifies,
+/// `path_proven` once the MST path (presence or absence) is proven under it; a forged
+/// signature proves neither. With no digest expected, a present record is "verified" only as
+/// present (accepting a proof into a cache), and a deleted one is still a proven absence.
+#[test]
+fn facts_say_what_the_signature_covers_and_no_digest_means_presence_only() {
+    let c = case(Curve::K256, 20);
+    let limits = Limits::default();
+    let document = DidDocument::parse(c.repo.identity.did_document_multikey().as_bytes(), &c.repo.identity.did, &limits).unwrap();
+    let presence = |car: &[u8], rkey: &str| {
+        verify(&ProofInput {
+            car,
+            key: KeySource::Document(&document),
+            expect: Expectation { did: &c.repo.identity.did, rkey: Some(rkey), digest: None, repository: None },
+            now_micros: T0_MICROS,
+            max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
+            limits: &limits,
+        })
+    };
+    let present = presence(&c.repo.proof(MANIFEST_COLLECTION, &c.rkey), &c.rkey);
+    assert_eq!(present.reason, Reason::Verified, "{}", present.message);
+    assert!(present.message.contains("is present"), "{}", present.message);
+    assert!(present.facts.signature_verified && present.facts.path_proven && present.facts.record_cid.is_some());
+    let absent = presence(&c.repo.proof(MANIFEST_COLLECTION, "3zzzzzzzzzzzz"), "3zzzzzzzzzzzz");
+    assert_eq!(absent.reason, Reason::RecordDeleted);
+    assert!(absent.facts.signature_verified && absent.facts.path_proven && absent.facts.record_cid.is_none());
+    let forged = presence(&c.repo.proof_with(MANIFEST_COLLECTION, &c.rkey, &Tamper::WrongKey), &c.rkey);
+    assert_eq!(forged.reason, Reason::SignatureInvalid);
+    assert!(!forged.facts.signature_verified && !forged.facts.path_proven);
+    // No digest and no record key: nothing to look for.
+    let nothing = verify(&ProofInput {
+        car: &c.repo.proof(MANIFEST_COLLECTION, &c.rkey),
+        key: KeySource::Document(&document),
+        expect: Expectation { did: &c.repo.identity.did, rkey: None, digest: None, repository: None },
+        now_micros: T0_MICROS,
+        max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
+        limits: &limits,
+    });
+    assert_eq!(nothing.reason, Reason::InvalidRequest);
+}

@@ -100,3 +100,53 @@ fn write(bundle: &Bundle, out: &Path) -> Result<(), BundleError> {
     temp.persist(out).map_err(|e| written(e.to_string()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use atproto_sig_core::crypto::Curve;
+    use atproto_sig_core::testkit::{Identity, TestRepo, digest_of};
+
+    use super::*;
+    use crate::lookup::atproto::query;
+    use crate::remote::memory::{MemoryFetch, MemoryResolve};
+
+    /// `bundle create --did` runs over the world it is given (here an in-memory PLC directory
+    /// and PDS), and what it makes imports on another node: the DID document with its audit
+    /// log, the proof, the locator and the signed collection state.
+    #[test]
+    fn creates_a_bundle_over_the_world_it_is_given() {
+        let mut repo = TestRepo::new(Identity::new(Curve::K256, "bundle-create"));
+        let digest = digest_of("bundle-create");
+        let rkey = repo.put_manifest(&digest, "app");
+        let (did, pds) = (repo.identity.did.clone(), repo.identity.pds.clone());
+        let web = Arc::new(MemoryFetch::new());
+        web.serve(&format!("https://plc.test/{did}"), 200, repo.identity.did_document_multikey());
+        web.serve(&format!("https://plc.test/{did}/log/audit"), 200, repo.identity.audit_log());
+        web.serve(&format!("{pds}/xrpc/com.atproto.sync.getRepo?{}", query(&[("did", &did)])), 200, repo.export());
+        let listed = serde_json::json!({"records": [{"uri": format!("at://{did}/{MANIFEST_COLLECTION}/{rkey}"), "value": {"digest": digest}}]});
+        let list_url = format!("{pds}/xrpc/com.atproto.repo.listRecords?{}", query(&[("repo", &did), ("collection", MANIFEST_COLLECTION), ("limit", "100")]));
+        web.serve(&list_url, 200, listed.to_string());
+        let proof_url = format!("{pds}/xrpc/com.atproto.sync.getRecord?{}", query(&[("did", &did), ("collection", MANIFEST_COLLECTION), ("rkey", &rkey)]));
+        web.serve(&proof_url, 200, repo.proof(MANIFEST_COLLECTION, &rkey));
+        let dir = tempfile::tempdir().unwrap();
+        // Offline in its own config: bundle create goes online anyway (it is made on a connected machine).
+        let config = Config { cache_dir: dir.path().join("cache"), plc_directory: "https://plc.test".into(), offline: true, ..Config::default() };
+        let out = dir.path().join("bundle.json");
+        let bundle = create(&config, &Remote::new(web.clone(), Arc::new(MemoryResolve::new())), None, &[], &[did.clone()], &out).unwrap();
+        assert_eq!(bundle.dids.len(), 1);
+        assert!(bundle.dids[0].audit_log.is_some(), "every did:plc document carries its audit log");
+        assert_eq!((bundle.proofs.len(), bundle.locators.len(), bundle.collections.len()), (1, 1, 1));
+        assert!(web.requested().contains(&proof_url));
+        // The node's own cache was never touched: the bundle was collected in a scratch one.
+        assert!(!dir.path().join("cache").exists());
+        // And it imports, every entry verified.
+        let node = tempfile::tempdir().unwrap();
+        let parsed = crate::bundle::parse(&std::fs::read(&out).unwrap()).unwrap();
+        let report = crate::bundle::import(&parsed, &Cache::new(node.path()), "bundle.json", &Config::default(), crate::clock::now_micros(None).unwrap());
+        assert!(report.refused.is_empty(), "{:?}", report.refused);
+        assert_eq!(report.stored.len(), 3, "document, proof, locator: {:?}", report.stored);
+        assert!(report.unchanged.iter().any(|u| u.starts_with("collection state")), "{:?}", report.unchanged);
+    }
+}

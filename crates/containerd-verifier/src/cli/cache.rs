@@ -11,7 +11,7 @@ use crate::engine::{Session, SessionOptions};
 use crate::exit;
 use crate::material::read::Refresh;
 use crate::material::store::{Cache, DidEntry, Freshness, Kind, ProofEntry, freshness};
-use crate::remote::{Deadline, InFlight};
+use crate::remote::{Deadline, InFlight, Remote};
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -99,12 +99,16 @@ fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
         }
         return refresh_offline(config, cache, now, format, &bundle_notes);
     }
-    let remote = crate::remote::system::system(config);
+    refetch_over(config, cache, now, format, bundle_notes, &crate::remote::system::system(config))
+}
+
+/// The online refresh over `remote`: refetches what is due, writes the metrics, prints.
+fn refetch_over(config: &Config, cache: &Cache, now: i64, format: Format, bundle_notes: Vec<String>, remote: &Remote) -> u8 {
     let empty = atproto_sig_core::policy::Policy::empty();
     // Entries past half their TTL are refetched, so a pull rarely meets an expired one.
     let options = SessionOptions { refresh: Refresh::PastHalfLife, ..SessionOptions::default() };
     let deadline = Deadline::after(std::time::Duration::from_secs(600));
-    let session = Session::new(config, &empty, &remote, now, deadline, &InFlight::default(), options);
+    let session = Session::new(config, &empty, remote, now, deadline, &InFlight::default(), options);
     let (refreshed, mut failed) = refetch_stale(&session, cache, now);
     for note in session.take_notes() {
         crate::log::info(&note);

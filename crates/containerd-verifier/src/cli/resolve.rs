@@ -11,7 +11,7 @@ use crate::cli::output::{Format, load_config, print_json, print_undecided};
 use crate::config::Config;
 use crate::engine::{Session, SessionOptions, is_undecided};
 use crate::exit;
-use crate::remote::{Deadline, Http, InFlight, Resolve};
+use crate::remote::{Deadline, Http, InFlight, Remote, Resolve};
 
 #[derive(Args, Debug)]
 pub struct ResolveArgs {
@@ -28,11 +28,15 @@ pub fn run(args: ResolveArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let remote = crate::remote::system::system(&config);
+    resolve(&args, &config, &crate::remote::system::system(&config))
+}
+
+/// Resolves over `remote` and prints; returns the exit code.
+fn resolve(args: &ResolveArgs, config: &Config, remote: &Remote) -> u8 {
     let empty = atproto_sig_core::policy::Policy::empty();
     let now = crate::clock::now_micros(None).unwrap_or(0);
-    let context = Session::new(&config, &empty, &remote, now, Deadline::after(config.budget.0), &InFlight::default(), SessionOptions::default());
-    let (did, from_handle) = match resolved_did(&args, &config, context.http(), &*remote.resolve) {
+    let context = Session::new(config, &empty, remote, now, Deadline::after(config.budget.0), &InFlight::default(), SessionOptions::default());
+    let (did, from_handle) = match resolved_did(args, config, context.http(), &*remote.resolve) {
         Ok(found) => found,
         Err(code) => return code,
     };
@@ -115,5 +119,34 @@ fn print_identity(format: Format, did: &str, from_handle: Option<&str>, document
                 atproto_sig_core::syntax::format_datetime_micros(now - now % 1_000_000)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use atproto_sig_core::crypto::Curve;
+    use atproto_sig_core::testkit::Identity;
+
+    use super::*;
+    use crate::remote::memory::{MemoryFetch, MemoryResolve};
+
+    /// `resolve` runs over the world it is given: an in-memory PLC directory and DNS.
+    #[test]
+    fn resolves_over_the_world_it_is_given() {
+        let identity = Identity::new(Curve::K256, "resolve-cli");
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { cache_dir: dir.path().join("cache"), plc_directory: "https://plc.test".into(), ..Config::default() };
+        let (web, dns) = (Arc::new(MemoryFetch::new()), Arc::new(MemoryResolve::new()));
+        web.serve(&format!("https://plc.test/{}", identity.did), 200, identity.did_document_multikey());
+        dns.serve(&format!("_atproto.{}", identity.handle), vec![format!("did={}", identity.did)]);
+        let remote = Remote::new(web.clone(), dns);
+        let args = |identity: &str| ResolveArgs { identity: identity.to_owned(), config: None, format: Format::Json };
+        assert_eq!(resolve(&args(&identity.did), &config, &remote), exit::ADMITTED);
+        assert_eq!(resolve(&args(&identity.handle), &config, &remote), exit::ADMITTED, "the handle resolves through DNS and is claimed back");
+        let plc: Vec<String> = web.requested().into_iter().filter(|u| u.starts_with("https://plc.test/")).collect();
+        assert_eq!(plc, vec![format!("https://plc.test/{}", identity.did)], "the document was fetched once, then cached");
+        assert_eq!(resolve(&args("nobody.test"), &config, &remote), exit::REJECTED);
     }
 }

@@ -19,7 +19,7 @@ use crate::limits::NodeLimits;
 use crate::log::Notes;
 use crate::lookup::atproto;
 use crate::lookup::registry::Files;
-use crate::material::knowledge;
+use crate::material::knowledge::{self, Refusal};
 use crate::material::read::{Got, Lifetime, Material, Miss, Refresh};
 use crate::material::store::{Cache, DidEntry, Kind};
 use crate::remote::{Deadline, Http, InFlight, Remote, Resolve};
@@ -141,7 +141,16 @@ impl<'a> Session<'a> {
     pub fn document(&self, did: &str) -> Result<(DidDocument, bool), Verdict> {
         let limits = Limits::default();
         let strict = self.strict_plc && did_method(did) == Ok(DidMethod::Plc);
-        let parse = |entry: &DidEntry| knowledge::document_of(entry, strict, &limits).map_err(|e| e.verdict(did));
+        let parse = |entry: &DidEntry| {
+            knowledge::document_of(entry, strict, &limits).map_err(|refusal| {
+                match refusal {
+                    Refusal::NoAuditLog => Failure::NoAuditLog { did: did.to_owned() },
+                    Refusal::AuditLog(problem) => Failure::AuditLogInvalid { did: did.to_owned(), problem },
+                    other => Failure::DocumentInvalid(other.to_string()),
+                }
+                .verdict(did)
+            })
+        };
         let key = [did];
         let material = self.material(Kind::Did, &key, self.config.did_ttl);
         let fetch = || {

@@ -163,15 +163,15 @@ pub fn accept_proof(cache: &Cache, proof: &OfferedProof<'_>) -> Result<Accepted,
 
 /// The DID document a cache entry stands for: with `strict` (did:plc under `strict_plc`),
 /// derived from its verified audit log; else the served document, parsed.
-pub fn document_of(entry: &DidEntry, strict: bool, limits: &Limits) -> Result<DidDocument, crate::engine::Failure> {
-    use crate::engine::Failure;
+/// (`Refusal::NoAuditLog`, `AuditLog` or `Document` when it cannot be had.)
+pub fn document_of(entry: &DidEntry, strict: bool, limits: &Limits) -> Result<DidDocument, Refusal> {
     let did = entry.did.as_str();
     if strict {
-        let log = entry.audit_log.as_deref().ok_or_else(|| Failure::NoAuditLog { did: did.to_owned() })?;
-        let state = verify_audit_log(did, log.as_bytes(), limits).map_err(|e| Failure::AuditLogInvalid { did: did.to_owned(), problem: e.to_string() })?;
+        let log = entry.audit_log.as_deref().ok_or(Refusal::NoAuditLog)?;
+        let state = verify_audit_log(did, log.as_bytes(), limits).map_err(|e| Refusal::AuditLog(e.to_string()))?;
         return Ok(DidDocument { did: did.to_owned(), signing_key: state.signing_key(), pds: state.pds(), handle: state.handle() });
     }
-    DidDocument::parse(entry.document.as_bytes(), did, limits).map_err(|e| Failure::DocumentInvalid(e.to_string()))
+    DidDocument::parse(entry.document.as_bytes(), did, limits).map_err(|e| Refusal::Document(e.to_string()))
 }
 
 /// The document an entry proves on its own: did:plc entries must carry an audit log the
