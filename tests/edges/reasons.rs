@@ -21,7 +21,7 @@ fn a_tampered_rev_is_a_bad_signature_not_a_clock_problem() {
     let verdict = verify(&ProofInput {
         car: &car,
         key: KeySource::Key(&key),
-        expect: Expectation { did: &repo.identity.did, rkey: None, digest: &digest, repository: Some("app") },
+        expect: Expectation { did: &repo.identity.did, rkey: None, digest: Some(&digest), repository: Some("app") },
         now_micros: repo.now_micros,
         max_clock_skew_micros: 0,
         limits: &Limits::default(),

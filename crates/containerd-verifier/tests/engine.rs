@@ -453,3 +453,17 @@ fn hold_did_lock(world: &World, did: &str) -> std::fs::File {
     let cache = Cache::new(&world.config.cache_dir);
     cache.lock(Kind::Did, &[did], Deadline::after(Duration::from_secs(1))).expect("the lock is free at first")
 }
+
+/// A proof refused as `rev-in-future` (signed, but dated an hour ahead) is never stored: once
+/// the PDS serves the genuine proof, it admits, and nothing reads as `proof-rolled-back`.
+#[test]
+fn a_proof_refused_as_rev_in_future_leaves_nothing_behind() {
+    let (repo, digest, rkey) = repo_with_manifest("future-kept", Curve::K256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::FutureRev);
+    let first = world.decide_at("registry.test/team/app:1", &digest, None, repo.now_micros, Duration::from_secs(8));
+    assert_eq!(first.decision.reason, Reason::RevInFuture, "{}", first.decision.message);
+    world.serve(&repo, &rkey, &Tamper::None);
+    let genuine = world.decide_at("registry.test/team/app:1", &digest, None, repo.now_micros + MINUTE, Duration::from_secs(8));
+    assert_eq!(genuine.decision.reason, Reason::Verified, "{}", genuine.decision.message);
+}

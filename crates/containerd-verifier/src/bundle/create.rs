@@ -146,7 +146,7 @@ mod tests {
         let parsed = crate::bundle::parse(&std::fs::read(&out).unwrap()).unwrap();
         let report = crate::bundle::import(&parsed, &Cache::new(node.path()), "bundle.json", &Config::default(), crate::clock::now_micros(None).unwrap());
         assert!(report.refused.is_empty(), "{:?}", report.refused);
-        assert_eq!(report.stored.len(), 3, "document, proof, locator: {:?}", report.stored);
-        assert!(report.unchanged.iter().any(|u| u.starts_with("collection state")), "{:?}", report.unchanged);
+        assert_eq!(report.stored.len(), 4, "document, proof, locator, collection state: {:?}", report.stored);
+        assert!(report.stored.iter().any(|u| u.starts_with("collection state")), "{:?}", report.stored);
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use atproto_sig_core::did::DidDocument;
+use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::{Limits, Reason};
 use base64::Engine;
 
@@ -182,68 +183,90 @@ impl Importer<'_> {
     /// present records a newer proof, deleted ones an absence proof that revokes them.
     fn collection(&mut self, entry: &CollectionEntry) {
         let label = format!("collection state {}/{}", entry.did, entry.collection);
+        let limits = Limits::collection();
+        // The signature first, once for the whole collection; then linear work only.
         let checked = check_fetch_time(entry.fetched_at, self.now, &self.config.clock_skew)
             .and_then(|()| self.document_of(&entry.did).ok_or_else(|| format!("no verified DID document for {}", entry.did)))
             .and_then(|document| Ok((document, base64::engine::general_purpose::STANDARD.decode(&entry.car).map_err(|_| "not base64".to_owned())?)))
             .and_then(|(document, car)| {
-                let (_, present) = atproto_sig_core::collection::extract(&car, &entry.collection, &Limits::collection()).map_err(|e| e.to_string())?;
-                Ok((document, car, present))
+                let key = document.signing_key.clone().map_err(|e| e.to_string())?;
+                let state =
+                    atproto_sig_core::collection::signed_state(&car, &entry.did, &key, &entry.collection, self.now, self.config.clock_skew.micros(), &limits)
+                        .map_err(|e| e.to_string())?;
+                if entry.collection != MANIFEST_COLLECTION {
+                    return Err(format!("collection {:?} is not {MANIFEST_COLLECTION}", entry.collection));
+                }
+                Ok((document, car, state))
             });
-        let (document, car, present) = match checked {
+        let (document, car, state) = match checked {
             Ok(found) => found,
             Err(e) => {
                 self.report.refused.push(format!("{label}: {e}"));
                 return;
             }
         };
+        let accepted = match knowledge::accept_state(self.cache, &state) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                self.report.refused.push(format!("{label}: {e}"));
+                return;
+            }
+        };
         let locators: Vec<LocatorEntry> = self.cache.all::<LocatorEntry>(Kind::Locator).into_iter().map(|(_, l)| l).filter(|l| l.did == entry.did).collect();
-        let rkeys = self.known_rkeys(entry, &present, &locators);
-        let (mut changed, mut revoked, mut failed) = (0usize, Vec::new(), Vec::new());
-        for rkey in &rkeys {
-            let had = self.cache.read::<ProofEntry>(Kind::Proof, &[&entry.did, &entry.collection, rkey]).is_some();
-            let proof = match atproto_sig_core::collection::record_proof(&car, &entry.collection, rkey, &Limits::collection()) {
-                Ok(p) => p,
-                Err(e) => {
-                    failed.push(format!("{rkey}: {e}"));
-                    continue;
-                }
-            };
+        // Proofs only for the records this node knows of (the state itself answers for the rest).
+        let known: Vec<String> =
+            self.known_rkeys(entry, &locators).into_iter().filter(|r| state.records.contains_key(r) || self.holds_proof(entry, r)).collect();
+        let proofs = match atproto_sig_core::collection::record_proofs(&car, &entry.collection, &known, &limits) {
+            Ok(proofs) => proofs,
+            Err(e) => {
+                self.report.refused.push(format!("{label}: {e}"));
+                return;
+            }
+        };
+        let (mut changed, mut failed) = (0usize, Vec::new());
+        for (rkey, proof) in &proofs {
             let digest = locators.iter().find(|l| &l.rkey == rkey).map(|l| l.digest.clone());
             let to_store = ProofToStore {
                 document: &document,
                 collection: &entry.collection,
                 rkey,
-                car: &proof,
+                car: proof,
                 digest: digest.as_deref(),
                 source: format!("bundle {} ({})", self.source, entry.source),
                 claimed: entry.fetched_at,
             };
             match self.store_proof(&to_store) {
-                Ok(Stored { changed: true, .. }) => {
-                    changed += 1;
-                    if had && !present.contains(rkey) {
-                        revoked.push(rkey.clone());
-                    }
-                }
+                Ok(Stored { changed: true, .. }) => changed += 1,
                 Ok(_) => {}
                 Err(e) => failed.push(format!("{rkey}: {e}")),
             }
         }
-        if failed.is_empty() {
-            let what = format!("{label}: {} records known, {changed} proofs updated", rkeys.len());
-            if changed > 0 { self.report.stored.push(what) } else { self.report.unchanged.push(what) }
-        } else {
+        let what = format!("{label} at rev {}: {} records, {} known here, {changed} proofs updated", state.rev, state.records.len(), known.len());
+        if !failed.is_empty() {
             self.report.refused.push(format!("{label}: {}", failed.join("; ")));
+        } else if changed > 0 || accepted == knowledge::StateAccepted::Stored {
+            self.report.stored.push(what);
+        } else {
+            self.report.unchanged.push(what);
         }
-        for rkey in revoked {
-            self.report.notes.push(format!("revoked at://{}/{}/{rkey}: the signed collection state proves the record is gone", entry.did, entry.collection));
+        if accepted == knowledge::StateAccepted::Stored {
+            for rkey in known.iter().filter(|r| !state.records.contains_key(*r)) {
+                self.report
+                    .notes
+                    .push(format!("revoked at://{}/{}/{rkey}: the signed collection state proves the record is gone", entry.did, entry.collection));
+            }
         }
     }
 
-    /// Every record key this node knows for the collection's DID: present in the signed state,
-    /// held as proofs or locators, or carried by this bundle.
-    fn known_rkeys(&self, entry: &CollectionEntry, present: &[String], locators: &[LocatorEntry]) -> Vec<String> {
-        let mut rkeys: Vec<String> = present.to_vec();
+    /// True when this node holds a proof for `rkey` of the collection's DID.
+    fn holds_proof(&self, entry: &CollectionEntry, rkey: &str) -> bool {
+        self.cache.read::<ProofEntry>(Kind::Proof, &[&entry.did, &entry.collection, rkey]).is_some()
+    }
+
+    /// Every record key this node knows for the collection's DID: held as proofs or locators,
+    /// or carried by this bundle.
+    fn known_rkeys(&self, entry: &CollectionEntry, locators: &[LocatorEntry]) -> Vec<String> {
+        let mut rkeys: Vec<String> = Vec::new();
         rkeys.extend(
             self.cache
                 .all::<ProofEntry>(Kind::Proof)

@@ -9,6 +9,7 @@ use super::context::Session;
 use super::failure::{Failure, Lookup};
 use super::proof::Origin;
 use crate::lookup::atproto;
+use crate::material::knowledge;
 use crate::material::store::{Kind, LocatorEntry};
 
 /// Where a record key came from: it decides what a failure there means.
@@ -107,6 +108,13 @@ impl Session<'_> {
             return Tried::Nothing;
         };
         let result = self.check(&car, &search.document, did, &rkey, search.digest, search.repository);
+        // A proof older than the newest signed collection state holds only where that state
+        // agrees: a record gone from it is revoked, whatever proof is offered.
+        let result = match superseding(&self.cache, &result, did, &rkey) {
+            Some(outdated) if outdated.gone() => return Tried::Decided(Failure::Revoked(outdated).verdict(did)),
+            Some(outdated) if result.is_verified() => Failure::Revoked(outdated).verdict(did),
+            _ => result,
+        };
         if result.is_verified() {
             return Tried::Decided(self.admitted(search, &rkey, origin, result));
         }
@@ -139,6 +147,15 @@ impl Session<'_> {
         }
         result
     }
+}
+
+/// The newest signed collection state's word against a proof whose tree path verified.
+fn superseding(cache: &crate::material::store::Cache, result: &Verdict, did: &str, rkey: &str) -> Option<knowledge::Supersession> {
+    if !result.facts.path_proven {
+        return None;
+    }
+    let rev = result.facts.rev.as_deref()?;
+    knowledge::superseded(cache, did, rkey, rev, result.facts.record_cid.map(|c| c.to_string()).as_deref())
 }
 
 /// A deletion proven under the key this node knew: said as the revocation it is.

@@ -80,6 +80,9 @@ pub enum Failure {
     /// A proof older than the one held for the same record (message from `knowledge`).
     #[error("{0}")]
     RolledBack(String),
+    /// A proof outdated by the newest signed collection state this node holds.
+    #[error("{}", crate::material::knowledge::Refusal::Superseded(.0.clone()))]
+    Revoked(crate::material::knowledge::Supersession),
     #[error(
         "the newest proof for {did}/{MANIFEST_COLLECTION}/{rkey} ({}) was committed {committed} (its signed rev), longer ago than max_proof_age ({max_age}) — import a fresh bundle (`atproto-verifier bundle create` on a connected machine)",
         if *attached { "attached to the image" } else { "in this node's cache" }
@@ -128,6 +131,8 @@ impl Failure {
             Failure::NoAuditLog { .. } => Reason::DidUnresolved,
             Failure::AuditLogInvalid { .. } | Failure::DocumentInvalid(_) | Failure::NoPds { .. } => Reason::DidDocumentInvalid,
             Failure::RolledBack(_) => Reason::ProofRolledBack,
+            Failure::Revoked(s) if s.gone() => Reason::RecordDeleted,
+            Failure::Revoked(_) => Reason::ProofRolledBack,
             Failure::ProofTooOld { .. } => Reason::ProofTooOld,
             Failure::RecordGone { .. } => Reason::RecordDeleted,
             Failure::NoRecordUnder { .. } | Failure::NoRecord { .. } => Reason::RecordNotFound,

@@ -75,7 +75,7 @@ impl Session<'_> {
         let parts = [did, MANIFEST_COLLECTION, rkey];
         let Some(http) = &self.http else {
             let cached: Option<ProofEntry> = self.cache.read(Kind::Proof, &parts);
-            return self.offline_proof(did, rkey, cached.as_ref().and_then(knowledge::decode_car));
+            return self.offline_proof(document, rkey, cached.as_ref().and_then(knowledge::decode_car));
         };
         let material = self.material(Kind::Proof, &parts, self.config.proof_ttl);
         let fetch = || -> Result<Option<ProofEntry>, ProofMiss> {
@@ -138,13 +138,31 @@ impl Session<'_> {
     /// age is their signed commit rev, never a fetch time: a `fetchedAt` in a bundle or an
     /// artifact timestamp is the word of whoever made it. A revoked image therefore stays
     /// admitted offline at most `max_proof_age` after the last commit this node has seen.
-    fn offline_proof(&self, did: &str, rkey: &str, cached: Option<Vec<u8>>) -> Result<(Option<Vec<u8>>, Origin), Verdict> {
+    fn offline_proof(&self, document: &DidDocument, rkey: &str, cached: Option<Vec<u8>>) -> Result<(Option<Vec<u8>>, Origin), Verdict> {
+        let did = document.did.as_str();
         let attached = self.attached.borrow().iter().find(|(d, r, _)| d == did && r == rkey).map(|(_, _, car)| car.clone());
-        let dated = |car: Vec<u8>, attached: bool| knowledge::commit_rev(&car).map(|(_, t)| (t, car, attached));
-        let newest = match (cached.and_then(|c| dated(c, false)), attached.and_then(|c| dated(c, true))) {
+        // Ranked by signed rev only: a proof whose signature does not verify (a forged newer
+        // rev pushed as an artifact) never outranks one that does.
+        let key = document.signing_key.as_ref().ok();
+        let unsigned = std::cell::RefCell::new(None);
+        let dated = |car: Vec<u8>, attached: bool| match key.and_then(|k| knowledge::signed_rev(&car, k)) {
+            Some((_, t)) => Some((t, car, attached)),
+            None => {
+                self.note(format!(
+                    "{} proof for {did}/{rkey} does not verify under the DID's key: not ranked",
+                    if attached { "an attached" } else { "the cached" }
+                ));
+                let dated = knowledge::commit_rev(&car).map(|(_, t)| (t, car, attached));
+                unsigned.borrow_mut().get_or_insert(dated);
+                None
+            }
+        };
+        let signed = match (cached.and_then(|c| dated(c, false)), attached.and_then(|c| dated(c, true))) {
             (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
             (a, b) => a.or(b),
         };
+        // With no proof that verifies, the first one offered is checked for its own verdict.
+        let newest = signed.or_else(|| unsigned.take().flatten());
         match newest {
             Some((committed_at, _, attached)) if self.now.saturating_sub(committed_at) > self.config.max_proof_age.micros() => Err(Failure::ProofTooOld {
                 did: did.to_owned(),

@@ -20,7 +20,7 @@ use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, Verdict, veri
 use atproto_sig_core::{Limits, Reason};
 use base64::Engine;
 
-use crate::material::store::{Cache, DidEntry, Kind, ProofEntry};
+use crate::material::store::{Cache, CommitSeen, DidEntry, Kind, ProofEntry, RepoEntry, StateSeen};
 
 /// The signed commit rev of a proof CAR and its time in microseconds, read without checking
 /// the signature: meaningful only for a proof whose signature was checked before it was
@@ -86,6 +86,106 @@ pub enum Refusal {
     ServiceDiffers,
     #[error("its audit log is a prefix of the one this node already holds — older than what this node already holds (a rotated-out key must not come back)")]
     OlderAuditLog,
+    /// Older than the newest signed collection state this node holds, which says otherwise.
+    #[error("{}", superseded_message(.0))]
+    Superseded(Supersession),
+    /// A collection state older than the one held.
+    #[error("this collection state is at rev {rev}, older than the one this node already holds (rev {held}) — refusing to move backwards")]
+    OlderState { rev: String, held: String },
+}
+
+/// A proof outdated by the newest signed collection state: at `state_rev` (newer than the
+/// proof's `rev`), the record is gone (`now` is `None`) or is another record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Supersession {
+    pub did: String,
+    pub rkey: String,
+    pub rev: String,
+    pub state_rev: String,
+    pub now: Option<String>,
+}
+
+impl Supersession {
+    /// True when the record is gone at the newer state (a revocation), not merely changed.
+    pub fn gone(&self) -> bool {
+        self.now.is_none()
+    }
+}
+
+fn superseded_message(s: &Supersession) -> String {
+    let at = format!("at://{}/{MANIFEST_COLLECTION}/{}", s.did, s.rkey);
+    match &s.now {
+        None => format!(
+            "{at} is gone from the signed state of {}'s collection at rev {}, newer than this proof's rev {}: the record was deleted, so the image is revoked (whatever older proof arrives later)",
+            s.did, s.state_rev, s.rev
+        ),
+        Some(cid) => format!(
+            "{at} was replaced (record {cid}) in the signed state of {}'s collection at rev {}, newer than this proof's rev {}: this proof is outdated",
+            s.did, s.state_rev, s.rev
+        ),
+    }
+}
+
+/// What the node knows of `did`'s repository (empty when nothing yet).
+pub fn repo_of(cache: &Cache, did: &str) -> RepoEntry {
+    cache.read::<RepoEntry>(Kind::Repo, &[did]).unwrap_or_else(|| RepoEntry { did: did.to_owned(), ..RepoEntry::default() })
+}
+
+/// Notes a commit whose signature was verified: kept if newer than the newest seen.
+pub fn observe_commit(cache: &Cache, did: &str, rev: &str, commit: &str) {
+    let mut repo = repo_of(cache, did);
+    if repo.newest.as_ref().is_some_and(|n| n.rev.as_str() >= rev) {
+        return;
+    }
+    repo.newest = Some(CommitSeen { rev: rev.to_owned(), commit: commit.to_owned() });
+    cache.write(Kind::Repo, &[did], &repo);
+}
+
+/// Whether the proof of `did`/`rkey` at `rev` (proving `record`, or absence) is outdated by
+/// the newest signed collection state this node holds: only a state newer than the proof can
+/// outdate it, and only where it says something else.
+pub fn superseded(cache: &Cache, did: &str, rkey: &str, rev: &str, record: Option<&str>) -> Option<Supersession> {
+    let state = repo_of(cache, did).state?;
+    if state.rev.as_str() <= rev {
+        return None;
+    }
+    let now = state.records.get(rkey).cloned();
+    (now.as_deref() != record).then(|| Supersession { did: did.to_owned(), rkey: rkey.to_owned(), rev: rev.to_owned(), state_rev: state.rev, now })
+}
+
+/// What accepting a collection state did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StateAccepted {
+    Stored,
+    Unchanged,
+}
+
+/// Accepts a verified collection state ([`atproto_sig_core::collection::signed_state`]): kept
+/// as the newest if it is newer than the held one; an older one is refused.
+pub fn accept_state(cache: &Cache, state: &atproto_sig_core::collection::SignedState) -> Result<StateAccepted, Refusal> {
+    let mut repo = repo_of(cache, &state.did);
+    match repo.state.as_ref() {
+        Some(held) if held.rev.as_str() > state.rev.as_str() => return Err(Refusal::OlderState { rev: state.rev.clone(), held: held.rev.clone() }),
+        Some(held) if held.rev == state.rev => return Ok(StateAccepted::Unchanged),
+        _ => {}
+    }
+    let commit = state.commit.to_string();
+    repo.state =
+        Some(StateSeen { rev: state.rev.clone(), commit: commit.clone(), records: state.records.iter().map(|(k, v)| (k.clone(), v.to_string())).collect() });
+    if repo.newest.as_ref().is_none_or(|n| n.rev < state.rev) {
+        repo.newest = Some(CommitSeen { rev: state.rev.clone(), commit });
+    }
+    cache.write(Kind::Repo, &[&state.did], &repo);
+    Ok(StateAccepted::Stored)
+}
+
+/// The signed rev (and its time) of a proof CAR whose commit signature verifies under `key`;
+/// `None` otherwise: an unsigned claim never ranks.
+pub fn signed_rev(car: &[u8], key: &atproto_sig_core::crypto::PublicKey) -> Option<(String, i64)> {
+    let limits = Limits::collection();
+    let commit = Commit::of_car(&Car::parse(car, &limits).ok()?, &limits).ok()?;
+    commit.verify_signature(key).ok()?;
+    Some((commit.rev.clone()?, commit.rev_micros()?))
 }
 
 /// A proof offered to the cache.
@@ -114,6 +214,9 @@ pub struct Accepted {
     pub changed: bool,
     /// The core's verdict on the proof (for the digest offered, or for presence alone).
     pub verdict: Verdict,
+    /// Set when the newest signed collection state held says otherwise (then no decision
+    /// admits on this proof).
+    pub outdated: Option<Supersession>,
 }
 
 /// Accepts a proof into the cache: the core verifies it (the commit signature under the
@@ -140,13 +243,20 @@ pub fn accept_proof(cache: &Cache, proof: &OfferedProof<'_>) -> Result<Accepted,
     }
     let rev = verdict.facts.rev.clone().unwrap_or_default();
     let (collection, rkey) = (proof.collection, proof.rkey);
+    // Kept even when a newer signed state outdates it (every use checks that state, so it can
+    // never admit): the node then gives the same answer whatever order material arrives in.
+    let record = verdict.facts.record_cid.map(|c| c.to_string());
+    let outdated = superseded(cache, did, rkey, &rev, record.as_deref());
+    if let Some(commit) = &verdict.facts.commit {
+        observe_commit(cache, did, &rev, &commit.to_string());
+    }
     let held: Option<ProofEntry> = cache.read(Kind::Proof, &[did, collection, rkey]);
     let held_rev = held.as_ref().and_then(entry_rev).map(|(r, _)| r);
     if let Some(held) = held_rev.as_ref().filter(|held| held.as_str() > rev.as_str()) {
         return Err(Refusal::RolledBack { rev, held: held.clone() });
     }
     if held_rev.as_deref() == Some(rev.as_str()) {
-        return Ok(Accepted { changed: false, verdict });
+        return Ok(Accepted { changed: false, verdict, outdated });
     }
     let signed_at = atproto_sig_core::syntax::tid_timestamp_micros(&rev).and_then(|t| i64::try_from(t).ok());
     let entry = ProofEntry {
@@ -158,7 +268,7 @@ pub fn accept_proof(cache: &Cache, proof: &OfferedProof<'_>) -> Result<Accepted,
         car: base64::engine::general_purpose::STANDARD.encode(proof.car),
     };
     cache.write(Kind::Proof, &[did, collection, rkey], &entry);
-    Ok(Accepted { changed: true, verdict })
+    Ok(Accepted { changed: true, verdict, outdated })
 }
 
 /// The DID document a cache entry stands for: with `strict` (did:plc under `strict_plc`),

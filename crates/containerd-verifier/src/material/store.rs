@@ -35,6 +35,8 @@ pub enum Kind {
     Handle,
     /// Signature-artifact hints found through referrers, per image digest.
     Referrers,
+    /// Per DID: the newest verified commit seen and the newest signed collection state.
+    Repo,
 }
 
 impl Kind {
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Imported => "imported",
             Kind::Handle => "handle",
             Kind::Referrers => "referrers",
+            Kind::Repo => "repo",
         }
     }
 }
@@ -87,6 +90,39 @@ pub struct ProofEntry {
     pub source: String,
     /// Base64 of the CAR bytes.
     pub car: String,
+}
+
+/// What this node knows of one repository, from verified material only: the newest commit
+/// whose signature it checked, and the newest signed state of the `io.atcr.manifest`
+/// collection (from a bundle's collection CAR, or the watcher).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoEntry {
+    pub did: String,
+    /// The newest verified commit seen, by rev.
+    #[serde(default)]
+    pub newest: Option<CommitSeen>,
+    /// The newest signed collection state.
+    #[serde(default)]
+    pub state: Option<StateSeen>,
+}
+
+/// A verified commit: its rev (signed) and CID.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitSeen {
+    pub rev: String,
+    pub commit: String,
+}
+
+/// A signed collection state: at commit `commit` (rev `rev`), exactly these records.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateSeen {
+    pub rev: String,
+    pub commit: String,
+    /// rkey → record CID.
+    pub records: std::collections::BTreeMap<String, String>,
 }
 
 /// A handle resolution.
