@@ -2,6 +2,7 @@
 //! an attacker would. Adversarial inputs are files under `tests/edges/data/`.
 
 mod bounds;
+mod identity;
 mod knowledge;
 mod names;
 mod node;

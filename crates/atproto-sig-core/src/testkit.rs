@@ -59,6 +59,22 @@ impl Identity {
         Identity { did, signing, rotation, handle, pds, genesis }
     }
 
+    /// An identity whose genesis names two rotation keys: the returned recovery key first
+    /// (highest priority), then `rotation` (which signs the genesis, as an account's PDS would).
+    pub fn with_recovery_key(curve: Curve, seed: &str) -> (Identity, PrivateKey) {
+        let recovery = PrivateKey::from_seed(Curve::K256, &format!("{seed}/recovery"));
+        let mut identity = Identity::new(curve, seed);
+        let mut genesis = identity.genesis.clone();
+        if let Some(map) = genesis.as_object_mut() {
+            map.remove("sig");
+            map.insert("rotationKeys".into(), serde_json::json!([recovery.public_key().to_did_key(), identity.rotation.public_key().to_did_key()]));
+        }
+        identity.genesis = signed_plc_op(&identity.rotation, genesis);
+        let bytes = cbor::encode(&cbor::from_json(&identity.genesis, 16).unwrap_or(Value::Null));
+        identity.did = format!("did:plc:{}", multibase::Base::Base32Lower.encode(Sha256::digest(&bytes)).get(..24).unwrap_or_default());
+        (identity, recovery)
+    }
+
     /// The public signing key.
     pub fn public_key(&self) -> PublicKey {
         self.signing.public_key()
@@ -104,6 +120,12 @@ impl Identity {
         }])
         .to_string()
     }
+}
+
+/// One audit-log entry for `op` of `did`, created at `created_at` (µs), as the directory lists it.
+pub fn plc_log_entry(did: &str, op: &serde_json::Value, created_at: i64, nullified: bool) -> serde_json::Value {
+    let cid = Cid::for_dag_cbor(&cbor::encode(&cbor::from_json(op, 16).unwrap_or(Value::Null)));
+    serde_json::json!({"did": did, "operation": op, "cid": cid.to_string(), "nullified": nullified, "createdAt": format_datetime_micros(created_at)})
 }
 
 /// Signs a PLC operation (JSON without `sig`) and returns it with `sig`.

@@ -11,7 +11,7 @@ use base64::Engine;
 
 use super::{Bundle, CollectionEntry, ImportReport};
 use crate::config::Config;
-use crate::material::knowledge::{self, DocumentAccepted, OfferedProof, Refusal, check_fetch_time, checked_document};
+use crate::material::knowledge::{self, DocumentAccepted, DocumentRules, OfferedProof, Refusal, check_fetch_time, checked_document};
 use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
 
 /// Verifies every entry and writes the accepted ones to `cache`. Nothing moves backwards: a
@@ -19,7 +19,12 @@ use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
 /// than the stored one for the same record, is refused. Fetch times are this node's: never
 /// later than the import (`now`), nor than a proof's signed commit.
 pub fn import(bundle: &Bundle, cache: &Cache, source: &str, config: &Config, now: i64) -> ImportReport {
-    let mut importer = Importer { bundle, cache, source, config, now, report: ImportReport::default(), documents: BTreeMap::new() };
+    import_with(bundle, cache, source, config, now, DocumentRules::default())
+}
+
+/// [`import`], with the operator's word on DID document changes (`--allow-did-web-key-change`).
+pub fn import_with(bundle: &Bundle, cache: &Cache, source: &str, config: &Config, now: i64, rules: DocumentRules) -> ImportReport {
+    let mut importer = Importer { bundle, cache, source, config, now, rules, report: ImportReport::default(), documents: BTreeMap::new() };
     importer.documents();
     let proven = importer.proofs();
     importer.locators(&proven);
@@ -36,6 +41,7 @@ struct Importer<'a> {
     source: &'a str,
     config: &'a Config,
     now: i64,
+    rules: DocumentRules,
     report: ImportReport,
     /// DID documents verified from this bundle.
     documents: BTreeMap<String, DidDocument>,
@@ -77,8 +83,12 @@ impl Importer<'_> {
             };
             self.report.notes.extend(note);
             let stored = DidEntry { source: format!("bundle {} ({})", self.source, entry.source), ..entry.clone() };
-            match knowledge::accept_document(self.cache, &stored, self.now) {
+            match knowledge::accept_document(self.cache, &stored, self.now, self.rules) {
                 Ok(DocumentAccepted::Stored) => self.report.stored.push(label),
+                Ok(DocumentAccepted::DidWebKeyChanged) => {
+                    self.report.notes.push(format!("{label}: its #atproto key replaces the one this node held (allowed by --allow-did-web-key-change)"));
+                    self.report.stored.push(label);
+                }
                 Ok(DocumentAccepted::Unchanged) => self.report.unchanged.push(label),
                 Err(e) => {
                     self.report.refused.push(format!("{label}: {e}"));

@@ -21,7 +21,7 @@ mod create;
 mod import;
 
 pub use create::create;
-pub use import::import;
+pub use import::{import, import_with};
 
 pub const FORMAT: &str = "atproto-verifier-bundle";
 /// Version 2 adds `collections` (the signed state of each DID's io.atcr.manifest collection);

@@ -44,6 +44,10 @@ pub struct InspectArgs {
 #[derive(Args, Debug)]
 pub struct ImportArgs {
     file: PathBuf,
+    /// Let a did:web document in the bundle replace the key of the one this node holds
+    /// (did:web has no signed history: a key change cannot be checked, only allowed).
+    #[arg(long)]
+    allow_did_web_key_change: bool,
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
@@ -143,7 +147,8 @@ fn import(args: &ImportArgs) -> u8 {
             return exit::UNDECIDED;
         }
     };
-    let report = bundle::import(&b, &cache, &args.file.display().to_string(), &config, now);
+    let rules = crate::material::knowledge::DocumentRules { did_web_key_change: args.allow_did_web_key_change };
+    let report = bundle::import_with(&b, &cache, &args.file.display().to_string(), &config, now, rules);
     match args.format {
         Format::Json => {
             print_json(&serde_json::json!({"stored": report.stored, "unchanged": report.unchanged, "refused": report.refused, "notes": report.notes}))

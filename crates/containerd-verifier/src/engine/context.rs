@@ -164,7 +164,7 @@ impl<'a> Session<'a> {
         // one that does goes in the one way documents go in (never an older audit log).
         let accept = |entry: &DidEntry| {
             if parse(entry).is_ok()
-                && let Err(refusal) = knowledge::accept_document(&self.cache, entry, self.now)
+                && let Err(refusal) = knowledge::accept_document(&self.cache, entry, self.now, knowledge::DocumentRules { did_web_key_change: true })
             {
                 self.note(format!("the DID document {} served for {did} is not stored: {refusal}", entry.source));
             }

@@ -89,6 +89,16 @@ pub enum Refusal {
     /// Older than the newest signed collection state this node holds, which says otherwise.
     #[error("{}", superseded_message(.0))]
     Superseded(Supersession),
+    /// A did:plc audit log that is neither an extension of the held one nor a valid
+    /// nullification of it.
+    #[error(
+        "its audit log forks from the one this node holds at operation {operation}, and that operation is not a valid nullification of the held history ({problem}) — refused: a rotation key the owner already removed cannot take the DID back"
+    )]
+    ForkedAuditLog { operation: String, problem: String },
+    #[error(
+        "it replaces the #atproto key of the did:web document this node holds, and did:web has no signed history to check that against — refused; if the key change is expected, import with --allow-did-web-key-change"
+    )]
+    DidWebKeyChange,
     /// A collection state older than the one held.
     #[error("this collection state is at rev {rev}, older than the one this node already holds (rev {held}) — refusing to move backwards")]
     OlderState { rev: String, held: String },
@@ -314,25 +324,80 @@ pub fn checked_document(entry: &DidEntry, limits: &Limits) -> Result<(DidDocumen
 pub enum DocumentAccepted {
     Stored,
     Unchanged,
+    /// Stored, replacing the key of a did:web document (the operator allowed it).
+    DidWebKeyChanged,
 }
 
-/// Accepts a DID document entry into the cache after `check` (the caller's verification:
-/// [`checked_document`] for bundles, the engine's parse for fetched ones) held: refused if its
-/// audit log is older than the one held (a strict prefix), stored with a fetch time that can
-/// only look older than it is.
-pub fn accept_document(cache: &Cache, entry: &DidEntry, now: i64) -> Result<DocumentAccepted, Refusal> {
+/// Who may change what a DID document says.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DocumentRules {
+    /// A did:web document may replace the key of the one held. did:web has no history to
+    /// check a change against: fetched from its own host it may (online), from a bundle only
+    /// when the operator says so (`bundle import --allow-did-web-key-change`); `bundle_dir`
+    /// imports never.
+    pub did_web_key_change: bool,
+}
+
+/// Accepts a DID document entry into the cache after the caller's verification
+/// ([`checked_document`] for bundles, the engine's parse for fetched ones): a did:plc audit log
+/// may only extend the one held (an older one is refused, a diverging one unless it is a valid
+/// nullification of the held history); a did:web key is replaced only as `rules` allow; the
+/// fetch time stored can only look older than it is.
+pub fn accept_document(cache: &Cache, entry: &DidEntry, now: i64, rules: DocumentRules) -> Result<DocumentAccepted, Refusal> {
     let held = cache.read::<DidEntry>(Kind::Did, &[&entry.did]);
-    if let (Some(held_log), Some(new_log)) = (held.as_ref().and_then(|h| h.audit_log.as_deref()), entry.audit_log.as_deref())
-        && is_older_audit_log(new_log, held_log)
-    {
-        return Err(Refusal::OlderAuditLog);
+    let mut stored = DidEntry { fetched_at: stored_fetch_time(entry.fetched_at, now, None), ..entry.clone() };
+    if let (Some(held_log), Some(new_log)) = (held.as_ref().and_then(|h| h.audit_log.as_deref()), entry.audit_log.as_deref()) {
+        stored.audit_log = Some(extended_log(&entry.did, held_log, new_log)?);
     }
-    if held.as_ref().is_some_and(|h| h.document == entry.document && h.audit_log == entry.audit_log) {
+    if held.as_ref().is_some_and(|h| h.document == stored.document && h.audit_log == stored.audit_log) {
         return Ok(DocumentAccepted::Unchanged);
     }
-    let stored = DidEntry { fetched_at: stored_fetch_time(entry.fetched_at, now, None), ..entry.clone() };
+    let key_changed = did_method(&entry.did) == Ok(DidMethod::Web) && held.as_ref().is_some_and(|h| signing_key_of(h) != signing_key_of(entry));
+    if key_changed && !rules.did_web_key_change {
+        return Err(Refusal::DidWebKeyChange);
+    }
     cache.write(Kind::Did, &[&entry.did], &stored);
-    Ok(DocumentAccepted::Stored)
+    Ok(if key_changed { DocumentAccepted::DidWebKeyChanged } else { DocumentAccepted::Stored })
+}
+
+/// The `#atproto` key a document entry names (as did:key text), if any.
+fn signing_key_of(entry: &DidEntry) -> Option<String> {
+    DidDocument::parse(entry.document.as_bytes(), &entry.did, &Limits::default()).ok()?.signing_key.ok().map(|k| k.to_did_key())
+}
+
+/// The audit log to keep when `new` is offered and `held` is kept: `new` when it extends
+/// `held` (same operations first); refused when it is older (a strict prefix) or forks from it,
+/// unless the fork is a valid nullification of the held history (the did:plc recovery rules:
+/// signed by a higher-priority rotation key, within 72 hours, as checked on the held
+/// operations it nullifies: then the held history with those operations nullified, followed
+/// by the new ones).
+fn extended_log(did: &str, held: &str, new: &str) -> Result<String, Refusal> {
+    let (Some(held_ops), Some(new_ops)) = (log_entries(held), log_entries(new)) else {
+        return Ok(new.to_owned());
+    };
+    let cid = |e: &serde_json::Value| e.get("cid").and_then(serde_json::Value::as_str).map(str::to_owned);
+    let fork = held_ops.iter().zip(&new_ops).position(|(h, n)| cid(h) != cid(n));
+    let Some(at) = fork else {
+        return if new_ops.len() < held_ops.len() { Err(Refusal::OlderAuditLog) } else { Ok(new.to_owned()) };
+    };
+    let diverging = new_ops.get(at).and_then(cid).unwrap_or_default();
+    let mut merged: Vec<serde_json::Value> = held_ops.clone();
+    for entry in merged.iter_mut().skip(at) {
+        if let Some(map) = entry.as_object_mut() {
+            map.insert("nullified".into(), serde_json::Value::Bool(true));
+        }
+    }
+    merged.extend(new_ops.iter().skip(at).cloned());
+    let merged = serde_json::Value::Array(merged).to_string();
+    match verify_audit_log(did, merged.as_bytes(), &Limits::default()) {
+        Ok(_) => Ok(merged),
+        Err(e) => Err(Refusal::ForkedAuditLog { operation: crate::limits::short(&diverging, 80), problem: e.to_string() }),
+    }
+}
+
+/// The entries of a did:plc audit log, if it is a JSON array.
+fn log_entries(log: &str) -> Option<Vec<serde_json::Value>> {
+    serde_json::from_str(log).ok()
 }
 
 /// Refuses material that claims to be fetched later than this node's clock allows.
@@ -347,20 +412,6 @@ pub fn check_fetch_time(fetched_at: i64, now: i64, skew: &crate::config::Span) -
     Ok(())
 }
 
-/// The operation CIDs of a did:plc audit log (in order), if it is a JSON array of entries.
-fn operation_cids(log: &str) -> Option<Vec<String>> {
-    let entries: Vec<serde_json::Value> = serde_json::from_str(log).ok()?;
-    entries.iter().map(|e| e.get("cid").and_then(serde_json::Value::as_str).map(str::to_owned)).collect()
-}
-
-/// True when `new` is a strict prefix of `held`: an older view of the same DID history.
-pub fn is_older_audit_log(new: &str, held: &str) -> bool {
-    match (operation_cids(new), operation_cids(held)) {
-        (Some(new), Some(held)) => new.len() < held.len() && held.starts_with(&new),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,12 +424,13 @@ mod tests {
     }
 
     #[test]
-    fn audit_log_prefixes() {
+    fn audit_logs_only_extend() {
         let log = |cids: &[&str]| serde_json::to_string(&cids.iter().map(|c| serde_json::json!({"cid": c})).collect::<Vec<_>>()).unwrap();
-        assert!(is_older_audit_log(&log(&["a"]), &log(&["a", "b"])));
-        assert!(!is_older_audit_log(&log(&["a", "b"]), &log(&["a", "b"])));
-        assert!(!is_older_audit_log(&log(&["a", "c"]), &log(&["a", "b", "d"])));
-        assert!(!is_older_audit_log(&log(&["a", "b", "c"]), &log(&["a", "b"])));
-        assert!(!is_older_audit_log("not json", &log(&["a"])));
+        assert_eq!(extended_log("did:plc:x", &log(&["a"]), &log(&["a", "b"])), Ok(log(&["a", "b"])));
+        assert_eq!(extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a", "b"])), Ok(log(&["a", "b"])));
+        assert_eq!(extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a"])), Err(Refusal::OlderAuditLog));
+        // A fork that is no valid nullification (here: not even a valid log) names the operation.
+        let forked = extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a", "c"]));
+        assert!(matches!(forked, Err(Refusal::ForkedAuditLog { ref operation, .. }) if operation == "c"), "{forked:?}");
     }
 }
