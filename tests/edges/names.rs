@@ -38,6 +38,10 @@ policies:
     scope: "registry.example.com:443/**"
     require: { signature: false }
     action: enforce
+  - name: loopback
+    scope: "127.0.0.1:5000/**"
+    require: { signature: false }
+    action: enforce
 default:
   require: { signature: true }
   action: enforce
@@ -61,4 +65,10 @@ fn every_spelling_of_a_repository_gets_one_rule() {
     }
     // A different port is a different registry.
     assert_eq!(rule("registry.example.com:5000/a/b"), "default");
+    // Every address form Go's resolver (so containerd) dials as 127.0.0.1 is that registry.
+    for spelling in ["127.0.0.1:5000/app", "[::ffff:7f00:1]:5000/app", "[::FFFF:7F00:1]:5000/app", "[0:0:0:0:0:ffff:7f00:1]:5000/app"] {
+        assert_eq!(rule(spelling), "loopback", "{spelling}");
+    }
+    // An IPv4-compatible address (deprecated, not mapped) is another host.
+    assert_eq!(rule("[::7f00:1]:5000/app"), "default");
 }

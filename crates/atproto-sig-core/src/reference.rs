@@ -106,7 +106,13 @@ pub fn canonical_host(host: &str) -> Result<String, HostError> {
             "" => None,
             t => Some(t.strip_prefix(':').ok_or(HostError("junk after the IPv6 literal"))?),
         };
-        (format!("[{parsed}]"), port)
+        // An IPv4-mapped address (`::ffff:7f00:1`) is the IPv4 host itself: Go's resolver, so
+        // containerd, dials 127.0.0.1 for it, so it is one registry with one spelling.
+        let name = match parsed.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{parsed}]"),
+        };
+        (name, port)
     } else {
         let (name, port) = match host.split_once(':') {
             Some((name, port)) => (name, Some(port)),
