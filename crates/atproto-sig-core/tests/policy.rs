@@ -239,3 +239,10 @@ proptest! {
         prop_assert!(scope_matches(&head, &path));
     }
 }
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_key() {
+    let text = "\u{feff}version: \"1.0\"\ntrustedDIDs: {}\npolicies: []\ndefault: { require: { signature: false }, action: enforce }\n";
+    let policy = Policy::parse(text);
+    assert!(policy.is_ok(), "{:?}", policy.err());
+}

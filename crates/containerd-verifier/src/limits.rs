@@ -108,6 +108,36 @@ pub fn short(text: &str, max: usize) -> String {
     out
 }
 
+/// `url` without its userinfo (`https://user:secret@host/…` → `https://host/…`): a URL is
+/// never printed with a password in it.
+pub fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}{tail}"),
+        None => format!("{host}{tail}"),
+    }
+}
+
+/// Remote text made safe to print on a terminal or in a CI log: control characters (newlines,
+/// carriage returns, escapes) shown as `\u{…}`, so a hostile server cannot forge a line.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +148,13 @@ mod tests {
         assert_eq!(short("abcdef", 3), "abc…");
         assert_eq!(short("a\nb\u{1b}c", 10), "a b c");
         assert_eq!(short(&"é".repeat(10), 2), "éé…");
+    }
+
+    #[test]
+    fn no_password_and_no_forged_line_is_ever_printed() {
+        assert_eq!(without_userinfo("https://user:s3cret@mirror.example/v2?x=1"), "https://mirror.example/v2?x=1");
+        assert_eq!(without_userinfo("mirror.example:5000"), "mirror.example:5000");
+        assert_eq!(without_userinfo("http://a@b@host/"), "http://host/");
+        assert_eq!(printable("ok\nverified: forged\r\u{1b}[2K"), "ok\\u{a}verified: forged\\u{d}\\u{1b}[2K");
     }
 }

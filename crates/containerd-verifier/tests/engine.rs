@@ -467,3 +467,29 @@ fn a_proof_refused_as_rev_in_future_leaves_nothing_behind() {
     let genuine = world.decide_at("registry.test/team/app:1", &digest, None, repo.now_micros + MINUTE, Duration::from_secs(8));
     assert_eq!(genuine.decision.reason, Reason::Verified, "{}", genuine.decision.message);
 }
+
+/// A DID document over the size cap, or naming a plain-http PDS, is the document's fault
+/// (`did-document-invalid`), never a network failure or a malformed proof.
+#[test]
+fn an_oversized_document_or_a_plain_http_pds_is_the_documents_fault() {
+    let (repo, digest, rkey) = repo_with_manifest("doc-fault", Curve::K256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    world.fetch.serve(&format!("{PLC}/{}", repo.identity.did), 200, vec![b' '; 300 << 10]);
+    let answer = world.decide("registry.test/team/app:1", &digest);
+    assert_eq!(answer.decision.reason, Reason::DidDocumentInvalid, "{}", answer.decision.message);
+
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    let http_pds = atproto_sig_core::did::render_multikey_document(
+        &repo.identity.did,
+        &repo.identity.public_key(),
+        Some(&repo.identity.handle),
+        Some("http://pds.example.com"),
+    )
+    .to_string();
+    world.fetch.serve(&format!("{PLC}/{}", repo.identity.did), 200, http_pds);
+    let answer = world.decide("registry.test/team/app:1", &digest);
+    assert_eq!(answer.decision.reason, Reason::DidDocumentInvalid, "{}", answer.decision.message);
+    assert!(answer.decision.message.contains("not https"), "{}", answer.decision.message);
+}

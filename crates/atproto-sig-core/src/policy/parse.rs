@@ -382,6 +382,9 @@ pub fn parse_policy(text: &str) -> Result<Policy, Vec<Issue>> {
             "",
         )]);
     }
+    // Editors on some systems start UTF-8 files with a byte-order mark: it is not part of the
+    // first key (YAML 1.2 allows it there). Positions stay those of the text after it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let (root, duplicates) = yaml::parse(text).map_err(|errors| errors.into_iter().map(|e| Issue::new(e.at, e.message, "")).collect::<Vec<_>>())?;
     let mut checker = Checker::default();
     for duplicate in duplicates {

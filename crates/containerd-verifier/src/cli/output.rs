@@ -31,7 +31,7 @@ fn print_failure(format: Format, reason: &str, message: &str, hint: &str) {
     match format {
         Format::Json => print_json(&serde_json::json!({"admitted": false, "reason": reason, "message": message, "hint": hint})),
         Format::Text => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", crate::limits::printable(message));
             if !hint.is_empty() {
                 eprintln!("hint: {hint}");
             }

@@ -12,6 +12,7 @@ use crate::clock::now_micros;
 use crate::engine::request::load_policy;
 use crate::engine::{self, Failure, PolicyError, Request, outcome_label};
 use crate::exit;
+use crate::limits::printable;
 use crate::remote::{Deadline, InFlight};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -86,11 +87,13 @@ pub fn run(args: VerifyArgs) -> u8 {
         VerifyFormat::Json => print_json(&result),
         VerifyFormat::Sarif => print_json(&sarif(&image.to_string(), decision)),
         VerifyFormat::Text => {
-            println!("{}: {} ({})", outcome_label(decision.outcome), decision.message, decision.reason.code());
+            // Messages and notes carry remote words (a PDS's error, a handle, a record field):
+            // printed with control characters escaped, so no server can forge a line of this log.
+            println!("{}: {} ({})", outcome_label(decision.outcome), printable(&decision.message), decision.reason.code());
             println!("  image:  {}@{digest}", image.scope_name());
-            println!("  rule:   {}", decision.rule.as_deref().unwrap_or("none"));
+            println!("  rule:   {}", printable(decision.rule.as_deref().unwrap_or("none")));
             for note in &answer.notes {
-                println!("  note:   {note}");
+                println!("  note:   {}", printable(note));
             }
         }
     }

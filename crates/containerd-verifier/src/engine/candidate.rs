@@ -55,8 +55,11 @@ impl Session<'_> {
         };
         let locator: Option<LocatorEntry> = self.cache.read(Kind::Locator, &[did, digest]);
         let mut attempts: Vec<(String, Source)> = Vec::new();
-        attempts.extend(hint_rkey.map(|h| (h.to_owned(), Source::Hint)));
-        attempts.extend(locator.as_ref().map(|l| (l.rkey.clone(), Source::Known)));
+        // A key this node already knew stays known when an artifact hints it too: its absence
+        // is a deletion, whoever else names it.
+        let known = locator.as_ref().map(|l| l.rkey.as_str());
+        attempts.extend(hint_rkey.filter(|h| Some(*h) != known).map(|h| (h.to_owned(), Source::Hint)));
+        attempts.extend(known.map(|k| (k.to_owned(), Source::Known)));
         attempts.push((digest.strip_prefix("sha256:").unwrap_or(digest).to_owned(), Source::Guess));
         let search = Search { did, digest, repository, document, stale_document, locator };
         let mut tried: Vec<String> = Vec::new();

@@ -142,14 +142,20 @@ impl<'a> Session<'a> {
         let limits = Limits::default();
         let strict = self.strict_plc && did_method(did) == Ok(DidMethod::Plc);
         let parse = |entry: &DidEntry| {
-            knowledge::document_of(entry, strict, &limits).map_err(|refusal| {
+            let document = knowledge::document_of(entry, strict, &limits).map_err(|refusal| {
                 match refusal {
                     Refusal::NoAuditLog => Failure::NoAuditLog { did: did.to_owned() },
                     Refusal::AuditLog(problem) => Failure::AuditLogInvalid { did: did.to_owned(), problem },
                     other => Failure::DocumentInvalid(other.to_string()),
                 }
                 .verdict(did)
-            })
+            })?;
+            match document.pds.as_deref() {
+                Some(pds) if !atproto::is_usable_pds(pds) => {
+                    Err(Failure::PdsNotHttps { did: did.to_owned(), pds: crate::limits::short(pds, 200) }.verdict(did))
+                }
+                _ => Ok(document),
+            }
         };
         let key = [did];
         let material = self.material(Kind::Did, &key, self.config.did_ttl);

@@ -77,6 +77,9 @@ pub enum Failure {
     DocumentInvalid(String),
     #[error("the DID document of {did} names no AtprotoPersonalDataServer")]
     NoPds { did: String },
+    /// The document names a PDS this node will not ask (not https, not loopback).
+    #[error("the DID document of {did} names PDS endpoint {pds:?}, which is not https — the document is unusable as it is")]
+    PdsNotHttps { did: String, pds: String },
     /// A proof older than the one held for the same record (message from `knowledge`).
     #[error("{0}")]
     RolledBack(String),
@@ -129,7 +132,7 @@ impl Failure {
             Failure::Lookup { error: LookupError::Invalid(_), kind: Lookup::Record, .. } => Reason::ProofMalformed,
             Failure::Handle { .. } | Failure::HandleNotClaimed { .. } => Reason::IdentityUnresolved,
             Failure::NoAuditLog { .. } => Reason::DidUnresolved,
-            Failure::AuditLogInvalid { .. } | Failure::DocumentInvalid(_) | Failure::NoPds { .. } => Reason::DidDocumentInvalid,
+            Failure::AuditLogInvalid { .. } | Failure::DocumentInvalid(_) | Failure::NoPds { .. } | Failure::PdsNotHttps { .. } => Reason::DidDocumentInvalid,
             Failure::RolledBack(_) => Reason::ProofRolledBack,
             Failure::Revoked(s) if s.gone() => Reason::RecordDeleted,
             Failure::Revoked(_) => Reason::ProofRolledBack,

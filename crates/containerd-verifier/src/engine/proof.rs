@@ -33,7 +33,7 @@ pub enum Origin {
 impl Origin {
     /// The words an admission adds about its proof ("" for a proof fetched just now).
     pub fn note(self, now: i64) -> String {
-        let age = |t: i64| crate::config::Span(std::time::Duration::from_micros(u64::try_from(now.saturating_sub(t)).unwrap_or(0)));
+        let age = |t: i64| crate::clock::human_age(now.saturating_sub(t));
         match self {
             Origin::Fetched => String::new(),
             Origin::Cached { fetched_at } => format!(" — from a proof this node fetched {} ago", age(fetched_at)),

@@ -53,13 +53,23 @@ pub fn did_web_url(did: &str) -> Option<String> {
     }
 }
 
+/// An answer over its size cap is the answering server's fault (its document is unusable), not
+/// a network failure: every other network error stays one.
+fn too_large_is_invalid(url: &str) -> impl Fn(NetError) -> LookupError + '_ {
+    move |e| match e {
+        NetError::TooLarge(limit) => LookupError::Invalid(format!("{} answered more than the {limit}-byte limit", short(url, 200))),
+        other => LookupError::Network(other),
+    }
+}
+
 /// Fetches a DID document; returns the bytes and the URL it came from.
 pub fn fetch_did_document(http: &Http, plc_directory: &str, did: &str) -> Result<(Vec<u8>, String), LookupError> {
     let url = match did_method(did).map_err(|e| LookupError::Invalid(e.to_string()))? {
         DidMethod::Plc => format!("{}/{did}", plc_directory.trim_end_matches('/')),
         DidMethod::Web => did_web_url(did).ok_or_else(|| LookupError::Invalid(format!("{did} cannot be resolved")))?,
     };
-    let response = http.get(&url, &[("accept", "application/did+ld+json, application/json".into())], LIMITS.did_document)?;
+    let response =
+        http.get(&url, &[("accept", "application/did+ld+json, application/json".into())], LIMITS.did_document).map_err(too_large_is_invalid(&url))?;
     match response.status {
         200 => Ok((response.body, url)),
         // No redirects for did:web: a document must be served by its own host.
@@ -72,7 +82,7 @@ pub fn fetch_did_document(http: &Http, plc_directory: &str, did: &str) -> Result
 /// Fetches a did:plc audit log.
 pub fn fetch_audit_log(http: &Http, plc_directory: &str, did: &str) -> Result<Vec<u8>, LookupError> {
     let url = format!("{}/{did}/log/audit", plc_directory.trim_end_matches('/'));
-    let response = http.get(&url, &[], LIMITS.audit_log)?;
+    let response = http.get(&url, &[], LIMITS.audit_log).map_err(too_large_is_invalid(&url))?;
     match response.status {
         200 => Ok(response.body),
         404 => Err(LookupError::NotFound(format!("{did} has no audit log at {url}"))),
@@ -145,7 +155,12 @@ pub fn resolve_handle(http: &Http, resolver: Option<&str>, dns: &dyn Resolve, ha
 
 /// Checks a PDS endpoint before requesting it: https, or http on loopback.
 fn check_pds(pds: &str) -> Result<(), LookupError> {
-    if pds.starts_with("https://") || is_loopback_url(pds) { Ok(()) } else { Err(LookupError::Invalid(format!("PDS endpoint {pds} is not https"))) }
+    if is_usable_pds(pds) { Ok(()) } else { Err(LookupError::Invalid(format!("PDS endpoint {pds} is not https"))) }
+}
+
+/// True for a PDS endpoint this node will ask: https, or plain http on loopback only.
+pub fn is_usable_pds(pds: &str) -> bool {
+    pds.starts_with("https://") || is_loopback_url(pds)
 }
 
 /// Visits the `collection` records of `did` page by page (`com.atproto.repo.listRecords`),

@@ -64,7 +64,7 @@ impl Http {
     /// Sends a request with an optional body.
     pub fn send(&self, method: &str, url: &str, headers: &[(&str, String)], body: Option<&[u8]>, limit: usize) -> Result<Fetched, NetError> {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(NetError::BadUrl(crate::limits::short(url, 200)));
+            return Err(NetError::BadUrl(crate::limits::short(&crate::limits::without_userinfo(url), 200)));
         }
         let timeout = self.timeout()?;
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -85,7 +85,7 @@ pub struct InFlight {
 impl InFlight {
     /// Marks a request to `url` in flight for as long as the guard lives.
     fn begin(&self, url: &str) -> Waiting<'_> {
-        let origin: String = url.split('/').take(3).collect::<Vec<_>>().join("/");
+        let origin: String = crate::limits::without_userinfo(url).split('/').take(3).collect::<Vec<_>>().join("/");
         *self.slot() = Some(origin);
         Waiting { in_flight: self }
     }

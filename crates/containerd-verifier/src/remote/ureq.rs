@@ -166,7 +166,7 @@ fn client_cert(cert: &Path, key: Option<&Path>) -> Option<ureq::tls::ClientCert>
 }
 
 fn classify(error: ureq::Error, url: &str, started: Instant, timeout: Duration, deadline: Deadline) -> NetError {
-    let short_url = crate::limits::short(url.split('?').next().unwrap_or(url), 200);
+    let short_url = crate::limits::short(&crate::limits::without_userinfo(url.split('?').next().unwrap_or(url)), 200);
     match error {
         ureq::Error::Timeout(_) if deadline.expired() => NetError::Deadline,
         ureq::Error::Timeout(_) => NetError::Timeout(short_url),

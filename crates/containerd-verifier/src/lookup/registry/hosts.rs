@@ -127,6 +127,8 @@ fn parse_host(dir: &Path, server: &str, config: &toml::Table) -> Result<Endpoint
     if server.is_empty() {
         endpoint.path = if override_path { String::new() } else { "/v2".into() };
     } else {
+        // Userinfo is neither sent nor printed (containerd takes only the host): dropped here.
+        let server = &crate::limits::without_userinfo(server);
         let url = if server.starts_with("http") { server.to_owned() } else { format!("https://{server}") };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{server:?} is not a URL"))?;
         if scheme != "http" && scheme != "https" {
@@ -324,6 +326,15 @@ ca = "/etc/path/default"
 
     /// containerd's `TestLoadCertFiles`: without a hosts.toml, `*.crt` are CAs and `*.cert` /
     /// `*.key` pairs client certificates, for the server.
+    #[test]
+    fn a_password_in_a_server_url_is_neither_kept_nor_printed() {
+        let dir = Path::new("/etc/containerd/certs.d/mirror.example");
+        let list = parse_hosts_file(dir, "server = \"https://user:s3cret@mirror.example\"\n[host.\"https://bob:hunter2@m2.example/v2\"]\n").unwrap();
+        assert!(list.iter().all(|e| !e.origin.contains("s3cret") && !e.origin.contains("hunter2") && !e.origin.contains('@')), "{list:?}");
+        let broken = parse_hosts_file(dir, "server = \"https://user:s3cret@\"\n").unwrap_err();
+        assert!(!broken.contains("s3cret"), "{broken}");
+    }
+
     #[test]
     fn certs_d_files_without_hosts_toml() {
         let root = tempfile::tempdir().unwrap();
