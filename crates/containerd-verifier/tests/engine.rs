@@ -493,3 +493,71 @@ fn an_oversized_document_or_a_plain_http_pds_is_the_documents_fault() {
     assert_eq!(answer.decision.reason, Reason::DidDocumentInvalid, "{}", answer.decision.message);
     assert!(answer.decision.message.contains("not https"), "{}", answer.decision.message);
 }
+
+/// After a genuine key rotation the cached document is simply behind: a signature that fails
+/// against the cached key is checked once more against a freshly fetched document (online),
+/// so the node admits as a fresh node would, within the document's TTL.
+#[test]
+fn a_key_rotation_is_followed_without_waiting_for_the_cache() {
+    let (mut repo, digest, rkey) = repo_with_manifest("rotation", Curve::K256);
+    let mut world = World::trusting(&repo);
+    world.config.did_ttl = containerd_verifier::config::Span(Duration::from_secs(3600));
+    world.serve(&repo, &rkey, &Tamper::None);
+    assert_eq!(world.decide("registry.test/team/app:1", &digest).decision.reason, Reason::Verified);
+    // The owner rotates the signing key; the directory and the PDS follow at once.
+    repo.identity.signing = atproto_sig_core::crypto::PrivateKey::from_seed(Curve::K256, "rotation/new");
+    repo.now_micros += 10 * MINUTE;
+    repo.put_filler(1);
+    world.serve(&repo, &rkey, &Tamper::None);
+    // Past proof_ttl but within did_ttl: the proof is fetched, the document would be cached.
+    let answer = world.decide_at("registry.test/team/app:1", &digest, None, T0_MICROS + 6 * MINUTE, Duration::from_secs(8));
+    assert_eq!(answer.decision.reason, Reason::Verified, "{}\n{:#?}", answer.decision.message, answer.notes);
+    assert!(answer.notes.iter().any(|n| n.contains("fetched again")), "{:#?}", answer.notes);
+    // A forged signature (a key the directory never names) is still refused, after one refetch.
+    world.serve(&repo, &rkey, &Tamper::WrongKey);
+    let forged = world.decide_at("registry.test/team/app:1", &digest, None, T0_MICROS + 20 * MINUTE, Duration::from_secs(8));
+    assert_eq!(forged.decision.reason, Reason::SignatureInvalid, "{}", forged.decision.message);
+}
+
+/// Turning strict_plc on does not block every cached signer until the cache expires: a cached
+/// document without its audit log is not valid under the new setting and is fetched again.
+#[test]
+fn turning_strict_plc_on_refetches_documents_cached_without_an_audit_log() {
+    let (repo, digest, rkey) = repo_with_manifest("strict-on", Curve::K256);
+    let mut world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    assert_eq!(world.decide("registry.test/team/app:1", &digest).decision.reason, Reason::Verified);
+    world.config.strict_plc = true;
+    let answer = world.decide("registry.test/team/app:1", &digest);
+    assert_eq!(answer.decision.reason, Reason::Verified, "{}", answer.decision.message);
+    assert!(world.fetch.requested().iter().any(|u| u.ends_with("/log/audit")), "the audit log was fetched");
+}
+
+/// A cached locator is a hint: when the record it names was deleted and the same digest
+/// signed again under another key (moved), the node looks again and admits, as a fresh node
+/// would; with no record anywhere it is still revoked.
+#[test]
+fn a_locator_that_no_longer_matches_is_looked_past() {
+    let (mut repo, digest, rkey) = repo_with_manifest("moved", Curve::K256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    assert_eq!(world.decide("registry.test/team/app:1", &digest).decision.reason, Reason::Verified);
+    // The record moves: deleted under its key, written again under another.
+    repo.now_micros += 10 * MINUTE;
+    repo.delete(MANIFEST_COLLECTION, &rkey);
+    let moved = "3moved0000000";
+    repo.put(MANIFEST_COLLECTION, moved, &manifest_value(&digest, "app", "application/vnd.oci.image.manifest.v1+json", "2026-01-01T00:10:00Z"));
+    world.serve(&repo, &rkey, &Tamper::None);
+    world.fetch.serve(&World::proof_url(&repo.identity, moved), 200, repo.proof(MANIFEST_COLLECTION, moved));
+    let listed = serde_json::json!({"records": [{"uri": format!("at://{}/{MANIFEST_COLLECTION}/{moved}", repo.identity.did), "value": {"digest": digest, "repository": "app"}}]});
+    world.fetch.serve(&World::list_url(&repo.identity), 200, listed.to_string());
+    let answer = world.decide_at("registry.test/team/app:1", &digest, None, T0_MICROS + 20 * MINUTE, Duration::from_secs(8));
+    assert_eq!(answer.decision.reason, Reason::Verified, "{}", answer.decision.message);
+    // Gone everywhere: revoked.
+    repo.now_micros += 10 * MINUTE;
+    repo.delete(MANIFEST_COLLECTION, moved);
+    world.serve(&repo, moved, &Tamper::None);
+    world.fetch.serve(&World::proof_url(&repo.identity, &rkey), 200, repo.proof(MANIFEST_COLLECTION, &rkey));
+    let answer = world.decide_at("registry.test/team/app:1", &digest, None, T0_MICROS + 40 * MINUTE, Duration::from_secs(8));
+    assert_eq!(answer.decision.reason, Reason::RecordDeleted, "{}", answer.decision.message);
+}

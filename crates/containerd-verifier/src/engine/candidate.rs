@@ -32,6 +32,9 @@ enum Tried {
     Absent(Verdict),
     /// A hinted record that does not prove the digest: the explanation so far.
     Misled(Verdict),
+    /// The key this node knew no longer proves the digest (the record was deleted, moved or
+    /// re-pointed): the explanation, unless the digest's record is found elsewhere.
+    Outdated(Verdict),
     /// No proof at all under this key.
     Nothing,
 }
@@ -47,12 +50,28 @@ struct Search<'d> {
 }
 
 impl Session<'_> {
-    /// Verifies one candidate signer for `digest`.
+    /// Verifies one candidate signer for `digest`. Online, a signature that fails against a
+    /// cached key is tried once more against a freshly fetched document: after a genuine key
+    /// rotation the cache is simply behind, and a fresh node would admit.
     pub fn verify_candidate(&self, did: &str, digest: &str, repository: Option<&str>, hint_rkey: Option<&str>) -> Verdict {
-        let (document, stale_document) = match self.document(did) {
+        let (document, stale_document, fetched) = match self.document_read(did, self.refresh) {
             Ok(found) => found,
             Err(v) => return v,
         };
+        let first = self.verify_with(did, digest, repository, hint_rkey, document.clone(), stale_document);
+        if first.reason != Reason::SignatureInvalid || fetched || self.http.is_none() {
+            return first;
+        }
+        match self.document_read(did, crate::material::read::Refresh::Always) {
+            Ok((fresh, stale, _)) if fresh.signing_key != document.signing_key => {
+                self.note(format!("the signature of {did} failed against its cached key; its document, fetched again, names another key: checked again"));
+                self.verify_with(did, digest, repository, hint_rkey, fresh, stale)
+            }
+            _ => first,
+        }
+    }
+
+    fn verify_with(&self, did: &str, digest: &str, repository: Option<&str>, hint_rkey: Option<&str>, document: DidDocument, stale_document: bool) -> Verdict {
         let locator: Option<LocatorEntry> = self.cache.read(Kind::Locator, &[did, digest]);
         let mut attempts: Vec<(String, Source)> = Vec::new();
         // A key this node already knew stays known when an artifact hints it too: its absence
@@ -81,7 +100,7 @@ impl Session<'_> {
                 match self.try_rkey(&search, rkey, source) {
                     Tried::Decided(verdict) => return verdict,
                     Tried::Absent(verdict) => _ = last_failure.get_or_insert(verdict),
-                    Tried::Misled(verdict) => last_failure = Some(verdict),
+                    Tried::Misled(verdict) | Tried::Outdated(verdict) => last_failure = Some(verdict),
                     Tried::Nothing => {}
                 }
             }
@@ -106,7 +125,7 @@ impl Session<'_> {
         let Some(car) = car else {
             if source == Source::Known {
                 let pds = search.document.pds.as_deref().unwrap_or("its PDS").to_owned();
-                return Tried::Decided(Failure::RecordGone { did: did.to_owned(), rkey, digest: search.digest.to_owned(), pds }.verdict(did));
+                return self.known_failed(Failure::RecordGone { did: did.to_owned(), rkey, digest: search.digest.to_owned(), pds }.verdict(did));
             }
             return Tried::Nothing;
         };
@@ -130,7 +149,17 @@ impl Session<'_> {
             self.note(format!("hinted record {did}/{rkey} does not prove {}: {}", search.digest, result.message));
             return Tried::Misled(result);
         }
+        if source == Source::Known && matches!(result.reason, Reason::RecordDeleted | Reason::DigestMismatch) {
+            return self.known_failed(revocation_said(result, search, &rkey));
+        }
         Tried::Decided(revocation_said(result, search, &rkey))
+    }
+
+    /// A known locator that no longer proves the digest is a hint too: online, the digest's
+    /// record is looked for elsewhere (a fresh node would find it); offline, there is nowhere
+    /// else to look, so it decides.
+    fn known_failed(&self, verdict: Verdict) -> Tried {
+        if self.http.is_some() { Tried::Outdated(verdict) } else { Tried::Decided(verdict) }
     }
 
     /// A verified proof: remember where the record is, and say what the admission rests on.

@@ -139,6 +139,11 @@ impl<'a> Session<'a> {
 
     /// The DID document of `did` (from cache or network), and whether stale material was used.
     pub fn document(&self, did: &str) -> Result<(DidDocument, bool), Verdict> {
+        self.document_read(did, self.refresh).map(|(document, stale, _)| (document, stale))
+    }
+
+    /// The same, read under `refresh`; and whether it was fetched just now.
+    pub(super) fn document_read(&self, did: &str, refresh: Refresh) -> Result<(DidDocument, bool, bool), Verdict> {
         let limits = Limits::default();
         let strict = self.strict_plc && did_method(did) == Ok(DidMethod::Plc);
         let parse = |entry: &DidEntry| {
@@ -158,7 +163,7 @@ impl<'a> Session<'a> {
             }
         };
         let key = [did];
-        let material = self.material(Kind::Did, &key, self.config.did_ttl);
+        let material = Material { refresh, ..self.material(Kind::Did, &key, self.config.did_ttl) };
         let fetch = || {
             let Some(http) = &self.http else { return Ok(None) };
             let (bytes, source) = atproto::fetch_did_document(http, &self.config.plc_directory, did)?;
@@ -175,11 +180,15 @@ impl<'a> Session<'a> {
                 self.note(format!("the DID document {} served for {did} is not stored: {refusal}", entry.source));
             }
         };
-        match material.get(self.http.is_some(), |_: &DidEntry| true, fetch, accept) {
-            Ok(Got::Cached(entry) | Got::Fetched(entry) | Got::Offline(entry)) => parse(&entry).map(|d| (d, false)),
+        // Under strict_plc a cached document without its audit log is not valid for this node
+        // (the setting is part of what a cached document was checked for): fetched again.
+        let usable = |entry: &DidEntry| !strict || entry.audit_log.is_some();
+        match material.get(self.http.is_some(), usable, fetch, accept) {
+            Ok(Got::Cached(entry) | Got::Offline(entry)) => parse(&entry).map(|d| (d, false, false)),
+            Ok(Got::Fetched(entry)) => parse(&entry).map(|d| (d, false, true)),
             Ok(Got::Stale(entry, e)) => {
                 self.note(format!("using the cached DID document of {did} past its TTL: {e}"));
-                parse(&entry).map(|d| (d, true))
+                parse(&entry).map(|d| (d, true, false))
             }
             Err(Miss::Offline | Miss::Nothing) => Err(Failure::Offline { what: format!("the DID document of {did}"), kind: Lookup::Document }.verdict(did)),
             Err(Miss::Lookup(error)) => Err(Failure::Lookup { what: format!("the DID document of {did}"), kind: Lookup::Document, error }.verdict(did)),
