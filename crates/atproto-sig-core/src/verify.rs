@@ -42,6 +42,9 @@ pub struct Facts {
     /// The MST path to the record verified under that signed commit: the record's presence
     /// (`record_cid`) or its absence is proven by the signature.
     pub path_proven: bool,
+    /// The key the commit's signature verified under (did:key text), once it did: two DIDs
+    /// sharing one key are one signer for `minSignatures`.
+    pub signing_key: Option<String>,
 }
 
 /// The outcome of [`verify`].
@@ -193,6 +196,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
         return Err((Reason::SignatureInvalid, message));
     }
     facts.signature_verified = true;
+    facts.signing_key = Some(key.to_did_key());
     let rev = commit.rev.clone().unwrap_or_default();
     let rev_micros = tid_timestamp_micros(&rev).ok_or_else(|| malformed(facts, format!("commit rev {rev:?} is not a TID")))?;
     if i64::try_from(rev_micros).unwrap_or(i64::MAX) > input.now_micros.saturating_add(input.max_clock_skew_micros) {

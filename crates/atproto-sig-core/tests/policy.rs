@@ -170,6 +170,20 @@ fn distinct_signers_count_toward_min_signatures() {
     assert_eq!(later.reason, Reason::SignerExpired, "{}", later.message);
 }
 
+/// Two DIDs whose commits verified under one key are one signer: `minSignatures: 2` needs two
+/// distinct keys.
+#[test]
+fn min_signatures_counts_distinct_keys_not_dids() {
+    let policy = Policy::parse(WINDOWED).unwrap();
+    let img = image("atcr.io/x.test/prod-api");
+    let now = micros("2025-06-01T00:00:00Z");
+    let with_key = |did: &str, key: &str| Verdict { facts: Facts { signing_key: Some(key.into()), ..signed_by(did).facts }, ..signed_by(did) };
+    let shared = policy.decide(&img, &[with_key(A, "did:key:zSame"), with_key(B, "did:key:zSame")], now);
+    assert_eq!((shared.outcome, shared.reason), (Outcome::Reject, Reason::TooFewSignatures), "{}", shared.message);
+    let distinct = policy.decide(&img, &[with_key(A, "did:key:zOne"), with_key(B, "did:key:zTwo")], now);
+    assert_eq!((distinct.outcome, distinct.reason), (Outcome::Admit, Reason::Verified), "{}", distinct.message);
+}
+
 #[test]
 fn failures_are_explained_by_the_most_telling_verdict() {
     let policy = Policy::parse(WINDOWED).unwrap();

@@ -119,10 +119,14 @@ fn decide_rule(policy: &Policy, rule: &Rule, image: &ImageRef, verdicts: &[Verdi
     let trusted = policy.trusted_for(rule);
     let verified: Vec<&Verdict> = verdicts.iter().filter(|v| v.is_verified()).collect();
     let mut signers: Vec<String> = Vec::new();
+    // Signatures are counted by distinct key: two DIDs sharing one signing key are one signer.
+    let mut keys: Vec<Option<&str>> = Vec::new();
     for verdict in &verified {
         let did = &verdict.facts.did;
-        if trusted.iter().any(|t| &t.did == did && t.is_valid_at(now)) && !signers.contains(did) {
+        let key = verdict.facts.signing_key.as_deref();
+        if trusted.iter().any(|t| &t.did == did && t.is_valid_at(now)) && !signers.contains(did) && (key.is_none() || !keys.contains(&key)) {
             signers.push(did.clone());
+            keys.push(key);
         }
     }
     if signers.len() >= rule.require.min_signatures {

@@ -135,6 +135,9 @@ fn check_scope(checker: &mut Checker, node: &Node, scope: &str) {
         };
         checker.error(node.at, format!("scope {scope:?} contains {bad:?}"), hint);
     }
+    if let Some(problem) = never_matching(scope) {
+        checker.error(node.at, format!("scope {scope:?} can never match: {}", problem.0), problem.1);
+    }
     let host = scope.split('/').next().unwrap_or_default();
     if !(scope.starts_with('*') || host.contains('.') || host.contains(':') || host == "localhost") {
         checker.warn(
@@ -143,6 +146,49 @@ fn check_scope(checker: &mut Checker, node: &Node, scope: &str) {
             format!("references are normalized first: `nginx` is matched as docker.io/library/nginx, so write \"docker.io/{scope}\""),
         );
     }
+}
+
+/// Why a scope can match no image reference, and the fix: scopes are matched against
+/// canonical `host/path` (no tag, no digest, no trailing `/`), with `*` and `**` as the only
+/// wildcards (`[` and `]` are literal, and appear in a reference only around an IPv6 host).
+fn never_matching(scope: &str) -> Option<(String, String)> {
+    let mut segments = scope.split('/');
+    let host = segments.next().unwrap_or_default();
+    let path: Vec<&str> = segments.collect();
+    if scope.ends_with('/') {
+        return Some((
+            "it ends with '/', and no image path does".into(),
+            format!("write {:?} (that path) or {:?} (everything under it)", scope.trim_end_matches('/'), format!("{scope}**")),
+        ));
+    }
+    if path.is_empty() && !host.contains('*') {
+        return Some((
+            "it names a registry without a path, and every image has one".into(),
+            format!("write {:?} for every image of that registry", format!("{host}/**")),
+        ));
+    }
+    if path.iter().any(|s| s.is_empty()) {
+        return Some(("it has an empty path segment ('//')".into(), "remove the doubled '/'".into()));
+    }
+    if let Some(segment) = path.iter().find(|s| s.contains(':')) {
+        let (name, tag) = segment.split_once(':').unwrap_or((segment, ""));
+        return Some((
+            format!("':{tag}' is a tag, and scopes match registry and repository only (host/path), never tags"),
+            format!("drop the tag: {:?} (a rule covers every tag and digest of a repository)", scope.replacen(&format!("{name}:{tag}"), name, 1)),
+        ));
+    }
+    if path.iter().any(|s| s.contains('[') || s.contains(']')) || (host.contains(['[', ']']) && !is_ipv6_host(host)) {
+        return Some((
+            "'[' and ']' are not character classes here (only `*` and `**` are wildcards), and no image path contains them".into(),
+            "write one rule per name, or use `*` (any run of characters within a segment)".into(),
+        ));
+    }
+    None
+}
+
+/// `[v6]` or `[v6]:port`, as an IPv6 registry host is written.
+fn is_ipv6_host(host: &str) -> bool {
+    host.starts_with('[') && host.matches('[').count() == 1 && host.matches(']').count() == 1 && crate::reference::canonical_host(host).is_ok()
 }
 
 /// A rule's own `trustedDIDs`: each listed under the top-level `trustedDIDs`, once.
