@@ -59,6 +59,9 @@ pub struct NodeLimits {
     pub containerd_imports: usize,
     /// The reason line printed to containerd.
     pub reason_line: usize,
+    /// How long one refresh may spend importing `bundle_dir` (the timer's own limit,
+    /// `TimeoutStartSec`, is 10 minutes: the refetch needs the rest).
+    pub bundle_dir_budget: Duration,
 }
 
 impl NodeLimits {
@@ -89,6 +92,7 @@ impl NodeLimits {
         audit_log_read: 64 << 20,
         containerd_imports: 64,
         reason_line: 400,
+        bundle_dir_budget: Duration::from_secs(300),
     };
 }
 

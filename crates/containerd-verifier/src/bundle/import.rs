@@ -224,8 +224,15 @@ impl Importer<'_> {
         };
         let locators: Vec<LocatorEntry> = self.cache.all::<LocatorEntry>(Kind::Locator).into_iter().map(|(_, l)| l).filter(|l| l.did == entry.did).collect();
         // Proofs only for the records this node knows of (the state itself answers for the rest).
-        let known: Vec<String> =
-            self.known_rkeys(entry, &locators).into_iter().filter(|r| state.records.contains_key(r) || self.holds_proof(entry, r)).collect();
+        // Records whose held proof is already at this commit need nothing: no cut, no check.
+        let known: Vec<String> = self
+            .known_rkeys(entry, &locators)
+            .into_iter()
+            .filter(|r| {
+                let held = self.held_rev(entry, r);
+                (state.records.contains_key(r) || held.is_some()) && held.as_deref() != Some(state.rev.as_str())
+            })
+            .collect();
         let proofs = match atproto_sig_core::collection::record_proofs(&car, &entry.collection, &known, &limits) {
             Ok(proofs) => proofs,
             Err(e) => {
@@ -260,7 +267,7 @@ impl Importer<'_> {
             self.report.unchanged.push(what);
         }
         if accepted == knowledge::StateAccepted::Stored {
-            for rkey in known.iter().filter(|r| !state.records.contains_key(*r)) {
+            for rkey in proofs.iter().map(|(r, _)| r).filter(|r| !state.records.contains_key(*r)) {
                 self.report
                     .notes
                     .push(format!("revoked at://{}/{}/{rkey}: the signed collection state proves the record is gone", entry.did, entry.collection));
@@ -268,9 +275,9 @@ impl Importer<'_> {
         }
     }
 
-    /// True when this node holds a proof for `rkey` of the collection's DID.
-    fn holds_proof(&self, entry: &CollectionEntry, rkey: &str) -> bool {
-        self.cache.read::<ProofEntry>(Kind::Proof, &[&entry.did, &entry.collection, rkey]).is_some()
+    /// The rev of the proof this node holds for `rkey` of the collection's DID, if any.
+    fn held_rev(&self, entry: &CollectionEntry, rkey: &str) -> Option<String> {
+        self.cache.read::<ProofEntry>(Kind::Proof, &[&entry.did, &entry.collection, rkey]).as_ref().and_then(knowledge::entry_rev).map(|(rev, _)| rev)
     }
 
     /// Every record key this node knows for the collection's DID: held as proofs or locators,

@@ -13,6 +13,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::limits::NodeLimits;
+use crate::remote::Deadline;
 use crate::lookup::atproto::LookupError;
 use crate::lookup::registry::RegistryError;
 use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
@@ -113,29 +115,83 @@ pub fn read(path: &Path) -> Result<Bundle, BundleError> {
     parse(&bytes)
 }
 
-/// Imports every bundle of the read-only `bundle_dir` not imported yet (tracked by name, size
-/// and modification time in the cache), so offline decisions see them.
+/// Imports every bundle of `bundle_dir` not imported yet (the refresh timer's job, never a
+/// pull's), oldest name first, within the timer's budget: a bundle whose import was started by
+/// an earlier run that never finished it (the timer was killed: too big, too slow) is set
+/// aside with a message, never retried in a loop; bundles left when the budget runs out wait
+/// for the next run. Returns the problems, for the refresh report.
 pub fn sync_bundle_dir(config: &Config, cache: &Cache) -> Vec<String> {
+    sync_bundle_dir_within(config, cache, Deadline::after(NodeLimits::DEFAULT.bundle_dir_budget))
+}
+
+fn sync_bundle_dir_within(config: &Config, cache: &Cache, deadline: Deadline) -> Vec<String> {
     let Some(dir) = &config.bundle_dir else { return Vec::new() };
     let mut notes = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return vec![format!("bundle_dir {} is not readable", dir.display())];
     };
-    for path in entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()) {
+    let mut paths: Vec<std::path::PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_file()).collect();
+    paths.sort();
+    let mut left = paths.len();
+    for path in paths {
+        left -= 1;
         let Ok(meta) = std::fs::metadata(&path) else { continue };
         let stamp = format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok());
-        let marker = [stamp.as_str()];
-        if cache.read::<String>(Kind::Imported, &marker).is_some() {
+        let (done, started) = ([stamp.as_str()], [stamp.as_str(), "started"]);
+        if cache.read::<String>(Kind::Imported, &done).is_some() {
             continue;
         }
+        if cache.read::<String>(Kind::Imported, &started).is_some() {
+            notes.push(format!(
+                "{}: set aside: an earlier refresh started importing it and never finished (it did not fit the refresh budget) — import it by hand to see why: atproto-verifier bundle import {}",
+                path.display(),
+                path.display()
+            ));
+            cache.write(Kind::Imported, &done, &stamp);
+            continue;
+        }
+        if deadline.expired() {
+            notes.push(format!("bundle_dir: the refresh budget ran out; {} bundles wait for the next run", left + 1));
+            break;
+        }
+        cache.write(Kind::Imported, &started, &stamp);
         match read(&path) {
             Ok(bundle) => {
                 let report = import(&bundle, cache, &path.display().to_string(), config, crate::clock::now_micros(None).unwrap_or(0));
                 notes.extend(report.refused.iter().map(|r| format!("{}: refused {r}", path.display())));
-                cache.write(Kind::Imported, &marker, &stamp);
             }
             Err(e) => notes.push(format!("{}: {e}", path.display())),
         }
+        cache.write(Kind::Imported, &done, &stamp);
     }
     notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bundle whose import an earlier (killed) refresh started is set aside once, with a
+    /// message, and never retried.
+    #[test]
+    fn a_bundle_that_did_not_fit_the_refresh_budget_is_set_aside_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundles = dir.path().join("bundles");
+        std::fs::create_dir(&bundles).unwrap();
+        let path = bundles.join("huge.bundle");
+        std::fs::write(&path, "{}").unwrap();
+        let config = Config { bundle_dir: Some(bundles.clone()), ..Config::default() };
+        let cache = Cache::new(&dir.path().join("cache"));
+        let meta = std::fs::metadata(&path).unwrap();
+        let stamp = format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok());
+        // What a refresh killed mid-import leaves behind.
+        cache.write(Kind::Imported, &[stamp.as_str(), "started"], &stamp);
+        let notes = sync_bundle_dir(&config, &cache);
+        assert!(notes.iter().any(|n| n.contains("set aside")), "{notes:?}");
+        assert!(sync_bundle_dir(&config, &cache).is_empty(), "not retried");
+        // With no budget left, nothing is started, and the rest waits for the next run.
+        std::fs::write(bundles.join("next.bundle"), "{}").unwrap();
+        let notes = sync_bundle_dir_within(&config, &cache, Deadline::after(std::time::Duration::ZERO));
+        assert!(notes.iter().any(|n| n.contains("wait for the next run")), "{notes:?}");
+    }
 }
