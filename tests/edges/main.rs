@@ -6,6 +6,7 @@ mod identity;
 mod knowledge;
 mod names;
 mod node;
+mod ownership;
 mod reasons;
 mod time;
 mod transport;

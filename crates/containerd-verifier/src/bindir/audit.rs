@@ -10,8 +10,20 @@ use crate::config::Config;
 /// Appends `record` to the configured audit log, if any; a failure is said, never blocking.
 pub(super) fn record(config: &Config, record: Json) {
     let Some(path) = &config.audit_log else { return };
+    // A log others can write is no record: not written to, and said.
+    if let Err(why) = crate::fsio::check_private(path) {
+        crate::log::warn(&format!("audit log not written: {why} — this decision is not recorded; chmod 600 it (atproto-verifier doctor)"));
+        return;
+    }
     let line = format!("{record}\n");
-    let result = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| f.write_all(line.as_bytes()));
+    use std::os::unix::fs::OpenOptionsExt;
+    let result = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(crate::fsio::nofollow())
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = result {
         // Reported on every decision it fails for, never blocking the pull.
         crate::log::warn(&format!(

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::limits::NodeLimits;
-use crate::remote::Deadline;
 use crate::lookup::atproto::LookupError;
 use crate::lookup::registry::RegistryError;
 use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
+use crate::remote::Deadline;
 
 mod create;
 mod import;
@@ -126,6 +126,10 @@ pub fn sync_bundle_dir(config: &Config, cache: &Cache) -> Vec<String> {
 
 fn sync_bundle_dir_within(config: &Config, cache: &Cache, deadline: Deadline) -> Vec<String> {
     let Some(dir) = &config.bundle_dir else { return Vec::new() };
+    // Only what this node's user (or root) could have put there is imported.
+    if let Err(why) = crate::fsio::check_private(dir) {
+        return vec![format!("bundle_dir not imported: {why} — make it writable only by this user or root (chmod go-w)")];
+    }
     let mut notes = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return vec![format!("bundle_dir {} is not readable", dir.display())];
@@ -136,6 +140,10 @@ fn sync_bundle_dir_within(config: &Config, cache: &Cache, deadline: Deadline) ->
     for path in paths {
         left -= 1;
         let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if let Err(why) = crate::fsio::check_private(&path) {
+            notes.push(format!("{}: not imported: {why}", path.display()));
+            continue;
+        }
         let stamp = format!("{}:{}:{:?}", path.display(), meta.len(), meta.modified().ok());
         let (done, started) = ([stamp.as_str()], [stamp.as_str(), "started"]);
         if cache.read::<String>(Kind::Imported, &done).is_some() {

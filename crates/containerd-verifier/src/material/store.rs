@@ -5,14 +5,23 @@
 //! lock is waited for until the decision's deadline at most, never longer.
 //! Unreadable or corrupt entries are treated as missing. Nothing from the cache is trusted
 //! beyond what it is: proofs are re-verified by the core on every use.
+//!
+//! Only this node writes what this node trusts: a cache directory that is a symlink, owned by
+//! another user (root excepted) or writable by its group or everyone is refused whole (read as
+//! empty, never written, said once in the notes and red in `doctor`); entries and locks are
+//! opened without following symlinks, and directories are created private (0700).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
+use crate::fsio::{Unsafe, check_private, nofollow, read_capped_nofollow};
 use crate::limits::NodeLimits;
 use crate::log::Notes;
 use crate::remote::Deadline;
@@ -40,6 +49,8 @@ pub enum Kind {
 }
 
 impl Kind {
+    const ALL: [Kind; 7] = [Kind::Did, Kind::Locator, Kind::Proof, Kind::Imported, Kind::Handle, Kind::Referrers, Kind::Repo];
+
     fn dir(self) -> &'static str {
         match self {
             Kind::Did => "did",
@@ -179,6 +190,10 @@ pub struct Cache {
     root: PathBuf,
     /// Where problems with entries are said (the decision's notes, or stderr).
     notes: Notes,
+    /// Why the whole cache is not trusted, if it is not (then it reads as empty).
+    refused: Option<Unsafe>,
+    /// Whether the refusal was said already (once per cache value and its clones).
+    said: Arc<AtomicBool>,
 }
 
 fn key_hash(parts: &[&str]) -> String {
@@ -193,12 +208,32 @@ fn key_hash(parts: &[&str]) -> String {
 impl Cache {
     /// The cache at `root`, its problems said on stderr.
     pub fn new(root: &Path) -> Cache {
-        Cache { root: root.join("v1"), notes: Notes::stderr() }
+        let v1 = root.join("v1");
+        let refused = std::iter::once(root.to_owned())
+            .chain(std::iter::once(v1.clone()))
+            .chain(Kind::ALL.iter().map(|k| v1.join(k.dir())))
+            .find_map(|dir| check_private(&dir).err());
+        Cache { root: v1, notes: Notes::stderr(), refused, said: Arc::default() }
     }
 
     /// The same cache, its problems said in `notes` (a decision's own).
     pub fn with_notes(&self, notes: Notes) -> Cache {
-        Cache { root: self.root.clone(), notes }
+        Cache { notes, ..self.clone() }
+    }
+
+    /// Why this cache is not trusted, if it is not.
+    pub fn refusal(&self) -> Option<&Unsafe> {
+        self.refused.as_ref()
+    }
+
+    /// True when the cache may be used; else says why, once.
+    fn usable(&self) -> bool {
+        let Some(why) = &self.refused else { return true };
+        if !self.said.swap(true, Ordering::Relaxed) {
+            self.notes
+                .warn(format!("cache: not used: {why} — make it this user's own and private (chown, chmod 700), then check with `atproto-verifier doctor`"));
+        }
+        false
     }
 
     fn path(&self, kind: Kind, parts: &[&str]) -> PathBuf {
@@ -207,8 +242,11 @@ impl Cache {
 
     /// Reads an entry; missing, unreadable or corrupt entries are `None` (and reported on stderr).
     pub fn read<T: DeserializeOwned>(&self, kind: Kind, parts: &[&str]) -> Option<T> {
+        if !self.usable() {
+            return None;
+        }
         let path = self.path(kind, parts);
-        let bytes = match crate::fsio::read_capped(&path, NodeLimits::DEFAULT.cache_entry) {
+        let bytes = match read_capped_nofollow(&path, NodeLimits::DEFAULT.cache_entry) {
             Ok(bytes) => bytes,
             Err(_) => return None,
         };
@@ -223,6 +261,9 @@ impl Cache {
 
     /// Writes an entry atomically. Failures are reported, not fatal: the cache is an optimization.
     pub fn write<T: Serialize>(&self, kind: Kind, parts: &[&str], entry: &T) {
+        if !self.usable() {
+            return;
+        }
         if let Err(e) = self.try_write(kind, parts, entry) {
             self.notes.warn(format!("cache: cannot write to {}: {e}", self.root.display()));
         }
@@ -231,7 +272,7 @@ impl Cache {
     fn try_write<T: Serialize>(&self, kind: Kind, parts: &[&str], entry: &T) -> std::io::Result<()> {
         let path = self.path(kind, parts);
         let dir = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir)?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let bytes = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         let mut temp = tempfile::NamedTempFile::new_in(dir)?;
         temp.write_all(&bytes)?;
@@ -246,6 +287,9 @@ impl Cache {
 
     /// Every entry of a kind, parsed; corrupt ones are skipped (and reported).
     pub fn all<T: DeserializeOwned>(&self, kind: Kind) -> Vec<(PathBuf, T)> {
+        if !self.usable() {
+            return Vec::new();
+        }
         let mut paths: Vec<PathBuf> = fs::read_dir(self.root.join(kind.dir()))
             .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
             .unwrap_or_default();
@@ -253,7 +297,7 @@ impl Cache {
         paths
             .into_iter()
             .filter_map(|path| {
-                let bytes = crate::fsio::read_capped(&path, NodeLimits::DEFAULT.cache_entry).ok()?;
+                let bytes = read_capped_nofollow(&path, NodeLimits::DEFAULT.cache_entry).ok()?;
                 match serde_json::from_slice(&bytes) {
                     Ok(entry) => Some((path, entry)),
                     Err(e) => {
@@ -267,7 +311,7 @@ impl Cache {
 
     /// Removes an entry file.
     pub fn remove_path(&self, path: &Path) -> bool {
-        fs::remove_file(path).is_ok()
+        self.usable() && fs::remove_file(path).is_ok()
     }
 
     /// Takes the refresh lock of an entry, waiting while another refresher holds it (so that
@@ -275,9 +319,13 @@ impl Cache {
     /// `deadline`: then `None`, and the caller goes ahead unlocked (a stuck holder costs a
     /// duplicate fetch, never a missed deadline). `None` too if locking fails.
     pub fn lock(&self, kind: Kind, parts: &[&str], deadline: Deadline) -> Option<File> {
+        if !self.usable() {
+            return None;
+        }
         let path = self.path(kind, parts).with_extension("lock");
-        fs::create_dir_all(path.parent()?).ok()?;
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).ok()?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(path.parent()?).ok()?;
+        // A lock is never followed through a symlink (one planted there could point anywhere).
+        let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).custom_flags(nofollow()).open(&path).ok()?;
         let mut pause = std::time::Duration::from_millis(1);
         loop {
             match file.try_lock() {
@@ -340,6 +388,24 @@ mod tests {
         fs::write(&path, b"{\"did\": tru").unwrap();
         assert_eq!(cache.read::<LocatorEntry>(Kind::Locator, &["did:plc:x", "sha256:1"]), None);
         assert!(cache.lock(Kind::Locator, &["did:plc:x", "sha256:1"], Deadline::after(std::time::Duration::from_secs(1))).is_some());
+    }
+
+    #[test]
+    fn a_planted_lock_symlink_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        let lock = cache.path(Kind::Did, &["did:plc:x"]).with_extension("lock");
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(lock.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&target, &lock).unwrap();
+        assert!(cache.lock(Kind::Did, &["did:plc:x"], Deadline::after(std::time::Duration::from_millis(100))).is_none());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        // And a symlinked entry reads as missing.
+        let entry = cache.path(Kind::Did, &["did:plc:y"]);
+        std::fs::write(&target, "{}").unwrap();
+        std::os::unix::fs::symlink(&target, &entry).unwrap();
+        assert!(cache.read::<serde_json::Value>(Kind::Did, &["did:plc:y"]).is_none());
     }
 
     #[test]

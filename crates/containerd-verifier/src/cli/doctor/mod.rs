@@ -226,6 +226,13 @@ fn live_finding(args: &DoctorArgs, image: &str, out: &mut Vec<Finding>) {
 
 /// Whether decisions can be appended to the audit log (opened for append, nothing written).
 fn audit_log_finding(path: &Path) -> Finding {
+    if let Err(why) = crate::fsio::check_private(path) {
+        return Finding {
+            level: Level::Fail,
+            check: "audit log",
+            message: format!("{why} — decisions are not recorded there until it is this user's own: chmod 600"),
+        };
+    }
     let writable = if path.exists() {
         std::fs::OpenOptions::new().append(true).open(path).is_ok()
     } else {
@@ -252,6 +259,16 @@ fn audit_log_finding(path: &Path) -> Finding {
 
 /// Whether the cache directory can be written, without creating it (doctor changes nothing).
 fn cache_finding(dir: &Path) -> Finding {
+    if let Some(why) = crate::material::store::Cache::new(dir).refusal() {
+        return Finding {
+            level: Level::Fail,
+            check: "cache",
+            message: format!(
+                "{why} — the cache is not used at all (planted entries would be trusted): make it this user's own and private, e.g. chown -R $(id -u) {0} && chmod -R go-w {0}",
+                dir.display()
+            ),
+        };
+    }
     let writable = |d: &Path| {
         let probe = d.join(format!(".doctor-probe-{}", std::process::id()));
         let ok = std::fs::write(&probe, b"ok").is_ok();
@@ -357,6 +374,15 @@ pub fn run(args: DoctorArgs) -> u8 {
     };
     findings.push(policy_finding(&config));
     findings.push(cache_finding(&config.cache_dir));
+    if let Some(dir) = &config.bundle_dir
+        && let Err(why) = crate::fsio::check_private(dir)
+    {
+        findings.push(Finding {
+            level: Level::Fail,
+            check: "bundle_dir",
+            message: format!("{why} — its bundles are not imported until only this node's user (or root) can write it"),
+        });
+    }
     if let Some(path) = &config.audit_log {
         findings.push(audit_log_finding(path));
     }
