@@ -561,3 +561,83 @@ fn a_locator_that_no_longer_matches_is_looked_past() {
     let answer = world.decide_at("registry.test/team/app:1", &digest, None, T0_MICROS + 40 * MINUTE, Duration::from_secs(8));
     assert_eq!(answer.decision.reason, Reason::RecordDeleted, "{}", answer.decision.message);
 }
+
+/// Attaches `car` to the image `registry.test/team/app@digest` as `attach` does: a signature
+/// artifact (config naming the DID and record, a CAR layer), listed by the referrers API.
+fn attach(world: &World, digest: &str, did: &str, rkey: &str, car: Vec<u8>) {
+    use sha2::{Digest, Sha256};
+    let sha = |b: &[u8]| format!("sha256:{}", atproto_sig_core::encoding::hex_encode(&Sha256::digest(b)));
+    let base = "https://registry.test/v2/team/app";
+    let config = serde_json::json!({"atproto": {"did": did, "recordUri": format!("at://{did}/{MANIFEST_COLLECTION}/{rkey}")}}).to_string().into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.atproto.signature.v1+json",
+        "config": {"mediaType": "application/vnd.atproto.signature.v1+json", "digest": sha(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.ipld.car", "digest": sha(&car), "size": car.len()}],
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"digest": sha(&manifest), "artifactType": "application/vnd.atproto.signature.v1+json"}]});
+    world.fetch.serve(&format!("{base}/referrers/{digest}"), 200, index.to_string());
+    world.fetch.serve(&format!("{base}/manifests/{}", sha(&manifest)), 200, manifest.clone());
+    world.fetch.serve(&format!("{base}/blobs/{}", sha(&config)), 200, config.clone());
+    world.fetch.serve(&format!("{base}/blobs/{}", sha(&car)), 200, car);
+}
+
+/// Imports a bundle (JSON) into the world's cache, as `bundle import` does.
+fn import(world: &World, bundle: serde_json::Value, now: i64) {
+    let bundle = containerd_verifier::testkit::parse_bundle(&serde_json::to_vec(&bundle).unwrap()).unwrap();
+    let cache = containerd_verifier::material::store::Cache::new(&world.config.cache_dir);
+    let report = containerd_verifier::testkit::import_bundle(&bundle, &cache, "test", &world.config, now);
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+}
+
+fn bundle_json(repo: &TestRepo, proofs: Vec<serde_json::Value>, locators: Vec<serde_json::Value>, collections: Vec<serde_json::Value>) -> serde_json::Value {
+    let identity = &repo.identity;
+    serde_json::json!({
+        "format": "atproto-verifier-bundle", "version": 2, "createdAt": "2026-01-01T00:00:00Z",
+        "dids": [{"did": identity.did, "fetchedAt": repo.now_micros, "source": "test", "document": identity.did_document_multikey(), "auditLog": identity.audit_log()}],
+        "locators": locators, "proofs": proofs, "collections": collections,
+    })
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+}
+
+/// Offline, a proof attached to the image (attached artifacts stay when a record is deleted)
+/// cannot bring back an image the newest signed collection state this node holds revokes.
+#[test]
+fn an_attached_old_proof_cannot_bring_back_a_revoked_image() {
+    let (mut repo, digest, rkey) = repo_with_manifest("attached-revoked", Curve::K256);
+    let old = repo.proof(MANIFEST_COLLECTION, &rkey);
+    repo.now_micros += 60 * MINUTE;
+    repo.delete(MANIFEST_COLLECTION, &rkey);
+    let (state, _) = atproto_sig_core::collection::extract(&repo.export(), MANIFEST_COLLECTION, &atproto_sig_core::Limits::repository()).unwrap();
+    let mut world = World::trusting(&repo);
+    world.config.offline = true;
+    let now = repo.now_micros + MINUTE;
+    let collection =
+        serde_json::json!({"did": repo.identity.did, "collection": MANIFEST_COLLECTION, "fetchedAt": repo.now_micros, "source": "test", "car": b64(&state)});
+    import(&world, bundle_json(&repo, vec![], vec![], vec![collection]), now);
+    attach(&world, &digest, &repo.identity.did, &rkey, old);
+    let answer = world.decide_at("registry.test/team/app:1", &digest, None, now, Duration::from_secs(8));
+    assert_eq!(answer.decision.reason, Reason::RecordDeleted, "{}\n{:#?}", answer.decision.message, answer.notes);
+}
+
+/// Offline, a forged newer rev pushed as an artifact (its signature cannot verify) never
+/// outranks the genuine proof this node imported: the image stays admitted.
+#[test]
+fn an_attached_forged_rev_never_outranks_a_verified_proof() {
+    let (repo, digest, rkey) = repo_with_manifest("attached-forged", Curve::K256);
+    let mut world = World::trusting(&repo);
+    world.config.offline = true;
+    let now = repo.now_micros + MINUTE;
+    let proof = serde_json::json!({"did": repo.identity.did, "collection": MANIFEST_COLLECTION, "rkey": rkey, "fetchedAt": repo.now_micros, "source": "test", "car": b64(&repo.proof(MANIFEST_COLLECTION, &rkey))});
+    let locator = serde_json::json!({"did": repo.identity.did, "digest": digest, "rkey": rkey, "fetchedAt": repo.now_micros});
+    import(&world, bundle_json(&repo, vec![proof], vec![locator], vec![]), now);
+    attach(&world, &digest, &repo.identity.did, &rkey, repo.proof_with(MANIFEST_COLLECTION, &rkey, &Tamper::ForgedRev));
+    let answer = world.decide_at("registry.test/team/app:1", &digest, None, now, Duration::from_secs(8));
+    assert_eq!(answer.decision.reason, Reason::Verified, "{}\n{:#?}", answer.decision.message, answer.notes);
+    assert!(answer.notes.iter().any(|n| n.contains("does not verify under the DID's key")), "{:#?}", answer.notes);
+}
