@@ -82,7 +82,18 @@ impl Node {
 
     /// A pull decision, exactly as containerd asks for it.
     pub fn pull(&self, repository: &str, digest: &str) -> Run {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        self.pull_through(&[], repository, digest)
+    }
+
+    /// The same, the verifier started through `wrapper` (e.g. `setpriv --reuid …`).
+    pub fn pull_through(&self, wrapper: &[&str], repository: &str, digest: &str) -> Run {
+        let binary = env!("CARGO_BIN_EXE_atproto-verifier");
+        let (program, args) = match wrapper.split_first() {
+            Some((program, rest)) => (*program, [rest, &[binary]].concat()),
+            None => (binary, Vec::new()),
+        };
+        let mut child = Command::new(program)
+            .args(args)
             .args(["-name", &format!("{HOST}/{repository}:v1"), "-digest", digest, "-stdin-media-type", "application/vnd.oci.descriptor.v1+json"])
             .env("ATPROTO_VERIFIER_CONFIG", &self.config)
             .stdin(Stdio::piped())

@@ -4,14 +4,13 @@
 //! document and a proof signed by the planter); a symlinked entry. Tested as root and as an
 //! unprivileged user (uid 65534, through `setpriv`).
 
-use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use atproto_sig_core::crypto::Curve;
 use atproto_sig_core::testkit::{Identity, TestRepo, digest_of};
 
-use crate::node::{DAY, HOST, Node, Run, now_micros, record_bundle};
+use crate::node::{DAY, Node, Run, now_micros, record_bundle};
 
 fn signed(seed: &str) -> (TestRepo, String, String) {
     let mut repo = TestRepo::new(Identity::new(Curve::K256, seed));
@@ -85,19 +84,8 @@ fn cache_entries_are_never_followed_through_symlinks() {
 
 /// The verifier run as uid 65534 (as containerd would run it under another user), on `node`.
 fn pull_as_nobody(node: &Node, digest: &str) -> Run {
-    let mut child = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", env!("CARGO_BIN_EXE_atproto-verifier")])
-        .args(["-name", &format!("{HOST}/app:v1"), "-digest", digest, "-stdin-media-type", "application/vnd.oci.descriptor.v1+json"])
-        .env("ATPROTO_VERIFIER_CONFIG", &node.config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("setpriv (util-linux) is needed");
-    let descriptor = format!("{{\"digest\":\"{digest}\"}}\n");
-    child.stdin.take().unwrap().write_all(descriptor.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    Run { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    assert!(Command::new("setpriv").arg("--version").output().is_ok(), "setpriv (util-linux) is needed: apt-get install util-linux");
+    node.pull_through(&["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"], "app", digest)
 }
 
 #[test]
