@@ -144,7 +144,8 @@ fn tampered_bundles_are_refused_at_import() {
     assert_eq!(out.status.code(), Some(1));
     let report: Json = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["refused"].to_string().contains("does not verify for that digest"), "{report}");
-    assert_eq!(report["stored"].as_array().unwrap().len(), 2, "document and proof: {report}");
+    assert_eq!(report["stored"].as_array().unwrap().len(), 3, "document, proof and the signed collection state: {report}");
+    assert!(report["stored"].to_string().contains("collection state"), "{report}");
     for (label, tampered, expected) in cases {
         let path = carry.path().join(format!("{}.json", label.replace(' ', "-")));
         std::fs::write(&path, serde_json::to_vec(&tampered).unwrap()).unwrap();
