@@ -398,4 +398,27 @@ mod tests {
         assert_eq!(endpoints("other.example", "pull")[0].origin, "https://other.example");
         assert_eq!(endpoints("127.0.0.1:5000", "pull")[0].origin, "http://127.0.0.1:5000");
     }
+
+    /// hosts.toml and the docker config are read once per decision (a `Files`), not on every
+    /// request: what changes on disk mid-decision is seen by the next decision.
+    #[test]
+    fn node_files_are_read_once_per_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("mirror.example");
+        std::fs::create_dir_all(&hosts).unwrap();
+        std::fs::write(hosts.join("hosts.toml"), "server = \"https://one.example\"\n").unwrap();
+        let docker = dir.path().join("docker.json");
+        std::fs::write(&docker, r#"{"auths": {"mirror.example": {"auth": "dTpw"}}}"#).unwrap();
+        let config = Config { containerd_hosts_dir: dir.path().to_owned(), docker_config: Some(docker.clone()), ..Config::default() };
+        let files = Files::new(&config, Deadline::after(std::time::Duration::from_secs(1)), Notes::collect());
+        assert_eq!(files.endpoints("mirror.example", "pull")[0].origin, "https://one.example");
+        assert!(files.credential("mirror.example").unwrap().is_some());
+        std::fs::write(hosts.join("hosts.toml"), "server = \"https://two.example\"\n").unwrap();
+        std::fs::write(&docker, "{}").unwrap();
+        assert_eq!(files.endpoints("mirror.example", "pull")[0].origin, "https://one.example", "read once");
+        assert!(files.credential("mirror.example").unwrap().is_some(), "read once");
+        let next = Files::new(&config, Deadline::after(std::time::Duration::from_secs(1)), Notes::collect());
+        assert_eq!(next.endpoints("mirror.example", "pull")[0].origin, "https://two.example", "the next decision reads again");
+        assert!(next.credential("mirror.example").unwrap().is_none());
+    }
 }
