@@ -109,3 +109,17 @@ fn an_unprivileged_verifier_trusts_only_its_own_cache() {
     assert_ne!(other.code, Some(0), "{other}");
     assert!(other.stderr.contains("owned by uid 4243"), "{other}");
 }
+
+#[test]
+fn a_cache_directory_the_operator_moved_behind_a_symlink_is_still_used() {
+    let (node, digest) = node_with_image("moved-cache");
+    let cache = node.dir.path().join("cache");
+    let moved = node.dir.path().join("data-disk-cache");
+    std::fs::rename(&cache, &moved).unwrap();
+    symlink(&moved, &cache).unwrap();
+    let pull = node.pull("app", &digest);
+    assert_eq!((pull.code, pull.reason()), (Some(0), "verified"), "{pull}");
+    // But not when what it points to is writable by others.
+    chmod(&moved, 0o777);
+    assert_ne!(node.pull("app", &digest).code, Some(0));
+}

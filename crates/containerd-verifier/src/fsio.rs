@@ -62,8 +62,18 @@ pub enum Unsafe {
 /// and is writable by nobody else (no group or other write bit). `Ok(false)` when it does not
 /// exist.
 pub fn check_private(path: &Path) -> Result<bool, Unsafe> {
+    check_private_at(path, false)
+}
+
+/// The same for a configured path the operator may have made a symlink (the cache directory
+/// moved to another disk): the link is followed, and what it points to must be private.
+pub fn check_private_target(path: &Path) -> Result<bool, Unsafe> {
+    check_private_at(path, true)
+}
+
+fn check_private_at(path: &Path, follow: bool) -> Result<bool, Unsafe> {
     let shown = || path.display().to_string();
-    let meta = match std::fs::symlink_metadata(path) {
+    let meta = match if follow { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) } {
         Ok(meta) => meta,
         Err(_) => return Ok(false),
     };

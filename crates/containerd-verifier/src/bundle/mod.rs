@@ -127,7 +127,7 @@ pub fn sync_bundle_dir(config: &Config, cache: &Cache) -> Vec<String> {
 fn sync_bundle_dir_within(config: &Config, cache: &Cache, deadline: Deadline) -> Vec<String> {
     let Some(dir) = &config.bundle_dir else { return Vec::new() };
     // Only what this node's user (or root) could have put there is imported.
-    if let Err(why) = crate::fsio::check_private(dir) {
+    if let Err(why) = crate::fsio::check_private_target(dir) {
         return vec![format!("bundle_dir not imported: {why} — make it writable only by this user or root (chmod go-w)")];
     }
     let mut notes = Vec::new();

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
-use crate::fsio::{Unsafe, check_private, nofollow, read_capped_nofollow};
+use crate::fsio::{Unsafe, check_private, check_private_target, nofollow, read_capped_nofollow};
 use crate::limits::NodeLimits;
 use crate::log::Notes;
 use crate::remote::Deadline;
@@ -209,10 +209,10 @@ impl Cache {
     /// The cache at `root`, its problems said on stderr.
     pub fn new(root: &Path) -> Cache {
         let v1 = root.join("v1");
-        let refused = std::iter::once(root.to_owned())
-            .chain(std::iter::once(v1.clone()))
-            .chain(Kind::ALL.iter().map(|k| v1.join(k.dir())))
-            .find_map(|dir| check_private(&dir).err());
+        // The configured directory may be a link the operator made; nothing inside it may be.
+        let refused = check_private_target(root)
+            .err()
+            .or_else(|| std::iter::once(v1.clone()).chain(Kind::ALL.iter().map(|k| v1.join(k.dir()))).find_map(|dir| check_private(&dir).err()));
         Cache { root: v1, notes: Notes::stderr(), refused, said: Arc::default() }
     }
 

@@ -375,7 +375,7 @@ pub fn run(args: DoctorArgs) -> u8 {
     findings.push(policy_finding(&config));
     findings.push(cache_finding(&config.cache_dir));
     if let Some(dir) = &config.bundle_dir
-        && let Err(why) = crate::fsio::check_private(dir)
+        && let Err(why) = crate::fsio::check_private_target(dir)
     {
         findings.push(Finding {
             level: Level::Fail,
