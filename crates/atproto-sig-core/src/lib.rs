@@ -14,6 +14,7 @@ pub mod commit;
 pub mod crypto;
 pub mod did;
 pub mod encoding;
+pub mod firehose;
 pub mod limits;
 pub mod mst;
 pub mod plc;
