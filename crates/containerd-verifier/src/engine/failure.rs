@@ -84,7 +84,7 @@ pub enum Failure {
     #[error("{0}")]
     RolledBack(String),
     /// A proof outdated by the newest signed collection state this node holds.
-    #[error("{}", crate::material::knowledge::Refusal::Superseded(.0.clone()))]
+    #[error("{0}")]
     Revoked(crate::material::knowledge::Supersession),
     #[error(
         "the newest proof for {did}/{MANIFEST_COLLECTION}/{rkey} ({}) was committed {committed} (its signed rev), longer ago than max_proof_age ({max_age}) — import a fresh bundle (`atproto-verifier bundle create` on a connected machine)",

@@ -26,9 +26,14 @@ use crate::material::store::{Cache, CommitSeen, DidEntry, Kind, ProofEntry, Repo
 /// the signature: meaningful only for a proof whose signature was checked before it was
 /// stored (every proof in the cache), or will be checked before it is used.
 pub fn commit_rev(car: &[u8]) -> Option<(String, i64)> {
-    let limits = Limits::collection();
-    let commit = Commit::of_car(&Car::parse(car, &limits).ok()?, &limits).ok()?;
+    let commit = root_commit(car)?;
     Some((commit.rev.clone()?, commit.rev_micros()?))
+}
+
+/// The commit a proof CAR's header names, decoded (not verified).
+fn root_commit(car: &[u8]) -> Option<Commit> {
+    let limits = Limits::collection();
+    Commit::of_car(&Car::parse(car, &limits).ok()?, &limits).ok()
 }
 
 /// The rev of a cached proof entry, if its CAR is readable.
@@ -86,9 +91,6 @@ pub enum Refusal {
     ServiceDiffers,
     #[error("its audit log is a prefix of the one this node already holds — older than what this node already holds (a rotated-out key must not come back)")]
     OlderAuditLog,
-    /// Older than the newest signed collection state this node holds, which says otherwise.
-    #[error("{}", superseded_message(.0))]
-    Superseded(Supersession),
     /// A did:plc audit log that is neither an extension of the held one nor a valid
     /// nullification of it.
     #[error(
@@ -99,6 +101,12 @@ pub enum Refusal {
         "it replaces the #atproto key of the did:web document this node holds, and did:web has no signed history to check that against — refused; if the key change is expected, import with --allow-did-web-key-change"
     )]
     DidWebKeyChange,
+    /// A collection state too big for one cache entry: stored, it could not be read back, and
+    /// the revocations it proves would be lost without a word.
+    #[error(
+        "this collection state holds {records} records ({bytes} bytes as a cache entry), over the {limit}-byte entry limit — refused, rather than stored unreadable"
+    )]
+    StateTooLarge { records: usize, bytes: usize, limit: usize },
     /// A collection state older than the one held.
     #[error("this collection state is at rev {rev}, older than the one this node already holds (rev {held}) — refusing to move backwards")]
     OlderState { rev: String, held: String },
@@ -122,17 +130,22 @@ impl Supersession {
     }
 }
 
-fn superseded_message(s: &Supersession) -> String {
-    let at = format!("at://{}/{MANIFEST_COLLECTION}/{}", s.did, s.rkey);
-    match &s.now {
-        None => format!(
-            "{at} is gone from the signed state of {}'s collection at rev {}, newer than this proof's rev {}: the record was deleted, so the image is revoked (whatever older proof arrives later)",
-            s.did, s.state_rev, s.rev
-        ),
-        Some(cid) => format!(
-            "{at} was replaced (record {cid}) in the signed state of {}'s collection at rev {}, newer than this proof's rev {}: this proof is outdated",
-            s.did, s.state_rev, s.rev
-        ),
+impl std::fmt::Display for Supersession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self;
+        let at = format!("at://{}/{MANIFEST_COLLECTION}/{}", s.did, s.rkey);
+        match &s.now {
+            None => write!(
+                f,
+                "{at} is gone from the signed state of {}'s collection at rev {}, newer than this proof's rev {}: the record was deleted, so the image is revoked (whatever older proof arrives later)",
+                s.did, s.state_rev, s.rev
+            ),
+            Some(cid) => write!(
+                f,
+                "{at} was replaced (record {cid}) in the signed state of {}'s collection at rev {}, newer than this proof's rev {}: this proof is outdated",
+                s.did, s.state_rev, s.rev
+            ),
+        }
     }
 }
 
@@ -185,6 +198,11 @@ pub fn accept_state(cache: &Cache, state: &atproto_sig_core::collection::SignedS
     if repo.newest.as_ref().is_none_or(|n| n.rev < state.rev) {
         repo.newest = Some(CommitSeen { rev: state.rev.clone(), commit });
     }
+    let bytes = serde_json::to_vec(&repo).map_or(usize::MAX, |b| b.len());
+    let limit = crate::limits::NodeLimits::DEFAULT.cache_entry;
+    if bytes > limit {
+        return Err(Refusal::StateTooLarge { records: state.records.len(), bytes, limit });
+    }
     cache.write(Kind::Repo, &[&state.did], &repo);
     Ok(StateAccepted::Stored)
 }
@@ -192,8 +210,7 @@ pub fn accept_state(cache: &Cache, state: &atproto_sig_core::collection::SignedS
 /// The signed rev (and its time) of a proof CAR whose commit signature verifies under `key`;
 /// `None` otherwise: an unsigned claim never ranks.
 pub fn signed_rev(car: &[u8], key: &atproto_sig_core::crypto::PublicKey) -> Option<(String, i64)> {
-    let limits = Limits::collection();
-    let commit = Commit::of_car(&Car::parse(car, &limits).ok()?, &limits).ok()?;
+    let commit = root_commit(car)?;
     commit.verify_signature(key).ok()?;
     Some((commit.rev.clone()?, commit.rev_micros()?))
 }
@@ -432,5 +449,25 @@ mod tests {
         // A fork that is no valid nullification (here: not even a valid log) names the operation.
         let forked = extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a", "c"]));
         assert!(matches!(forked, Err(Refusal::ForkedAuditLog { ref operation, .. }) if operation == "c"), "{forked:?}");
+    }
+
+    /// A state too big to be read back is refused, never stored unreadable (its revocations
+    /// would be lost without a word); the state held before it stays.
+    #[test]
+    fn a_collection_state_too_big_for_one_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let cid = atproto_sig_core::cid::Cid::for_dag_cbor(b"record");
+        let state = |rev: &str, n: usize| atproto_sig_core::collection::SignedState {
+            did: "did:plc:x".into(),
+            commit: cid,
+            rev: rev.into(),
+            rev_micros: 0,
+            records: (0..n).map(|i| (format!("3k{i:011}"), cid)).collect(),
+        };
+        assert_eq!(accept_state(&cache, &state("3aaaaaaaaaaaa", 2)), Ok(StateAccepted::Stored));
+        let huge = accept_state(&cache, &state("3bbbbbbbbbbbb", 120_000));
+        assert!(matches!(huge, Err(Refusal::StateTooLarge { records: 120_000, .. })), "{huge:?}");
+        assert_eq!(repo_of(&cache, "did:plc:x").state.map(|s| s.rev).as_deref(), Some("3aaaaaaaaaaaa"));
     }
 }
