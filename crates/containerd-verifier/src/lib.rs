@@ -9,7 +9,7 @@
 //!    knowledge rules: signed time only, never backwards, one way in);
 //! 5. [`engine`]: one decision (`engine::decide`), or a batch of lookups (`engine::Session`);
 //! 6. adapters: `bundle` (create, import), [`bindir`] (containerd), [`cli`] (operators and CI);
-//!    `serve` and `watch` go beside them.
+//!    [`serve`] (Kubernetes admission over HTTPS); `watch` goes beside them.
 //!
 //! The API boundary is [`engine`], [`remote`], [`material`] and [`config`] (plus the ground
 //! floor); the rest is `pub(crate)`. In-memory doubles of the world (`remote::memory`) and the
@@ -30,6 +30,7 @@ pub(crate) mod lookup;
 pub mod material;
 pub(crate) mod metrics;
 pub mod remote;
+pub mod serve;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -113,6 +113,9 @@ pub struct Rule {
     pub require: Requirement,
     /// Enforce or audit.
     pub action: Action,
+    /// Whether an admission server may rewrite an admitted tag to the digest it verified
+    /// (`pinDigest`, default true; off for images managed by GitOps tools that fight rewrites).
+    pub pin_digest: bool,
     /// Where the rule starts in the file.
     pub at: Position,
 }

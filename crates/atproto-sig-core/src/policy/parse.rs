@@ -353,7 +353,7 @@ fn parse_rules(checker: &mut Checker, node: Option<&Node>, root: &Node, trusted:
                 checker.error(at, format!("`policies` holds {} rules, more than {MAX_RULES}", items.len()), "merge rules with globs (`*`, `**`)");
             }
             for item in items.iter().take(MAX_RULES) {
-                let fields = checker.mapping(item, "a policy", &["name", "scope", "require", "action"]);
+                let fields = checker.mapping(item, "a policy", &["name", "scope", "require", "action", "pinDigest"]);
                 let name = match get(&fields, "name") {
                     Some(n) => checker.string(n, "name").unwrap_or_default(),
                     None => {
@@ -396,7 +396,8 @@ fn parse_rules(checker: &mut Checker, node: Option<&Node>, root: &Node, trusted:
                     }
                 };
                 let action = parse_action(checker, get(&fields, "action"), &context);
-                rules.push(Rule { name, scope, require, action, at: item.at });
+                let pin_digest = parse_pin_digest(checker, get(&fields, "pinDigest"), &context);
+                rules.push(Rule { name, scope, require, action, pin_digest, at: item.at });
             }
         }
         Some((_, at)) => checker.error(at, "`policies` must be a list", ""),
@@ -407,7 +408,7 @@ fn parse_rules(checker: &mut Checker, node: Option<&Node>, root: &Node, trusted:
 
 /// `default`: the rule for images no policy matches.
 fn parse_default(checker: &mut Checker, node: &Node, trusted: &[TrustedDid]) -> Rule {
-    let fields = checker.mapping(node, "`default`", &["require", "action"]);
+    let fields = checker.mapping(node, "`default`", &["require", "action", "pinDigest"]);
     let require = match get(&fields, "require") {
         Some(n) => parse_requirement(checker, n, trusted, "the default"),
         None => {
@@ -416,7 +417,20 @@ fn parse_default(checker: &mut Checker, node: &Node, trusted: &[TrustedDid]) -> 
         }
     };
     let action = parse_action(checker, get(&fields, "action"), "the default");
-    Rule { name: "default".into(), scope: "**".into(), require, action, at: node.at }
+    let pin_digest = parse_pin_digest(checker, get(&fields, "pinDigest"), "the default");
+    Rule { name: "default".into(), scope: "**".into(), require, action, pin_digest, at: node.at }
+}
+
+/// `pinDigest`: true when absent.
+fn parse_pin_digest(checker: &mut Checker, node: Option<&Node>, context: &str) -> bool {
+    match node.map(|n| (&n.kind, n.at)) {
+        None => true,
+        Some((Kind::Bool(b), _)) => *b,
+        Some((_, at)) => {
+            checker.error(at, format!("`pinDigest` of {context} must be true or false"), "");
+            true
+        }
+    }
 }
 
 /// Parses and validates a policy (YAML or JSON). On failure, returns every error found.

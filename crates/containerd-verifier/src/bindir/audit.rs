@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use crate::config::Config;
 
 /// Appends `record` to the configured audit log, if any; a failure is said, never blocking.
-pub(super) fn record(config: &Config, record: Json) {
+pub(crate) fn record(config: &Config, record: Json) {
     let Some(path) = &config.audit_log else { return };
     // A log others can write is no record: not written to, and said.
     if let Err(why) = crate::fsio::check_private(path) {
@@ -34,6 +34,6 @@ pub(super) fn record(config: &Config, record: Json) {
 }
 
 /// This node's clock, as an RFC 3339 time for the record.
-pub(super) fn now_string() -> String {
+pub(crate) fn now_string() -> String {
     atproto_sig_core::syntax::format_datetime_micros(crate::clock::now_micros(None).unwrap_or(0))
 }

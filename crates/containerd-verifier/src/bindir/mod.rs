@@ -7,7 +7,7 @@
 //! containerd's timeout would kill us with an unhelpful error. Decisions are recorded by
 //! [`audit`].
 
-mod audit;
+pub(crate) mod audit;
 mod watchdog;
 
 use std::ffi::OsString;

@@ -46,6 +46,8 @@ enum Command {
     Resolve(resolve::ResolveArgs),
     /// Check this node's setup: config, policy, cache, and containerd's verifier hook.
     Doctor(doctor::DoctorArgs),
+    /// Answer Kubernetes admission (validating and mutating webhooks, Gatekeeper's external data) over HTTPS.
+    Serve(crate::serve::ServeArgs),
     /// Check a trust policy, or explain what it decides for an image.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -72,6 +74,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Attach(args) => attach::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Resolve(args) => resolve::run(args),
+        Command::Serve(args) => crate::serve::run(args),
         Command::GenerateAssets { dir } => match generate_assets(&dir) {
             Ok(()) => crate::exit::ADMITTED,
             Err(e) => {

@@ -33,6 +33,16 @@ impl Deadline {
         Deadline { end: Instant::now() + budget }
     }
 
+    /// A deadline at `end`.
+    pub fn at(end: Instant) -> Deadline {
+        Deadline { end }
+    }
+
+    /// When it passes.
+    pub fn end(&self) -> Instant {
+        self.end
+    }
+
     /// Time left (zero once passed).
     pub fn remaining(&self) -> Duration {
         self.end.saturating_duration_since(Instant::now())

@@ -1,0 +1,168 @@
+//! `serve`: the node's decisions for Kubernetes admission, over HTTPS. One process answers
+//! a validating and a mutating `AdmissionReview` webhook (`/validate`, `/mutate`) and
+//! Gatekeeper's external data provider (`/gatekeeper`), with `/healthz`, `/readyz` and
+//! `/metrics`. Every decision is `engine::decide`'s, on the engine's worker threads.
+//!
+//! Layers: [`server`] (accept, TLS, HTTP, limits, routes) → [`service`] (a request's images
+//! decided by a deadline; audit) → [`decisions`] (cache, single flight) and [`pool`] (the
+//! worker threads) → the engine. The request and answer shapes are [`admission`] and
+//! [`gatekeeper`], pure functions over JSON.
+
+pub mod admission;
+pub mod decisions;
+pub mod gatekeeper;
+pub mod pool;
+pub mod server;
+pub mod service;
+pub mod settings;
+pub mod telemetry;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::Span;
+use decisions::Decisions;
+use pool::{Pool, RemoteFactory};
+use server::{ServerLimits, Shared};
+use service::Admission;
+use settings::{Settings, Sources};
+use telemetry::Telemetry;
+use tls::{ClientAuth, Tls, TlsFiles};
+
+fn span(text: &str) -> Result<Duration, String> {
+    Span::parse(text).map(|s| s.0).ok_or_else(|| format!("{text:?} is not a duration such as \"500ms\", \"8s\" or \"1m\""))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM); reloaded when it changes.
+    #[arg(long)]
+    pub tls_cert: PathBuf,
+    /// Server private key (PEM); reloaded when it changes.
+    #[arg(long)]
+    pub tls_key: PathBuf,
+    /// CA (PEM) that client certificates must chain to (Gatekeeper presents its webhook certificate).
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// With --client-ca: which requests must present a client certificate.
+    #[arg(long, value_enum, default_value = "provider")]
+    pub client_auth: ClientAuth,
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Use this trust policy instead of the one config.toml names.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Engine worker threads (decisions wait on the network most of the time).
+    #[arg(long, default_value_t = 8)]
+    pub workers: usize,
+    /// Decisions that may wait for a worker; past it, requests are answered 503 at once.
+    #[arg(long, default_value_t = 1024)]
+    pub queue: usize,
+    /// Requests answered at once; past it, 503 at once.
+    #[arg(long, default_value_t = 512)]
+    pub max_in_flight: usize,
+    /// Open connections; past it, new ones are closed at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Largest request body, in bytes (an AdmissionReview carries the whole object).
+    #[arg(long, default_value_t = 3 * 1024 * 1024)]
+    pub max_body: usize,
+    /// Deadline of an admission review (further capped by the API server's `?timeout=`).
+    #[arg(long, default_value = "8s", value_parser = span)]
+    pub webhook_deadline: Duration,
+    /// Deadline of a Gatekeeper provider request: keep it below the Provider's `timeout`.
+    #[arg(long, default_value = "2500ms", value_parser = span)]
+    pub provider_deadline: Duration,
+    /// How long a decision is answered from memory (at most the config's proof_ttl; undecided
+    /// answers are never kept).
+    #[arg(long, default_value = "30s", value_parser = span)]
+    pub decision_ttl: Duration,
+    /// Most decisions kept in memory.
+    #[arg(long, default_value_t = 10_000)]
+    pub decision_cache: usize,
+    /// How often the config, policy and certificate files are checked for changes.
+    #[arg(long, default_value = "2s", value_parser = span)]
+    pub reload_interval: Duration,
+    /// How long requests in flight may take to finish after SIGTERM.
+    #[arg(long, default_value = "20s", value_parser = span)]
+    pub shutdown_grace: Duration,
+    /// Time a client has to send a request's headers (and to start the next one on a kept-alive connection).
+    #[arg(long, default_value = "10s", value_parser = span)]
+    pub header_timeout: Duration,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            max_in_flight: self.max_in_flight,
+            max_body: self.max_body,
+            handshake_timeout: self.header_timeout,
+            header_timeout: self.header_timeout,
+            body_timeout: self.header_timeout,
+            connection_lifetime: Duration::from_secs(600),
+            webhook_deadline: self.webhook_deadline,
+            provider_deadline: self.provider_deadline,
+            shutdown_grace: self.shutdown_grace,
+            reload_interval: self.reload_interval,
+        }
+    }
+}
+
+/// Everything a server needs, built (files read, threads started), not yet listening.
+pub fn build(args: &ServeArgs, world: RemoteFactory) -> Result<Arc<Shared>, String> {
+    let settings = Settings::load(Sources { config: args.config.clone(), policy: args.policy.clone() })?;
+    if let Some(why) = settings.current().unready() {
+        crate::log::warn(&format!("{why} — /readyz answers 503 and every image is refused until a policy loads"));
+    }
+    let tls = Tls::new(TlsFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone(), client_ca: args.client_ca.clone(), client_auth: args.client_auth })?;
+    let decisions = Arc::new(Decisions::new(args.decision_cache));
+    let telemetry = Arc::new(Telemetry::default());
+    let pool = Pool::start(args.workers, args.queue, args.decision_ttl, Arc::clone(&decisions), Arc::clone(&telemetry), world)
+        .map_err(|e| format!("cannot start worker threads: {e}"))?;
+    let admission = Admission { settings, decisions, pool, telemetry };
+    Ok(Arc::new(Shared::new(admission, tls, args.limits())))
+}
+
+/// The HTTP layer's runtime: two reactor threads (accept, TLS, HTTP only; the engine has its
+/// own threads).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("serve-io").enable_all().build()
+}
+
+/// `atproto-verifier serve`.
+pub fn run(args: ServeArgs) -> u8 {
+    let fail = |message: String| {
+        crate::log::log(crate::log::Level::Error, &message, &[]);
+        crate::exit::UNDECIDED
+    };
+    let world: RemoteFactory = Arc::new(crate::remote::system::system);
+    let shared = match build(&args, world) {
+        Ok(shared) => shared,
+        Err(e) => return fail(format!("cannot start: {e}")),
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the HTTP runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(format!("cannot listen on {}: {e}", args.listen)),
+        };
+        crate::log::info(&format!(
+            "serving on https://{} (/validate, /mutate, /gatekeeper, /healthz, /readyz, /metrics); {} workers",
+            args.listen, args.workers
+        ));
+        server::run(listener, shared, server::termination()).await;
+        crate::exit::ADMITTED
+    })
+}
