@@ -5,6 +5,7 @@ mod bundle;
 mod cache;
 mod did;
 mod doctor;
+mod install_node;
 pub(crate) mod output;
 pub mod policy;
 mod proof;
@@ -48,6 +49,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Answer Kubernetes admission (validating and mutating webhooks, Gatekeeper's external data) over HTTPS.
     Serve(crate::serve::ServeArgs),
+    /// Install this binary as containerd's verifier under a root (the node DaemonSet's init container).
+    InstallNode(install_node::InstallNodeArgs),
     /// Check a trust policy, or explain what it decides for an image.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Doctor(args) => doctor::run(args),
         Command::Resolve(args) => resolve::run(args),
         Command::Serve(args) => crate::serve::run(args),
+        Command::InstallNode(args) => install_node::run(args),
         Command::GenerateAssets { dir } => match generate_assets(&dir) {
             Ok(()) => crate::exit::ADMITTED,
             Err(e) => {
