@@ -200,3 +200,201 @@ fn webhooks_admit_signed_pods_pinned_and_deny_the_rest_with_reasons() {
     let (ok, out) = run_pod(plane, "enforced", "while-down", &world.signed, &[]);
     assert!(!ok && out.contains("failed calling webhook") && out.contains("verify.atproto-verifier.dev"), "{out}");
 }
+
+/// Gatekeeper outside a cluster, as its own tests run it: the CRDs from its deploy manifest,
+/// `--debug-use-fake-pod`, certificates from the test CA; its webhook registered by URL.
+struct Gatekeeper {
+    port: u16,
+    _guard: harness::Guard,
+    log: std::path::PathBuf,
+}
+
+fn start_gatekeeper(plane: &ControlPlane) -> Gatekeeper {
+    let bin = cluster::tool(&format!("gatekeeper-{}/gatekeeper", cluster::GATEKEEPER));
+    let manifest = cluster::tool(&format!("gatekeeper-{}/gatekeeper.yaml", cluster::GATEKEEPER));
+    let crds: Vec<_> = plane.objects(&manifest).into_iter().filter(|o| o["kind"] == "CustomResourceDefinition" || o["kind"] == "Namespace").collect();
+    plane.apply(&crds);
+    let dir = plane.dir.path().join("gatekeeper");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = plane.pki.issue("gatekeeper-webhook");
+    std::fs::copy(cert, dir.join("tls.crt")).unwrap();
+    std::fs::copy(key, dir.join("tls.key")).unwrap();
+    std::fs::copy(plane.pki.ca(), dir.join("ca.crt")).unwrap();
+    let (port, health) = (cluster::free_port(), cluster::free_port());
+    let log = plane.dir.path().join("gatekeeper.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(bin)
+        .env("POD_NAMESPACE", "gatekeeper-system")
+        .args([
+            format!("--kubeconfig={}", plane.kubeconfig.display()),
+            "--debug-use-fake-pod".into(),
+            "--disable-cert-rotation".into(),
+            format!("--cert-dir={}", dir.display()),
+            format!("--port={port}"),
+            "--host=127.0.0.1".into(),
+            format!("--health-addr=127.0.0.1:{health}"),
+            "--metrics-addr=0".into(),
+            "--operation=webhook".into(),
+            "--operation=audit".into(),
+            "--operation=status".into(),
+            // Without it the constraint CRD of a template is never made.
+            "--operation=generate".into(),
+            // What packaging/kubernetes/gatekeeper/provider.yaml tells operators to set.
+            "--external-data-provider-response-cache-ttl=0s".into(),
+        ])
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let guard = harness::Guard(Some(child));
+    cluster::wait_for_port(port, "gatekeeper", Duration::from_secs(60));
+    plane.apply(&[json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "gatekeeper-test"},
+        "webhooks": [{
+            "name": "validation.gatekeeper.sh", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "timeoutSeconds": 3,
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/v1/admit"), "caBundle": plane.pki.ca_base64()},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gk"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods"], "scope": "Namespaced"}],
+        }],
+    })]);
+    Gatekeeper { port, _guard: guard, log }
+}
+
+#[test]
+fn gatekeeper_asks_serve_through_external_data() {
+    let world = world();
+    let verifier = verifier();
+    let plane = plane();
+    let ca = plane.pki.ca().display().to_string();
+    let server = Server::start(&plane.pki, &verifier.config, &[&format!("--client-ca={ca}"), "--client-auth=provider"]);
+    let gatekeeper = start_gatekeeper(plane);
+    // The namespace is reviewed by Gatekeeper only (not by the direct webhooks).
+    plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gk"}})]);
+
+    // The packaged Provider, template and constraint; the Provider points at this server by URL.
+    let dir = repo_root().join("packaging/kubernetes/gatekeeper");
+    let mut provider = plane.objects(&dir.join("provider.yaml"));
+    provider[0]["spec"]["url"] = json!(server.url("/gatekeeper"));
+    provider[0]["spec"]["caBundle"] = json!(plane.pki.ca_base64());
+    plane.apply(&provider);
+    plane.apply(&plane.objects(&dir.join("template.yaml")));
+    let started = Instant::now();
+    loop {
+        // The constraint's kind exists once Gatekeeper made the template's CRD.
+        let file = dir.join("constraint.yaml").display().to_string();
+        let out = plane.kubectl(&["create", "--dry-run=client", "-o", "json", "-f", &file], None);
+        if out.status.success() {
+            let mut constraint: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            constraint["spec"]["match"]["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": "gk"}});
+            plane.apply(&[constraint]);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the constraint CRD never appeared: {}\ntemplate status: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&plane.kubectl(&["get", "constrainttemplate", "k8satprotoverified", "-o", "jsonpath={.status}"], None).stdout),
+            std::fs::read_to_string(&gatekeeper.log).unwrap_or_default().lines().rev().take(15).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Unsigned: denied through external_data, with the verifier's reason per container.
+    let started = Instant::now();
+    let out = loop {
+        let (ok, out) = run_pod(plane, "gk", "unsigned", &world.unsigned, &[]);
+        if !ok && out.contains("pods-must-be-atproto-verified") {
+            break out;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "Gatekeeper did not enforce the constraint: {out}\n{}",
+            std::fs::read_to_string(&gatekeeper.log).unwrap_or_default().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
+        if ok {
+            plane.kubectl(&["delete", "pod", "unsigned", "-n", "gk", "--wait=false"], None);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(out.contains(&format!("container \"unsigned\" image {:?}", world.unsigned)) && out.contains("record-not-found"), "{out}");
+    // Signed: admitted.
+    let (ok, out) = run_pod(plane, "gk", "signed", &world.signed, &[]);
+    assert!(ok, "{out}\n{}", server.log_text());
+    assert!(gatekeeper.port > 0);
+
+    // The provider route asks for Gatekeeper's client certificate.
+    let request = r#"{"apiVersion":"externaldata.gatekeeper.sh/v1beta1","kind":"ProviderRequest","request":{"keys":["a:1"]}}"#;
+    let (status, body) = cluster::https(&plane.pki, "POST", &server.url("/gatekeeper"), Some(request));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = cluster::https_as(&plane.pki, Some("some-client"), "POST", &server.url("/gatekeeper"), Some(request));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"idempotent\":true") && body.contains("\"key\":\"a:1\""), "{body}");
+}
+
+/// Every manifest an operator applies is accepted by a real API server (server-side dry run:
+/// schema, defaults, validation), except cert-manager's, whose CRDs this cluster lacks.
+#[test]
+fn packaged_manifests_pass_a_server_side_dry_run() {
+    let plane = plane();
+    let dir = repo_root().join("packaging/kubernetes");
+    // Namespaced objects need their namespace to exist for a dry run.
+    plane.ok(&["apply", "--server-side", "-f", &dir.join("namespace.yaml").display().to_string()], None);
+    for file in ["namespace.yaml", "config.yaml", "deployment.yaml", "webhooks.yaml", "node/daemonset.yaml"] {
+        let path = dir.join(file).display().to_string();
+        let out = plane.ok(&["apply", "--server-side", "--dry-run=server", "-f", &path], None);
+        assert!(out.contains("(server dry run)"), "{file}: {out}");
+    }
+    // The ConfigMap's policy is one the verifier loads.
+    let config: serde_json::Value =
+        serde_json::from_str(&plane.ok(&["create", "--dry-run=client", "-o", "json", "-f", &dir.join("config.yaml").display().to_string()], None)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("trust-policy.yaml");
+    std::fs::write(&policy, config["data"]["trust-policy.yaml"].as_str().unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier")).args(["policy", "check", &policy.display().to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// The node DaemonSet's init container: `install-node` with the DaemonSet's own ConfigMaps
+/// installs the verifier, its config and policy and the containerd drop-in; a broken policy
+/// installs nothing.
+#[test]
+fn install_node_installs_what_the_daemonset_ships_and_refuses_a_broken_policy() {
+    use std::os::unix::fs::PermissionsExt;
+    let plane = plane();
+    let file = repo_root().join("packaging/kubernetes/node/daemonset.yaml");
+    let objects = plane.objects(&file);
+    let data = |name: &str| objects.iter().find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == name).unwrap()["data"].clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, dropin, root) = (tmp.path().join("config"), tmp.path().join("dropin"), tmp.path().join("host"));
+    for (dir, map) in [(&config, data("atproto-verifier-node")), (&dropin, data("atproto-verifier-containerd"))] {
+        std::fs::create_dir_all(dir).unwrap();
+        for (name, text) in map.as_object().unwrap() {
+            std::fs::write(dir.join(name), text.as_str().unwrap()).unwrap();
+        }
+    }
+    let install = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+            .args(["install-node", &format!("--root={}", root.display()), &format!("--config-dir={}", config.display())])
+            .arg(format!("--containerd-dropin={}", dropin.join("atproto-verifier.toml").display()))
+            .output()
+            .unwrap()
+    };
+    let out = install();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("opt/containerd/image-verifier/bin/atproto-verifier"), 0o755);
+    assert_eq!(mode("etc/atproto-verifier/trust-policy.yaml"), 0o644);
+    assert_eq!(mode("var/lib/atproto-verifier"), 0o700);
+    assert!(std::fs::read_to_string(root.join("etc/containerd/conf.d/atproto-verifier.toml")).unwrap().contains("image-verifier.v1.bindir"));
+    // The installed binary runs.
+    let version = std::process::Command::new(root.join("opt/containerd/image-verifier/bin/atproto-verifier")).arg("--version").output().unwrap();
+    assert!(version.status.success());
+    // A broken policy: refused, the installed one untouched.
+    let before = std::fs::read(root.join("etc/atproto-verifier/trust-policy.yaml")).unwrap();
+    std::fs::write(config.join("trust-policy.yaml"), "version: [").unwrap();
+    let out = install();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nothing installed"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(root.join("etc/atproto-verifier/trust-policy.yaml")).unwrap(), before);
+}
