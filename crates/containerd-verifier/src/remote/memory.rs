@@ -48,7 +48,8 @@ impl MemoryFetch {
         lock(&self.routes).insert(url.to_owned(), Err(error));
     }
 
-    /// Answers `url` only after `delay` (or times out first, as the exchange's timeout says).
+    /// Answers `url` only after `delay` (or times out first, as the exchange's timeout says);
+    /// `"*"` delays every URL without a delay of its own.
     pub fn delay(&self, url: &str, delay: Duration) {
         lock(&self.delays).insert(url.to_owned(), delay);
     }
@@ -65,7 +66,7 @@ impl Fetch for MemoryFetch {
         let without_query = exchange.url.split('?').next().unwrap_or(exchange.url);
         let delay = {
             let delays = lock(&self.delays);
-            delays.get(exchange.url).or_else(|| delays.get(without_query)).copied().unwrap_or_default()
+            delays.get(exchange.url).or_else(|| delays.get(without_query)).or_else(|| delays.get("*")).copied().unwrap_or_default()
         };
         wait(delay, exchange.timeout, without_query).map_err(|e| if exchange.deadline.expired() { NetError::Deadline } else { e })?;
         let answer = {

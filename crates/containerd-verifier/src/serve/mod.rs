@@ -166,3 +166,60 @@ pub fn run(args: ServeArgs) -> u8 {
         crate::exit::ADMITTED
     })
 }
+
+/// A server running on its own threads (tests and benchmarks drive one in-process).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains as on SIGTERM, and waits for the server to return.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Asks the server to stop without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Builds a server over `world` and serves on `args.listen` (port 0: any) on new threads.
+pub fn start(args: &ServeArgs, world: RemoteFactory) -> Result<Running, String> {
+    let shared = build(args, world)?;
+    let runtime = runtime().map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
+    let std_listener = std::net::TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = Arc::clone(&shared);
+    let thread = std::thread::Builder::new()
+        .name("serve".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
+                server::run(listener, serving, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Running { addr, shared, stop: Some(stop), thread: Some(thread) })
+}

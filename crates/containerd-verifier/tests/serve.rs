@@ -1,0 +1,395 @@
+//! `serve` in-process over an in-memory web (the same doubles as `engine.rs`), through real
+//! TLS and HTTP on loopback: load with single flight, overload answered at once, a peer that
+//! stalls, clients that stall (slowloris), the connection limit, certificate and policy
+//! reloads, graceful shutdown. The real API server and Gatekeeper are in tests/kubernetes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atproto_sig_core::crypto::Curve;
+use atproto_sig_core::record::MANIFEST_COLLECTION;
+use atproto_sig_core::testkit::{Identity, TestRepo, digest_of};
+use clap::{Args, FromArgMatches};
+use containerd_verifier::remote::Remote;
+use containerd_verifier::serve::{self, Running, ServeArgs};
+use containerd_verifier::testkit::{MemoryFetch, MemoryResolve, query};
+use serde_json::{Value as Json, json};
+
+const PLC: &str = "https://plc.test";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is missing: apt-get install openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA (`<ca>.crt`) and a server certificate it issued for 127.0.0.1 (`<name>.crt/.key`).
+fn issue(dir: &Path, ca: &str, name: &str) {
+    if !dir.join(format!("{ca}.crt")).exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+                "-subj",
+                &format!("/CN={ca}"),
+                "-days",
+                "2",
+            ],
+        );
+        std::fs::write(dir.join("ext.cnf"), "[leaf]\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+    }
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    let ca_key = format!("{ca}.key");
+    let ca_crt = format!("{ca}.crt");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            "leaf",
+        ],
+    );
+}
+
+/// The node, its world, and a running server.
+struct Node {
+    dir: tempfile::TempDir,
+    fetch: Arc<MemoryFetch>,
+    images: Vec<String>,
+    policy: PathBuf,
+}
+
+impl Node {
+    /// Three signed images (one signer each), published on the in-memory web.
+    fn new() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("docker.json"), "{}").unwrap();
+        let fetch = Arc::new(MemoryFetch::new());
+        let mut trusted = String::new();
+        let mut images = Vec::new();
+        for seed in ["serve-a", "serve-b", "serve-c"] {
+            let mut repo = TestRepo::new(Identity::new(Curve::K256, seed));
+            let digest = digest_of(seed);
+            let rkey = repo.put_manifest(&digest, seed);
+            let id = &repo.identity;
+            fetch.serve(&format!("{PLC}/{}", id.did), 200, id.did_document_multikey());
+            fetch.serve(&format!("{PLC}/{}/log/audit", id.did), 200, id.audit_log());
+            let proof =
+                format!("{}/xrpc/com.atproto.sync.getRecord?{}", id.pds, query(&[("did", &id.did), ("collection", MANIFEST_COLLECTION), ("rkey", &rkey)]));
+            fetch.serve(&proof, 200, repo.proof(MANIFEST_COLLECTION, &rkey));
+            let list =
+                format!("{}/xrpc/com.atproto.repo.listRecords?{}", id.pds, query(&[("repo", &id.did), ("collection", MANIFEST_COLLECTION), ("limit", "100")]));
+            fetch.serve(&list, 200, r#"{"records":[]}"#);
+            trusted.push_str(&format!("  {}: {{ name: {seed} }}\n", id.did));
+            images.push(format!("registry.test/team/{seed}@{digest}"));
+        }
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(
+            &policy,
+            format!("version: 1.0\ntrustedDIDs:\n{trusted}policies:\n  - name: prod\n    scope: \"registry.test/**\"\n    require: {{ signature: true }}\n    action: enforce\n"),
+        )
+        .unwrap();
+        let config = format!(
+            "policy = {:?}\ncache_dir = {:?}\nplc_directory = {PLC:?}\ncontainerd_hosts_dir = {:?}\ndocker_config = {:?}\nproof_ttl = \"1h\"\n",
+            policy,
+            dir.path().join("cache"),
+            dir.path().join("certs.d"),
+            dir.path().join("docker.json")
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        issue(dir.path(), "ca", "server");
+        Node { dir, fetch, images, policy }
+    }
+
+    fn args(&self, extra: &[&str]) -> ServeArgs {
+        let d = self.dir.path();
+        let mut argv: Vec<String> = vec![
+            "serve".into(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--tls-cert={}", d.join("server.crt").display()),
+            format!("--tls-key={}", d.join("server.key").display()),
+            format!("--config={}", d.join("config.toml").display()),
+            "--reload-interval=100ms".into(),
+        ];
+        argv.extend(extra.iter().map(|s| (*s).to_owned()));
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        ServeArgs::from_arg_matches(&command.get_matches_from(argv)).unwrap()
+    }
+
+    fn start(&self, extra: &[&str]) -> Running {
+        let fetch = Arc::clone(&self.fetch);
+        let resolve = Arc::new(MemoryResolve::new());
+        serve::start(&self.args(extra), Arc::new(move |_| Remote::new(fetch.clone(), resolve.clone()))).unwrap()
+    }
+
+    fn client(&self, ca: &str) -> ureq::Agent {
+        use ureq::tls::{Certificate, RootCerts, TlsConfig};
+        let ca = Certificate::from_pem(&std::fs::read(self.dir.path().join(format!("{ca}.crt"))).unwrap()).unwrap().to_owned();
+        let tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(vec![ca]))).build();
+        ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into()
+    }
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &Json) -> (u16, Json) {
+    let mut response = agent.post(url).header("content-type", "application/json").send(body.to_string()).unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> (u16, String) {
+    let mut response = agent.get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default())
+}
+
+fn pod_review(uid: &str, images: &[String]) -> Json {
+    let containers: Vec<Json> = images.iter().enumerate().map(|(i, image)| json!({"name": format!("c{i}"), "image": image})).collect();
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"}, "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "ns", "operation": "CREATE", "object": {"spec": {"containers": containers}}}})
+}
+
+fn provider_request(keys: &[String]) -> Json {
+    json!({"apiVersion": "externaldata.gatekeeper.sh/v1beta1", "kind": "ProviderRequest", "request": {"keys": keys}})
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn two_hundred_concurrent_pods_are_admitted_and_each_image_decided_once() {
+    let node = Node::new();
+    // Every remote answer takes 50 ms: cold, identical requests must wait for one computation.
+    node.fetch.delay("*", Duration::from_millis(50));
+    let server = node.start(&[]);
+    let url = format!("https://{}/validate?timeout=10s", server.addr);
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            let (agent, url, images) = (node.client("ca"), url.clone(), node.images.clone());
+            std::thread::spawn(move || post(&agent, &url, &pod_review(&format!("uid-{i}"), &images)))
+        })
+        .collect();
+    for (i, thread) in threads.into_iter().enumerate() {
+        let (status, review) = thread.join().unwrap();
+        assert_eq!(status, 200, "{review}");
+        assert_eq!(review["response"]["uid"], json!(format!("uid-{i}")));
+        assert_eq!(review["response"]["allowed"], json!(true), "{review}");
+    }
+    let (_, metrics) = get(&node.client("ca"), &format!("https://{}/metrics", server.addr));
+    assert_eq!(metric(&metrics, "atproto_verifier_admission_decisions_computed_total"), 3, "{metrics}");
+    assert_eq!(metric(&metrics, "atproto_verifier_admission_decisions_total{outcome=\"admitted\",reason=\"verified\"}"), 600);
+    assert_eq!(metric(&metrics, "atproto_verifier_admission_overloaded_total"), 0);
+}
+
+#[test]
+fn overload_is_answered_at_once_with_503_and_a_reason() {
+    let node = Node::new();
+    node.fetch.delay("*", Duration::from_secs(2));
+    // One worker, a queue of one: the third distinct image in flight has nowhere to go.
+    let server = node.start(&["--workers=1", "--queue=1"]);
+    let url = format!("https://{}/gatekeeper", server.addr);
+    let slow: Vec<_> = node.images[..2]
+        .iter()
+        .map(|image| {
+            let (agent, url, keys) = (node.client("ca"), url.clone(), vec![image.clone()]);
+            std::thread::spawn(move || post(&agent, &url, &provider_request(&keys)))
+        })
+        .collect();
+    // Both slow decisions are in: one on the worker, one queued.
+    let agent = node.client("ca");
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = get(&agent, &format!("https://{}/metrics", server.addr));
+        if metric(&metrics, "atproto_verifier_admission_queued") == 1 && metric(&metrics, "atproto_verifier_admission_in_flight") == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let (status, body) = post(&node.client("ca"), &url, &provider_request(&node.images[2..]));
+    assert!(started.elapsed() < Duration::from_secs(1), "overload took {:?}", started.elapsed());
+    assert_eq!(status, 503, "{body}");
+    assert!(body["response"]["systemError"].as_str().unwrap().contains("overloaded"), "{body}");
+    for thread in slow {
+        let (status, body) = thread.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[test]
+fn a_peer_that_stalls_is_answered_by_the_deadline_never_as_a_bad_signature() {
+    let node = Node::new();
+    node.fetch.delay("*", Duration::from_secs(60));
+    let server = node.start(&["--provider-deadline=700ms"]);
+    let started = Instant::now();
+    let (status, body) = post(&node.client("ca"), &format!("https://{}/gatekeeper", server.addr), &provider_request(&node.images[..1]));
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let error = body["response"]["items"][0]["error"].as_str().unwrap();
+    assert!(error.starts_with("deadline-exceeded") || error.starts_with("network-error"), "{error}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    // Not cached: the next request decides again.
+    let (_, metrics) = get(&node.client("ca"), &format!("https://{}/metrics", server.addr));
+    assert_eq!(metric(&metrics, "atproto_verifier_admission_cache_entries"), 0, "{metrics}");
+}
+
+#[test]
+fn stalling_clients_and_too_many_connections_are_cut_off() {
+    let node = Node::new();
+    let server = node.start(&["--header-timeout=500ms", "--max-connections=2"]);
+    // A client that connects and says nothing is closed after the handshake timeout.
+    let mut silent = TcpStream::connect(server.addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the silent connection got bytes");
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+    drop(silent);
+    // Past the connection limit, a new connection is closed at once.
+    let _a = TcpStream::connect(server.addr).unwrap();
+    let _b = TcpStream::connect(server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = TcpStream::connect(server.addr).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = third.write_all(b"\x16\x03\x01");
+    let started = Instant::now();
+    assert_eq!(third.read(&mut buf).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_millis(400), "refused after {:?}", started.elapsed());
+    let (_, metrics) = {
+        drop((_a, _b));
+        std::thread::sleep(Duration::from_millis(700));
+        get(&node.client("ca"), &format!("https://{}/metrics", server.addr))
+    };
+    assert!(metric(&metrics, "atproto_verifier_admission_connections_refused_total") >= 1, "{metrics}");
+}
+
+#[test]
+fn certificates_and_policy_reload_without_a_restart_and_a_broken_policy_keeps_the_old() {
+    let node = Node::new();
+    let server = node.start(&[]);
+    let base = format!("https://{}", server.addr);
+    let (status, ready) = get(&node.client("ca"), &format!("{base}/readyz"));
+    assert_eq!((status, ready.contains("generation 1")), (200, true), "{ready}");
+    let admitted =
+        |agent: &ureq::Agent| post(agent, &format!("{base}/gatekeeper"), &provider_request(&node.images[..1])).1["response"]["items"][0].get("value").is_some();
+    assert!(admitted(&node.client("ca")));
+
+    // A new certificate from another CA, written over the old files: new connections get it.
+    issue(node.dir.path(), "ca2", "server2");
+    std::fs::copy(node.dir.path().join("server2.key"), node.dir.path().join("server.key")).unwrap();
+    std::fs::copy(node.dir.path().join("server2.crt"), node.dir.path().join("server.crt")).unwrap();
+    let started = Instant::now();
+    while get_ok(&node.client("ca2"), &format!("{base}/healthz")).is_none() {
+        assert!(started.elapsed() < Duration::from_secs(5), "the new certificate was not served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A broken policy: the old one stays in force; /readyz says so.
+    std::fs::write(&node.policy, "version: [").unwrap();
+    let agent = node.client("ca2");
+    let started = Instant::now();
+    loop {
+        let (status, text) = get(&agent, &format!("{base}/readyz"));
+        if text.contains("policy reload failed") {
+            assert_eq!(status, 200, "{text}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(admitted(&agent));
+    // A new policy that trusts nobody: the cached decision is not answered under it.
+    std::fs::write(&node.policy, "version: 1.0\ntrustedDIDs: {}\npolicies: []\ndefault: { action: enforce, require: { signature: true } }\n").unwrap();
+    let started = Instant::now();
+    while admitted(&agent) {
+        assert!(started.elapsed() < Duration::from_secs(5), "the new policy was not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, ready) = get(&agent, &format!("{base}/readyz"));
+    assert!(ready.contains("ready: policy generation 2") && !ready.contains("warning"), "{ready}");
+}
+
+fn get_ok(agent: &ureq::Agent, url: &str) -> Option<String> {
+    let mut response = agent.get(url).call().ok()?;
+    response.body_mut().read_to_string().ok()
+}
+
+#[test]
+fn shutdown_finishes_requests_in_flight_and_then_refuses() {
+    let node = Node::new();
+    node.fetch.delay("*", Duration::from_millis(300));
+    let mut server = node.start(&[]);
+    let url = format!("https://{}/gatekeeper", server.addr);
+    let (agent, keys) = (node.client("ca"), node.images[..1].to_vec());
+    let in_flight = std::thread::spawn(move || post(&agent, &url, &provider_request(&keys)));
+    std::thread::sleep(Duration::from_millis(150));
+    server.begin_stop();
+    let (status, body) = in_flight.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body["response"]["items"][0].get("value").is_some(), "{body}");
+    server.stop();
+    assert!(TcpStream::connect(server.addr).is_err(), "still accepting after shutdown");
+}
+
+#[test]
+fn hostile_bodies_get_clear_errors() {
+    let node = Node::new();
+    let server = node.start(&["--max-body=1024"]);
+    let agent = node.client("ca");
+    let (status, body) = post(&agent, &format!("https://{}/validate", server.addr), &json!({"pad": "x".repeat(2048)}));
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = post(&agent, &format!("https://{}/validate", server.addr), &json!({"apiVersion": "v1", "kind": "Pod"}));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(&agent, &format!("https://{}/gatekeeper", server.addr), &json!({"kind": "ProviderRequest"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["response"]["systemError"].as_str().is_some(), "{body}");
+    let (status, _) = get(&agent, &format!("https://{}/nowhere", server.addr));
+    assert_eq!(status, 404);
+    let (status, _) = get(&agent, &format!("https://{}/validate", server.addr));
+    assert_eq!(status, 405);
+}
