@@ -398,3 +398,71 @@ fn install_node_installs_what_the_daemonset_ships_and_refuses_a_broken_policy() 
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nothing installed"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read(root.join("etc/atproto-verifier/trust-policy.yaml")).unwrap(), before);
 }
+
+/// The Ratify v1 CLI with this binary as its external verifier plugin, against docker-registry
+/// (no referrers API: the `sha256-<hex>` tag index `attach` keeps): signed → success; an
+/// image whose attached artifact points at no record, and a revoked one → failure with our
+/// reason. `ratify verify` exits 0 either way: its JSON says.
+#[test]
+fn ratify_runs_the_plugin_for_attached_proofs_and_reports_our_reasons() {
+    let env = env();
+    let world = world();
+    let verifier = verifier();
+    let r = &env.registry.host;
+    // An image signed and attached; one attached and then revoked; one whose artifact names no record.
+    let attached = format!("{r}/alicek8s.test/ratified:v1");
+    let digest = env.registry.push_image("alicek8s.test/ratified", "v1", "ratify-signed");
+    env.pds.put_manifest(&world.alice, &digest, "ratified", OCI_MANIFEST);
+    let revoked = format!("{r}/alicek8s.test/ratified:revoked");
+    let revoked_digest = env.registry.push_image("alicek8s.test/ratified", "revoked", "ratify-revoked");
+    let rkey = env.pds.put_manifest(&world.alice, &revoked_digest, "ratified", OCI_MANIFEST);
+    for image in [&attached, &revoked] {
+        let out = verifier.command(&["attach", image]);
+        assert!(out.status.success(), "attach {image}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    env.pds.delete_record(&world.alice, &rkey);
+    let unsigned_digest = env.registry.push_image("alicek8s.test/ratified", "unsigned", "ratify-unsigned");
+    env.registry.push_signature_artifact("alicek8s.test/ratified", &unsigned_digest, &world.alice.did, unsigned_digest.trim_start_matches("sha256:"));
+
+    // Ratify's config: the plugin directory holds this binary under the verifier's name.
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_atproto-verifier"), plugins.join("atproto")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("packaging/kubernetes/ratify/config.json")).unwrap()).unwrap();
+    config["store"]["plugins"][0]["useHttp"] = json!(true);
+    config["verifier"]["pluginBinDirs"] = json!([plugins]);
+    // Ratify's own node (its own cache): it did not see the proofs `attach` fetched.
+    let ratify_node = self::verifier();
+    config["verifier"]["plugins"][0]["configPath"] = json!(ratify_node.config);
+    let config_file = dir.path().join("config.json");
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let ratify = |subject: &str| -> serde_json::Value {
+        let out = std::process::Command::new(cluster::tool(&format!("ratify-{}/ratify", cluster::RATIFY)))
+            .args(["verify", "-c", &config_file.display().to_string(), "-s", subject])
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "ratify verify {subject}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&stdout[stdout.find('{').unwrap_or(0)..]).unwrap_or_else(|e| panic!("ratify's output is not JSON ({e}): {stdout}"))
+    };
+    let report = ratify(&format!("{r}/alicek8s.test/ratified@{digest}"));
+    assert_eq!(report["isSuccess"], json!(true), "{report}");
+    let first = &report["verifierReports"][0];
+    assert_eq!((first["name"].as_str(), first["isSuccess"].as_bool()), (Some("atproto"), Some(true)), "{report}");
+    assert_eq!(first["extensions"]["signers"][0], json!(world.alice.did), "{report}");
+    // A tag subject is resolved to its digest by Ratify first.
+    assert_eq!(ratify(&attached)["isSuccess"], json!(true));
+    for (subject, reason) in
+        [(format!("{r}/alicek8s.test/ratified@{revoked_digest}"), "(record-"), (format!("{r}/alicek8s.test/ratified@{unsigned_digest}"), "record-not-found")]
+    {
+        let report = ratify(&subject);
+        assert!(report.get("isSuccess").is_none_or(|v| v == &json!(false)), "{subject}: {report}");
+        let first = &report["verifierReports"][0];
+        assert_eq!(first["isSuccess"], json!(false), "{report}");
+        assert!(first["message"].as_str().unwrap_or_default().contains(reason), "{subject}: {report}");
+    }
+    assert!(world.signed.contains(r));
+}

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use containerd_verifier::{bindir, cli};
+use containerd_verifier::{bindir, cli, ratify};
 
 fn main() -> std::process::ExitCode {
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -11,6 +11,10 @@ fn main() -> std::process::ExitCode {
     if bindir::is_bindir_invocation(&raw) {
         let args: Vec<String> = raw.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         return std::process::ExitCode::from(bindir::run(&args));
+    }
+    // Ratify v1 runs its external verifier plugins with no arguments and RATIFY_VERIFIER_*.
+    if ratify::is_ratify_invocation(&raw) {
+        return std::process::ExitCode::from(ratify::run());
     }
     let args = cli::Cli::parse();
     std::process::ExitCode::from(cli::run(args))
