@@ -15,6 +15,7 @@ use super::harness::{Guard, repo_root};
 pub const K8S: &str = "v1.37.2";
 pub const GATEKEEPER: &str = "v3.23.1";
 pub const RATIFY: &str = "v1.4.6";
+pub const HELM: &str = "v3.22.0";
 
 pub fn tools() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from).join("tools")

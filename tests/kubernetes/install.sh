@@ -5,7 +5,8 @@
 #   says why a wrapper: about 12 minutes cold on two cores, the longest build of the suite);
 # - etcd 3.4 from Debian's etcd-server package, extracted, not installed (it is a system
 #   service there);
-# - Gatekeeper v3.23.1 and the Ratify v1.4.6 CLI with `go install` (Ratify needs GONOSUMDB
+# - helm v3.22.0 (the chart's lint and template), Gatekeeper v3.23.1 and the Ratify v1.4.6 CLI
+#   with `go install` (Ratify needs GONOSUMDB
 #   for one frameworks pseudo-version the checksum database does not serve through the proxy;
 #   its hash is the one in Ratify's own go.sum, which go still checks).
 # Builds run one at a time under `nice`, so the Rust build beside them keeps a core.
@@ -17,6 +18,7 @@ case "$tools" in /*) ;; *) tools="$root/$tools" ;; esac
 K8S_VERSION=v1.37.2
 GATEKEEPER_VERSION=v3.23.1
 RATIFY_VERSION=v1.4.6
+HELM_VERSION=v3.22.0
 [ -x /usr/local/go/bin/go ] && export PATH="$PATH:/usr/local/go/bin"
 if ! command -v go >/dev/null; then
   echo "go is missing: install Go >= 1.26 (kube-apiserver $K8S_VERSION and Gatekeeper need it) and re-run" >&2
@@ -44,6 +46,12 @@ if [ ! -x "$dir/usr/bin/etcd" ]; then
   mkdir -p "$dir"
   (cd "$dir" && { apt-get download etcd-server >/dev/null 2>&1 || { apt-get update -qq && apt-get download etcd-server; }; } &&
     dpkg-deb -x etcd-server_*.deb . && rm -f etcd-server_*.deb)
+fi
+
+dir="$tools/helm-$HELM_VERSION"
+if [ ! -x "$dir/helm" ]; then
+  echo "building helm $HELM_VERSION (go install, about 2 minutes)" >&2
+  GOBIN="$dir" nice -n 10 go install -trimpath -ldflags '-s -w' "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 fi
 
 dir="$tools/gatekeeper-$GATEKEEPER_VERSION"

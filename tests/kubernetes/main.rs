@@ -466,3 +466,52 @@ fn ratify_runs_the_plugin_for_attached_proofs_and_reports_our_reasons() {
     }
     assert!(world.signed.contains(r));
 }
+
+/// The Helm chart: `helm lint` passes, `helm template` renders objects the real API server
+/// accepts (server-side dry run), and they say what the plain manifests say.
+#[test]
+fn the_helm_chart_lints_renders_and_matches_the_plain_manifests() {
+    let plane = plane();
+    let helm = cluster::tool(&format!("helm-{}/helm", cluster::HELM));
+    let chart = repo_root().join("packaging/kubernetes/helm/atproto-verifier");
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&helm).args(args).env("HOME", home.path()).env("XDG_CACHE_HOME", home.path()).output().unwrap();
+        assert!(out.status.success(), "helm {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let chart_path = chart.display().to_string();
+    assert!(run(&["lint", "--strict", &chart_path]).contains("0 chart(s) failed"));
+    let rendered = home.path().join("rendered.yaml");
+    std::fs::write(&rendered, run(&["template", "atproto-verifier", &chart_path, "--namespace", "atproto-verifier"])).unwrap();
+    plane.ok(&["apply", "--server-side", "-f", &repo_root().join("packaging/kubernetes/namespace.yaml").display().to_string()], None);
+    let out = plane.ok(&["apply", "--server-side", "--dry-run=server", "-f", &rendered.display().to_string()], None);
+    assert!(out.contains("deployment.apps/atproto-verifier serverside-applied (server dry run)"), "{out}");
+    let chart_objects = plane.objects(&rendered);
+    let find = |objects: &[serde_json::Value], kind: &str| objects.iter().find(|o| o["kind"] == kind).cloned().unwrap_or_else(|| panic!("no {kind}"));
+    let dir = repo_root().join("packaging/kubernetes");
+    let plain_deployment = find(&plane.objects(&dir.join("deployment.yaml")), "Deployment");
+    let chart_deployment = find(&chart_objects, "Deployment");
+    for pointer in [
+        "/spec/replicas",
+        "/spec/template/spec/containers/0/args",
+        "/spec/template/spec/containers/0/securityContext",
+        "/spec/template/spec/securityContext",
+        "/spec/template/spec/volumes",
+    ] {
+        assert_eq!(chart_deployment.pointer(pointer), plain_deployment.pointer(pointer), "{pointer}");
+    }
+    let plain_hooks = plane.objects(&dir.join("webhooks.yaml"));
+    for kind in ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"] {
+        let (plain, chart) = (find(&plain_hooks, kind), find(&chart_objects, kind));
+        for field in ["name", "rules", "namespaceSelector", "matchConditions", "failurePolicy", "timeoutSeconds", "sideEffects"] {
+            assert_eq!(chart["webhooks"][0][field], plain["webhooks"][0][field], "{kind} {field}");
+        }
+        assert_eq!(chart["webhooks"][0]["clientConfig"]["service"], plain["webhooks"][0]["clientConfig"]["service"], "{kind}");
+    }
+    let (plain_config, chart_config) = (find(&plane.objects(&dir.join("config.yaml")), "ConfigMap"), find(&chart_objects, "ConfigMap"));
+    assert_eq!(
+        chart_config["data"]["config.toml"].as_str().unwrap().trim(),
+        plain_config["data"]["config.toml"].as_str().unwrap().lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n").trim()
+    );
+}

@@ -1,0 +1,225 @@
+//! `serve` under admission load (`cargo bench -p containerd-verifier --bench serve_load`;
+//! figures in BENCHMARKS.md): 200 concurrent clients, each sending AdmissionReviews of a Pod
+//! with three containers (three signed images) over TLS with keep-alive, against a server
+//! in-process over the in-memory web.
+//!
+//! - warm: the decisions are cached; 200 clients × 25 reviews each.
+//! - cold: a fresh node (empty memory and disk caches) per round, every remote answer delayed
+//!   50 ms; 200 clients send one review at the same moment; 5 rounds.
+//!
+//! Prints p50, p99, max, requests/s and the process's peak RSS (VmHWM: server and the 200
+//! client threads together, so an upper bound for the server).
+
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use atproto_sig_core::crypto::Curve;
+use atproto_sig_core::record::MANIFEST_COLLECTION;
+use atproto_sig_core::testkit::{Identity, TestRepo, digest_of};
+use clap::{Args, FromArgMatches};
+use containerd_verifier::remote::Remote;
+use containerd_verifier::serve::{self, ServeArgs};
+use containerd_verifier::testkit::{MemoryFetch, MemoryResolve, query};
+use serde_json::{Value as Json, json};
+
+const PLC: &str = "https://plc.test";
+const CLIENTS: usize = 200;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is missing: apt-get install openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+    fetch: Arc<MemoryFetch>,
+    images: Vec<String>,
+}
+
+fn node(delay: Duration) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("docker.json"), "{}").unwrap();
+    let fetch = Arc::new(MemoryFetch::new());
+    fetch.delay("*", delay);
+    // One rule per image naming its one signer (as a path identity would): each decision has
+    // one candidate, so a cold decision is three sequential round trips (the registry's
+    // referrers, the DID document, the record proof).
+    let (mut trusted, mut rules, mut images) = (String::new(), String::new(), Vec::new());
+    for seed in ["load-a", "load-b", "load-c"] {
+        let mut repo = TestRepo::new(Identity::new(Curve::K256, seed));
+        let digest = digest_of(seed);
+        let rkey = repo.put_manifest(&digest, seed);
+        let id = &repo.identity;
+        fetch.serve(&format!("{PLC}/{}", id.did), 200, id.did_document_multikey());
+        let proof = format!("{}/xrpc/com.atproto.sync.getRecord?{}", id.pds, query(&[("did", &id.did), ("collection", MANIFEST_COLLECTION), ("rkey", &rkey)]));
+        fetch.serve(&proof, 200, repo.proof(MANIFEST_COLLECTION, &rkey));
+        trusted.push_str(&format!("  {}: {{ name: {seed} }}\n", id.did));
+        rules.push_str(&format!(
+            "  - name: {seed}\n    scope: \"registry.test/team/{seed}\"\n    require: {{ signature: true, trustedDIDs: [{}] }}\n    action: enforce\n",
+            id.did
+        ));
+        images.push(format!("registry.test/team/{seed}@{digest}"));
+    }
+    std::fs::write(d.join("policy.yaml"), format!("version: 1.0\ntrustedDIDs:\n{trusted}policies:\n{rules}")).unwrap();
+    std::fs::write(
+        d.join("config.toml"),
+        format!(
+            "policy = {:?}\ncache_dir = {:?}\nplc_directory = {PLC:?}\ncontainerd_hosts_dir = {:?}\ndocker_config = {:?}\nproof_ttl = \"1h\"\n",
+            d.join("policy.yaml"),
+            d.join("cache"),
+            d.join("certs.d"),
+            d.join("docker.json")
+        ),
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=ca",
+            "-days",
+            "2",
+        ],
+    );
+    std::fs::write(d.join("ext.cnf"), "[leaf]\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(d, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "s.key", "-out", "s.csr", "-subj", "/CN=s"]);
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "s.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "s.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            "leaf",
+        ],
+    );
+    Node { dir, fetch, images }
+}
+
+fn start(node: &Node) -> serve::Running {
+    let d = node.dir.path();
+    let argv = vec![
+        "serve".to_owned(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--tls-cert={}", d.join("s.crt").display()),
+        format!("--tls-key={}", d.join("s.key").display()),
+        format!("--config={}", d.join("config.toml").display()),
+    ];
+    let args = ServeArgs::from_arg_matches(&ServeArgs::augment_args(clap::Command::new("serve")).get_matches_from(argv)).unwrap();
+    let fetch = Arc::clone(&node.fetch);
+    let resolve = Arc::new(MemoryResolve::new());
+    serve::start(&args, Arc::new(move |_| Remote::new(fetch.clone(), resolve.clone()))).unwrap()
+}
+
+fn client(node: &Node) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let ca = Certificate::from_pem(&std::fs::read(node.dir.path().join("ca.crt")).unwrap()).unwrap().to_owned();
+    let tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(vec![ca]))).build();
+    ureq::Agent::config_builder().tls_config(tls).http_status_as_error(false).timeout_global(Some(Duration::from_secs(30))).build().into()
+}
+
+fn review(images: &[String]) -> String {
+    let containers: Vec<Json> = images.iter().enumerate().map(|(i, image)| json!({"name": format!("c{i}"), "image": image})).collect();
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "ns", "operation": "CREATE", "object": {"spec": {"containers": containers}}}})
+    .to_string()
+}
+
+/// 200 clients at once, `per_client` reviews each; latencies of every review.
+fn load(node: &Node, url: &str, per_client: usize) -> (Vec<Duration>, Duration) {
+    let barrier = Arc::new(Barrier::new(CLIENTS + 1));
+    let body = review(&node.images);
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (agent, url, body, barrier) = (client(node), url.to_owned(), body.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut times = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    let started = Instant::now();
+                    let mut response = agent.post(&url).header("content-type", "application/json").send(body.as_str()).unwrap();
+                    let text = response.body_mut().read_to_string().unwrap();
+                    assert!(text.contains("\"allowed\":true"), "{text}");
+                    times.push(started.elapsed());
+                }
+                times
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let times: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    (times, started.elapsed())
+}
+
+fn report(name: &str, mut times: Vec<Duration>, wall: Duration) {
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).saturating_sub(1).min(times.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{name}: {} reviews, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {:.0} reviews/s",
+        times.len(),
+        ms(at(0.50)),
+        ms(at(0.99)),
+        ms(*times.last().unwrap()),
+        times.len() as f64 / wall.as_secs_f64()
+    );
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn main() {
+    // Warm: the first round fills the cache; the measured rounds answer from it.
+    let warm = node(Duration::ZERO);
+    let server = start(&warm);
+    let url = format!("https://{}/validate?timeout=10s", server.addr);
+    let _ = load(&warm, &url, 1);
+    let (times, wall) = load(&warm, &url, 25);
+    report("warm, 200 concurrent", times, wall);
+    drop(server);
+
+    // Cold: a fresh node each round, every remote answer 50 ms late.
+    let mut all = Vec::new();
+    let mut wall = Duration::ZERO;
+    for _ in 0..5 {
+        let cold = node(Duration::from_millis(50));
+        let server = start(&cold);
+        let (times, w) = load(&cold, &format!("https://{}/validate?timeout=10s", server.addr), 1);
+        all.extend(times);
+        wall += w;
+        let requested = cold.fetch.requested();
+        println!("  cold round: {} remote requests for 200 reviews of 3 images: {:?}", requested.len(), &requested[..requested.len().min(3)]);
+    }
+    report("cold, 200 concurrent, 50 ms per remote answer", all, wall);
+    println!("peak RSS (server and 200 client threads, one process): {:.1} MiB", peak_rss_mib());
+}
