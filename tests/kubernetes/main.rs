@@ -158,6 +158,12 @@ fn webhooks_admit_signed_pods_pinned_and_deny_the_rest_with_reasons() {
         assert!(out.contains("denied the request") && out.contains(&format!("image {image:?}")) && out.contains(reason), "{name}: {out}");
     }
 
+    // An ephemeral container (kubectl debug: the pods/ephemeralcontainers subresource) is reviewed too.
+    let out = plane.kubectl(&["debug", "good", "-n", "enforced", "--image", &world.unsigned, "--container", "debugger"], None);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("ephemeral container \"debugger\"") && text.contains("record-not-found"), "{text}");
+    plane.ok(&["debug", "good", "-n", "enforced", "--image", &world.signed, "--container", "signed-debugger"], None);
+
     // A Deployment with an unsigned image is refused at apply, not later at its ReplicaSet.
     let out = plane.kubectl(&["create", "deployment", "bad", "-n", "enforced", "--image", &world.unsigned], None);
     let text = String::from_utf8_lossy(&out.stderr);
