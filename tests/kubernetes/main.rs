@@ -261,7 +261,7 @@ fn start_gatekeeper(plane: &ControlPlane) -> Gatekeeper {
             "name": "validation.gatekeeper.sh", "admissionReviewVersions": ["v1"], "sideEffects": "None",
             "failurePolicy": "Fail", "timeoutSeconds": 3,
             "clientConfig": {"url": format!("https://127.0.0.1:{port}/v1/admit"), "caBundle": plane.pki.ca_base64()},
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gk"}},
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["gk", "gk-ratify"]}]},
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods"], "scope": "Namespaced"}],
         }],
     })]);
@@ -337,6 +337,56 @@ fn gatekeeper_asks_serve_through_external_data() {
     let (status, body) = cluster::https_as(&plane.pki, Some("some-client"), "POST", &server.url("/gatekeeper"), Some(request));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"idempotent\":true") && body.contains("\"key\":\"a:1\""), "{body}");
+
+    // `ratify serve` as a second provider, with this binary as Ratify's plugin.
+    let images = attached();
+    let r = &env().registry.host;
+    let setup = RatifySetup::new();
+    let certs = setup.dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (cert, key) = plane.pki.issue("ratify-serve");
+    std::fs::copy(cert, certs.join("tls.crt")).unwrap();
+    std::fs::copy(key, certs.join("tls.key")).unwrap();
+    let (port, health) = (cluster::free_port(), cluster::free_port());
+    let log = std::fs::File::create(setup.dir.path().join("ratify.log")).unwrap();
+    let child = std::process::Command::new(cluster::tool(&format!("ratify-{}/ratify", cluster::RATIFY)))
+        .args(["serve", "-c", &setup.config.display().to_string(), "--http", &format!("127.0.0.1:{port}")])
+        .args(["--cert-dir", &certs.display().to_string(), "--ca-cert-file", &ca, "--health-port", &format!("127.0.0.1:{health}")])
+        .env("HOME", setup.dir.path())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _ratify = harness::Guard(Some(child));
+    cluster::wait_for_port(port, "ratify serve", Duration::from_secs(30));
+    plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gk-ratify"}})]);
+    let mut objects = plane.objects(&repo_root().join("packaging/kubernetes/ratify/gatekeeper.yaml"));
+    objects[0]["spec"]["url"] = json!(format!("https://127.0.0.1:{port}/ratify/gatekeeper/v1/verify"));
+    objects[0]["spec"]["caBundle"] = json!(plane.pki.ca_base64());
+    plane.apply(&objects);
+    let constraint = json!({"apiVersion": "constraints.gatekeeper.sh/v1beta1", "kind": "K8sRatifyVerified", "metadata": {"name": "pods-ratified"},
+        "spec": {"match": {"kinds": [{"apiGroups": [""], "kinds": ["Pod"]}], "namespaces": ["gk-ratify"]}}});
+    let started = Instant::now();
+    while !plane.kubectl(&["apply", "--server-side", "-f", "-"], Some(&constraint.to_string())).status.success() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the K8sRatifyVerified CRD never appeared");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let unsigned = format!("{r}/alicek8s.test/ratified@{}", images.unsigned);
+    let started = Instant::now();
+    let out = loop {
+        let (ok, out) = run_pod(plane, "gk-ratify", "r-unsigned", &unsigned, &[]);
+        if !ok && out.contains("[pods-ratified]") {
+            break out;
+        }
+        if ok {
+            plane.kubectl(&["delete", "pod", "r-unsigned", "-n", "gk-ratify", "--wait=false"], None);
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "Gatekeeper did not enforce the Ratify constraint: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(out.contains("record-not-found"), "{out}");
+    let (ok, out) = run_pod(plane, "gk-ratify", "r-signed", &format!("{r}/alicek8s.test/ratified@{}", images.signed), &[]);
+    assert!(ok, "{out}\n{}", std::fs::read_to_string(setup.dir.path().join("ratify.log")).unwrap_or_default());
 }
 
 /// Every manifest an operator applies is accepted by a real API server (server-side dry run:
@@ -405,6 +455,65 @@ fn install_node_installs_what_the_daemonset_ships_and_refuses_a_broken_policy() 
     assert_eq!(std::fs::read(root.join("etc/atproto-verifier/trust-policy.yaml")).unwrap(), before);
 }
 
+/// Images with referrers Ratify finds (`sha256-<hex>` tag index): signed and attached; attached
+/// and then revoked; an artifact naming a record that does not exist.
+struct Attached {
+    signed_tag: String,
+    signed: String,
+    revoked: String,
+    unsigned: String,
+}
+
+fn attached() -> &'static Attached {
+    static ATTACHED: OnceLock<Attached> = OnceLock::new();
+    ATTACHED.get_or_init(|| {
+        let env = env();
+        let world = world();
+        let verifier = verifier();
+        let r = &env.registry.host;
+        let signed_tag = format!("{r}/alicek8s.test/ratified:v1");
+        let signed = env.registry.push_image("alicek8s.test/ratified", "v1", "ratify-signed");
+        env.pds.put_manifest(&world.alice, &signed, "ratified", OCI_MANIFEST);
+        let revoked_tag = format!("{r}/alicek8s.test/ratified:revoked");
+        let revoked = env.registry.push_image("alicek8s.test/ratified", "revoked", "ratify-revoked");
+        let rkey = env.pds.put_manifest(&world.alice, &revoked, "ratified", OCI_MANIFEST);
+        for image in [&signed_tag, &revoked_tag] {
+            let out = verifier.command(&["attach", image]);
+            assert!(out.status.success(), "attach {image}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        env.pds.delete_record(&world.alice, &rkey);
+        let unsigned = env.registry.push_image("alicek8s.test/ratified", "unsigned", "ratify-unsigned");
+        env.registry.push_signature_artifact("alicek8s.test/ratified", &unsigned, &world.alice.did, unsigned.trim_start_matches("sha256:"));
+        Attached { signed_tag, signed, revoked, unsigned }
+    })
+}
+
+/// Ratify's config (packaging/kubernetes/ratify/config.json) with this binary as the plugin,
+/// deciding as its own node (its own cache: it did not see the proofs `attach` fetched).
+struct RatifySetup {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    _node: Verifier,
+}
+
+impl RatifySetup {
+    fn new() -> RatifySetup {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_atproto-verifier"), plugins.join("atproto")).unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(repo_root().join("packaging/kubernetes/ratify/config.json")).unwrap()).unwrap();
+        config["store"]["plugins"][0]["useHttp"] = json!(true);
+        config["verifier"]["pluginBinDirs"] = json!([plugins]);
+        let node = verifier();
+        config["verifier"]["plugins"][0]["configPath"] = json!(node.config);
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        RatifySetup { dir, config: path, _node: node }
+    }
+}
+
 /// The Ratify v1 CLI with this binary as its external verifier plugin, against docker-registry
 /// (no referrers API: the `sha256-<hex>` tag index `attach` keeps): signed → success; an
 /// image whose attached artifact points at no record, and a revoked one → failure with our
@@ -413,37 +522,11 @@ fn install_node_installs_what_the_daemonset_ships_and_refuses_a_broken_policy() 
 fn ratify_runs_the_plugin_for_attached_proofs_and_reports_our_reasons() {
     let env = env();
     let world = world();
-    let verifier = verifier();
     let r = &env.registry.host;
-    // An image signed and attached; one attached and then revoked; one whose artifact names no record.
-    let attached = format!("{r}/alicek8s.test/ratified:v1");
-    let digest = env.registry.push_image("alicek8s.test/ratified", "v1", "ratify-signed");
-    env.pds.put_manifest(&world.alice, &digest, "ratified", OCI_MANIFEST);
-    let revoked = format!("{r}/alicek8s.test/ratified:revoked");
-    let revoked_digest = env.registry.push_image("alicek8s.test/ratified", "revoked", "ratify-revoked");
-    let rkey = env.pds.put_manifest(&world.alice, &revoked_digest, "ratified", OCI_MANIFEST);
-    for image in [&attached, &revoked] {
-        let out = verifier.command(&["attach", image]);
-        assert!(out.status.success(), "attach {image}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
-    env.pds.delete_record(&world.alice, &rkey);
-    let unsigned_digest = env.registry.push_image("alicek8s.test/ratified", "unsigned", "ratify-unsigned");
-    env.registry.push_signature_artifact("alicek8s.test/ratified", &unsigned_digest, &world.alice.did, unsigned_digest.trim_start_matches("sha256:"));
-
-    // Ratify's config: the plugin directory holds this binary under the verifier's name.
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_atproto-verifier"), plugins.join("atproto")).unwrap();
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("packaging/kubernetes/ratify/config.json")).unwrap()).unwrap();
-    config["store"]["plugins"][0]["useHttp"] = json!(true);
-    config["verifier"]["pluginBinDirs"] = json!([plugins]);
-    // Ratify's own node (its own cache): it did not see the proofs `attach` fetched.
-    let ratify_node = self::verifier();
-    config["verifier"]["plugins"][0]["configPath"] = json!(ratify_node.config);
-    let config_file = dir.path().join("config.json");
-    std::fs::write(&config_file, config.to_string()).unwrap();
+    let images = attached();
+    let (attached, digest, revoked_digest, unsigned_digest) = (&images.signed_tag, &images.signed, &images.revoked, &images.unsigned);
+    let setup = RatifySetup::new();
+    let (dir, config_file) = (&setup.dir, &setup.config);
     let ratify = |subject: &str| -> serde_json::Value {
         let out = std::process::Command::new(cluster::tool(&format!("ratify-{}/ratify", cluster::RATIFY)))
             .args(["verify", "-c", &config_file.display().to_string(), "-s", subject])
@@ -460,7 +543,7 @@ fn ratify_runs_the_plugin_for_attached_proofs_and_reports_our_reasons() {
     assert_eq!((first["name"].as_str(), first["isSuccess"].as_bool()), (Some("atproto"), Some(true)), "{report}");
     assert_eq!(first["extensions"]["signers"][0], json!(world.alice.did), "{report}");
     // A tag subject is resolved to its digest by Ratify first.
-    assert_eq!(ratify(&attached)["isSuccess"], json!(true));
+    assert_eq!(ratify(attached)["isSuccess"], json!(true));
     for (subject, reason) in
         [(format!("{r}/alicek8s.test/ratified@{revoked_digest}"), "(record-"), (format!("{r}/alicek8s.test/ratified@{unsigned_digest}"), "record-not-found")]
     {
