@@ -604,3 +604,55 @@ fn the_helm_chart_lints_renders_and_matches_the_plain_manifests() {
         plain_config["data"]["config.toml"].as_str().unwrap().lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n").trim()
     );
 }
+
+/// certs/private-ca.sh: a CA and a server certificate for the Service's name, and the webhook
+/// configurations and Provider with the CA filled in, which the API server accepts.
+#[test]
+fn the_private_ca_script_makes_a_certificate_the_webhooks_trust() {
+    let plane = plane();
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("pki");
+    // The script stores the Secret with the kubectl on PATH (this cluster's).
+    plane.ok(&["apply", "--server-side", "-f", &repo_root().join("packaging/kubernetes/namespace.yaml").display().to_string()], None);
+    let kubectl_dir = cluster::tool(&format!("kubernetes-{}/kubectl", cluster::K8S)).parent().unwrap().to_owned();
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("packaging/kubernetes/certs/private-ca.sh"))
+        .arg(&out_dir)
+        .env("PATH", format!("{}:/usr/bin:/bin", kubectl_dir.display()))
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .output()
+        .unwrap();
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{yaml}{}", String::from_utf8_lossy(&out.stderr));
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", &out_dir.join("ca.crt").display().to_string(), &out_dir.join("tls.crt").display().to_string()])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let text = std::process::Command::new("openssl").args(["x509", "-noout", "-text", "-in", &out_dir.join("tls.crt").display().to_string()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("DNS:atproto-verifier.atproto-verifier.svc"));
+    let mode = std::fs::metadata(out_dir.join("ca.key")).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    assert_eq!(mode, 0o600, "ca.key must be private");
+    // The webhooks, then the Provider (Gatekeeper's CRD may not be in this cluster: read as text).
+    let (webhooks_yaml, provider_yaml) = yaml.rsplit_once("\n---\n").unwrap();
+    let patched = dir.path().join("patched.yaml");
+    std::fs::write(&patched, webhooks_yaml).unwrap();
+    let objects = plane.objects(&patched);
+    let ca = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(out_dir.join("ca.crt")).unwrap())
+    };
+    let hooks: Vec<_> = objects.iter().filter(|o| o["kind"].as_str().unwrap_or("").ends_with("WebhookConfiguration")).collect();
+    assert_eq!(hooks.len(), 2);
+    for hook in &hooks {
+        assert_eq!(hook["webhooks"][0]["clientConfig"]["caBundle"], json!(ca), "{hook}");
+    }
+    assert!(provider_yaml.contains("kind: Provider") && provider_yaml.contains(&format!("caBundle: {ca}")), "{provider_yaml}");
+    let webhooks: Vec<_> = hooks.into_iter().cloned().collect();
+    let secret = plane.ok(&["get", "secret", "atproto-verifier-tls", "-n", "atproto-verifier", "-o", "jsonpath={.type}"], None);
+    assert_eq!(secret, "kubernetes.io/tls");
+    // The API server accepts the webhook configurations as patched.
+    let webhooks: Vec<_> = objects.iter().filter(|o| o["kind"] != "Provider").cloned().collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": webhooks});
+    plane.ok(&["apply", "--server-side", "--dry-run=server", "-f", "-"], Some(&list.to_string()));
+}
