@@ -25,7 +25,12 @@ use containerd_verifier::testkit::{MemoryFetch, MemoryResolve, query};
 use serde_json::{Value as Json, json};
 
 const PLC: &str = "https://plc.test";
-const CLIENTS: usize = 200;
+/// Concurrent clients: 200, or `SERVE_LOAD_CLIENTS` (to see what concurrency itself costs).
+static CLIENTS_SET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+fn clients() -> usize {
+    *CLIENTS_SET.get_or_init(|| std::env::var("SERVE_LOAD_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200))
+}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is missing: apt-get install openssl");
@@ -56,6 +61,10 @@ fn node(delay: Duration) -> Node {
         fetch.serve(&format!("{PLC}/{}", id.did), 200, id.did_document_multikey());
         let proof = format!("{}/xrpc/com.atproto.sync.getRecord?{}", id.pds, query(&[("did", &id.did), ("collection", MANIFEST_COLLECTION), ("rkey", &rkey)]));
         fetch.serve(&proof, 200, repo.proof(MANIFEST_COLLECTION, &rkey));
+        // A registry with the referrers API (distribution 3, Harbor, GHCR): no attached
+        // signature, an empty index (else the engine also tries the sha256-<hex> tag).
+        let referrers = format!("https://registry.test/v2/team/{seed}/referrers/{digest}?artifactType=application%2Fvnd.atproto.signature.v1%2Bjson");
+        fetch.serve(&referrers, 200, r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#);
         trusted.push_str(&format!("  {}: {{ name: {seed} }}\n", id.did));
         rules.push_str(&format!(
             "  - name: {seed}\n    scope: \"registry.test/team/{seed}\"\n    require: {{ signature: true, trustedDIDs: [{}] }}\n    action: enforce\n",
@@ -152,11 +161,133 @@ fn review(images: &[String]) -> String {
     .to_string()
 }
 
+/// A TLS client config trusting the node's CA.
+fn tls_client(node: &Node) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(node.dir.path().join("ca.crt")).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// The same load from 200 connections multiplexed on one client thread (tokio + hyper's
+/// client): what is measured is the server, not the scheduling of 200 client threads.
+fn load_async(node: &Node, addr: std::net::SocketAddr, per_client: usize) -> (Vec<Duration>, Duration) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let config = tls_client(node);
+    let body = Bytes::from(review(&node.images));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let mut senders = Vec::with_capacity(clients());
+        for _ in 0..clients() {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config)).connect(name, tcp).await.unwrap();
+            let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+            tokio::spawn(connection);
+            senders.push(sender);
+        }
+        let started = Instant::now();
+        let tasks: Vec<_> = senders
+            .into_iter()
+            .map(|mut sender| {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut times = Vec::with_capacity(per_client);
+                    for _ in 0..per_client {
+                        let request = hyper::Request::post("/validate?timeout=10s")
+                            .header("host", "127.0.0.1")
+                            .header("content-type", "application/json")
+                            .body(Full::new(body.clone()))
+                            .unwrap();
+                        let begun = Instant::now();
+                        let response = sender.send_request(request).await.unwrap();
+                        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                        assert!(bytes.windows(14).any(|w| w == b"\"allowed\":true"), "{}", String::from_utf8_lossy(&bytes));
+                        times.push(begun.elapsed());
+                    }
+                    times
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        (all, started.elapsed())
+    })
+}
+
+/// Open loop: 200 connections, each sending one review every `period` (200 / period reviews
+/// a second in all), `per_client` each: latency at a given rate, without the queueing of a
+/// closed loop that sends as fast as answers come back.
+fn load_rate(node: &Node, addr: std::net::SocketAddr, per_client: usize, period: Duration) -> (Vec<Duration>, Duration) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let config = tls_client(node);
+    let body = Bytes::from(review(&node.images));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let mut senders = Vec::with_capacity(clients());
+        for _ in 0..clients() {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config)).connect(name, tcp).await.unwrap();
+            let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+            tokio::spawn(connection);
+            senders.push(sender);
+        }
+        let started = Instant::now();
+        let tasks: Vec<_> = senders
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut sender)| {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    // Spread the 200 connections evenly over one period.
+                    tokio::time::sleep(period * i as u32 / clients() as u32).await;
+                    let mut tick = tokio::time::interval(period);
+                    let mut times = Vec::with_capacity(per_client);
+                    for _ in 0..per_client {
+                        tick.tick().await;
+                        let request = hyper::Request::post("/validate?timeout=10s")
+                            .header("host", "127.0.0.1")
+                            .header("content-type", "application/json")
+                            .body(Full::new(body.clone()))
+                            .unwrap();
+                        let begun = Instant::now();
+                        let response = sender.send_request(request).await.unwrap();
+                        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                        assert!(bytes.windows(14).any(|w| w == b"\"allowed\":true"));
+                        times.push(begun.elapsed());
+                    }
+                    times
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        (all, started.elapsed())
+    })
+}
+
 /// 200 clients at once, `per_client` reviews each; latencies of every review.
 fn load(node: &Node, url: &str, per_client: usize) -> (Vec<Duration>, Duration) {
-    let barrier = Arc::new(Barrier::new(CLIENTS + 1));
+    let barrier = Arc::new(Barrier::new(clients() + 1));
     let body = review(&node.images);
-    let threads: Vec<_> = (0..CLIENTS)
+    let threads: Vec<_> = (0..clients())
         .map(|_| {
             let (agent, url, body, barrier) = (client(node), url.to_owned(), body.clone(), Arc::clone(&barrier));
             std::thread::spawn(move || {
@@ -197,6 +328,21 @@ fn report(name: &str, mut times: Vec<Duration>, wall: Duration) {
     );
 }
 
+/// CPU time (user + system, clock ticks) of this process's threads, by name without digits:
+/// the server's `serve-io` and `decide-` threads apart from the client threads.
+fn cpu_by_thread() -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+        let ticks = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let name = comm.trim().trim_end_matches(|c: char| c.is_ascii_digit() || c == '-').to_owned();
+        *out.entry(if name.is_empty() { "main".into() } else { name }).or_insert(0) += ticks;
+    }
+    out
+}
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0.0);
@@ -209,8 +355,20 @@ fn main() {
     let server = start(&warm);
     let url = format!("https://{}/validate?timeout=10s", server.addr);
     let _ = load(&warm, &url, 1);
+    let before = cpu_by_thread();
+    let (times, wall) = load_async(&warm, server.addr, 25);
+    let after = cpu_by_thread();
+    report("warm, 200 concurrent connections (one client thread)", times, wall);
+    // Client threads have exited by now (their time is gone from /proc); the server's remain.
+    let cpu: Vec<String> = after.iter().map(|(k, v)| format!("{k} {} ms", (v - before.get(k).copied().unwrap_or(0)) * 10)).collect();
+    println!("  CPU during the warm round: {} (wall {} ms)", cpu.join(", "), wall.as_millis());
+    for rate in [2_000u32, 5_000, 10_000] {
+        let period = Duration::from_secs(1) * clients() as u32 / rate;
+        let (times, wall) = load_rate(&warm, server.addr, 10 * rate as usize / clients() / 2, period);
+        report(&format!("warm, 200 connections, open loop at {rate} reviews/s"), times, wall);
+    }
     let (times, wall) = load(&warm, &url, 25);
-    report("warm, 200 concurrent", times, wall);
+    report("warm, 200 client threads (ureq, one connection each)", times, wall);
     drop(server);
 
     // Cold: a fresh node each round, every remote answer 50 ms late.
@@ -219,7 +377,7 @@ fn main() {
     for _ in 0..5 {
         let cold = node(Duration::from_millis(50));
         let server = start(&cold);
-        let (times, w) = load(&cold, &format!("https://{}/validate?timeout=10s", server.addr), 1);
+        let (times, w) = load_async(&cold, server.addr, 1);
         all.extend(times);
         wall += w;
         let requested = cold.fetch.requested();

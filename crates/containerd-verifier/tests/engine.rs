@@ -641,3 +641,50 @@ fn an_attached_forged_rev_never_outranks_a_verified_proof() {
     assert_eq!(answer.decision.reason, Reason::Verified, "{}\n{:#?}", answer.decision.message, answer.notes);
     assert!(answer.notes.iter().any(|n| n.contains("does not verify under the DID's key")), "{:#?}", answer.notes);
 }
+
+/// Records when each exchange started and ended, around the in-memory web.
+struct Timeline {
+    inner: Arc<MemoryFetch>,
+    spans: std::sync::Mutex<Vec<(String, std::time::Instant, std::time::Instant)>>,
+}
+
+impl containerd_verifier::remote::Fetch for Timeline {
+    fn exchange(&self, exchange: &containerd_verifier::remote::Exchange<'_>) -> Result<containerd_verifier::remote::Fetched, NetError> {
+        let started = std::time::Instant::now();
+        let answer = self.inner.exchange(exchange);
+        self.spans.lock().unwrap().push((exchange.url.to_owned(), started, std::time::Instant::now()));
+        answer
+    }
+}
+
+#[test]
+fn the_first_candidates_did_document_is_fetched_while_the_registry_is_asked_for_hints() {
+    let (repo, digest, rkey) = repo_with_manifest("overlap", Curve::K256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    // Every answer takes a while: if the two lookups overlap, their spans intersect.
+    world.fetch.delay("*", Duration::from_millis(200));
+    let timeline = Arc::new(Timeline { inner: world.fetch.clone(), spans: std::sync::Mutex::new(Vec::new()) });
+    let remote = Remote::new(timeline.clone(), world.resolve.clone());
+    let reference = format!("registry.test/team/app@{digest}");
+    let request = Request {
+        reference: &reference,
+        digest: None,
+        descriptor: None,
+        policy: world.policy.as_ref(),
+        config: &world.config,
+        now_micros: T0_MICROS + MINUTE,
+        deadline: Deadline::after(Duration::from_secs(8)),
+        in_flight: &InFlight::default(),
+    };
+    let answer = engine::decide(&request, &remote);
+    assert_eq!(answer.decision.reason, Reason::Verified, "{}", answer.decision.message);
+    let spans = timeline.spans.lock().unwrap().clone();
+    let span = |part: &str| spans.iter().find(|(url, _, _)| url.contains(part)).cloned().unwrap_or_else(|| panic!("no request to {part}: {spans:?}"));
+    let (_, hints_start, hints_end) = span("/referrers/");
+    let (_, doc_start, doc_end) = span(&format!("{PLC}/{}", repo.identity.did));
+    assert!(doc_start < hints_end && hints_start < doc_end, "the DID document and the referrers were asked one after the other: {spans:?}");
+    // The prefetch's request is counted as the decision's own; the document is fetched once.
+    assert_eq!(spans.iter().filter(|(url, _, _)| url.ends_with(&repo.identity.did)).count(), 1);
+    assert!(answer.requests.identity >= 2, "{:?}", answer.requests);
+}

@@ -69,6 +69,12 @@ pub struct Session<'a> {
     pub(crate) provenance: RefCell<Vec<String>>,
     /// Proof CARs found attached to the image in the registry: (did, rkey, car).
     pub(crate) attached: RefCell<Vec<(String, String, Vec<u8>)>>,
+    /// What a prefetch on another thread needs to build its own session.
+    pub(crate) world: Remote,
+    pub(crate) in_flight: InFlight,
+    pub(crate) options: SessionOptions,
+    /// Requests made by prefetches for this session.
+    pub(crate) prefetched_requests: Cell<usize>,
 }
 
 impl<'a> Session<'a> {
@@ -85,6 +91,8 @@ impl<'a> Session<'a> {
         let client = || Http::new(Arc::clone(&remote.fetch), config.request_timeout.0, deadline, in_flight.clone());
         let online = options.online || !config.offline;
         let notes = Notes::collect();
+        let world = remote.clone();
+        let kept_options = options.clone();
         Session {
             config,
             policy,
@@ -102,13 +110,17 @@ impl<'a> Session<'a> {
             used_stale: Cell::default(),
             provenance: RefCell::default(),
             attached: RefCell::default(),
+            world,
+            in_flight: in_flight.clone(),
+            options: kept_options,
+            prefetched_requests: Cell::new(0),
         }
     }
 
     /// The requests made so far.
     pub fn requests(&self) -> Requests {
         let registry = self.registry.as_ref().map_or(0, Http::request_count);
-        let identity = self.http.as_ref().map_or(0, Http::request_count);
+        let identity = self.http.as_ref().map_or(0, Http::request_count) + self.prefetched_requests.get();
         Requests { identity, registry }
     }
 
@@ -140,6 +152,42 @@ impl<'a> Session<'a> {
     /// The DID document of `did` (from cache or network), and whether stale material was used.
     pub fn document(&self, did: &str) -> Result<(DidDocument, bool), Verdict> {
         self.document_read(did, self.refresh).map(|(document, stale, _)| (document, stale))
+    }
+
+    /// Whether `did`'s document would be fetched (none fresh in the cache, and online).
+    pub(super) fn document_needs_fetch(&self, did: &str) -> bool {
+        if self.http.is_none() {
+            return false;
+        }
+        let strict = self.strict_plc && did_method(did) == Ok(DidMethod::Plc);
+        let key = [did];
+        !self.material(Kind::Did, &key, self.config.did_ttl).is_fresh(|e: &DidEntry| !strict || e.audit_log.is_some())
+    }
+
+    /// Runs `work` (which may make requests) while `did`'s DID document is fetched into the
+    /// cache on another thread, when it would be fetched anyway: the two round trips overlap
+    /// instead of following each other. The document is read later the usual way (from the
+    /// cache it went into, through `knowledge::accept_document`); the prefetch's requests and
+    /// notes count as this session's.
+    pub(super) fn with_document_prefetch<T>(&self, did: Option<&str>, work: impl FnOnce() -> T) -> T {
+        let Some(did) = did.filter(|d| self.document_needs_fetch(d)) else { return work() };
+        let (config, policy, world, in_flight, now, deadline) = (self.config, self.policy, &self.world, &self.in_flight, self.now, self.deadline);
+        let options = SessionOptions { registry: false, ..self.options.clone() };
+        std::thread::scope(|scope| {
+            let prefetch = std::thread::Builder::new().name("prefetch".into()).spawn_scoped(scope, move || {
+                let session = Session::new(config, policy, world, now, deadline, in_flight, options);
+                let _ = session.document(did);
+                (session.requests().identity, session.take_notes())
+            });
+            let result = work();
+            if let Ok(Ok((requests, notes))) = prefetch.map(|handle| handle.join()) {
+                self.prefetched_requests.set(self.prefetched_requests.get() + requests);
+                for note in notes {
+                    self.note(note);
+                }
+            }
+            result
+        })
     }
 
     /// The same, read under `refresh`; and whether it was fetched just now.

@@ -64,8 +64,11 @@ impl Session<'_> {
                 }
             }
         }
-        // Hints from signature artifacts attached to the image (DID and record key only).
-        for (did, rkey) in self.referrer_hints(image, digest) {
+        // Hints from signature artifacts attached to the image (DID and record key only),
+        // asked of the registry while the first candidate's DID document is fetched.
+        let first = found.dids.first().cloned().or_else(|| acceptable.first().map(|d| (*d).to_owned()));
+        let hints = if self.registry.is_some() { self.with_document_prefetch(first.as_deref(), || self.referrer_hints(image, digest)) } else { Vec::new() };
+        for (did, rkey) in hints {
             if acceptable.contains(&did.as_str()) && !found.dids.contains(&did) {
                 found.dids.push(did.clone());
             }

@@ -107,6 +107,13 @@ pub struct Material<'a> {
 }
 
 impl Material<'_> {
+    /// True when the cache holds a fresh entry that `usable` accepts (no fetch would be made).
+    pub fn is_fresh<T: DeserializeOwned + Dated>(&self, usable: impl Fn(&T) -> bool) -> bool {
+        let ttl = self.refresh.effective_ttl(self.lifetime.ttl_micros);
+        self.refresh != Refresh::Always
+            && self.cache.read::<T>(self.kind, self.key).is_some_and(|e| usable(&e) && freshness(e.fetched_at(), self.now, ttl, 0) == Freshness::Fresh)
+    }
+
     /// Reads the material. `usable` filters cached entries (corrupt or unreadable ones count
     /// as missing); `fetch` gets it from the network (`Ok(None)`: there is none); `accept`
     /// gets a fetched entry and stores it if it may be stored (unverified material never is:
