@@ -334,3 +334,35 @@ fn real_commit_reencodes_byte_for_byte() {
     assert_eq!(commit.signed_bytes(), block);
     assert_eq!(commit.unsigned_bytes().len() + 2 + 64 + 4, block.len(), "unsigned = signed minus the sig entry");
 }
+
+/// As a firehose consumer must use them (sync 1.1): with only the blocks the proof carries,
+/// the ops inverted (adds removed, deletions put back) turn the new root into the old one.
+#[test]
+fn commit_proofs_invert_with_only_the_blocks_in_the_proof() {
+    let cases = read_json("firehose/commit-proof-fixtures.json");
+    for case in cases.as_array().unwrap() {
+        let comment = case["comment"].as_str().unwrap();
+        let leaf: Cid = case["leafValue"].as_str().unwrap().parse().unwrap();
+        let strings = |name: &str| -> Vec<String> { case[name].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect() };
+        let mut entries: BTreeMap<Vec<u8>, Cid> = strings("keys").into_iter().map(|k| (k.into_bytes(), leaf)).collect();
+        for add in strings("adds") {
+            entries.insert(add.into_bytes(), leaf);
+        }
+        for del in strings("dels") {
+            entries.remove(del.as_bytes());
+        }
+        let (after, all_blocks) = mst::build(&entries);
+        assert_eq!(after.to_string(), case["rootAfterCommit"].as_str().unwrap(), "{comment}");
+        let in_proof: Vec<Cid> = strings("blocksInProof").iter().map(|c| c.parse().unwrap()).collect();
+        let proof: std::collections::HashMap<Cid, Vec<u8>> = all_blocks.into_iter().filter(|(cid, _)| in_proof.contains(cid)).collect();
+        assert_eq!(proof.len(), in_proof.len(), "{comment}: every block of the proof is a node of the new tree");
+        let mut inverse: Vec<mst::Edit> = strings("adds").into_iter().map(|k| mst::Edit::Remove(k.into_bytes())).collect();
+        inverse.extend(strings("dels").into_iter().map(|k| mst::Edit::Put(k.into_bytes(), leaf)));
+        let limits = Limits::default();
+        let before = mst::apply(|c| proof.get(c).map(Vec::as_slice), after, &inverse, &limits).unwrap_or_else(|e| panic!("{comment}: {e}"));
+        assert_eq!(before.to_string(), case["rootBeforeCommit"].as_str().unwrap(), "{comment}");
+        // Without the new root's own node nothing can be inverted.
+        let rootless = |c: &Cid| if *c == after { None } else { proof.get(c).map(Vec::as_slice) };
+        assert!(matches!(mst::apply(rootless, after, &inverse, &limits), Err(mst::MstError::MissingBlock(_))), "{comment}");
+    }
+}

@@ -14,9 +14,11 @@ use crate::cid::{Cid, Codec};
 use crate::limits::Limits;
 
 mod build;
+mod edit;
 mod walk;
 
 pub use build::build;
+pub use edit::{Edit, apply};
 pub use walk::{Covering, Lookup, Walk, covering, walk};
 
 /// Maximum MST key length (both reference implementations).
