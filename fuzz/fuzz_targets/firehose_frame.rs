@@ -7,12 +7,19 @@ use atproto_sig_core::firehose::{Frame, decode_frame};
 use atproto_sig_core::Limits;
 use libfuzzer_sys::fuzz_target;
 
+fn key() -> atproto_sig_core::crypto::PublicKey {
+    static KEY: std::sync::OnceLock<atproto_sig_core::crypto::PublicKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| atproto_sig_core::crypto::PrivateKey::from_seed(atproto_sig_core::crypto::Curve::K256, "fuzz").public_key()).clone()
+}
+
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     match decode_frame(data, &limits) {
         Ok(Frame::Commit(event)) => {
             assert!(event.ops.len() <= atproto_sig_core::firehose::MAX_OPS);
             let _ = Car::parse(&event.blocks, &limits);
+            // The inductive check on whatever the frame carries (any key: it must fail cleanly).
+            let _ = atproto_sig_core::commit_proof::prove_commit(&event, &key(), &limits);
         }
         Ok(Frame::Sync(event)) => {
             let _ = Car::parse(&event.blocks, &limits);

@@ -11,6 +11,7 @@ pub mod cbor;
 pub mod cid;
 pub mod collection;
 pub mod commit;
+pub mod commit_proof;
 pub mod crypto;
 pub mod did;
 pub mod encoding;

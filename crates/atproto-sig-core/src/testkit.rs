@@ -301,6 +301,12 @@ impl TestRepo {
         car
     }
 
+    /// The commit CID, signed rev and MST root of the repository as it is now.
+    pub fn head(&self) -> (Cid, String, Cid) {
+        let (commit_cid, _, root, _) = self.commit(&Tamper::None);
+        (commit_cid, tid_from_parts(self.now_micros as u64, 0), root)
+    }
+
     /// A whole-repository CAR (commit, every node, every record), as `getRepo` returns.
     pub fn export(&self) -> Vec<u8> {
         let (commit_cid, commit_block, _, blocks) = self.commit(&Tamper::None);
