@@ -20,6 +20,7 @@ pub mod http;
 pub mod memory;
 pub mod system;
 pub mod ureq;
+pub mod ws;
 
 /// The end of the time budget for one decision.
 #[derive(Clone, Copy, Debug)]

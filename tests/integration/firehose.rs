@@ -1,0 +1,77 @@
+//! The firehose as a real PDS serves it: `com.atproto.sync.subscribeRepos` of the reference
+//! PDS (npm) on loopback, read through the watcher's WebSocket client (`remote::ws`). Each
+//! `#commit` for a record written or deleted through the PDS must prove itself with the core's
+//! inductive check (signature under the DID document's key, record state under the new root,
+//! ops inverted to `prevData`), as sync 1.1 defines; a copy with one field changed must not.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use atproto_sig_core::Limits;
+use atproto_sig_core::commit_proof::{CommitProofError, prove_commit};
+use atproto_sig_core::did::DidDocument;
+use atproto_sig_core::firehose::{Action, CommitEvent, Frame as Event, decode_frame};
+use containerd_verifier::remote::ureq::TrustRoots;
+use containerd_verifier::remote::ws::WsSubscribe;
+use containerd_verifier::remote::{Frame, Stream, Subscribe};
+use harness::{env, http, sha256};
+
+/// The next `#commit` of `did` touching `path` on `stream` (other events skipped: the
+/// account's own first commits arrive too), within 15 s.
+fn next_commit(stream: &mut Box<dyn Stream>, did: &str, path: &str) -> CommitEvent {
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(15), "no #commit for {did} in 15 s");
+        match stream.next(Duration::from_secs(15), atproto_sig_core::firehose::MAX_FRAME_BYTES).unwrap() {
+            Some(Frame::Binary(bytes)) => {
+                if let Ok(Event::Commit(event)) = decode_frame(&bytes, &Limits::default()) {
+                    if event.repo == did && event.ops.iter().any(|op| op.path == path) {
+                        return event;
+                    }
+                }
+            }
+            Some(Frame::Text(_)) => {}
+            None => panic!("the PDS closed the stream"),
+        }
+    }
+}
+
+#[test]
+fn commits_from_the_reference_pds_prove_themselves_and_a_deletion() {
+    let env = env();
+    let alice = env.pds.create_account("firehose1");
+    let (status, _, document) = http("GET", &format!("{}/{}", env.pds.plc, alice.did), &[], None);
+    assert_eq!(status, 200);
+    let key = DidDocument::parse(&document, &alice.did, &Limits::default()).unwrap().signing_key.unwrap();
+    let url = format!("{}/xrpc/com.atproto.sync.subscribeRepos", env.pds.pds.replace("http://", "ws://"));
+    let mut stream = WsSubscribe::new(TrustRoots::new(None)).subscribe(&url, Duration::from_secs(5)).unwrap();
+    let limits = Limits::repository();
+
+    let digest = sha256(b"firehose-image");
+    let rkey = env.pds.put_manifest(&alice, &digest, "app", "application/vnd.oci.image.manifest.v1+json");
+    let path = format!("io.atcr.manifest/{rkey}");
+    let created = next_commit(&mut stream, &alice.did, &path);
+    assert!(created.prev_data.is_some(), "the reference PDS sends sync 1.1 frames (prevData): {created:?}");
+    let proven = prove_commit(&created, &key, &limits).unwrap_or_else(|e| panic!("the create does not prove itself: {e}"));
+    let record = proven.records.iter().find(|(p, _)| *p == path).unwrap_or_else(|| panic!("no op for {path}: {:?}", created.ops));
+    assert!(record.1.is_some());
+
+    env.pds.delete_record(&alice, &rkey);
+    let deleted = next_commit(&mut stream, &alice.did, &path);
+    assert!(deleted.ops.iter().any(|op| op.action == Action::Delete && op.path == path), "{:?}", deleted.ops);
+    let proven = prove_commit(&deleted, &key, &limits).unwrap_or_else(|e| panic!("the delete does not prove itself: {e}"));
+    assert_eq!(proven.records.iter().find(|(p, _)| *p == path).map(|(_, cid)| *cid), Some(None), "the deletion is proven: absent under the signed root");
+    assert_eq!(Some(proven.prev_data), deleted.prev_data);
+    assert!(proven.rev > created.rev, "revs only grow");
+
+    // The same frame, forged: another key, or a prevData the ops do not invert to.
+    let bob = env.pds.create_account("firehose2");
+    let bob_document = http("GET", &format!("{}/{}", env.pds.plc, bob.did), &[], None).2;
+    let bob_key = DidDocument::parse(&bob_document, &bob.did, &Limits::default()).unwrap().signing_key.unwrap();
+    assert_eq!(prove_commit(&deleted, &bob_key, &limits), Err(CommitProofError::Signature));
+    let forged = CommitEvent { prev_data: created.prev_data, ..deleted.clone() };
+    assert!(matches!(prove_commit(&forged, &key, &limits), Err(CommitProofError::Inversion { .. })));
+}
