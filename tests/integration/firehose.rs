@@ -2,7 +2,8 @@
 //! PDS (npm) on loopback, read through the watcher's WebSocket client (`remote::ws`). Each
 //! `#commit` for a record written or deleted through the PDS must prove itself with the core's
 //! inductive check (signature under the DID document's key, record state under the new root,
-//! ops inverted to `prevData`), as sync 1.1 defines; a copy with one field changed must not.
+//! ops inverted to `prevData`), as sync 1.1 defines; a copy with one field changed must not;
+//! and the deletion's frame yields an absence proof the verifier accepts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 #[path = "harness.rs"]
@@ -66,6 +67,18 @@ fn commits_from_the_reference_pds_prove_themselves_and_a_deletion() {
     assert_eq!(proven.records.iter().find(|(p, _)| *p == path).map(|(_, cid)| *cid), Some(None), "the deletion is proven: absent under the signed root");
     assert_eq!(Some(proven.prev_data), deleted.prev_data);
     assert!(proven.rev > created.rev, "revs only grow");
+    // The frame's own blocks make an absence proof that the verifier accepts as a deletion
+    // (what the watcher stores: no rollback to the older proof of the record).
+    let car = atproto_sig_core::commit_proof::record_proof(&deleted, &path, &limits).unwrap();
+    let verdict = atproto_sig_core::verify::verify(&atproto_sig_core::verify::ProofInput {
+        car: &car,
+        key: atproto_sig_core::verify::KeySource::Key(&key),
+        expect: atproto_sig_core::verify::Expectation { did: &alice.did, rkey: Some(&rkey), digest: Some(&digest), repository: None },
+        now_micros: containerd_verifier::clock::now_micros(None).unwrap(),
+        max_clock_skew_micros: atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS,
+        limits: &Limits::default(),
+    });
+    assert_eq!(verdict.reason, atproto_sig_core::Reason::RecordDeleted, "{}", verdict.message);
 
     // The same frame, forged: another key, or a prevData the ops do not invert to.
     let bob = env.pds.create_account("firehose2");

@@ -140,6 +140,30 @@ pub fn prove_commit(event: &CommitEvent, key: &PublicKey, limits: &Limits) -> Re
     Ok(ProvenCommit { did: commit.did, rev, data: commit.data, prev_data, records })
 }
 
+/// A `com.atproto.sync.getRecord`-style proof CAR for `path`, cut from the frame's own blocks:
+/// the commit block, the MST nodes on the path under the new root, and the record block when
+/// present. A consumer stores it like any fetched proof (it is verified again there); for a
+/// deleted record it is an absence proof under a signed commit.
+pub fn record_proof(event: &CommitEvent, path: &str, limits: &Limits) -> Result<Vec<u8>, CommitProofError> {
+    let car = Car::parse(&event.blocks, limits).map_err(CommitProofError::Car)?;
+    if car.root != event.commit {
+        return Err(CommitProofError::WrongRoot);
+    }
+    let commit = Commit::of_car(&car, limits).map_err(CommitProofError::Commit)?;
+    let commit_block = car.block(&car.root).ok_or(CommitProofError::Commit(CommitError::MissingRoot(car.root)))?;
+    let walk = mst::walk(|c| car.block(c), commit.data, path.as_bytes(), limits).map_err(CommitProofError::Mst)?;
+    let mut blocks: Vec<(Cid, &[u8])> = vec![(car.root, commit_block)];
+    for (cid, _) in &walk.path {
+        let block = car.block(cid).ok_or(CommitProofError::Mst(MstError::MissingBlock(*cid)))?;
+        blocks.push((*cid, block));
+    }
+    if let Lookup::Present(cid) = walk.lookup {
+        let record = car.block(&cid).ok_or(CommitProofError::OpNotProven(format!("{path}: the record block is not in the frame")))?;
+        blocks.push((cid, record));
+    }
+    Ok(crate::car::write_car(&car.root, blocks))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +220,24 @@ mod tests {
         assert_eq!(proven.records[0], (format!("{MANIFEST_COLLECTION}/{gone}"), None));
         assert_eq!(Some(proven.prev_data), event.prev_data);
         assert_eq!(proven.rev, event.rev);
+    }
+
+    #[test]
+    fn the_frame_cuts_an_absence_proof_the_verifier_accepts_as_a_deletion() {
+        let (repo, event, gone, _) = frame();
+        let path = format!("{MANIFEST_COLLECTION}/{gone}");
+        let car = record_proof(&event, &path, &Limits::repository()).unwrap();
+        let key = repo.identity.public_key();
+        let verdict = crate::verify::verify(&crate::verify::ProofInput {
+            car: &car,
+            key: crate::verify::KeySource::Key(&key),
+            expect: crate::verify::Expectation { did: &repo.identity.did, rkey: Some(&gone), digest: Some(&digest_of("gone")), repository: None },
+            now_micros: repo.now_micros + 1_000_000,
+            max_clock_skew_micros: crate::verify::DEFAULT_CLOCK_SKEW_MICROS,
+            limits: &Limits::default(),
+        });
+        assert_eq!(verdict.reason, crate::Reason::RecordDeleted, "{}", verdict.message);
+        assert!(verdict.facts.signature_verified && verdict.facts.path_proven);
     }
 
     #[test]
