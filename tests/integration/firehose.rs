@@ -88,3 +88,71 @@ fn commits_from_the_reference_pds_prove_themselves_and_a_deletion() {
     let forged = CommitEvent { prev_data: created.prev_data, ..deleted.clone() };
     assert!(matches!(prove_commit(&forged, &key, &limits), Err(CommitProofError::Inversion { .. })));
 }
+
+/// `watch` against the reference PDS: an image admitted with its proof cached for an hour;
+/// its record deleted by its owner; the watcher, subscribed to the PDS, stores the absence
+/// proof the `#commit` carries, and the next pull is blocked (`record-deleted`) long before
+/// the proof's TTL.
+#[test]
+fn watch_revokes_a_deleted_record_before_its_ttl() {
+    let env = env();
+    let alice = env.pds.create_account("watch1");
+    let r = &env.registry.host;
+    let digest = env.registry.push_image("watch1.test/app", "v1", "watch1");
+    let rkey = env.pds.put_manifest(&alice, &digest, "app", "application/vnd.oci.image.manifest.v1+json");
+    let config =
+        format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{r:?}]\nbudget = \"8s\"\nproof_ttl = \"1h\"\n", env.pds.plc, env.pds.pds);
+    let policy = harness::policy(
+        &[(&alice.handle, &alice.did, None)],
+        &format!("  - name: signed\n    scope: \"{r}/**\"\n    require: {{ signature: true }}\n    action: enforce\n"),
+        "{ action: enforce, require: { signature: true } }",
+    );
+    let verifier = harness::Verifier::new(&config, &policy);
+    let image = format!("{r}/watch1.test/app:v1");
+    let pull = verifier.pull(&image, &digest);
+    assert_eq!(pull.code, Some(0), "{}", pull.stdout);
+    // A second node with the same cached proof and no watcher: the control.
+    let control = harness::Verifier::new(&config, &policy);
+    assert_eq!(control.pull(&image, &digest).code, Some(0));
+
+    let log = verifier.dir.path().join("watch.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        .args(["watch", "--run-for", "60s"])
+        .env("ATPROTO_VERIFIER_CONFIG", &verifier.config)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let _watch = harness::Guard(Some(child));
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("subscribed to") {
+        assert!(started.elapsed() < Duration::from_secs(20), "watch did not subscribe: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Still admitted from the cache (the TTL is an hour).
+    assert_eq!(verifier.pull(&image, &digest).code, Some(0));
+
+    env.pds.delete_record(&alice, &rkey);
+    let deleted = Instant::now();
+    let blocked = loop {
+        let pull = verifier.pull(&image, &digest);
+        if pull.code == Some(1) {
+            break pull;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(10),
+            "still admitted 10 s after the deletion: {}\n{}",
+            pull.stdout,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(blocked.stdout.starts_with("record-deleted"), "{}", blocked.stdout);
+    // Without the watcher, the deleted image is still admitted from the cached proof (its TTL).
+    let still = control.pull(&image, &digest);
+    assert_eq!(still.code, Some(0), "the control node was not expected to know yet: {}", still.stdout);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("revoked (the record is deleted)") && text.contains("proven by the #commit itself"), "{text}");
+    eprintln!("blocked {:?} after the deletion", deleted.elapsed());
+}

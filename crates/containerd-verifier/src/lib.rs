@@ -33,6 +33,7 @@ pub(crate) mod metrics;
 pub mod ratify;
 pub mod remote;
 pub mod serve;
+pub mod watch;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -49,6 +49,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Answer Kubernetes admission (validating and mutating webhooks, Gatekeeper's external data) over HTTPS.
     Serve(crate::serve::ServeArgs),
+    /// Follow the watched repositories' event streams and revoke cached proofs as soon as a signed commit deletes their record.
+    Watch(crate::watch::WatchArgs),
     /// Install this binary as containerd's verifier under a root (the node DaemonSet's init container).
     InstallNode(install_node::InstallNodeArgs),
     /// Check a trust policy, or explain what it decides for an image.
@@ -79,6 +81,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Resolve(args) => resolve::run(args),
         Command::Serve(args) => crate::serve::run(args),
         Command::InstallNode(args) => install_node::run(args),
+        Command::Watch(args) => crate::watch::run(args),
         Command::GenerateAssets { dir } => match generate_assets(&dir) {
             Ok(()) => crate::exit::ADMITTED,
             Err(e) => {
