@@ -177,60 +177,12 @@ fn tls_client(node: &Node) -> Arc<rustls::ClientConfig> {
     )
 }
 
-/// The same load from 200 connections multiplexed on one client thread (tokio + hyper's
-/// client): what is measured is the server, not the scheduling of 200 client threads.
-fn load_async(node: &Node, addr: std::net::SocketAddr, per_client: usize) -> (Vec<Duration>, Duration) {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
-    let config = tls_client(node);
-    let body = Bytes::from(review(&node.images));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async move {
-        let mut senders = Vec::with_capacity(clients());
-        for _ in 0..clients() {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            tcp.set_nodelay(true).unwrap();
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config)).connect(name, tcp).await.unwrap();
-            let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
-            tokio::spawn(connection);
-            senders.push(sender);
-        }
-        let started = Instant::now();
-        let tasks: Vec<_> = senders
-            .into_iter()
-            .map(|mut sender| {
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let mut times = Vec::with_capacity(per_client);
-                    for _ in 0..per_client {
-                        let request = hyper::Request::post("/validate?timeout=10s")
-                            .header("host", "127.0.0.1")
-                            .header("content-type", "application/json")
-                            .body(Full::new(body.clone()))
-                            .unwrap();
-                        let begun = Instant::now();
-                        let response = sender.send_request(request).await.unwrap();
-                        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-                        assert!(bytes.windows(14).any(|w| w == b"\"allowed\":true"), "{}", String::from_utf8_lossy(&bytes));
-                        times.push(begun.elapsed());
-                    }
-                    times
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.unwrap());
-        }
-        (all, started.elapsed())
-    })
-}
-
-/// Open loop: 200 connections, each sending one review every `period` (200 / period reviews
-/// a second in all), `per_client` each: latency at a given rate, without the queueing of a
-/// closed loop that sends as fast as answers come back.
-fn load_rate(node: &Node, addr: std::net::SocketAddr, per_client: usize, period: Duration) -> (Vec<Duration>, Duration) {
+/// The load from 200 connections multiplexed on one client thread (tokio + hyper's client):
+/// what is measured is the server, not the scheduling of 200 client threads. Closed loop
+/// (`period` none: each connection sends its next review when the answer comes) or open loop
+/// (each connection sends one every `period`, the 200 spread evenly over it: latency at a
+/// given rate, without a closed loop's queueing).
+fn load_connected(node: &Node, addr: std::net::SocketAddr, per_client: usize, period: Option<Duration>) -> (Vec<Duration>, Duration) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
     let config = tls_client(node);
@@ -254,12 +206,18 @@ fn load_rate(node: &Node, addr: std::net::SocketAddr, per_client: usize, period:
             .map(|(i, mut sender)| {
                 let body = body.clone();
                 tokio::spawn(async move {
-                    // Spread the 200 connections evenly over one period.
-                    tokio::time::sleep(period * i as u32 / clients() as u32).await;
-                    let mut tick = tokio::time::interval(period);
+                    let mut tick = match period {
+                        Some(period) => {
+                            tokio::time::sleep(period * i as u32 / clients() as u32).await;
+                            Some(tokio::time::interval(period))
+                        }
+                        None => None,
+                    };
                     let mut times = Vec::with_capacity(per_client);
                     for _ in 0..per_client {
-                        tick.tick().await;
+                        if let Some(tick) = tick.as_mut() {
+                            tick.tick().await;
+                        }
                         let request = hyper::Request::post("/validate?timeout=10s")
                             .header("host", "127.0.0.1")
                             .header("content-type", "application/json")
@@ -268,7 +226,7 @@ fn load_rate(node: &Node, addr: std::net::SocketAddr, per_client: usize, period:
                         let begun = Instant::now();
                         let response = sender.send_request(request).await.unwrap();
                         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-                        assert!(bytes.windows(14).any(|w| w == b"\"allowed\":true"));
+                        assert!(bytes.windows(14).any(|w| w == b"\"allowed\":true"), "{}", String::from_utf8_lossy(&bytes));
                         times.push(begun.elapsed());
                     }
                     times
@@ -356,7 +314,7 @@ fn main() {
     let url = format!("https://{}/validate?timeout=10s", server.addr);
     let _ = load(&warm, &url, 1);
     let before = cpu_by_thread();
-    let (times, wall) = load_async(&warm, server.addr, 25);
+    let (times, wall) = load_connected(&warm, server.addr, 25, None);
     let after = cpu_by_thread();
     report("warm, 200 concurrent connections (one client thread)", times, wall);
     // Client threads have exited by now (their time is gone from /proc); the server's remain.
@@ -364,7 +322,7 @@ fn main() {
     println!("  CPU during the warm round: {} (wall {} ms)", cpu.join(", "), wall.as_millis());
     for rate in [2_000u32, 5_000, 10_000] {
         let period = Duration::from_secs(1) * clients() as u32 / rate;
-        let (times, wall) = load_rate(&warm, server.addr, 10 * rate as usize / clients() / 2, period);
+        let (times, wall) = load_connected(&warm, server.addr, 10 * rate as usize / clients() / 2, Some(period));
         report(&format!("warm, 200 connections, open loop at {rate} reviews/s"), times, wall);
     }
     let (times, wall) = load(&warm, &url, 25);
@@ -377,7 +335,7 @@ fn main() {
     for _ in 0..5 {
         let cold = node(Duration::from_millis(50));
         let server = start(&cold);
-        let (times, w) = load_async(&cold, server.addr, 1);
+        let (times, w) = load_connected(&cold, server.addr, 1, None);
         all.extend(times);
         wall += w;
         let requested = cold.fetch.requested();
