@@ -40,10 +40,7 @@ pub fn wait_for_port(port: u16, what: &str, limit: Duration) {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is missing: apt-get install openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
+use super::pki::{self, openssl};
 
 /// A CA and certificates it issued, for 127.0.0.1.
 pub struct Pki {
@@ -52,28 +49,7 @@ pub struct Pki {
 
 impl Pki {
     pub fn new(dir: &Path) -> Pki {
-        std::fs::create_dir_all(dir).unwrap();
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-subj",
-                "/CN=test-ca",
-                "-days",
-                "2",
-            ],
-        );
-        std::fs::write(dir.join("ext.cnf"), "[leaf]\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+        pki::ca(dir, "ca");
         openssl(dir, &["genpkey", "-algorithm", "RSA", "-out", "sa.key"]);
         openssl(dir, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
         Pki { dir: dir.to_owned() }
@@ -81,34 +57,7 @@ impl Pki {
 
     /// `<name>.crt` and `<name>.key`, issued by the CA; returns (cert, key).
     pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
-        let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
-        openssl(
-            &self.dir,
-            &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")],
-        );
-        openssl(
-            &self.dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-extfile",
-                "ext.cnf",
-                "-extensions",
-                "leaf",
-            ],
-        );
-        (self.dir.join(crt), self.dir.join(key))
+        pki::issue(&self.dir, "ca", name)
     }
 
     pub fn ca(&self) -> PathBuf {

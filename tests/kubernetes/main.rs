@@ -8,6 +8,8 @@
 mod harness;
 
 mod cluster;
+#[path = "../support/pki.rs"]
+mod pki;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

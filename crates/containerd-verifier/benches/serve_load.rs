@@ -32,10 +32,8 @@ fn clients() -> usize {
     *CLIENTS_SET.get_or_init(|| std::env::var("SERVE_LOAD_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200))
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is missing: apt-get install openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
+#[path = "../../../tests/support/pki.rs"]
+mod pki;
 
 struct Node {
     dir: tempfile::TempDir,
@@ -84,50 +82,7 @@ fn node(delay: Duration) -> Node {
         ),
     )
     .unwrap();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-subj",
-            "/CN=ca",
-            "-days",
-            "2",
-        ],
-    );
-    std::fs::write(d.join("ext.cnf"), "[leaf]\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
-    openssl(d, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "s.key", "-out", "s.csr", "-subj", "/CN=s"]);
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "s.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "s.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-extensions",
-            "leaf",
-        ],
-    );
+    pki::issue(d, "ca", "s");
     Node { dir, fetch, images }
 }
 

@@ -9,8 +9,8 @@
 //!    knowledge rules: signed time only, never backwards, one way in);
 //! 5. [`engine`]: one decision (`engine::decide`), or a batch of lookups (`engine::Session`);
 //! 6. adapters: `bundle` (create, import), [`bindir`] (containerd), [`cli`] (operators and CI);
-//!    [`serve`] (Kubernetes admission over HTTPS), [`ratify`] (Ratify v1's plugin entry);
-//!    `watch` goes beside them.
+//!    [`serve`] (Kubernetes admission over HTTPS), [`ratify`] (Ratify v1's plugin entry),
+//!    [`watch`] (revocations from the repositories' event streams).
 //!
 //! The API boundary is [`engine`], [`remote`], [`material`] and [`config`] (plus the ground
 //! floor); the rest is `pub(crate)`. In-memory doubles of the world (`remote::memory`) and the

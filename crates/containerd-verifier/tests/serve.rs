@@ -20,77 +20,11 @@ use serde_json::{Value as Json, json};
 
 const PLC: &str = "https://plc.test";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is missing: apt-get install openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
+#[path = "../../../tests/support/pki.rs"]
+mod pki;
 
-/// A CA (`<ca>.crt`) and a server certificate it issued for 127.0.0.1 (`<name>.crt/.key`).
 fn issue(dir: &Path, ca: &str, name: &str) {
-    if !dir.join(format!("{ca}.crt")).exists() {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.crt"),
-                "-subj",
-                &format!("/CN={ca}"),
-                "-days",
-                "2",
-            ],
-        );
-        std::fs::write(dir.join("ext.cnf"), "[leaf]\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
-    }
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    let ca_key = format!("{ca}.key");
-    let ca_crt = format!("{ca}.crt");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-extensions",
-            "leaf",
-        ],
-    );
+    pki::issue(dir, ca, name);
 }
 
 /// The node, its world, and a running server.

@@ -104,11 +104,19 @@ fn io_error(url: &str, e: &std::io::Error) -> NetError {
 impl Subscribe for WsSubscribe {
     fn subscribe(&self, url: &str, timeout: Duration) -> Result<Box<dyn Stream>, NetError> {
         let (tls, host, port) = target(url)?;
-        let address = (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| NetError::Connect(format!("{host}: {e}")))?
-            .next()
-            .ok_or_else(|| NetError::Connect(format!("{host}: no address")))?;
+        // The system resolver has no timeout of its own: asked on a thread, waited for only
+        // as long as the subscribe timeout (a stuck lookup leaves one thread behind, no more).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lookup = host.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((lookup.as_str(), port).to_socket_addrs().map(|mut a| a.next()));
+        });
+        let address = match rx.recv_timeout(timeout) {
+            Ok(Ok(Some(address))) => address,
+            Ok(Ok(None)) => return Err(NetError::Connect(format!("{host}: no address"))),
+            Ok(Err(e)) => return Err(NetError::Connect(format!("{host}: {e}"))),
+            Err(_) => return Err(NetError::Timeout(format!("resolving {host}"))),
+        };
         let tcp = TcpStream::connect_timeout(&address, timeout).map_err(|e| io_error(url, &e))?;
         let control = tcp.try_clone().map_err(|e| io_error(url, &e))?;
         control.set_read_timeout(Some(timeout)).map_err(|e| io_error(url, &e))?;

@@ -247,7 +247,7 @@ pub fn run(args: WatchArgs) -> u8 {
     let policy = match load_policy(&config.policy) {
         Ok(policy) => policy,
         Err(e) => {
-            eprintln!("error: the trust policy does not load: {e:?}");
+            eprintln!("error: the trust policy does not load: {e}");
             return crate::exit::UNDECIDED;
         }
     };
