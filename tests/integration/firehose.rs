@@ -120,6 +120,7 @@ fn watch_revokes_a_deleted_record_before_its_ttl() {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
         .args(["watch", "--run-for", "60s"])
         .env("ATPROTO_VERIFIER_CONFIG", &verifier.config)
+        .env("ATPROTO_VERIFIER_LOG", "debug")
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
@@ -152,7 +153,8 @@ fn watch_revokes_a_deleted_record_before_its_ttl() {
     // Without the watcher, the deleted image is still admitted from the cached proof (its TTL).
     let still = control.pull(&image, &digest);
     assert_eq!(still.code, Some(0), "the control node was not expected to know yet: {}", still.stdout);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // The watcher logs after the cache write the pull read: wait for the line.
+    let text = harness::wait_for_log(&log, "proven by the #commit itself", Duration::from_secs(5));
     assert!(text.contains("revoked (the record is deleted)") && text.contains("proven by the #commit itself"), "{text}");
     eprintln!("blocked {:?} after the deletion", deleted.elapsed());
 }

@@ -26,6 +26,18 @@ pub fn sha256(bytes: &[u8]) -> String {
 /// Kills the child when dropped.
 pub struct Guard(pub Option<Child>);
 
+/// The text of `log` once it contains `needle` (or after `within`, for the caller's assertion).
+pub fn wait_for_log(log: &Path, needle: &str, within: Duration) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) || started.elapsed() > within {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Guard {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.0.take() {

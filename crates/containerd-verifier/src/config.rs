@@ -157,6 +157,32 @@ pub struct Config {
     pub max_proof_age: Span,
     /// How far in the future a commit rev may be dated (clock skew).
     pub clock_skew: Span,
+    /// Where `watch` hears of repository changes: `pds` (each watched DID's PDS, one socket
+    /// per PDS), `relay` or `jetstream` (one socket for the node, at `watch_url`), or `poll`
+    /// (no stream: `getLatestCommit` every `watch_poll_interval`).
+    pub watch_source: WatchSource,
+    /// The relay (`wss://relay.example`) or Jetstream (`wss://jetstream.example`) to follow.
+    pub watch_url: Option<String>,
+    /// How often `watch` polls each watched DID's latest commit, with `watch_source = "poll"`
+    /// or while its stream is down.
+    pub watch_poll_interval: Span,
+    /// Prometheus textfile written by `watch` (connected sources, lag, revocations, gaps).
+    pub watch_metrics_file: Option<PathBuf>,
+}
+
+/// Where `watch` hears of repository changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchSource {
+    /// `subscribeRepos` of each watched DID's own PDS.
+    #[default]
+    Pds,
+    /// A relay's `subscribeRepos` (the whole network on one socket, filtered here).
+    Relay,
+    /// A Jetstream instance (JSON, filtered by the server; unsigned, so every event is a hint).
+    Jetstream,
+    /// No stream: `getLatestCommit` of every watched DID at `watch_poll_interval`.
+    Poll,
 }
 
 impl Default for Config {
@@ -183,6 +209,10 @@ impl Default for Config {
             max_stale: Span(Duration::from_secs(86_400)),
             max_proof_age: Span(Duration::from_secs(7 * 86_400)),
             clock_skew: Span(Duration::from_secs(300)),
+            watch_source: WatchSource::Pds,
+            watch_url: None,
+            watch_poll_interval: Span(Duration::from_secs(60)),
+            watch_metrics_file: None,
         }
     }
 }
@@ -282,6 +312,18 @@ impl Config {
         if !(self.plc_directory.starts_with("https://") || self.plc_directory.starts_with("http://")) {
             return invalid(format!("plc_directory {:?} must be an http(s) URL", self.plc_directory));
         }
+        match (&self.watch_source, &self.watch_url) {
+            (WatchSource::Relay | WatchSource::Jetstream, None) => {
+                return invalid(format!("watch_source = {:?} needs watch_url (the wss:// address to follow)", self.watch_source));
+            }
+            (_, Some(url)) if !(url.starts_with("wss://") || url.starts_with("ws://")) => {
+                return invalid(format!("watch_url {url:?} must be a ws(s):// URL"));
+            }
+            _ => {}
+        }
+        if self.watch_poll_interval.0 < Duration::from_secs(1) {
+            return invalid("watch_poll_interval must be at least 1s".into());
+        }
         Ok(())
     }
 }
@@ -339,10 +381,16 @@ mod tests {
         expected.bundle_dir = documented.bundle_dir.clone();
         expected.ca_bundle = documented.ca_bundle.clone();
         expected.metrics_file = documented.metrics_file.clone();
+        expected.watch_url = documented.watch_url.clone();
+        expected.watch_metrics_file = documented.watch_metrics_file.clone();
         assert_eq!(documented, expected);
         let keys: Vec<String> =
             toml::to_string(&Config::default()).map(|t| t.lines().filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_owned())).collect()).unwrap_or_default();
-        for key in keys.iter().chain(["docker_config", "audit_log", "handle_resolver", "bundle_dir", "ca_bundle", "metrics_file"].map(String::from).iter()) {
+        for key in keys.iter().chain(
+            ["docker_config", "audit_log", "handle_resolver", "bundle_dir", "ca_bundle", "metrics_file", "watch_url", "watch_metrics_file"]
+                .map(String::from)
+                .iter(),
+        ) {
             assert!(uncommented.contains(&format!("{key} = ")), "packaging/config.toml does not document `{key}`");
         }
     }

@@ -20,7 +20,7 @@ use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
 use crate::remote::Deadline;
 
 mod create;
-mod import;
+pub(crate) mod import;
 
 pub use create::create;
 pub use import::{import, import_with};

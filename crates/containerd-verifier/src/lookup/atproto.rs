@@ -262,6 +262,22 @@ pub fn fetch_repo(http: &Http, pds: &str, did: &str) -> Result<Vec<u8>, LookupEr
     }
 }
 
+/// The rev of `did`'s latest commit (`com.atproto.sync.getLatestCommit`): unsigned, so only a
+/// hint that the signed state should be fetched again (what `watch` polls).
+pub fn fetch_latest_rev(http: &Http, pds: &str, did: &str) -> Result<String, LookupError> {
+    check_pds(pds)?;
+    let url = format!("{pds}/xrpc/com.atproto.sync.getLatestCommit?{}", query(&[("did", did)]));
+    let response = http.get(&url, &[("accept", "application/json".into())], LIMITS.registry_small)?;
+    match response.status {
+        200 => serde_json::from_slice::<Json>(&response.body)
+            .ok()
+            .and_then(|j| j.get("rev").and_then(Json::as_str).filter(|r| atproto_sig_core::syntax::is_valid_tid(r)).map(str::to_owned))
+            .ok_or_else(|| LookupError::Network(NetError::Io(format!("getLatestCommit of {did} answered without a valid rev")))),
+        400 | 404 => Err(LookupError::NotFound(format!("{pds} cannot serve the repository of {did}: HTTP {}", response.status))),
+        status => Err(LookupError::Network(NetError::Io(format!("getLatestCommit answered HTTP {status}")))),
+    }
+}
+
 /// Every `collection` record of `did` with its `digest` field: (rkey, digest), bounded.
 pub fn list_manifest_records(http: &Http, pds: &str, did: &str, collection: &str) -> Result<Vec<(String, String)>, LookupError> {
     let mut out = Vec::new();

@@ -46,10 +46,12 @@ pub enum Kind {
     Referrers,
     /// Per DID: the newest verified commit seen and the newest signed collection state.
     Repo,
+    /// Per `watch` source: the position in its stream to resume from after a restart.
+    Cursor,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [Kind::Did, Kind::Locator, Kind::Proof, Kind::Imported, Kind::Handle, Kind::Referrers, Kind::Repo];
+    const ALL: [Kind; 8] = [Kind::Did, Kind::Locator, Kind::Proof, Kind::Imported, Kind::Handle, Kind::Referrers, Kind::Repo, Kind::Cursor];
 
     fn dir(self) -> &'static str {
         match self {
@@ -60,6 +62,7 @@ impl Kind {
             Kind::Handle => "handle",
             Kind::Referrers => "referrers",
             Kind::Repo => "repo",
+            Kind::Cursor => "cursor",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! socket.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{DnsError, Exchange, Fetch, Fetched, Frame, NetError, Resolve, Stream, Subscribe};
@@ -125,6 +125,7 @@ impl Resolve for MemoryResolve {
 pub struct MemorySubscribe {
     streams: Mutex<HashMap<String, (Vec<Frame>, bool)>>,
     log: Mutex<Vec<String>>,
+    sent: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl MemorySubscribe {
@@ -142,12 +143,18 @@ impl MemorySubscribe {
     pub fn subscribed(&self) -> Vec<String> {
         lock(&self.log).clone()
     }
+
+    /// The text messages sent on streams so far: (url, text).
+    pub fn sent(&self) -> Vec<(String, String)> {
+        lock(&self.sent).clone()
+    }
 }
 
 struct MemoryStream {
     frames: VecDeque<Frame>,
     close_after: bool,
     url: String,
+    sent: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Stream for MemoryStream {
@@ -163,6 +170,11 @@ impl Stream for MemoryStream {
             }
         }
     }
+
+    fn send_text(&mut self, text: &str) -> Result<(), NetError> {
+        lock(&self.sent).push((self.url.clone(), text.to_owned()));
+        Ok(())
+    }
 }
 
 impl Subscribe for MemorySubscribe {
@@ -170,7 +182,7 @@ impl Subscribe for MemorySubscribe {
         lock(&self.log).push(url.to_owned());
         match lock(&self.streams).get(url) {
             Some((frames, close_after)) => {
-                Ok(Box::new(MemoryStream { frames: frames.iter().cloned().collect(), close_after: *close_after, url: url.to_owned() }))
+                Ok(Box::new(MemoryStream { frames: frames.iter().cloned().collect(), close_after: *close_after, url: url.to_owned(), sent: self.sent.clone() }))
             }
             None => Err(NetError::Connect(format!("{url}: connection refused"))),
         }

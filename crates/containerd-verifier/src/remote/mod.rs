@@ -169,6 +169,8 @@ pub trait Stream: Send {
     /// `Ok(None)` once the source closed the stream. A frame over `limit` bytes is
     /// `NetError::TooLarge` and ends the stream.
     fn next(&mut self, timeout: Duration, limit: usize) -> Result<Option<Frame>, NetError>;
+    /// Sends a text message to the source (Jetstream's `options_update`).
+    fn send_text(&mut self, text: &str) -> Result<(), NetError>;
 }
 
 /// Streams (the firehose's `subscribeRepos`, Jetstream): the seam the watcher reads events

@@ -167,6 +167,13 @@ impl Stream for WsStream {
             }
         }
     }
+
+    fn send_text(&mut self, text: &str) -> Result<(), NetError> {
+        self.socket.send(tungstenite::Message::text(text)).map_err(|e| match e {
+            tungstenite::Error::Io(e) => io_error(&self.url, &e),
+            e => NetError::Connect(format!("{}: {e}", crate::limits::short(&self.url, 200))),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,41 +1,58 @@
 //! `watch`: follows the watched repositories' event streams and turns what they prove into
-//! revocations in the node's cache, in seconds instead of a TTL. This first source is each
-//! watched DID's own PDS (`com.atproto.sync.subscribeRepos`, one socket per PDS host, not per
-//! DID). Relay and Jetstream sources, stored cursors across restarts, gap detection, polling
-//! without a stream and the metrics are issue #20's remaining parts.
+//! revocations in the node's cache, in seconds instead of a TTL.
 //!
-//! An event is a hint, never a verdict, unless it proves itself: a `#commit` is acted on only
-//! when `commit_proof::prove_commit` holds under the key this node holds for the DID; then the
-//! frame's own blocks make the proof stored for each cached record the commit deleted or
-//! changed (through `knowledge::accept_proof`: never older than the one held). Anything else
-//! about a watched DID (a frame that fails the check, `#sync`, `#identity`, `#account`) makes a
-//! signed re-check from the PDS, at most once per `RECHECK_EVERY` per DID.
+//! - Where it listens ([`sources`]): each watched DID's own PDS (`subscribeRepos`, one socket
+//!   per PDS), a relay (one socket, filtered here), a Jetstream instance (one socket, filtered
+//!   by the server, unsigned), or nothing (polling `getLatestCommit`). The watched DIDs are the
+//!   trust policy's and those of every cached proof, recomputed every [`PLAN_EVERY`]: a policy
+//!   change takes effect without a restart.
+//! - An event is a hint, never a verdict, unless it proves itself ([`commit`]): a firehose
+//!   `#commit` that holds under the key this node holds for the DID stores the frame's own
+//!   proof for each cached record it deleted or changed (`knowledge::accept_proof`: never older
+//!   than the one held). Anything else queues a signed re-check ([`queue`], [`recheck`]): one
+//!   entry per DID, at most one run per DID per second, run by two workers so the socket is
+//!   never blocked on HTTP.
+//! - Nothing missed silently: each source's position is stored ([`cursor`]) and resumed; a gap
+//!   the source cannot replay (`OutdatedCursor`, `FutureCursor`, a sequence jump, a cursor
+//!   older than Jetstream keeps) re-checks the whole signed collection of its DIDs.
+//! - Everything lands in the cache every reader uses, so the next pull (containerd, `serve`)
+//!   is decided by the ordinary path; `serve --watch` also drops its in-memory decisions of a
+//!   changed DID at once ([`Watcher::on_change`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod commit;
+mod cursor;
+mod health;
+mod jetstream;
+mod queue;
+mod recheck;
+mod sources;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
-use atproto_sig_core::commit_proof::{prove_commit, record_proof};
-use atproto_sig_core::firehose::{CommitEvent, Frame as Event, MAX_FRAME_BYTES, decode_frame};
 use atproto_sig_core::policy::Policy;
-use atproto_sig_core::record::MANIFEST_COLLECTION;
-use atproto_sig_core::{Limits, Verdict};
 use clap::Args;
 
 use crate::config::Config;
 use crate::engine::request::load_policy;
 use crate::engine::{Session, SessionOptions};
-use crate::material::knowledge::{OfferedProof, accept_proof};
 use crate::material::read::Refresh;
 use crate::material::store::{Cache, Kind, ProofEntry};
 use crate::remote::ureq::TrustRoots;
 use crate::remote::ws::WsSubscribe;
-use crate::remote::{Deadline, Frame, InFlight, NetError, Remote, Subscribe};
+use crate::remote::{Deadline, InFlight, Remote, Subscribe};
 
-/// A re-check of one DID from its PDS happens at most this often (a forged or garbage event
-/// can cause no more).
-const RECHECK_EVERY: Duration = Duration::from_secs(5);
+pub use health::Health;
+
+/// How often the watched set (policy and cache) is recomputed.
+pub const PLAN_EVERY: Duration = Duration::from_secs(10);
+/// How often `watch_metrics_file` is written.
+const METRICS_EVERY: Duration = Duration::from_secs(5);
+/// Re-check workers (each runs one DID's re-check at a time).
+const WORKERS: usize = 2;
 
 fn span(text: &str) -> Result<Duration, String> {
     crate::config::Span::parse(text).map(|s| s.0).ok_or_else(|| format!("{text:?} is not a duration such as \"30s\""))
@@ -53,175 +70,195 @@ pub struct WatchArgs {
     run_for: Option<Duration>,
 }
 
-/// What one source thread needs.
-struct Watcher {
+/// What is watched: the DIDs, and the records of each this node holds a proof of.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Watched {
+    pub dids: BTreeSet<String>,
+    pub records: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Watched {
+    /// The policy's trusted DIDs and every cached proof's.
+    fn read(cache: &Cache, policy: &Policy) -> Watched {
+        let mut watched = Watched { dids: policy.trusted.iter().map(|t| t.did.clone()).collect(), records: BTreeMap::new() };
+        for (_, entry) in cache.all::<ProofEntry>(Kind::Proof) {
+            watched.dids.insert(entry.did.clone());
+            watched.records.entry(entry.did).or_default().insert(entry.rkey);
+        }
+        watched
+    }
+}
+
+/// The watcher: shared by its source threads, its re-check workers and its supervisor.
+pub struct Watcher {
     config: Config,
-    policy: Policy,
+    policy: RwLock<(Arc<Policy>, Option<SystemTime>)>,
     remote: Remote,
     subscribe: Arc<dyn Subscribe>,
-    rechecked: std::sync::Mutex<HashMap<String, Instant>>,
+    queue: queue::Queue,
+    health: Arc<Health>,
+    watched: RwLock<Arc<Watched>>,
+    /// Bumped whenever the sources change: source threads of an older generation stop.
+    generation: AtomicU64,
+    stop: AtomicBool,
+    on_change: Option<OnChange>,
 }
 
-/// The DIDs watched: the policy's trusted DIDs and the DIDs of every cached proof.
-fn watched_dids(config: &Config, policy: &Policy) -> BTreeSet<String> {
-    let mut dids: BTreeSet<String> = policy.trusted.iter().map(|t| t.did.clone()).collect();
-    dids.extend(Cache::new(&config.cache_dir).all::<ProofEntry>(Kind::Proof).into_iter().map(|(_, e)| e.did));
-    dids
-}
+/// What is told of a DID whose cached proofs changed.
+type OnChange = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Watcher {
-    fn session(&self, refresh: Refresh) -> Session<'_> {
+    /// A watcher over `remote` and `subscribe` (the real network, or a test's).
+    pub fn new(config: Config, policy: Policy, remote: Remote, subscribe: Arc<dyn Subscribe>) -> Watcher {
+        let modified = std::fs::metadata(&config.policy).and_then(|m| m.modified()).ok();
+        Watcher {
+            config,
+            policy: RwLock::new((Arc::new(policy), modified)),
+            remote,
+            subscribe,
+            queue: queue::Queue::default(),
+            health: Arc::default(),
+            watched: RwLock::default(),
+            generation: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            on_change: None,
+        }
+    }
+
+    /// Called with a DID whenever a cached proof of it changed (revoked or replaced): `serve`
+    /// drops its in-memory decisions signed by it.
+    pub fn on_change(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Watcher {
+        self.on_change = Some(Box::new(f));
+        self
+    }
+
+    /// The counters (for `serve`'s `/metrics`).
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// Asks every thread to stop (they finish what they are doing first).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.queue.close();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(PoisonError::into_inner).0.clone()
+    }
+
+    fn cache(&self) -> Cache {
+        Cache::new(&self.config.cache_dir)
+    }
+
+    fn watched(&self) -> Arc<Watched> {
+        self.watched.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn changed(&self, did: &str) {
+        if let Some(f) = &self.on_change {
+            f(did);
+        }
+    }
+
+    /// A session for one re-check: the engine's own reading rules (cache, knowledge, limits),
+    /// online whatever the config says about pulls.
+    fn session<'a>(&'a self, policy: &'a Policy, refresh: Refresh) -> Session<'a> {
         let now = crate::clock::now_micros(None).unwrap_or(0);
-        let options = SessionOptions { refresh, online: true, ..SessionOptions::default() };
-        Session::new(&self.config, &self.policy, &self.remote, now, Deadline::after(self.config.budget.0), &InFlight::default(), options)
+        // Audit logs too: a did:plc document is then held with what proves it, which a
+        // collection state's import requires.
+        let options = SessionOptions { refresh, online: true, audit_logs: true, ..SessionOptions::default() };
+        Session::new(&self.config, policy, &self.remote, now, Deadline::after(self.config.budget.0), &InFlight::default(), options)
     }
 
-    /// The PDS of each watched DID whose document this node can read.
-    fn sources(&self, dids: &BTreeSet<String>) -> BTreeMap<String, BTreeSet<String>> {
-        let session = self.session(Refresh::WhenExpired);
-        let mut by_pds: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for did in dids {
-            match session.document(did) {
-                Ok((document, _)) => match document.pds {
-                    Some(pds) => {
-                        by_pds.entry(pds).or_default().insert(did.clone());
-                    }
-                    None => crate::log::warn(&format!("watch: {did} names no PDS: not watched")),
-                },
-                Err(v) => crate::log::warn(&format!("watch: {did}: {} — not watched until its document resolves", v.message)),
-            }
-        }
-        by_pds
-    }
-
-    /// Follows one PDS's stream until `until`, reconnecting with capped backoff and jitter.
-    fn follow(&self, pds: &str, dids: &BTreeSet<String>, until: Option<Instant>) {
-        let url = format!("{}/xrpc/com.atproto.sync.subscribeRepos", pds.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1));
-        let mut backoff = Duration::from_secs(1);
-        let done = || until.is_some_and(|u| Instant::now() >= u);
-        while !done() {
-            let mut stream = match self.subscribe.subscribe(&url, self.config.connect_timeout.0.max(Duration::from_secs(5))) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    crate::log::warn(&format!("watch: {url}: {e} — retrying in {}s", backoff.as_secs()));
-                    std::thread::sleep(jittered(backoff));
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                    continue;
-                }
-            };
-            crate::log::info(&format!("watch: subscribed to {url} for {} DIDs", dids.len()));
-            backoff = Duration::from_secs(1);
-            // A gap while disconnected: what was missed is re-checked from the PDS.
-            for did in dids {
-                self.recheck(did, "connected");
-            }
-            loop {
-                if done() {
-                    return;
-                }
-                match stream.next(Duration::from_secs(1), MAX_FRAME_BYTES) {
-                    Ok(Some(Frame::Binary(bytes))) => self.event(&bytes, dids, &url),
-                    Ok(Some(Frame::Text(_))) | Err(NetError::Timeout(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => {
-                        crate::log::warn(&format!("watch: {url}: {e} — reconnecting"));
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    fn event(&self, bytes: &[u8], dids: &BTreeSet<String>, url: &str) {
-        let limits = Limits::default();
-        match decode_frame(bytes, &limits) {
-            Ok(Event::Commit(event)) if dids.contains(&event.repo) => self.commit(&event, url),
-            Ok(Event::Sync(event)) if dids.contains(&event.did) => self.recheck(&event.did, "#sync"),
-            Ok(Event::Identity(event)) if dids.contains(&event.did) => self.recheck(&event.did, "#identity"),
-            Ok(Event::Account(event)) if dids.contains(&event.did) => self.recheck(&event.did, "#account"),
-            Ok(_) => {}
-            Err(e) => crate::log::debug(&format!("watch: {url}: undecodable frame: {e}")),
-        }
-    }
-
-    /// A `#commit` of a watched DID: acted on when it proves itself, else a re-check.
-    fn commit(&self, event: &CommitEvent, url: &str) {
-        if !event.ops.iter().any(|op| op.path.starts_with("io.atcr.manifest/")) {
+    /// Reloads the policy when its file changed (a broken one keeps the previous, and says so).
+    fn reload_policy(&self) {
+        let modified = std::fs::metadata(&self.config.policy).and_then(|m| m.modified()).ok();
+        if modified == self.policy.read().unwrap_or_else(PoisonError::into_inner).1 {
             return;
         }
-        let session = self.session(Refresh::WhenExpired);
-        let document = match session.document(&event.repo) {
-            Ok((document, _)) => document,
-            Err(v) => return self.failed_recheck(&event.repo, &v),
-        };
-        let Ok(key) = &document.signing_key else { return self.recheck(&event.repo, "no usable key") };
-        let proven = match prove_commit(event, key, &Limits::repository()) {
-            Ok(proven) => proven,
+        match load_policy(&self.config.policy) {
+            Ok(policy) => {
+                crate::log::info(&format!("watch: reloaded the trust policy {}", self.config.policy.display()));
+                *self.policy.write().unwrap_or_else(PoisonError::into_inner) = (Arc::new(policy), modified);
+            }
             Err(e) => {
-                crate::log::info(&format!("watch: a #commit of {} does not prove itself ({e}): re-checking from its PDS", event.repo));
-                return self.recheck(&event.repo, "unproven #commit");
-            }
-        };
-        let cache = Cache::new(&self.config.cache_dir);
-        let now = crate::clock::now_micros(None).unwrap_or(0);
-        for (path, now_cid) in &proven.records {
-            let Some(rkey) = path.strip_prefix("io.atcr.manifest/") else { continue };
-            if cache.read::<ProofEntry>(Kind::Proof, &[&event.repo, MANIFEST_COLLECTION, rkey]).is_none() {
-                continue;
-            }
-            let car = match record_proof(event, path, &Limits::repository()) {
-                Ok(car) => car,
-                Err(e) => {
-                    crate::log::info(&format!("watch: {path}: {e}: re-checking"));
-                    self.recheck(&event.repo, "no proof in the frame");
-                    continue;
-                }
-            };
-            let offered = OfferedProof {
-                document: &document,
-                collection: MANIFEST_COLLECTION,
-                rkey,
-                car: &car,
-                digest: None,
-                source: format!("firehose {url} seq {}", event.seq),
-                fetched_at: now,
-                now,
-                clock_skew_micros: self.config.clock_skew.micros(),
-            };
-            match accept_proof(&cache, &offered) {
-                Ok(accepted) if accepted.changed => {
-                    let what = if now_cid.is_none() { "revoked (the record is deleted)" } else { "changed" };
-                    crate::log::info(&format!("watch: at://{}/{path} {what} at rev {}, proven by the #commit itself", event.repo, proven.rev));
-                }
-                Ok(_) => {}
-                Err(refusal) => crate::log::info(&format!("watch: at://{}/{path}: the frame's proof is not stored: {refusal}", event.repo)),
+                crate::log::warn(&format!("watch: the changed trust policy does not load ({e}): still watching with the previous one"));
+                self.policy.write().unwrap_or_else(PoisonError::into_inner).1 = modified;
             }
         }
     }
 
-    fn failed_recheck(&self, did: &str, verdict: &Verdict) {
-        crate::log::warn(&format!("watch: {did}: {}", verdict.message));
+    /// Runs until `until` (or [`Watcher::stop`]): the supervisor on this thread, sources and
+    /// workers on their own.
+    pub fn run(&self, until: Option<Instant>) {
+        std::thread::scope(|scope| {
+            for n in 0..WORKERS {
+                let _ = std::thread::Builder::new().name(format!("watch-recheck-{n}")).spawn_scoped(scope, || self.work());
+            }
+            let mut plan: Vec<sources::Source> = Vec::new();
+            let mut planned: Option<Instant> = None;
+            let mut metrics_written = Instant::now();
+            while !self.stopping() && until.is_none_or(|u| Instant::now() < u) {
+                if planned.is_none_or(|t| t.elapsed() >= PLAN_EVERY) {
+                    planned = Some(Instant::now());
+                    self.reload_policy();
+                    let watched = Watched::read(&self.cache(), &self.policy());
+                    self.health.watched(watched.dids.len());
+                    *self.watched.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(watched.clone());
+                    let next = sources::plan(self, &watched);
+                    if next != plan {
+                        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                        if !plan.is_empty() {
+                            crate::log::info(&format!("watch: the watched set changed ({} DIDs): re-subscribing", watched.dids.len()));
+                        }
+                        if next.is_empty() {
+                            crate::log::warn("watch: nothing to follow (no watched DID has a reachable PDS)");
+                        }
+                        for source in &next {
+                            let source = source.clone();
+                            let _ = std::thread::Builder::new()
+                                .name(format!("watch-{}", source.kind()))
+                                .spawn_scoped(scope, move || sources::follow(self, &source, generation, until));
+                        }
+                        plan = next;
+                    }
+                }
+                self.health.pending(self.queue.len());
+                if metrics_written.elapsed() >= METRICS_EVERY {
+                    metrics_written = Instant::now();
+                    self.write_metrics();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            self.stop();
+            self.write_metrics();
+        });
     }
 
-    /// Fetches the DID document and every cached proof of `did` again (signed material only),
-    /// at most once per [`RECHECK_EVERY`].
-    fn recheck(&self, did: &str, why: &str) {
-        {
-            let mut rechecked = self.rechecked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if rechecked.get(did).is_some_and(|t| t.elapsed() < RECHECK_EVERY) {
-                return;
-            }
-            rechecked.insert(did.to_owned(), Instant::now());
+    fn write_metrics(&self) {
+        let Some(path) = &self.config.watch_metrics_file else { return };
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut temp| {
+            std::io::Write::write_all(&mut temp, self.health.render().as_bytes())?;
+            temp.persist(path).map(|_| ()).map_err(|e| e.error)
+        });
+        if let Err(e) = written {
+            crate::log::warn(&format!("watch: cannot write {}: {e}", path.display()));
         }
-        let session = self.session(Refresh::Always);
-        let document = match session.document(did) {
-            Ok((document, _)) => document,
-            Err(v) => return self.failed_recheck(did, &v),
-        };
-        let cache = Cache::new(&self.config.cache_dir);
-        for (_, entry) in cache.all::<ProofEntry>(Kind::Proof).into_iter().filter(|(_, e)| e.did == did) {
-            if let Err(v) = session.proof(&document, &entry.rkey) {
-                crate::log::info(&format!("watch: re-check ({why}) at://{did}/{}/{}: {}", entry.collection, entry.rkey, v.message));
+    }
+
+    /// A re-check worker: takes due re-checks until stopped.
+    fn work(&self) {
+        while !self.stopping() {
+            if let Some(job) = self.queue.take(Duration::from_millis(500)) {
+                let did = job.did.clone();
+                recheck::run(self, &job);
+                self.queue.done(&did);
             }
         }
     }
@@ -229,8 +266,23 @@ impl Watcher {
 
 /// `base` plus up to a quarter of it, so reconnecting nodes do not arrive together.
 fn jittered(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// Sleeps `base` jittered, in slices, until `alive` says stop.
+fn jitter_sleep(base: Duration, alive: impl Fn() -> bool) {
+    let until = Instant::now() + jittered(base);
+    while alive() && Instant::now() < until {
+        std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+    }
+}
+
+/// The watcher of this node's config, on the real network.
+pub fn system(config: Config, policy: Policy) -> Watcher {
+    let remote = crate::remote::system::system(&config);
+    let subscribe: Arc<dyn Subscribe> = Arc::new(WsSubscribe::new(TrustRoots::new(config.ca_bundle.clone())));
+    Watcher::new(config, policy, remote, subscribe)
 }
 
 pub fn run(args: WatchArgs) -> u8 {
@@ -252,19 +304,21 @@ pub fn run(args: WatchArgs) -> u8 {
         }
     };
     let until = args.run_for.map(|d| Instant::now() + d);
-    let remote = crate::remote::system::system(&config);
-    let subscribe: Arc<dyn Subscribe> = Arc::new(WsSubscribe::new(TrustRoots::new(config.ca_bundle.clone())));
-    let watcher = Watcher { config, policy, remote, subscribe, rechecked: std::sync::Mutex::default() };
-    let dids = watched_dids(&watcher.config, &watcher.policy);
-    let sources = watcher.sources(&dids);
-    if sources.is_empty() {
-        crate::log::warn("watch: no watched DID has a reachable PDS");
+    let watcher = Arc::new(system(config, policy));
+    let signals = {
+        let watcher = watcher.clone();
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]).map(|mut signals| {
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    crate::log::info("watch: stopping (signal)");
+                    watcher.stop();
+                }
+            })
+        })
+    };
+    if let Err(e) = signals {
+        crate::log::warn(&format!("watch: cannot handle signals: {e}"));
     }
-    std::thread::scope(|scope| {
-        for (pds, dids) in &sources {
-            let watcher = &watcher;
-            scope.spawn(move || watcher.follow(pds, dids, until));
-        }
-    });
+    watcher.run(until);
     crate::exit::ADMITTED
 }

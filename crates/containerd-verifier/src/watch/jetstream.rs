@@ -1,0 +1,192 @@
+//! A Jetstream source (the v1 `/subscribe` API): JSON events filtered by the server to the
+//! watched DIDs and `io.atcr.manifest`. Its events carry no signature and no proof, so every
+//! one is a hint: a re-check of the named record (or, for `identity`/`account`, of every
+//! cached record of the DID). The cursor is Jetstream's `time_us`; one older than Jetstream
+//! keeps ([`REPLAY_KEPT`]) cannot be replayed, so it counts as a gap.
+
+use std::time::Duration;
+
+use atproto_sig_core::record::MANIFEST_COLLECTION;
+use serde::Deserialize;
+
+use super::queue::{Depth, Job};
+use super::sources::{Follow, account};
+use crate::remote::{Frame, NetError};
+
+/// Jetstream refuses more wanted DIDs than this on one subscription.
+pub const MAX_DIDS: usize = 10_000;
+/// Largest event accepted (Jetstream events are small; records are capped far below this).
+const MAX_EVENT_BYTES: usize = 1 << 20;
+/// How far back Jetstream is assumed to replay (its default event TTL is 24 h): an older
+/// cursor is a gap.
+const REPLAY_KEPT: Duration = Duration::from_secs(12 * 3600);
+/// Longest query string sent; more DIDs go in an `options_update` message after `requireHello`.
+const MAX_QUERY: usize = 4096;
+
+#[derive(Debug, Deserialize)]
+struct Event {
+    did: String,
+    time_us: i64,
+    kind: String,
+    #[serde(default)]
+    commit: Option<Commit>,
+    #[serde(default)]
+    account: Option<Account>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Commit {
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    collection: String,
+    #[serde(default)]
+    rkey: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Account {
+    #[serde(default)]
+    active: bool,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+fn encode(value: &str) -> String {
+    crate::lookup::atproto::query(&[("v", value)]).trim_start_matches("v=").to_owned()
+}
+
+/// The subscription URL, and whether the DIDs must follow in an `options_update` message.
+fn subscription(url: &str, dids: &std::collections::BTreeSet<String>, cursor: Option<i64>) -> (String, bool) {
+    let mut query = format!("wantedCollections={}", encode(MANIFEST_COLLECTION));
+    let listed: String = dids.iter().map(|d| format!("&wantedDids={}", encode(d))).collect();
+    let hello = listed.len() > MAX_QUERY;
+    if hello {
+        query.push_str("&requireHello=true");
+    } else {
+        query.push_str(&listed);
+    }
+    if let Some(cursor) = cursor {
+        query.push_str(&format!("&cursor={cursor}"));
+    }
+    (format!("{url}?{query}"), hello)
+}
+
+pub(super) fn follow(follow: &mut Follow<'_>, url: &str) {
+    let watcher = follow.watcher;
+    let timeout = watcher.config.connect_timeout.0.max(Duration::from_secs(5));
+    let mut backoff = Duration::from_secs(1);
+    while follow.alive() {
+        let (stored, covered) = follow.resume();
+        let resume = stored.as_ref().map(|e| e.cursor);
+        let (target, hello) = subscription(url, &follow.dids, resume);
+        let opened = watcher.subscribe.subscribe(&target, timeout).and_then(|mut stream| {
+            if hello {
+                let update = serde_json::json!({
+                    "type": "options_update",
+                    "payload": { "wantedCollections": [MANIFEST_COLLECTION], "wantedDids": follow.dids.iter().collect::<Vec<_>>(), "maxMessageSizeBytes": 0 },
+                });
+                stream.send_text(&update.to_string())?;
+            }
+            Ok(stream)
+        });
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(e) => {
+                crate::log::warn(&format!("watch: {url}: {e} — retrying in {}s", backoff.as_secs()));
+                follow.disconnected();
+                follow.poll_while_down();
+                follow.pause(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                continue;
+            }
+        };
+        crate::log::info(&format!("watch: subscribed to {url} (Jetstream) for {} DIDs", follow.dids.len()));
+        watcher.health.connected(&follow.name, true);
+        backoff = Duration::from_secs(1);
+        let now = crate::clock::now_micros(None).unwrap_or(0);
+        let first = resume.unwrap_or(now);
+        if resume.is_some_and(|c| now.saturating_sub(c) > i64::try_from(REPLAY_KEPT.as_micros()).unwrap_or(i64::MAX)) {
+            follow.gap("the cursor is older than Jetstream is assumed to keep", Some(first));
+        } else if !covered {
+            follow.recheck_all(Depth::Records, "not-followed-before", Some(first));
+        }
+        let mut last = resume;
+        let mut previous = stored;
+        let mut saved = std::time::Instant::now();
+        while follow.alive() {
+            match stream.next(Duration::from_secs(1), MAX_EVENT_BYTES) {
+                Ok(Some(Frame::Text(text))) => event(follow, &text, &mut last),
+                Ok(Some(Frame::Binary(_))) | Err(NetError::Timeout(_)) => {}
+                Ok(None) => {
+                    crate::log::info(&format!("watch: {url} closed the stream — reconnecting"));
+                    break;
+                }
+                Err(e) => {
+                    crate::log::warn(&format!("watch: {url}: {e} — reconnecting"));
+                    break;
+                }
+            }
+            if saved.elapsed() >= Duration::from_secs(1) {
+                saved = std::time::Instant::now();
+                follow.save(last, previous.as_ref());
+                previous = super::cursor::load(&watcher.cache(), &follow.name);
+            }
+        }
+        follow.save(last, previous.as_ref());
+        follow.disconnected();
+        follow.pause(Duration::from_millis(200));
+    }
+}
+
+/// One Jetstream event: a hint for a watched DID.
+fn event(follow: &Follow<'_>, text: &str, last: &mut Option<i64>) {
+    let watcher = follow.watcher;
+    let now = crate::clock::now_micros(None).unwrap_or(0);
+    let Ok(event) = serde_json::from_str::<Event>(text) else {
+        watcher.health.event(&follow.name, "undecodable", "ignored", now, None);
+        return;
+    };
+    if event.time_us <= 0 {
+        return;
+    }
+    *last = Some(last.map_or(event.time_us, |l| l.max(event.time_us)));
+    if !follow.dids.contains(&event.did) {
+        watcher.health.event(&follow.name, "other", "ignored", now, Some(event.time_us));
+        return;
+    }
+    let job = |depth, why| Job::new(&event.did, depth, why).at(&follow.name, Some(event.time_us));
+    match (event.kind.as_str(), &event.commit, &event.account) {
+        ("commit", Some(commit), _) if commit.collection == MANIFEST_COLLECTION && !commit.rkey.is_empty() => {
+            watcher.health.event(&follow.name, "commit", "hint", now, Some(event.time_us));
+            crate::log::debug(&format!("watch: Jetstream: {} {} {}: re-checking", event.did, commit.operation, commit.rkey));
+            watcher.queue.push(job(Depth::Records, "jetstream-commit").records([commit.rkey.clone()]));
+        }
+        ("identity", _, _) => {
+            watcher.health.event(&follow.name, "identity", "hint", now, Some(event.time_us));
+            watcher.queue.push(job(Depth::Records, "identity").announced());
+        }
+        ("account", _, Some(a)) => {
+            watcher.health.event(&follow.name, "account", "hint", now, Some(event.time_us));
+            account(watcher, &event.did, a.active, a.status.as_deref());
+            watcher.queue.push(job(Depth::Records, "account"));
+        }
+        _ => watcher.health.event(&follow.name, "other", "ignored", now, Some(event.time_us)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_sets_go_in_the_query_large_ones_after_hello() {
+        let few: std::collections::BTreeSet<String> = ["did:plc:aaa".to_owned()].into();
+        let (url, hello) = subscription("ws://127.0.0.1:6008/subscribe", &few, Some(5));
+        assert_eq!(url, "ws://127.0.0.1:6008/subscribe?wantedCollections=io.atcr.manifest&wantedDids=did:plc:aaa&cursor=5");
+        assert!(!hello);
+        let many: std::collections::BTreeSet<String> = (0..500).map(|n| format!("did:plc:{n:024}")).collect();
+        let (url, hello) = subscription("ws://127.0.0.1:6008/subscribe", &many, None);
+        assert!(hello && url.ends_with("&requireHello=true") && url.len() < 200, "{url}");
+    }
+}
