@@ -89,72 +89,342 @@ fn commits_from_the_reference_pds_prove_themselves_and_a_deletion() {
     assert!(matches!(prove_commit(&forged, &key, &limits), Err(CommitProofError::Inversion { .. })));
 }
 
-/// `watch` against the reference PDS: an image admitted with its proof cached for an hour;
-/// its record deleted by its owner; the watcher, subscribed to the PDS, stores the absence
-/// proof the `#commit` carries, and the next pull is blocked (`record-deleted`) long before
-/// the proof's TTL.
+/// One signer, one image admitted with its proof cached for an hour, and a node to watch.
+struct Scenario {
+    alice: harness::Account,
+    digest: String,
+    rkey: String,
+    image: String,
+    verifier: harness::Verifier,
+    config: String,
+    policy: String,
+}
+
+impl Scenario {
+    /// `extra`: config lines (the watch source).
+    fn new(name: &str, extra: &str) -> Scenario {
+        let env = env();
+        let alice = env.pds.create_account(name);
+        let r = &env.registry.host;
+        let digest = env.registry.push_image(&format!("{name}.test/app"), "v1", name);
+        let rkey = env.pds.put_manifest(&alice, &digest, "app", "application/vnd.oci.image.manifest.v1+json");
+        let config = format!(
+            "plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{r:?}]\nbudget = \"8s\"\nproof_ttl = \"1h\"\n{extra}",
+            env.pds.plc, env.pds.pds
+        );
+        let policy = harness::policy(
+            &[(&alice.handle, &alice.did, None)],
+            &format!("  - name: signed\n    scope: \"{r}/**\"\n    require: {{ signature: true }}\n    action: enforce\n"),
+            "{ action: enforce, require: { signature: true } }",
+        );
+        let verifier = harness::Verifier::new(&config, &policy);
+        let image = format!("{r}/{name}.test/app:v1");
+        let pull = verifier.pull(&image, &digest);
+        assert_eq!(pull.code, Some(0), "{}", pull.stdout);
+        Scenario { alice, digest, rkey, image, verifier, config, policy }
+    }
+
+    /// Another node with the same config and its own cache, admitted once.
+    fn control(&self) -> harness::Verifier {
+        let control = harness::Verifier::new(&self.config, &self.policy);
+        assert_eq!(control.pull(&self.image, &self.digest).code, Some(0));
+        control
+    }
+
+    /// Starts `watch` on this node; returns once it has subscribed.
+    fn watch(&self, log_name: &str) -> (harness::Guard, std::path::PathBuf) {
+        let log = self.verifier.dir.path().join(log_name);
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+            .args(["watch", "--run-for", "120s"])
+            .env("ATPROTO_VERIFIER_CONFIG", &self.verifier.config)
+            .env("ATPROTO_VERIFIER_LOG", "debug")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let guard = harness::Guard(Some(child));
+        let text = harness::wait_for_log(&log, "subscribed to", Duration::from_secs(20));
+        assert!(text.contains("subscribed to"), "watch did not subscribe: {text}");
+        (guard, log)
+    }
+
+    /// Pulls until blocked (at most `within`); returns how long after `since` it was.
+    fn blocked_within(&self, since: Instant, within: Duration, log: &std::path::Path) -> Duration {
+        loop {
+            let pull = self.verifier.pull(&self.image, &self.digest);
+            if pull.code == Some(1) {
+                assert!(pull.stdout.starts_with("record-deleted"), "{}", pull.stdout);
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < within,
+                "still admitted {within:?} after the deletion: {}\n{}",
+                pull.stdout,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `watch` against the reference PDS: its record deleted by its owner; the watcher, subscribed
+/// to the PDS, stores the absence proof the `#commit` carries, and the next pull is blocked
+/// (`record-deleted`) long before the proof's TTL, while a node without the watcher still
+/// admits from its cached proof.
 #[test]
 fn watch_revokes_a_deleted_record_before_its_ttl() {
-    let env = env();
-    let alice = env.pds.create_account("watch1");
-    let r = &env.registry.host;
-    let digest = env.registry.push_image("watch1.test/app", "v1", "watch1");
-    let rkey = env.pds.put_manifest(&alice, &digest, "app", "application/vnd.oci.image.manifest.v1+json");
-    let config =
-        format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{r:?}]\nbudget = \"8s\"\nproof_ttl = \"1h\"\n", env.pds.plc, env.pds.pds);
-    let policy = harness::policy(
-        &[(&alice.handle, &alice.did, None)],
-        &format!("  - name: signed\n    scope: \"{r}/**\"\n    require: {{ signature: true }}\n    action: enforce\n"),
-        "{ action: enforce, require: { signature: true } }",
-    );
-    let verifier = harness::Verifier::new(&config, &policy);
-    let image = format!("{r}/watch1.test/app:v1");
-    let pull = verifier.pull(&image, &digest);
-    assert_eq!(pull.code, Some(0), "{}", pull.stdout);
-    // A second node with the same cached proof and no watcher: the control.
-    let control = harness::Verifier::new(&config, &policy);
-    assert_eq!(control.pull(&image, &digest).code, Some(0));
-
-    let log = verifier.dir.path().join("watch.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
-        .args(["watch", "--run-for", "60s"])
-        .env("ATPROTO_VERIFIER_CONFIG", &verifier.config)
-        .env("ATPROTO_VERIFIER_LOG", "debug")
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let _watch = harness::Guard(Some(child));
-    let started = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("subscribed to") {
-        assert!(started.elapsed() < Duration::from_secs(20), "watch did not subscribe: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Still admitted from the cache (the TTL is an hour).
-    assert_eq!(verifier.pull(&image, &digest).code, Some(0));
-
-    env.pds.delete_record(&alice, &rkey);
-    let deleted = Instant::now();
-    let blocked = loop {
-        let pull = verifier.pull(&image, &digest);
-        if pull.code == Some(1) {
-            break pull;
-        }
-        assert!(
-            deleted.elapsed() < Duration::from_secs(10),
-            "still admitted 10 s after the deletion: {}\n{}",
-            pull.stdout,
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(blocked.stdout.starts_with("record-deleted"), "{}", blocked.stdout);
-    // Without the watcher, the deleted image is still admitted from the cached proof (its TTL).
-    let still = control.pull(&image, &digest);
+    let s = Scenario::new("watch1", "");
+    let control = s.control();
+    let (_watch, log) = s.watch("watch.log");
+    assert_eq!(s.verifier.pull(&s.image, &s.digest).code, Some(0), "still admitted from the cache (the TTL is an hour)");
+    env().pds.delete_record(&s.alice, &s.rkey);
+    let after = s.blocked_within(Instant::now(), Duration::from_secs(10), &log);
+    let still = control.pull(&s.image, &s.digest);
     assert_eq!(still.code, Some(0), "the control node was not expected to know yet: {}", still.stdout);
     // The watcher logs after the cache write the pull read: wait for the line.
     let text = harness::wait_for_log(&log, "proven by the #commit itself", Duration::from_secs(5));
     assert!(text.contains("revoked (the record is deleted)") && text.contains("proven by the #commit itself"), "{text}");
-    eprintln!("blocked {:?} after the deletion", deleted.elapsed());
+    eprintln!("blocked {after:?} after the deletion");
+}
+
+/// A deletion while `watch` is stopped: on restart it resumes from its stored cursor, the PDS
+/// replays the deletion's `#commit`, and the image is blocked.
+#[test]
+fn a_deletion_while_watch_is_stopped_is_caught_from_its_cursor() {
+    let s = Scenario::new("watch2", "");
+    let (mut watch, log) = s.watch("watch-a.log");
+    // An event of the watched DID, so the watcher holds a position, and time to store it.
+    let digest2 = sha256(b"watch2-other");
+    env().pds.put_manifest(&s.alice, &digest2, "other", "application/vnd.oci.image.manifest.v1+json");
+    let cursors = s.verifier.dir.path().join("cache/v1/cursor");
+    let started = Instant::now();
+    while std::fs::read_dir(&cursors).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(15), "no cursor stored: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    watch.stop();
+    env().pds.delete_record(&s.alice, &s.rkey);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(s.verifier.pull(&s.image, &s.digest).code, Some(0), "nothing watched: still admitted from the cached proof");
+    let (_watch, log) = s.watch("watch-b.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("resuming after seq"), "{text}");
+    s.blocked_within(Instant::now(), Duration::from_secs(10), &log);
+    let text = harness::wait_for_log(&log, "proven by the #commit itself", Duration::from_secs(5));
+    assert!(text.contains("revoked (the record is deleted)"), "{text}");
+    assert!(!text.contains("not-followed-before"), "the stored cursor covered this DID: no blanket re-check: {text}");
+}
+
+/// indigo's relay (target/tools, built by tests/firehose/install.sh) in front of the reference
+/// PDS, on SQLite. `requestCrawl` refuses loopback hosts, so the PDS is written into the
+/// relay's host table and the relay restarted.
+struct Relay {
+    url: String,
+    _guard: harness::Guard,
+    _dir: tempfile::TempDir,
+}
+
+fn tool(name: &str) -> std::path::PathBuf {
+    let tools = harness::repo_root().join("target/tools");
+    std::fs::read_dir(&tools)
+        .ok()
+        .and_then(|d| d.filter_map(Result::ok).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-")))))
+        .map(|dir| dir.join(name))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is missing from target/tools: run tests/firehose/install.sh (needs Go)"))
+}
+
+fn wait_port(port: u16, what: &str) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{what} did not listen on {port} within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Relay {
+    fn start() -> Relay {
+        let binary = tool("relay");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("relay.sqlite");
+        let port = harness::free_port();
+        let run = || {
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("relay.log")).unwrap();
+            let child = std::process::Command::new(&binary)
+                .args(["--admin-password", "test-admin", "--plc-host", &env().pds.plc, "serve", "--db-url"])
+                .arg(format!("sqlite://{}", db.display()))
+                .arg("--persist-dir")
+                .arg(dir.path().join("persist"))
+                .args(["--bind", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", harness::free_port()), "--allow-insecure-hosts"])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("cannot start the relay");
+            harness::Guard(Some(child))
+        };
+        let mut first = run();
+        wait_port(port, "the relay");
+        first.stop();
+        let host = env().pds.pds.trim_start_matches("http://").replace("127.0.0.1", "localhost");
+        let insert = format!(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"insert into host(created_at,updated_at,hostname,no_ssl,account_limit,trusted,status,last_seq,account_count) values(datetime('now'),datetime('now'),?,1,1000,1,'active',-1,0)\", (sys.argv[2],)); c.commit()"
+        );
+        let status = std::process::Command::new("python3").args(["-c", &insert]).arg(&db).arg(&host).status().expect("python3 is required");
+        assert!(status.success(), "registering the PDS in the relay's host table failed");
+        let guard = run();
+        wait_port(port, "the relay");
+        Relay { url: format!("ws://127.0.0.1:{port}"), _guard: guard, _dir: dir }
+    }
+}
+
+/// Waits until `url`'s firehose carries a fresh commit of `did` (the upstream is connected).
+fn wait_live(url: &str, account: &harness::Account) {
+    let mut stream = WsSubscribe::new(TrustRoots::new(None)).subscribe(&format!("{url}/xrpc/com.atproto.sync.subscribeRepos"), Duration::from_secs(5)).unwrap();
+    let started = Instant::now();
+    loop {
+        let digest = sha256(format!("probe-{:?}", Instant::now()).as_bytes());
+        let rkey = env().pds.put_manifest(account, &digest, "probe", "application/vnd.oci.image.manifest.v1+json");
+        let path = format!("io.atcr.manifest/{rkey}");
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            if let Ok(Some(Frame::Binary(bytes))) = stream.next(Duration::from_millis(200), atproto_sig_core::firehose::MAX_FRAME_BYTES) {
+                if let Ok(Event::Commit(e)) = decode_frame(&bytes, &Limits::default()) {
+                    if e.repo == account.did && e.ops.iter().any(|op| op.path == path) {
+                        return;
+                    }
+                }
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{url} carried no commit of {} within 30 s", account.did);
+    }
+}
+
+/// The relay as the node's one socket: the deletion reaches the node through it, proves
+/// itself (the relay passes blocks and prevData through), and blocks the next pull.
+#[test]
+fn a_relay_source_revokes_a_deleted_record() {
+    let relay = Relay::start();
+    let s = Scenario::new("relay1", "");
+    wait_live(&relay.url, &s.alice);
+    let config = std::fs::read_to_string(&s.verifier.config).unwrap();
+    std::fs::write(&s.verifier.config, format!("{config}watch_source = \"relay\"\nwatch_url = \"{}\"\n", relay.url)).unwrap();
+    let (_watch, log) = s.watch("watch.log");
+    env().pds.delete_record(&s.alice, &s.rkey);
+    let after = s.blocked_within(Instant::now(), Duration::from_secs(10), &log);
+    let text = harness::wait_for_log(&log, "proven by the #commit itself", Duration::from_secs(5));
+    assert!(text.contains(&format!("subscribed to {}/xrpc/com.atproto.sync.subscribeRepos", relay.url)), "{text}");
+    assert!(text.contains("proven by the #commit itself"), "{text}");
+    eprintln!("relay: blocked {after:?} after the deletion");
+}
+
+/// Jetstream (the legacy v1 build, reading the PDS directly): its events are unsigned, so each
+/// is a hint that makes a signed re-check. An update of a record that still exists changes
+/// nothing; a deletion blocks the next pull, proven by the PDS's absence proof.
+#[test]
+fn a_jetstream_source_rechecks_and_revokes() {
+    let binary = tool("jetstream");
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let log = std::fs::File::create(dir.path().join("jetstream.log")).unwrap();
+    let child = std::process::Command::new(binary)
+        .env("JETSTREAM_WS_URL", format!("{}/xrpc/com.atproto.sync.subscribeRepos", env().pds.pds.replace("http://", "ws://")))
+        .env("JETSTREAM_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("JETSTREAM_METRICS_LISTEN_ADDR", format!("127.0.0.1:{}", harness::free_port()))
+        .env("JETSTREAM_DATA_DIR", dir.path().join("data"))
+        .env("JETSTREAM_LIVENESS_TTL", "24h")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("cannot start Jetstream");
+    let _jetstream = harness::Guard(Some(child));
+    wait_port(port, "Jetstream");
+    let s = Scenario::new("jet1", &format!("watch_source = \"jetstream\"\nwatch_url = \"ws://127.0.0.1:{port}\"\n"));
+    let (_watch, log) = s.watch("watch.log");
+    // A second record of the same signer, cached, then rewritten (still exists): hints only.
+    let r = &env().registry.host;
+    let digest2 = env().registry.push_image("jet1.test/other", "v1", "jet1-other");
+    let rkey2 = env().pds.put_manifest(&s.alice, &digest2, "other", "application/vnd.oci.image.manifest.v1+json");
+    let image2 = format!("{r}/jet1.test/other:v1");
+    assert_eq!(s.verifier.pull(&image2, &digest2).code, Some(0));
+    let record = serde_json::json!({"$type": "io.atcr.manifest", "repository": "other", "digest": digest2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "schemaVersion": 2, "createdAt": "2026-11-02T00:00:00.000Z"});
+    let (status, _, body) = harness::http(
+        "POST",
+        &format!("{}/xrpc/com.atproto.repo.putRecord", env().pds.pds),
+        &[("authorization", &format!("Bearer {}", s.alice.token)), ("content-type", "application/json")],
+        Some(
+            serde_json::to_vec(&serde_json::json!({"repo": s.alice.did, "collection": "io.atcr.manifest", "rkey": rkey2, "validate": false, "record": record}))
+                .unwrap(),
+        ),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let text = harness::wait_for_log(&log, &format!("update {rkey2}"), Duration::from_secs(10));
+    assert!(text.contains(&format!("update {rkey2}")), "no Jetstream event for the update: {text}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(s.verifier.pull(&image2, &digest2).code, Some(0), "an event for a record that still exists changes nothing");
+    assert_eq!(s.verifier.pull(&s.image, &s.digest).code, Some(0));
+
+    env().pds.delete_record(&s.alice, &s.rkey);
+    let after = s.blocked_within(Instant::now(), Duration::from_secs(10), &log);
+    let text = harness::wait_for_log(&log, "proven by its PDS on a re-check", Duration::from_secs(5));
+    assert!(text.contains("revoked (the record is deleted), proven by its PDS on a re-check (jetstream-commit)"), "{text}");
+    assert_eq!(s.verifier.pull(&image2, &digest2).code, Some(0), "the other image stays admitted");
+    eprintln!("jetstream: blocked {after:?} after the deletion");
+}
+
+/// A fake relay that serves a real `#commit` of the watched DID with its commit block's
+/// signature altered: it does not prove itself, so it is only a hint; the signed re-check
+/// finds the record still there and the image stays admitted.
+#[test]
+fn a_frame_with_a_bad_signature_changes_nothing() {
+    let s = Scenario::new("forged1", "");
+    // A real delete frame of another record of the same DID, captured from the PDS.
+    let url = format!("{}/xrpc/com.atproto.sync.subscribeRepos", env().pds.pds.replace("http://", "ws://"));
+    let mut stream = WsSubscribe::new(TrustRoots::new(None)).subscribe(&url, Duration::from_secs(5)).unwrap();
+    let decoy = env().pds.put_manifest(&s.alice, &sha256(b"forged1-decoy"), "decoy", "application/vnd.oci.image.manifest.v1+json");
+    let _ = next_commit(&mut stream, &s.alice.did, &format!("io.atcr.manifest/{decoy}"));
+    env().pds.delete_record(&s.alice, &decoy);
+    let frame = loop {
+        match stream.next(Duration::from_secs(15), atproto_sig_core::firehose::MAX_FRAME_BYTES).unwrap() {
+            Some(Frame::Binary(bytes)) => {
+                if let Ok(Event::Commit(e)) = decode_frame(&bytes, &Limits::default()) {
+                    if e.repo == s.alice.did && e.ops.iter().any(|op| op.path.ends_with(&decoy)) {
+                        break bytes;
+                    }
+                }
+            }
+            Some(Frame::Text(_)) => {}
+            None => panic!("the PDS closed the stream"),
+        }
+    };
+    // Retarget the deletion at the cached record and flip a byte of the 64-byte signature.
+    let mut forged = frame.clone();
+    let (from, to) = (decoy.as_bytes(), s.rkey.as_bytes());
+    assert_eq!(from.len(), to.len());
+    let at = forged.windows(from.len()).position(|w| w == from).unwrap();
+    forged[at..at + to.len()].copy_from_slice(to);
+    let sig = forged.windows(4).position(|w| w == b"\x63sig").unwrap() + 4 + 2;
+    forged[sig] ^= 0x55;
+    // The fake relay: every connection gets the forged frame, then silence.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let forged = forged.clone();
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(conn) else { return };
+                let _ = ws.send(tungstenite::Message::binary(forged));
+                std::thread::sleep(Duration::from_secs(120));
+            });
+        }
+    });
+    let config = std::fs::read_to_string(&s.verifier.config).unwrap();
+    std::fs::write(&s.verifier.config, format!("{config}watch_source = \"relay\"\nwatch_url = \"ws://127.0.0.1:{port}\"\n")).unwrap();
+    let (_watch, log) = s.watch("watch.log");
+    let text = harness::wait_for_log(&log, "does not prove itself", Duration::from_secs(10));
+    assert!(text.contains("does not prove itself"), "{text}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let pull = s.verifier.pull(&s.image, &s.digest);
+    assert_eq!(pull.code, Some(0), "a forged frame must not block: {}\n{}", pull.stdout, std::fs::read_to_string(&log).unwrap_or_default());
 }

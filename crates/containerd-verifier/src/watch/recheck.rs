@@ -84,6 +84,12 @@ fn records(watcher: &Watcher, session: &Session<'_>, document: &DidDocument, job
         let result = session.proof(document, rkey);
         let now = cache.read::<ProofEntry>(Kind::Proof, &parts);
         let replaced = now.as_ref().is_some_and(|n| n.car != held.car);
+        // getRecord answers a deleted record with an absence proof: a proof all the same.
+        let result = match result {
+            Ok((Some(car), _)) if proves_absent(document, rkey, &car, &watcher.config) => Ok((None, ())),
+            Ok((car, _)) => Ok((car, ())),
+            Err(v) => Err(v),
+        };
         let at = format!("at://{}/{MANIFEST_COLLECTION}/{rkey}", job.did);
         match result {
             Err(v) if v.reason == Reason::RecordDeleted && replaced => {
@@ -113,6 +119,20 @@ fn records(watcher: &Watcher, session: &Session<'_>, document: &DidDocument, job
         }
     }
     changed
+}
+
+/// Whether `car` proves `rkey` absent under a commit signed by the document's key.
+fn proves_absent(document: &DidDocument, rkey: &str, car: &[u8], config: &crate::config::Config) -> bool {
+    let Ok(key) = &document.signing_key else { return false };
+    let verdict = atproto_sig_core::verify::verify(&atproto_sig_core::verify::ProofInput {
+        car,
+        key: atproto_sig_core::verify::KeySource::Key(key),
+        expect: atproto_sig_core::verify::Expectation { did: &document.did, rkey: Some(rkey), digest: None, repository: None },
+        now_micros: crate::clock::now_micros(None).unwrap_or(0),
+        max_clock_skew_micros: config.clock_skew.micros(),
+        limits: &Limits::default(),
+    });
+    verdict.reason == Reason::RecordDeleted
 }
 
 /// The signed state of the DID's whole collection, applied as a bundle's would be; true when
