@@ -95,6 +95,7 @@ fn the_deb_installs_into_a_scratch_root_doctor_is_green_and_purge_cleans_up() {
         "etc/containerd/conf.d/atproto-verifier.toml",
         "lib/systemd/system/atproto-verifier-refresh.service",
         "lib/systemd/system/atproto-verifier-refresh.timer",
+        "lib/systemd/system/atproto-verifier-watch.service",
         "usr/share/man/man1/atproto-verifier.1.gz",
         "usr/share/man/man1/atproto-verifier-doctor.1.gz",
         "usr/share/bash-completion/completions/atproto-verifier",
@@ -110,6 +111,8 @@ fn the_deb_installs_into_a_scratch_root_doctor_is_green_and_purge_cleans_up() {
     }
     let unit = std::fs::read_to_string(r.join("lib/systemd/system/atproto-verifier-refresh.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/atproto-verifier cache refresh"), "the unit runs the packaged binary:\n{unit}");
+    let watch = std::fs::read_to_string(r.join("lib/systemd/system/atproto-verifier-watch.service")).unwrap();
+    assert!(watch.contains("ExecStart=/usr/bin/atproto-verifier watch") && watch.contains("Restart=always"), "the watch unit:\n{watch}");
 
     // doctor, run by the installed binary against the installed files (their absolute paths
     // mapped into the scratch root): a containerd main config that imports conf.d.

@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// Time a client has to send a request's headers (and to start the next one on a kept-alive connection).
     #[arg(long, default_value = "10s", value_parser = span)]
     pub header_timeout: Duration,
+    /// Run the `watch` service inside the server (the config's `watch_source`): a revoked
+    /// record drops the in-memory decisions of its signer at once, not after --decision-ttl.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 impl ServeArgs {
@@ -153,7 +157,8 @@ pub fn run(args: ServeArgs) -> u8 {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the HTTP runtime: {e}")),
     };
-    runtime.block_on(async {
+    let watcher = if args.watch { start_watcher(&args, &shared) } else { None };
+    let code = runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(l) => l,
             Err(e) => return fail(format!("cannot listen on {}: {e}", args.listen)),
@@ -164,7 +169,38 @@ pub fn run(args: ServeArgs) -> u8 {
         ));
         server::run(listener, shared, server::termination()).await;
         crate::exit::ADMITTED
-    })
+    });
+    if let Some((watcher, thread)) = watcher {
+        watcher.stop();
+        let _ = thread.join();
+    }
+    code
+}
+
+/// The watcher inside the server: the generation in force's config and policy (it reloads the
+/// policy file itself); each DID whose cached proofs change has its decisions dropped.
+fn start_watcher(args: &ServeArgs, shared: &Arc<Shared>) -> Option<(Arc<crate::watch::Watcher>, std::thread::JoinHandle<()>)> {
+    let loaded = shared.admission.settings.current();
+    let Ok(policy) = loaded.policy.clone() else {
+        crate::log::warn("watch: not started: no trust policy loaded (restart once it loads)");
+        return None;
+    };
+    let mut config = loaded.config.clone();
+    if let Some(policy) = &args.policy {
+        config.policy.clone_from(policy);
+    }
+    let decisions = Arc::clone(&shared.admission.decisions);
+    let watcher = Arc::new(crate::watch::system(config, policy).on_change(move |did| {
+        let dropped = decisions.evict_signer(did);
+        if dropped > 0 {
+            crate::log::info(&format!("watch: {dropped} decisions resting on {did} dropped from memory"));
+        }
+    }));
+    let _ = shared.watch_health.set(watcher.health());
+    let running = Arc::clone(&watcher);
+    let thread = std::thread::spawn(move || running.run(None));
+    crate::log::info("watch: running inside the server");
+    Some((watcher, thread))
 }
 
 /// A server running on its own threads (tests and benchmarks drive one in-process).

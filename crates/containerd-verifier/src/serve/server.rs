@@ -52,12 +52,14 @@ pub struct Shared {
     pub limits: ServerLimits,
     in_flight: Semaphore,
     draining: AtomicBool,
+    /// The watcher's counters, when `serve --watch` runs one (appended to `/metrics`).
+    pub watch_health: std::sync::OnceLock<Arc<crate::watch::Health>>,
 }
 
 impl Shared {
     pub fn new(admission: Admission, tls: Tls, limits: ServerLimits) -> Shared {
         let in_flight = Semaphore::new(limits.max_in_flight.max(1));
-        Shared { admission, tls, limits, in_flight, draining: AtomicBool::new(false) }
+        Shared { admission, tls, limits, in_flight, draining: AtomicBool::new(false), watch_health: std::sync::OnceLock::new() }
     }
 }
 
@@ -129,7 +131,11 @@ async fn route(request: Request<Incoming>, shared: Arc<Shared>, peer: Peer) -> R
         ("/readyz", &Method::GET) => ("readyz", readyz(&shared)),
         ("/metrics", &Method::GET) => {
             let ready = readiness(&shared).is_ok();
-            ("metrics", text_response(StatusCode::OK, shared.admission.telemetry.render(shared.admission.decisions.stats(), ready)))
+            let mut text = shared.admission.telemetry.render(shared.admission.decisions.stats(), ready);
+            if let Some(watch) = shared.watch_health.get() {
+                text.push_str(&watch.render());
+            }
+            ("metrics", text_response(StatusCode::OK, text))
         }
         ("/validate" | "/mutate", &Method::POST) => {
             let mutating = path == "/mutate";
