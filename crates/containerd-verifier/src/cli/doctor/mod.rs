@@ -39,6 +39,74 @@ pub struct DoctorArgs {
     /// A hosts.toml directory for --live (ctr's --hosts-dir).
     #[arg(long)]
     hosts_dir: Option<PathBuf>,
+    /// Gatekeeper's controller Deployment (JSON, `-` for stdin), e.g. from `kubectl get
+    /// deploy -n gatekeeper-system gatekeeper-controller-manager -o json`: checks that its
+    /// provider-response cache does not outlast the revocation `watch` pushes.
+    #[arg(long, value_name = "FILE")]
+    gatekeeper: Option<PathBuf>,
+}
+
+/// How fast `watch` revokes on a node; a cache in front of it that keeps answers longer is
+/// the revocation delay that counts.
+const REVOCATION_GOAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Gatekeeper's default `--external-data-provider-response-cache-ttl`.
+const GATEKEEPER_DEFAULT_TTL: &str = "3m";
+
+/// The provider-response cache TTL a Gatekeeper Deployment runs with (its flag, else the default).
+fn gatekeeper_cache_ttl(deployment: &serde_json::Value) -> Option<String> {
+    let containers = deployment.pointer("/spec/template/spec/containers")?.as_array()?;
+    let args = containers.iter().flat_map(|c| ["args", "command"].into_iter().filter_map(move |k| c.get(k)?.as_array())).flatten();
+    let flag = "--external-data-provider-response-cache-ttl";
+    let mut args = args.filter_map(serde_json::Value::as_str).peekable();
+    while let Some(arg) = args.next() {
+        if let Some(value) = arg.strip_prefix(flag).and_then(|rest| rest.strip_prefix('=')) {
+            return Some(value.to_owned());
+        }
+        if arg == flag {
+            return args.next().map(str::to_owned);
+        }
+    }
+    Some(GATEKEEPER_DEFAULT_TTL.to_owned())
+}
+
+fn gatekeeper_finding(path: &Path) -> Finding {
+    let check = "gatekeeper cache";
+    let fail = |message: String| Finding { level: Level::Fail, check, message };
+    let text = if path == Path::new("-") {
+        let mut text = String::new();
+        let read = std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 4 << 20), &mut text);
+        if let Err(e) = read {
+            return fail(format!("stdin: {e}"));
+        }
+        text
+    } else {
+        match crate::fsio::read_capped(path, 4 << 20) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        }
+    };
+    let parsed = serde_json::from_str::<serde_json::Value>(&text).ok();
+    let Some(ttl) = parsed.as_ref().and_then(gatekeeper_cache_ttl) else {
+        return fail(format!(
+            "{}: not a Deployment with containers (kubectl get deploy -n gatekeeper-system gatekeeper-controller-manager -o json)",
+            path.display()
+        ));
+    };
+    match Span::parse(&ttl) {
+        Some(span) if span.0 <= REVOCATION_GOAL => Finding {
+            level: Level::Ok,
+            check,
+            message: format!("Gatekeeper keeps provider answers {ttl}: a revocation reaches it as fast as `watch` makes it"),
+        },
+        Some(_) => Finding {
+            level: Level::Warn,
+            check,
+            message: format!(
+                "Gatekeeper keeps provider answers for {ttl}: an image revoked by `watch` stays admitted by Gatekeeper that long — add --external-data-provider-response-cache-ttl=1s (0s turns it off) to its controller's args"
+            ),
+        },
+        None => fail(format!("--external-data-provider-response-cache-ttl={ttl:?} is not a duration Gatekeeper accepts")),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -399,6 +467,32 @@ pub fn run(args: DoctorArgs) -> u8 {
     if let Some(image) = &args.live {
         live_finding(&args, image, &mut findings);
     }
+    if let Some(path) = &args.gatekeeper {
+        findings.push(gatekeeper_finding(path));
+    }
     print_findings(args.format, &findings);
     if findings.iter().any(|f| f.level == Level::Fail) { exit::REJECTED } else { exit::ADMITTED }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gatekeeper_cache_ttl_from_its_deployment() {
+        let deployment = |args: serde_json::Value| serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "manager", "args": args}]}}}});
+        assert_eq!(gatekeeper_cache_ttl(&deployment(serde_json::json!(["--port=8443"]))).as_deref(), Some("3m"), "the default");
+        assert_eq!(gatekeeper_cache_ttl(&deployment(serde_json::json!(["--external-data-provider-response-cache-ttl=1s"]))).as_deref(), Some("1s"));
+        assert_eq!(gatekeeper_cache_ttl(&deployment(serde_json::json!(["--external-data-provider-response-cache-ttl", "0s"]))).as_deref(), Some("0s"));
+        assert_eq!(gatekeeper_cache_ttl(&serde_json::json!({"kind": "ConfigMap"})), None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gk.json");
+        std::fs::write(&file, deployment(serde_json::json!(["--operation=webhook"])).to_string()).unwrap();
+        let finding = gatekeeper_finding(&file);
+        assert!(finding.level == Level::Warn && finding.message.contains("for 3m") && finding.message.contains("cache-ttl=1s"), "{}", finding.message);
+        std::fs::write(&file, deployment(serde_json::json!(["--external-data-provider-response-cache-ttl=1s"])).to_string()).unwrap();
+        assert!(gatekeeper_finding(&file).level == Level::Ok);
+        std::fs::write(&file, "not json").unwrap();
+        assert!(gatekeeper_finding(&file).level == Level::Fail);
+    }
 }
