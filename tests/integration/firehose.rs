@@ -8,6 +8,8 @@
 
 #[path = "harness.rs"]
 mod harness;
+#[path = "streams.rs"]
+mod streams;
 
 use std::time::{Duration, Instant};
 
@@ -217,68 +219,6 @@ fn a_deletion_while_watch_is_stopped_is_caught_from_its_cursor() {
     assert!(!text.contains("not-followed-before"), "the stored cursor covered this DID: no blanket re-check: {text}");
 }
 
-/// indigo's relay (target/tools, built by tests/firehose/install.sh) in front of the reference
-/// PDS, on SQLite. `requestCrawl` refuses loopback hosts, so the PDS is written into the
-/// relay's host table and the relay restarted.
-struct Relay {
-    url: String,
-    _guard: harness::Guard,
-    _dir: tempfile::TempDir,
-}
-
-fn tool(name: &str) -> std::path::PathBuf {
-    let tools = harness::repo_root().join("target/tools");
-    std::fs::read_dir(&tools)
-        .ok()
-        .and_then(|d| d.filter_map(Result::ok).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-")))))
-        .map(|dir| dir.join(name))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is missing from target/tools: run tests/firehose/install.sh (needs Go)"))
-}
-
-fn wait_port(port: u16, what: &str) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "{what} did not listen on {port} within 30 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-impl Relay {
-    fn start() -> Relay {
-        let binary = tool("relay");
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("relay.sqlite");
-        let port = harness::free_port();
-        let run = || {
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("relay.log")).unwrap();
-            let child = std::process::Command::new(&binary)
-                .args(["--admin-password", "test-admin", "--plc-host", &env().pds.plc, "serve", "--db-url"])
-                .arg(format!("sqlite://{}", db.display()))
-                .arg("--persist-dir")
-                .arg(dir.path().join("persist"))
-                .args(["--bind", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", harness::free_port()), "--allow-insecure-hosts"])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("cannot start the relay");
-            harness::Guard(Some(child))
-        };
-        let mut first = run();
-        wait_port(port, "the relay");
-        first.stop();
-        let host = env().pds.pds.trim_start_matches("http://").replace("127.0.0.1", "localhost");
-        let insert = format!(
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"insert into host(created_at,updated_at,hostname,no_ssl,account_limit,trusted,status,last_seq,account_count) values(datetime('now'),datetime('now'),?,1,1000,1,'active',-1,0)\", (sys.argv[2],)); c.commit()"
-        );
-        let status = std::process::Command::new("python3").args(["-c", &insert]).arg(&db).arg(&host).status().expect("python3 is required");
-        assert!(status.success(), "registering the PDS in the relay's host table failed");
-        let guard = run();
-        wait_port(port, "the relay");
-        Relay { url: format!("ws://127.0.0.1:{port}"), _guard: guard, _dir: dir }
-    }
-}
-
 /// Waits until `url`'s firehose carries a fresh commit of `did` (the upstream is connected).
 fn wait_live(url: &str, account: &harness::Account) {
     let mut stream = WsSubscribe::new(TrustRoots::new(None)).subscribe(&format!("{url}/xrpc/com.atproto.sync.subscribeRepos"), Duration::from_secs(5)).unwrap();
@@ -305,7 +245,7 @@ fn wait_live(url: &str, account: &harness::Account) {
 /// itself (the relay passes blocks and prevData through), and blocks the next pull.
 #[test]
 fn a_relay_source_revokes_a_deleted_record() {
-    let relay = Relay::start();
+    let relay = streams::Relay::start();
     let s = Scenario::new("relay1", "");
     wait_live(&relay.url, &s.alice);
     let config = std::fs::read_to_string(&s.verifier.config).unwrap();
@@ -324,22 +264,8 @@ fn a_relay_source_revokes_a_deleted_record() {
 /// nothing; a deletion blocks the next pull, proven by the PDS's absence proof.
 #[test]
 fn a_jetstream_source_rechecks_and_revokes() {
-    let binary = tool("jetstream");
-    let dir = tempfile::tempdir().unwrap();
-    let port = harness::free_port();
-    let log = std::fs::File::create(dir.path().join("jetstream.log")).unwrap();
-    let child = std::process::Command::new(binary)
-        .env("JETSTREAM_WS_URL", format!("{}/xrpc/com.atproto.sync.subscribeRepos", env().pds.pds.replace("http://", "ws://")))
-        .env("JETSTREAM_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("JETSTREAM_METRICS_LISTEN_ADDR", format!("127.0.0.1:{}", harness::free_port()))
-        .env("JETSTREAM_DATA_DIR", dir.path().join("data"))
-        .env("JETSTREAM_LIVENESS_TTL", "24h")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("cannot start Jetstream");
-    let _jetstream = harness::Guard(Some(child));
-    wait_port(port, "Jetstream");
+    let jetstream = streams::Jetstream::start();
+    let port = jetstream.port;
     let s = Scenario::new("jet1", &format!("watch_source = \"jetstream\"\nwatch_url = \"ws://127.0.0.1:{port}\"\n"));
     let (_watch, log) = s.watch("watch.log");
     // A second record of the same signer, cached, then rewritten (still exists): hints only.
