@@ -354,3 +354,29 @@ fn a_frame_with_a_bad_signature_changes_nothing() {
     let pull = s.verifier.pull(&s.image, &s.digest);
     assert_eq!(pull.code, Some(0), "a forged frame must not block: {}\n{}", pull.stdout, std::fs::read_to_string(&log).unwrap_or_default());
 }
+
+/// No stream at all (`watch_source = "poll"`): the latest commit's rev is polled; a newer one
+/// makes a full signed re-check (the collection state), which proves the deletion.
+#[test]
+fn the_poll_source_revokes_from_the_collection_state() {
+    let s = Scenario::new("poll1", "watch_source = \"poll\"\nwatch_poll_interval = \"1s\"\n");
+    let log = s.verifier.dir.path().join("watch.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        .args(["watch", "--run-for", "60s"])
+        .env("ATPROTO_VERIFIER_CONFIG", &s.verifier.config)
+        .env("ATPROTO_VERIFIER_LOG", "debug")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let _watch = harness::Guard(Some(child));
+    // The first poll sees a rev this node never verified: the first full re-check runs.
+    let text = harness::wait_for_log(&log, "poll-new-rev", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(s.verifier.pull(&s.image, &s.digest).code, Some(0), "{text}");
+    env().pds.delete_record(&s.alice, &s.rkey);
+    s.blocked_within(Instant::now(), Duration::from_secs(15), &log);
+    let text = harness::wait_for_log(&log, "the signed collection state proves the record is gone", Duration::from_secs(5));
+    assert!(text.contains("the signed collection state proves the record is gone"), "{text}");
+}

@@ -164,10 +164,7 @@ fn scale() {
             });
         }
     });
-    let config = format!(
-        "plc_directory = {:?}\nbudget = \"8s\"\nwatch_source = \"relay\"\nwatch_url = \"ws://127.0.0.1:{port}\"\n",
-        env.pds.plc
-    );
+    let config = format!("plc_directory = {:?}\nbudget = \"8s\"\nwatch_source = \"relay\"\nwatch_url = \"ws://127.0.0.1:{port}\"\n", env.pds.plc);
     let verifier = harness::Verifier::new(&config, &policy);
     let log = verifier.dir.path().join("watch.log");
     let out = std::fs::File::create(&log).unwrap();
