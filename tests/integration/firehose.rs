@@ -148,6 +148,11 @@ impl Scenario {
         let guard = harness::Guard(Some(child));
         let text = harness::wait_for_log(&log, "subscribed to", Duration::from_secs(20));
         assert!(text.contains("subscribed to"), "watch did not subscribe: {text}");
+        // A new watcher first re-checks what it did not follow before: let that finish, so
+        // what a test does next is seen through the stream.
+        if harness::wait_for_log(&log, "re-check (not-followed-before", Duration::from_secs(3)).contains("re-check (not-followed-before") {
+            std::thread::sleep(Duration::from_millis(700));
+        }
         (guard, log)
     }
 

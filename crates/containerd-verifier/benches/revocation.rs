@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use atproto_sig_core::Limits;
 use atproto_sig_core::firehose::{Frame as Event, decode_frame};
+use containerd_verifier::material::store::{Cache, Kind, ProofEntry};
 use containerd_verifier::remote::ureq::TrustRoots;
 use containerd_verifier::remote::ws::WsSubscribe;
 use containerd_verifier::remote::{Frame, Subscribe};
-use containerd_verifier::material::store::{Cache, Kind, ProofEntry};
 use harness::env;
 
 fn deletions() -> usize {
@@ -174,7 +174,14 @@ fn scale() {
     let verifier = harness::Verifier::new(&config, &policy);
     let cache = Cache::new(&verifier.dir.path().join("cache"));
     for did in dids.iter().skip(1000) {
-        let entry = ProofEntry { did: did.clone(), collection: "io.atcr.manifest".into(), rkey: "3kaaaaaaaaaa2".into(), fetched_at: 0, source: "bench".into(), car: String::new() };
+        let entry = ProofEntry {
+            did: did.clone(),
+            collection: "io.atcr.manifest".into(),
+            rkey: "3kaaaaaaaaaa2".into(),
+            fetched_at: 0,
+            source: "bench".into(),
+            car: String::new(),
+        };
         cache.write(Kind::Proof, &[did, "io.atcr.manifest", "3kaaaaaaaaaa2"], &entry);
     }
     let log = verifier.dir.path().join("watch.log");

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::queue::{Depth, Job};
 use super::sources::{Follow, account};
-use crate::remote::{Frame, NetError};
+use crate::remote::Frame;
 
 /// Jetstream refuses more wanted DIDs than this on one subscription.
 pub const MAX_DIDS: usize = 10_000;
@@ -111,31 +111,12 @@ pub(super) fn follow(follow: &mut Follow<'_>, url: &str) {
         } else if !covered {
             follow.recheck_all(Depth::Records, "not-followed-before", Some(first));
         }
-        let mut last = resume;
-        let mut previous = stored;
-        let mut saved = std::time::Instant::now();
-        while follow.alive() {
-            match stream.next(Duration::from_secs(1), MAX_EVENT_BYTES) {
-                Ok(Some(Frame::Text(text))) => event(follow, &text, &mut last),
-                Ok(Some(Frame::Binary(_))) | Err(NetError::Timeout(_)) => {}
-                Ok(None) => {
-                    crate::log::info(&format!("watch: {url} closed the stream — reconnecting"));
-                    break;
-                }
-                Err(e) => {
-                    crate::log::warn(&format!("watch: {url}: {e} — reconnecting"));
-                    break;
-                }
+        follow.read(stream.as_mut(), url, MAX_EVENT_BYTES, resume, stored, |follow, frame, last| {
+            if let Frame::Text(text) = frame {
+                event(follow, &text, last);
             }
-            if saved.elapsed() >= Duration::from_secs(1) {
-                saved = std::time::Instant::now();
-                follow.save(last, previous.as_ref());
-                previous = super::cursor::load(&watcher.cache(), &follow.name);
-            }
-        }
-        follow.save(last, previous.as_ref());
-        follow.disconnected();
-        follow.pause(Duration::from_millis(200));
+            true
+        });
     }
 }
 

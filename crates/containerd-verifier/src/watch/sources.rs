@@ -17,7 +17,7 @@ use super::{Watched, Watcher, commit, jitter_sleep};
 use crate::config::WatchSource;
 use crate::material::knowledge::repo_of;
 use crate::material::read::Refresh;
-use crate::remote::{Frame, NetError};
+use crate::remote::{Frame, NetError, Stream};
 
 /// One thing to follow, and the DIDs it is followed for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,6 +176,49 @@ impl Follow<'_> {
         }
     }
 
+    /// Reads `stream` until it closes, fails, or this source should stop: each frame to
+    /// `handle` (false: reopen the stream), the position saved every second and at the end;
+    /// then a short pause before the caller reconnects.
+    pub(super) fn read(
+        &mut self,
+        stream: &mut dyn Stream,
+        url: &str,
+        limit: usize,
+        resume: Option<i64>,
+        stored: Option<CursorEntry>,
+        mut handle: impl FnMut(&Follow<'_>, Frame, &mut Option<i64>) -> bool,
+    ) {
+        let mut last = resume;
+        let mut previous = stored;
+        let mut saved = Instant::now();
+        while self.alive() {
+            match stream.next(Duration::from_secs(1), limit) {
+                Ok(Some(frame)) => {
+                    if !handle(self, frame, &mut last) {
+                        break;
+                    }
+                }
+                Err(NetError::Timeout(_)) => {}
+                Ok(None) => {
+                    crate::log::info(&format!("watch: {url} closed the stream — reconnecting"));
+                    break;
+                }
+                Err(e) => {
+                    crate::log::warn(&format!("watch: {url}: {e} — reconnecting"));
+                    break;
+                }
+            }
+            if saved.elapsed() >= Duration::from_secs(1) {
+                saved = Instant::now();
+                self.save(last, previous.as_ref());
+                previous = cursor::load(&self.watcher.cache(), &self.name);
+            }
+        }
+        self.save(last, previous.as_ref());
+        self.disconnected();
+        self.pause(Duration::from_millis(200));
+    }
+
     pub(super) fn disconnected(&mut self) {
         self.watcher.health.connected(&self.name, false);
         self.down_since = Instant::now();
@@ -258,38 +301,10 @@ fn firehose(follow: &mut Follow<'_>, url: &str) {
             // them before now is asked of their PDS.
             follow.recheck_all(Depth::Records, "not-followed-before", Some(resume.unwrap_or(0) + 1));
         }
-        let mut last = resume;
-        let mut saved = Instant::now();
-        let mut previous = stored;
-        loop {
-            if !follow.alive() {
-                break;
-            }
-            match stream.next(Duration::from_secs(1), MAX_FRAME_BYTES) {
-                Ok(Some(Frame::Binary(bytes))) => {
-                    if !frame(follow, &bytes, &mut last) {
-                        break;
-                    }
-                }
-                Ok(Some(Frame::Text(_))) | Err(NetError::Timeout(_)) => {}
-                Ok(None) => {
-                    crate::log::info(&format!("watch: {url} closed the stream — reconnecting"));
-                    break;
-                }
-                Err(e) => {
-                    crate::log::warn(&format!("watch: {url}: {e} — reconnecting"));
-                    break;
-                }
-            }
-            if saved.elapsed() >= Duration::from_secs(1) {
-                saved = Instant::now();
-                follow.save(last, previous.as_ref());
-                previous = cursor::load(&watcher.cache(), &follow.name);
-            }
-        }
-        follow.save(last, previous.as_ref());
-        follow.disconnected();
-        follow.pause(Duration::from_millis(200));
+        follow.read(stream.as_mut(), url, MAX_FRAME_BYTES, resume, stored, |follow, frame_read, last| match frame_read {
+            Frame::Binary(bytes) => frame(follow, &bytes, last),
+            Frame::Text(_) => true,
+        });
     }
 }
 
