@@ -385,3 +385,31 @@ fn the_poll_source_revokes_from_the_collection_state() {
     let text = harness::wait_for_log(&log, "the signed collection state proves the record is gone", Duration::from_secs(5));
     assert!(text.contains("the signed collection state proves the record is gone"), "{text}");
 }
+
+/// A key rotation (the PDS's own flow: new key, PLC update, an empty commit, `#identity` and
+/// `#sync`): the watcher refetches the DID document, warns that the key changed, and fetches
+/// the cached proofs again, now signed under the new key: the image stays admitted.
+#[test]
+fn a_key_rotation_rechecks_proofs_under_the_new_key() {
+    let s = Scenario::new("rotate1", "");
+    let (_watch, log) = s.watch("watch.log");
+    let key = env().pds.rotate_key(&s.alice);
+    let text = harness::wait_for_log(&log, "changed from", Duration::from_secs(10));
+    assert!(
+        text.contains(&format!("the signing key of {} changed from", s.alice.did)) && text.contains(&format!("to {key} (after an #identity event)")),
+        "{text}"
+    );
+    // The cached proof was fetched again: its commit now verifies under the new key only.
+    std::thread::sleep(Duration::from_secs(2));
+    let entry: serde_json::Value = std::fs::read_dir(s.verifier.dir.path().join("cache/v1/proof"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .find(|e: &serde_json::Value| e["rkey"] == s.rkey.as_str())
+        .unwrap();
+    let car = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, entry["car"].as_str().unwrap()).unwrap();
+    let new_key = atproto_sig_core::crypto::PublicKey::from_did_key(&key).unwrap();
+    assert!(containerd_verifier::material::knowledge::signed_rev(&car, &new_key).is_some(), "the cached proof is signed under the new key: {text}");
+    let pull = s.verifier.pull(&s.image, &s.digest);
+    assert_eq!(pull.code, Some(0), "{}", pull.stdout);
+}

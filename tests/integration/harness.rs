@@ -86,6 +86,8 @@ fn xrpc(base: &str, method: &str, nsid: &str, token: Option<&str>, body: Option<
 pub struct Pds {
     pub pds: String,
     pub plc: String,
+    /// The test hooks of tests/pds/servers.cjs (`POST /rotate-key?did=`).
+    pub admin: String,
     guard: Guard,
     _dir: tempfile::TempDir,
 }
@@ -134,7 +136,13 @@ impl Pds {
         let guard = Guard(Some(child));
         let ready = rx.recv_timeout(Duration::from_secs(120)).expect("the PDS did not start within 120 s");
         let urls: Json = serde_json::from_str(&ready).unwrap();
-        Pds { pds: urls["pds"].as_str().unwrap().to_owned(), plc: urls["plc"].as_str().unwrap().to_owned(), guard, _dir: dir }
+        Pds {
+            pds: urls["pds"].as_str().unwrap().to_owned(),
+            plc: urls["plc"].as_str().unwrap().to_owned(),
+            admin: urls["admin"].as_str().unwrap_or_default().to_owned(),
+            guard,
+            _dir: dir,
+        }
     }
 
     pub fn stop(&mut self) {
@@ -188,6 +196,14 @@ impl Pds {
             Some(&account.token),
             Some(json!({"repo": account.did, "collection": "io.atcr.manifest", "rkey": rkey})),
         );
+    }
+
+    /// Gives the account a new signing key (PLC updated, an empty commit, #identity and #sync);
+    /// returns the new key (did:key).
+    pub fn rotate_key(&self, account: &Account) -> String {
+        let (status, _, body) = http("POST", &format!("{}/rotate-key?did={}", self.admin, account.did), &[], Some(Vec::new()));
+        assert_eq!(status, 200, "rotate-key: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice::<Json>(&body).unwrap()["key"].as_str().unwrap().to_owned()
     }
 
     /// The PLC's state of a DID (`GET /<did>/data`).

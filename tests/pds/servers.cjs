@@ -64,10 +64,43 @@ async function startServers(dataDir) {
   const pds = await pdsLib.PDS.create(pdsLib.envToCfg(env), pdsLib.envToSecrets(env))
   await pds.start()
   const pdsUrl = `http://127.0.0.1:${pdsPort}`
+  // Test hook, loopback only: POST /rotate-key?did=DID gives the account a new signing key the
+  // way the PDS's own scripts/rotate-keys does (new key in the actor store, PLC update, an
+  // empty commit signed by it, then #identity and #sync on the firehose).
+  const http = require('http')
+  const adminPort = await freePort()
+  const admin = http.createServer(async (req, res) => {
+    try {
+      const url = new URL(req.url, 'http://localhost')
+      const did = url.searchParams.get('did')
+      if (req.method !== 'POST' || url.pathname !== '/rotate-key' || !did) {
+        res.writeHead(404).end()
+        return
+      }
+      const { Secp256k1Keypair } = require('@atproto/crypto')
+      const ctx = pds.ctx
+      const { keyLocation } = await ctx.actorStore.getLocation(did)
+      const keypair = await Secp256k1Keypair.create({ exportable: true })
+      fs.writeFileSync(keyLocation, await keypair.export())
+      await ctx.plcClient.updateAtprotoKey(did, ctx.plcRotationKey, keypair.did())
+      const syncData = await ctx.actorStore.transact(did, async (txn) => {
+        await txn.repo.processWrites([])
+        return txn.repo.getSyncEventData()
+      })
+      await ctx.sequencer.sequenceIdentityEvt(did)
+      await ctx.sequencer.sequenceSyncEvt(did, syncData)
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ key: keypair.did() }))
+    } catch (e) {
+      res.writeHead(500).end(String(e && e.stack))
+    }
+  })
+  await new Promise((resolve) => originalListen.call(admin, adminPort, '127.0.0.1', resolve))
   return {
     pdsUrl,
     plcUrl,
+    adminUrl: `http://127.0.0.1:${adminPort}`,
     async stop() {
+      admin.close()
       await pds.destroy()
       await plc.destroy()
     },
@@ -80,7 +113,7 @@ if (require.main === module) {
   const dataDir = process.argv[2] || path.join(require('os').tmpdir(), 'atproto-verifier-pds')
   startServers(dataDir).then(
     (s) => {
-      process.stdout.write(`READY ${JSON.stringify({ pds: s.pdsUrl, plc: s.plcUrl })}\n`)
+      process.stdout.write(`READY ${JSON.stringify({ pds: s.pdsUrl, plc: s.plcUrl, admin: s.adminUrl })}\n`)
       const stop = () => s.stop().finally(() => process.exit(0))
       process.on('SIGTERM', stop)
       process.on('SIGINT', stop)
