@@ -8,6 +8,8 @@
 
 #[path = "harness.rs"]
 mod harness;
+#[path = "../support/pki.rs"]
+mod pki;
 #[path = "streams.rs"]
 mod streams;
 
@@ -412,4 +414,66 @@ fn a_key_rotation_rechecks_proofs_under_the_new_key() {
     assert!(containerd_verifier::material::knowledge::signed_rev(&car, &new_key).is_some(), "the cached proof is signed under the new key: {text}");
     let pull = s.verifier.pull(&s.image, &s.digest);
     assert_eq!(pull.code, Some(0), "{}", pull.stdout);
+}
+
+/// `serve --watch`: the admission server remembers decisions (`--decision-ttl 10m`), but a
+/// record revoked by its watcher drops its signer's decisions at once: the next review of the
+/// image is denied within seconds, not after ten minutes.
+#[test]
+fn serve_with_watch_forgets_a_revoked_decision_at_once() {
+    let s = Scenario::new("servewatch1", "");
+    let dir = s.verifier.dir.path().join("tls");
+    let (cert, key) = pki::issue(&dir, "ca", "server");
+    let port = harness::free_port();
+    let log = s.verifier.dir.path().join("serve.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+        .args(["serve", "--watch", "--listen", &format!("127.0.0.1:{port}"), "--decision-ttl", "10m", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("ATPROTO_VERIFIER_CONFIG", &s.verifier.config)
+        .env("ATPROTO_VERIFIER_LOG", "debug")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let _serve = harness::Guard(Some(child));
+    let text = harness::wait_for_log(&log, "subscribed to", Duration::from_secs(20));
+    assert!(text.contains("subscribed to"), "{text}");
+    streams::wait_port(port, "serve");
+    harness::wait_for_log(&log, "re-check (not-followed-before", Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(700));
+    let review = |uid: &str| -> bool {
+        let body = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "default", "operation": "CREATE",
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": s.image}]}}
+            }
+        });
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(dir.join("ca.crt"))
+            .args(["-H", "content-type: application/json", "--data-binary", &body.to_string(), &format!("https://127.0.0.1:{port}/validate")])
+            .output()
+            .expect("curl is missing: apt-get install curl");
+        let answer: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        answer["response"]["allowed"].as_bool().unwrap()
+    };
+    assert!(review("u1"), "signed: admitted");
+    assert!(review("u2"), "and remembered");
+    env().pds.delete_record(&s.alice, &s.rkey);
+    let deleted = Instant::now();
+    let mut n = 3;
+    while review(&format!("u{n}")) {
+        assert!(deleted.elapsed() < Duration::from_secs(10), "still admitted 10 s after the deletion:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = harness::wait_for_log(&log, "dropped from memory", Duration::from_secs(5));
+    assert!(text.contains(&format!("decisions resting on {} dropped from memory", s.alice.did)), "{text}");
 }
