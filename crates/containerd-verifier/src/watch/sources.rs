@@ -299,7 +299,7 @@ fn firehose(follow: &mut Follow<'_>, url: &str) {
         if !covered {
             // Not followed before from here (first start, or DIDs added): what happened to
             // them before now is asked of their PDS.
-            follow.recheck_all(Depth::Records, "not-followed-before", Some(resume.unwrap_or(0) + 1));
+            follow.recheck_all(Depth::Records, "not-followed-before", Some(resume.unwrap_or(0).saturating_add(1)));
         }
         follow.read(stream.as_mut(), url, MAX_FRAME_BYTES, resume, stored, |follow, frame_read, last| match frame_read {
             Frame::Binary(bytes) => frame(follow, &bytes, last),
@@ -327,7 +327,10 @@ fn frame(follow: &Follow<'_>, bytes: &[u8], last: &mut Option<i64>) -> bool {
         Event::Account(e) => (e.seq, &e.time),
         Event::Info { name, message } => {
             if name == "OutdatedCursor" {
-                follow.gap(&format!("the cursor is older than the source keeps ({})", message.as_deref().unwrap_or("OutdatedCursor")), last.map(|l| l + 1));
+                follow.gap(
+                    &format!("the cursor is older than the source keeps ({})", message.as_deref().unwrap_or("OutdatedCursor")),
+                    last.map(|l| l.saturating_add(1)),
+                );
             }
             return true;
         }
@@ -346,7 +349,7 @@ fn frame(follow: &Follow<'_>, bytes: &[u8], last: &mut Option<i64>) -> bool {
     match *last {
         Some(l) if seq == l => return true,
         Some(l) if seq < l => follow.gap(&format!("its sequence went backwards ({l} to {seq})"), Some(seq)),
-        Some(l) if seq > l + 1 => follow.gap(&format!("a sequence jump from {l} to {seq}"), Some(seq)),
+        Some(l) if seq > l.saturating_add(1) => follow.gap(&format!("a sequence jump from {l} to {seq}"), Some(seq)),
         _ => {}
     }
     *last = Some(seq);
