@@ -1,10 +1,11 @@
 #![no_main]
 //! What a node reads besides proofs: containerd's stdin descriptor and argv, config.toml,
-//! hosts.toml (with its certs.d-style values), docker config.json, and image references.
+//! hosts.toml (with its certs.d-style values), docker config.json, image references, and
+//! `policy test` case files.
 //! Never a panic.
 use std::path::Path;
 
-use containerd_verifier::testkit::{docker_config_source, parse_hosts_file};
+use containerd_verifier::testkit::{docker_config_source, parse_hosts_file, parse_policy_cases};
 use containerd_verifier::{bindir, config::Config, engine};
 use libfuzzer_sys::fuzz_target;
 
@@ -19,5 +20,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = parse_hosts_file(Path::new("/etc/containerd/certs.d/x"), text);
         let _ = atproto_sig_core::reference::ImageRef::parse(text);
         let _ = atproto_sig_core::reference::canonical_scope(text);
+        let _ = parse_policy_cases(text, "cases.yaml", Path::new("/cases"));
     }
 });

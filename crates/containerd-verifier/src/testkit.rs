@@ -6,4 +6,5 @@ pub use crate::bundle::{Bundle, ImportReport, import as import_bundle, parse as 
 pub use crate::lookup::atproto::query;
 pub use crate::lookup::registry::credentials::{Source as DockerConfigSource, source_for as docker_config_source};
 pub use crate::lookup::registry::hosts::parse_hosts_file;
+pub use crate::policy_cases::parse as parse_policy_cases;
 pub use crate::remote::memory::{MemoryFetch, MemoryResolve, MemorySubscribe};

@@ -8,6 +8,7 @@ mod doctor;
 mod install_node;
 pub(crate) mod output;
 pub mod policy;
+mod policy_test;
 mod proof;
 mod resolve;
 pub mod verify;

@@ -22,6 +22,24 @@ pub enum PolicyCommand {
     Check(CheckArgs),
     /// Show which rule applies to an image, why, and which signers it would accept now.
     Explain(ExplainArgs),
+    /// Decide a file of cases offline against a policy: exit 0 when every case decides as
+    /// expected, 1 with a diff of each case that changed, 2 when the file cannot be read.
+    Test(TestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// Case file (YAML): images, their recorded proof material, the outcome and reason expected.
+    file: PathBuf,
+    /// Decide the cases against this policy instead of the one the file names (review a change).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// config.toml to decide with, instead of the one the file names (else every default).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `json`: one object with every case, its expected and actual decision.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +74,7 @@ pub fn run(command: PolicyCommand) -> u8 {
     match command {
         PolicyCommand::Check(args) => check(&args),
         PolicyCommand::Explain(args) => explain(&args),
+        PolicyCommand::Test(args) => super::policy_test::run(&args.file, args.policy.as_deref(), args.config.as_deref(), args.format),
     }
 }
 

@@ -193,6 +193,27 @@ impl Remote {
     pub fn new(fetch: Arc<dyn Fetch>, resolve: Arc<dyn Resolve>) -> Remote {
         Remote { fetch, resolve }
     }
+
+    /// A world that refuses every exchange and every DNS question: for jobs that must decide
+    /// from what this node holds alone (`policy test`), so no request can slip through.
+    pub fn unreachable() -> Remote {
+        Remote::new(Arc::new(Unreachable), Arc::new(Unreachable))
+    }
+}
+
+/// [`Remote::unreachable`]'s two halves.
+struct Unreachable;
+
+impl Fetch for Unreachable {
+    fn exchange(&self, exchange: &Exchange<'_>) -> Result<Fetched, NetError> {
+        Err(NetError::BadUrl(format!("{} (this job makes no network request)", exchange.url)))
+    }
+}
+
+impl Resolve for Unreachable {
+    fn txt(&self, _name: &str, _timeout: Duration) -> Result<Vec<String>, DnsError> {
+        Err(DnsError::NoServer)
+    }
 }
 
 pub use http::{Http, InFlight, is_loopback_host, is_loopback_url};
