@@ -45,7 +45,7 @@ fn checksums_and_static_binaries_for_both_architectures() {
         assert_eq!(sum, atproto_sig_core::encoding::hex_encode(&Sha256::digest(&bytes)), "{name}");
         files += 1;
     }
-    assert_eq!(files, 5, "two binaries, two tarballs, one .deb:\n{sums}");
+    assert_eq!(files, 6, "two binaries, two tarballs, one .deb, the CI script:\n{sums}");
     for (arch, machine) in [("x86_64", 0x3e), ("aarch64", 0xb7)] {
         let binary = dist.join(format!("atproto-verifier-{}-{arch}-linux-musl", version()));
         let bytes = std::fs::read(&binary).unwrap();
