@@ -1,16 +1,17 @@
 #![no_main]
 //! What a node reads besides proofs: containerd's stdin descriptor and argv, config.toml,
 //! hosts.toml (with its certs.d-style values), docker config.json, image references, and
-//! `policy test` case files.
+//! `policy test` case files, and `coverage cluster`'s Pod lists.
 //! Never a panic.
 use std::path::Path;
 
-use containerd_verifier::testkit::{docker_config_source, parse_hosts_file, parse_policy_cases};
+use containerd_verifier::testkit::{docker_config_source, parse_hosts_file, parse_policy_cases, pod_images};
 use containerd_verifier::{bindir, config::Config, engine};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = engine::request::descriptor_digest(data);
+    let _ = pod_images(data);
     let _ = docker_config_source(data, "registry.example.com");
     let _ = docker_config_source(data, "docker.io");
     if let Ok(text) = std::str::from_utf8(data) {

@@ -22,6 +22,7 @@ pub(crate) mod bundle;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub(crate) mod coverage;
 pub mod engine;
 pub mod exit;
 pub mod fsio;

@@ -3,6 +3,7 @@
 //! encoding the in-memory web is keyed by, and the in-memory world ([`crate::remote::memory`]).
 
 pub use crate::bundle::{Bundle, ImportReport, import as import_bundle, parse as parse_bundle};
+pub use crate::coverage::pods::images as pod_images;
 pub use crate::lookup::atproto::query;
 pub use crate::lookup::registry::credentials::{Source as DockerConfigSource, source_for as docker_config_source};
 pub use crate::lookup::registry::hosts::parse_hosts_file;

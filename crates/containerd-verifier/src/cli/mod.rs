@@ -3,6 +3,7 @@
 mod attach;
 mod bundle;
 mod cache;
+mod coverage;
 mod did;
 mod doctor;
 mod install_node;
@@ -54,6 +55,8 @@ enum Command {
     Watch(crate::watch::WatchArgs),
     /// Install this binary as containerd's verifier under a root (the node DaemonSet's init container).
     InstallNode(install_node::InstallNodeArgs),
+    /// Report which images of a registry namespace, an identity or a cluster are signed under the policy.
+    Coverage(coverage::CoverageArgs),
     /// Check a trust policy, or explain what it decides for an image.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -75,6 +78,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Did(command) => did::run(command),
         Command::Policy(command) => policy::run(command),
         Command::Verify(args) => verify::run(args),
+        Command::Coverage(args) => coverage::run(args),
         Command::Bundle(command) => bundle::run(command),
         Command::Cache(command) => cache::run(command),
         Command::Attach(args) => attach::run(args),

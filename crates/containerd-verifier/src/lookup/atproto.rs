@@ -289,3 +289,17 @@ pub fn list_manifest_records(http: &Http, pds: &str, did: &str, collection: &str
     })?;
     Ok(out)
 }
+
+/// Every `collection` record of `did` naming an image: (rkey, repository, digest), bounded by
+/// the listRecords page limits. Unsigned words: each is decided by its proof afterwards.
+pub fn list_manifest_images(http: &Http, pds: &str, did: &str, collection: &str) -> Result<Vec<(String, String, String)>, LookupError> {
+    let mut out = Vec::new();
+    scan_records(http, pds, did, collection, |rkey, value| {
+        let field = |name: &str| value.get(name).and_then(Json::as_str).map(str::to_owned);
+        if let (Some(repository), Some(digest)) = (field("repository"), field("digest")) {
+            out.push((rkey, repository, digest));
+        }
+        false
+    })?;
+    Ok(out)
+}
