@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cluster::{ControlPlane, Server};
 use harness::{Account, Verifier, env, policy, repo_root};
-use serde_json::json;
+use serde_json::{Value as Json, json};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -655,4 +655,53 @@ fn the_private_ca_script_makes_a_certificate_the_webhooks_trust() {
     // The API server accepts the webhook configurations as patched.
     let list = json!({"apiVersion": "v1", "kind": "List", "items": hooks});
     plane.ok(&["apply", "--server-side", "--dry-run=server", "-f", "-"], Some(&list.to_string()));
+}
+
+/// `coverage cluster` reads the Pods from the API server its kubeconfig names (CA file, bearer
+/// token, paginated), and finds the same images as kubectl's JSON on stdin.
+#[test]
+fn coverage_lists_the_pods_of_a_real_api_server_from_a_kubeconfig() {
+    let plane = plane();
+    let world = world();
+    let verifier = verifier();
+    namespace(plane, "coverage", false);
+    for (name, image) in [("signed", &world.signed), ("unsigned", &world.unsigned), ("untrusted", &world.untrusted)] {
+        let (ok, out) = run_pod(plane, "coverage", name, image, &[]);
+        assert!(ok, "{out}");
+    }
+    let out = verifier.command(&["coverage", "cluster", "--kubeconfig", plane.kubeconfig.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<(String, String)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["found"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("pod coverage/")))
+        .map(|r| (r["image"].as_str().unwrap().to_owned(), r["status"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(rows.contains(&(world.signed.clone(), "admitted".into())), "{rows:?}");
+    assert!(rows.contains(&(world.unsigned.clone(), "unsigned".into())), "{rows:?}");
+    assert!(rows.contains(&(world.untrusted.clone(), "unsigned".into())), "{rows:?}");
+    // The same images as kubectl's own listing, piped in.
+    let listed = plane.ok(&["get", "pods", "-A", "-o", "json"], None);
+    let piped = {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+            .args(["coverage", "cluster", "--pods", "-", "--format", "json"])
+            .env("ATPROTO_VERIFIER_CONFIG", &verifier.config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(listed.as_bytes()).unwrap();
+        serde_json::from_slice::<Json>(&child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let images = |r: &Json| r["results"].as_array().unwrap().iter().map(|x| x["image"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(images(&piped), images(&report));
+    // Credentials that may not list Pods: exit 2, said as such.
+    let denied = verifier.dir.path().join("denied.kubeconfig");
+    std::fs::write(&denied, std::fs::read_to_string(&plane.kubeconfig).unwrap().replace("test-admin-token", "not-a-token")).unwrap();
+    let out = verifier.command(&["coverage", "cluster", "--kubeconfig", denied.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401"), "{}", String::from_utf8_lossy(&out.stderr));
 }

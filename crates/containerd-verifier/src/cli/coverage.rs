@@ -36,8 +36,14 @@ pub struct CoverageArgs {
     /// io.atcr.manifest records), or `cluster` (the images of running Pods, with --pods).
     target: String,
     /// For `cluster`: the output of `kubectl get pods -A -o json`, a file or `-` for stdin.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubeconfig")]
     pods: Option<PathBuf>,
+    /// For `cluster`: list the Pods from the API server this kubeconfig names (else $KUBECONFIG).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// With --kubeconfig: this context instead of its current-context.
+    #[arg(long)]
+    context: Option<String>,
     /// For an identity: the registry its images are pulled from (default: the first of
     /// `atproto_registries`).
     #[arg(long)]
@@ -75,16 +81,12 @@ pub fn run(args: CoverageArgs) -> u8 {
         Err(PolicyError::Unreadable(e)) => return fail(&e, crate::engine::request::INSTALL_POLICY_HINT),
         Err(PolicyError::Invalid(errors)) => return fail(&errors.join("\n"), "run: atproto-verifier policy check"),
     };
+    let now = now_micros(None).unwrap_or(0);
+    let remote = crate::remote::system::system(&config);
     let target = if args.target == "cluster" {
-        let Some(pods) = &args.pods else {
-            return fail(
-                "`coverage cluster` needs the Pods: --pods FILE, or --pods - with kubectl's output on stdin",
-                "kubectl get pods -A -o json | atproto-verifier coverage cluster --pods -",
-            );
-        };
-        match read_pods(pods) {
+        match cluster_pods(&args, &config, &remote, now) {
             Ok(bytes) => Target::Cluster(bytes),
-            Err(e) => return fail(&e, "give the output of: kubectl get pods -A -o json"),
+            Err(e) => return fail(&e, "kubectl get pods -A -o json | atproto-verifier coverage cluster --pods -   (or --kubeconfig FILE)"),
         }
     } else {
         match Target::parse(&args.target) {
@@ -96,8 +98,6 @@ pub fn run(args: CoverageArgs) -> u8 {
         Ok(host) => host.or_else(|| config.atproto_registries.first().cloned()).unwrap_or_else(|| "atcr.io".into()),
         Err(e) => return fail(&format!("--registry: {e}"), ""),
     };
-    let now = now_micros(None).unwrap_or(0);
-    let remote = crate::remote::system::system(&config);
     let listing = {
         let empty = Policy::empty();
         let options = SessionOptions { registry: true, ..SessionOptions::default() };
@@ -152,6 +152,25 @@ pub fn run(args: CoverageArgs) -> u8 {
     } else {
         exit::ADMITTED
     }
+}
+
+/// The Pod list of `coverage cluster`: --pods (a file or stdin), else the API server of
+/// --kubeconfig (or $KUBECONFIG's first file).
+fn cluster_pods(args: &CoverageArgs, config: &crate::config::Config, remote: &crate::remote::Remote, now: i64) -> Result<Vec<u8>, String> {
+    if let Some(pods) = &args.pods {
+        return read_pods(pods);
+    }
+    let kubeconfig =
+        args.kubeconfig.clone().or_else(|| std::env::var_os("KUBECONFIG").and_then(|v| std::env::split_paths(&v).next()).filter(|p| !p.as_os_str().is_empty()));
+    let Some(kubeconfig) = kubeconfig else {
+        return Err("`coverage cluster` needs the Pods: --pods FILE (or - for stdin), or --kubeconfig FILE".into());
+    };
+    let api = coverage::kubeconfig::api_server(&kubeconfig, args.context.as_deref()).map_err(|e| format!("{}: {e}", kubeconfig.display()))?;
+    let empty = Policy::empty();
+    let options = SessionOptions { online: true, ..SessionOptions::default() };
+    let session = Session::new(config, &empty, remote, now, Deadline::after(LISTING_BUDGET), &InFlight::default(), options);
+    let http = session.http.as_ref().ok_or("no network client")?;
+    coverage::kubeconfig::list_pods(http, &api)
 }
 
 fn read_pods(path: &std::path::Path) -> Result<Vec<u8>, String> {

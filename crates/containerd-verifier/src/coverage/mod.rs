@@ -4,6 +4,7 @@
 //! end of it. Listing is unsigned (a registry's catalog, a PDS's listRecords, the API server's
 //! Pods): it only says what to decide.
 
+pub mod kubeconfig;
 mod list;
 pub mod pods;
 pub mod report;
