@@ -187,6 +187,8 @@ fn every_command_in_the_readme_runs() {
                 air_gapped += 1;
             }
             "A first policy" => run(block, &map(&block.text), &work, &with_config(&connected), None),
+            // The starter policies' own cases, from the repository root.
+            "In CI" => run(block, &block.text, &root, &with_config(&connected), None),
             other => panic!("README.md line {}: a sh block in section {other:?} has no environment in tests/readme/main.rs", block.line),
         }
     }

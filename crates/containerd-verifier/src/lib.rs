@@ -10,7 +10,8 @@
 //! 5. [`engine`]: one decision (`engine::decide`), or a batch of lookups (`engine::Session`);
 //! 6. adapters: `bundle` (create, import), [`bindir`] (containerd), [`cli`] (operators and CI);
 //!    [`serve`] (Kubernetes admission over HTTPS), [`ratify`] (Ratify v1's plugin entry),
-//!    [`watch`] (revocations from the repositories' event streams).
+//!    [`watch`] (revocations from the repositories' event streams); batch decisions:
+//!    `policy_cases` (`policy test`, offline) and `coverage` (a namespace, identity or cluster).
 //!
 //! The API boundary is [`engine`], [`remote`], [`material`] and [`config`] (plus the ground
 //! floor); the rest is `pub(crate)`. In-memory doubles of the world (`remote::memory`) and the
