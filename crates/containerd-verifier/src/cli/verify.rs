@@ -107,24 +107,13 @@ fn sarif(artifact: &str, decision: &Decision) -> serde_json::Value {
         Outcome::AuditAdmit => "warning",
         Outcome::Reject => "error",
     };
-    json!({
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-        "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "atproto-verifier",
-                "version": env!("CARGO_PKG_VERSION"),
-                "informationUri": "https://atproto.com/specs/repository",
-                "rules": [{"id": decision.reason.code(), "shortDescription": {"text": decision.reason.code()}}],
-            }},
-            "results": [{
-                "ruleId": decision.reason.code(),
-                "level": level,
-                "kind": if decision.outcome == Outcome::Admit { "pass" } else { "fail" },
-                "message": {"text": decision.message},
-                "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact}}}],
-                "properties": {"rule": decision.rule, "signers": decision.signers},
-            }],
-        }],
-    })
+    let result = json!({
+        "ruleId": decision.reason.code(),
+        "level": level,
+        "kind": if decision.outcome == Outcome::Admit { "pass" } else { "fail" },
+        "message": {"text": decision.message},
+        "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact}}}],
+        "properties": {"rule": decision.rule, "signers": decision.signers},
+    });
+    engine::sarif_log(&[decision.reason.code()], vec![result])
 }

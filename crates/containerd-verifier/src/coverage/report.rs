@@ -59,26 +59,20 @@ pub fn sarif(rows: &[Row]) -> serde_json::Value {
     let mut rules: Vec<&str> = rows.iter().map(|r| r.reason).collect();
     rules.sort_unstable();
     rules.dedup();
-    json!({
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-        "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "atproto-verifier",
-                "version": env!("CARGO_PKG_VERSION"),
-                "informationUri": "https://atproto.com/specs/repository",
-                "rules": rules.iter().map(|r| json!({"id": r, "shortDescription": {"text": r}})).collect::<Vec<_>>(),
-            }},
-            "results": rows.iter().map(|row| json!({
+    let results = rows
+        .iter()
+        .map(|row| {
+            json!({
                 "ruleId": row.reason,
                 "level": match row.status { Status::Admitted => "none", Status::Audited | Status::Undecided => "warning", _ => "error" },
                 "kind": if row.status == Status::Admitted { "pass" } else { "fail" },
                 "message": {"text": format!("{}: {}", row.status.word(), row.message)},
                 "locations": [{"physicalLocation": {"artifactLocation": {"uri": if row.decided.is_empty() { &row.item.image } else { &row.decided }}}}],
                 "properties": {"status": row.status.word(), "rule": row.rule, "signers": row.signers, "found": row.item.found},
-            })).collect::<Vec<_>>(),
-        }],
-    })
+            })
+        })
+        .collect();
+    crate::engine::sarif_log(&rules, results)
 }
 
 /// Label values are escaped as the exposition format requires (\\, \", \n).

@@ -34,7 +34,7 @@ use atproto_sig_core::reference::ImageRef;
 pub use context::{STALE_NOTE, Session, SessionOptions};
 pub use failure::{Failure, PolicyError, RequestError};
 pub use proof::Origin;
-pub use report::{Class, decision_record, is_undecided, outcome_label};
+pub use report::{Class, decision_record, is_undecided, outcome_label, sarif_log};
 
 use crate::config::Config;
 use crate::remote::{Deadline, InFlight, Remote};

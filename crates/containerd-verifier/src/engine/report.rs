@@ -78,3 +78,21 @@ pub fn outcome_label(outcome: Outcome) -> &'static str {
         Outcome::Reject => "rejected",
     }
 }
+
+/// A SARIF 2.1.0 log of one run: a rule per reason code in `reasons`, and `results` (one per
+/// image, made by the caller). `verify --format sarif` and `coverage --format sarif` share it.
+pub fn sarif_log(reasons: &[&str], results: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {
+                "name": "atproto-verifier",
+                "version": env!("CARGO_PKG_VERSION"),
+                "informationUri": "https://atproto.com/specs/repository",
+                "rules": reasons.iter().map(|r| serde_json::json!({"id": r, "shortDescription": {"text": r}})).collect::<Vec<_>>(),
+            }},
+            "results": results,
+        }],
+    })
+}
