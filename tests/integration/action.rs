@@ -241,3 +241,44 @@ fn the_gitlab_template_downloads_the_checked_script_and_runs_it() {
     let (job, _dir) = run(&signed);
     assert_ne!(job.output.status.code(), Some(0), "{}", job.log());
 }
+
+/// `offline-bundle`: the images are decided from the bundle alone (no identity lookups), in a
+/// job whose cache starts empty.
+#[test]
+fn the_action_script_verifies_offline_from_a_bundle() {
+    let env = env();
+    let release = Release::start();
+    let (connected, [signed, unsigned, _]) = world(env, "ci4");
+    let bundle = connected.dir.path().join("material.bundle.json");
+    let made = connected.command(&["bundle", "create", "-o", bundle.to_str().unwrap(), "--image", &signed]);
+    assert_eq!(made.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&made.stdout), String::from_utf8_lossy(&made.stderr));
+    // A job with an empty cache, and a PLC directory and PDS it could not reach anyway.
+    let config = format!("plc_directory = \"http://127.0.0.1:1\"\natproto_registries = [{:?}]\nbudget = \"8s\"\n", env.registry.host);
+    let policy = std::fs::read_to_string(connected.dir.path().join("trust-policy.yaml")).unwrap();
+    let job_node = Verifier::new(&config, &policy);
+    let config = job_node.config.to_string_lossy().into_owned();
+    // Offline, a tag cannot be resolved: a pipeline verifies the digests it built.
+    let pinned = |image: &str| {
+        let out = connected.command(&["verify", image, "--format", "json"]);
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        format!("{}@{}", image.rsplit_once(':').unwrap().0, record["digest"].as_str().unwrap())
+    };
+    let (signed, unsigned) = (pinned(&signed), pinned(&unsigned));
+    let images = format!("{signed}\n{unsigned}");
+    let inputs =
+        [("ATPROTO_VERIFIER_IMAGES", images.as_str()), ("ATPROTO_VERIFIER_CONFIG", &config), ("ATPROTO_VERIFIER_OFFLINE_BUNDLE", bundle.to_str().unwrap())];
+    let job = run_job(&["bash", &script()], &release, &inputs);
+    let log = job.log();
+    assert_eq!(job.output.status.code(), Some(1), "{log}");
+    assert!(log.contains(&format!("{signed}: admitted (verified)")), "{log}");
+    assert!(log.contains(&format!("{unsigned}: rejected (")), "{log}");
+    let results = std::fs::read_to_string(job.out.path().join("atproto-verifier/results.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(results.lines().next().unwrap()).unwrap();
+    assert_eq!(first["requests"], 0, "offline: no identity request: {first}");
+
+    // A bundle that cannot be imported stops the job before any image is decided.
+    std::fs::write(&bundle, "{}").unwrap();
+    let job = run_job(&["bash", &script()], &release, &inputs);
+    assert_eq!(job.output.status.code(), Some(2), "{}", job.log());
+    assert!(job.log().contains("cannot import"), "{}", job.log());
+}
