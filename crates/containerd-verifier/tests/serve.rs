@@ -161,9 +161,11 @@ fn two_hundred_concurrent_pods_are_admitted_and_each_image_decided_once() {
 #[test]
 fn overload_is_answered_at_once_with_503_and_a_reason() {
     let node = Node::new();
-    node.fetch.delay("*", Duration::from_secs(2));
+    // Slow enough (and a deadline long enough) that both slow decisions are surely in at once
+    // on a loaded machine: with 2 s and the 2.5 s default deadline, the first could end first.
+    node.fetch.delay("*", Duration::from_secs(6));
     // One worker, a queue of one: the third distinct image in flight has nowhere to go.
-    let server = node.start(&["--workers=1", "--queue=1"]);
+    let server = node.start(&["--workers=1", "--queue=1", "--provider-deadline=8s"]);
     let url = format!("https://{}/gatekeeper", server.addr);
     let slow: Vec<_> = node.images[..2]
         .iter()
