@@ -1,8 +1,13 @@
 //! Kubernetes admission (`admission.k8s.io/v1` `AdmissionReview`): the images a request asks
-//! for (Pods and their ephemeral containers, and the pod templates of the workload kinds), and
-//! the answer: denied with the container, image, reason and what to do; admitted with warnings
-//! for audit-only rules; for the mutating path, a JSONPatch pinning each admitted tag to the
-//! digest verified.
+//! for (every container kind and every image volume, in Pods, their ephemeral containers and
+//! the pod templates of the workload kinds), and the answer: denied with the container or
+//! volume, image, reason and what to do; admitted with warnings for audit-only rules; for the
+//! mutating path, a JSONPatch pinning each admitted tag to the digest verified.
+//!
+//! An UPDATE is reviewed only for what it introduces: an image (canonical reference) already in
+//! `oldObject` is not decided again, so the objects running an image revoked since can still be
+//! labelled, finalized, scaled and rolled away from. What they run stays under the node-side
+//! verifier and revocation (README, "Kubernetes admission").
 //!
 //! Only the fields read here are typed; the object stays JSON (a Pod is large and its schema
 //! is the API server's business, not ours). What the API server sends is trusted no more than
@@ -37,6 +42,9 @@ pub struct AdmissionRequest {
     pub dry_run: Option<bool>,
     #[serde(default)]
     pub object: Option<Json>,
+    /// The object before an UPDATE (what it already runs).
+    #[serde(default)]
+    pub old_object: Option<Json>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,16 +85,28 @@ pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
     review.request.ok_or(ReviewError::NoRequest)
 }
 
-/// One container's image in the object, with the JSON pointer of its `image` field.
+/// One image of the object (a container's or an image volume's), with the JSON pointer of
+/// the field that names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerImage {
-    /// `containers`, `initContainers` or `ephemeralContainers`.
+    /// `containers`, `initContainers`, `ephemeralContainers` or `volumes`.
     pub list: &'static str,
-    pub container: String,
+    /// The container's or the volume's name.
+    pub name: String,
     pub image: String,
-    /// JSON pointer of the `image` field (for the pinning patch).
+    /// JSON pointer of the field holding the reference (for the pinning patch).
     pub pointer: String,
 }
+
+impl ContainerImage {
+    /// An image volume rather than a container.
+    pub fn is_volume(&self) -> bool {
+        self.list == VOLUMES
+    }
+}
+
+const CONTAINER_LISTS: [&str; 3] = ["initContainers", "containers", "ephemeralContainers"];
+const VOLUMES: &str = "volumes";
 
 /// Where the pod spec sits in an object of `kind` (`None`: a kind this server does not review).
 fn pod_spec_pointer(kind: &GroupVersionKind) -> Option<&'static str> {
@@ -100,38 +120,81 @@ fn pod_spec_pointer(kind: &GroupVersionKind) -> Option<&'static str> {
 }
 
 /// The images `request` asks for; empty for operations and kinds that start no container
-/// (DELETE, CONNECT, other kinds, other subresources than `ephemeralcontainers`).
+/// (DELETE, CONNECT, other kinds, other subresources than `ephemeralcontainers`). For an
+/// UPDATE, only the images `oldObject` does not already hold.
 pub fn requested_images(request: &AdmissionRequest) -> Result<Vec<ContainerImage>, String> {
     if !matches!(request.operation.as_str(), "CREATE" | "UPDATE") {
         return Ok(Vec::new());
     }
     let Some(spec_at) = pod_spec_pointer(&request.kind) else { return Ok(Vec::new()) };
-    let lists: &[&'static str] = match request.sub_resource.as_deref() {
-        None | Some("") => &["initContainers", "containers", "ephemeralContainers"],
-        Some("ephemeralcontainers") => &["ephemeralContainers"],
+    let (lists, volumes): (&[&'static str], bool) = match request.sub_resource.as_deref() {
+        None | Some("") => (&CONTAINER_LISTS, true),
+        Some("ephemeralcontainers") => (&["ephemeralContainers"], false),
         Some(_) => return Ok(Vec::new()),
     };
     let Some(object) = &request.object else { return Err("the request carries no object".into()) };
     let Some(spec) = object.pointer(spec_at) else { return Err(format!("the {} has no pod spec at {spec_at}", request.kind.kind)) };
+    let mut images = images_in(spec, spec_at, lists, volumes)?;
+    if request.operation == "UPDATE"
+        && let Some(old_spec) = request.old_object.as_ref().and_then(|old| old.pointer(spec_at))
+    {
+        // What the object already runs is not decided again. An old spec that cannot be read
+        // holds nothing: everything is decided, as for a CREATE.
+        let held: std::collections::HashSet<String> =
+            images_in(old_spec, spec_at, &CONTAINER_LISTS, true).unwrap_or_default().iter().map(|i| canonical(&i.image)).collect();
+        images.retain(|image| !held.contains(&canonical(&image.image)));
+    }
+    Ok(images)
+}
+
+/// One spelling per image (two spellings of one image are one image); a reference that does
+/// not parse is its own spelling.
+pub fn canonical(reference: &str) -> String {
+    atproto_sig_core::reference::ImageRef::parse(reference).map_or_else(|_| reference.to_owned(), |image| image.to_string())
+}
+
+/// The images of the containers in `lists` and, with `volumes`, of the image volumes of `spec`.
+fn images_in(spec: &Json, spec_at: &str, lists: &[&'static str], volumes: bool) -> Result<Vec<ContainerImage>, String> {
     let mut images = Vec::new();
+    let mut push = |image: ContainerImage| {
+        if images.len() == MAX_IMAGES {
+            return Err(format!("more than {MAX_IMAGES} images (containers and image volumes)"));
+        }
+        images.push(image);
+        Ok(())
+    };
     for list in lists {
-        let containers = match spec.get(*list) {
-            None | Some(Json::Null) => continue,
-            Some(Json::Array(containers)) => containers,
-            Some(_) => return Err(format!("{spec_at}/{list} is not a list")),
-        };
-        for (i, container) in containers.iter().enumerate() {
+        for (i, container) in entries(spec, spec_at, list)?.iter().enumerate() {
             let name = container.get("name").and_then(Json::as_str).unwrap_or("").to_owned();
             let Some(image) = container.get("image").and_then(Json::as_str) else {
                 return Err(format!("container {name:?} in {list} has no image"));
             };
-            if images.len() == MAX_IMAGES {
-                return Err(format!("more than {MAX_IMAGES} containers"));
-            }
-            images.push(ContainerImage { list, container: name, image: image.to_owned(), pointer: format!("{spec_at}/{list}/{i}/image") });
+            push(ContainerImage { list, name, image: image.to_owned(), pointer: format!("{spec_at}/{list}/{i}/image") })?;
+        }
+    }
+    if volumes {
+        for (i, volume) in entries(spec, spec_at, VOLUMES)?.iter().enumerate() {
+            let name = volume.get("name").and_then(Json::as_str).unwrap_or("").to_owned();
+            // An image volume names its image in `image.reference` (optional in templates,
+            // where a controller may fill it in; what is pulled is reviewed when it is).
+            let reference = match volume.get("image").map(|source| source.get("reference")) {
+                None | Some(None | Some(Json::Null)) => continue,
+                Some(Some(Json::String(reference))) => reference,
+                Some(Some(_)) => return Err(format!("image volume {name:?} has a reference that is not a string")),
+            };
+            push(ContainerImage { list: VOLUMES, name, image: reference.clone(), pointer: format!("{spec_at}/{VOLUMES}/{i}/image/reference") })?;
         }
     }
     Ok(images)
+}
+
+/// The entries of the list `field` of `spec` (none when absent).
+fn entries<'a>(spec: &'a Json, spec_at: &str, field: &str) -> Result<&'a [Json], String> {
+    match spec.get(field) {
+        None | Some(Json::Null) => Ok(&[]),
+        Some(Json::Array(entries)) => Ok(entries),
+        Some(_) => Err(format!("{spec_at}/{field} is not a list")),
+    }
 }
 
 /// The sentence that names what to do about a decision that did not admit.
@@ -145,15 +208,16 @@ fn what_to_do(decided: &Decided) -> String {
     }
 }
 
-/// One container's line in a denial or a warning.
+/// One container's or volume's line in a denial or a warning.
 fn describe(image: &ContainerImage, decided: &Decided) -> String {
-    format!("{} {:?} image {:?}: {} ({})", singular(image.list), image.container, image.image, decided.message, decided.reason.code())
+    format!("{} {:?} image {:?}: {} ({})", singular(image.list), image.name, image.image, decided.message, decided.reason.code())
 }
 
 fn singular(list: &str) -> &'static str {
     match list {
         "initContainers" => "init container",
         "ephemeralContainers" => "ephemeral container",
+        VOLUMES => "image volume",
         _ => "container",
     }
 }
@@ -297,13 +361,86 @@ mod tests {
         assert!(requested_images(&big).unwrap_err().contains("more than"));
     }
 
+    fn update_of(kind: (&str, &str), old: Json, new: Json) -> AdmissionRequest {
+        parse_review(
+            &serde_json::to_vec(&json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u-2", "kind": {"group": kind.0, "version": "v1", "kind": kind.1},
+                            "namespace": "ns", "operation": "UPDATE", "object": new, "oldObject": old}
+            }))
+            .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn image_volumes_are_reviewed_with_their_pointer_and_named_in_denials() {
+        let spec = json!({"containers": [{"name": "app", "image": "atcr.io/a/app:1"}],
+                          "volumes": [{"name": "cfg", "configMap": {"name": "x"}},
+                                      {"name": "models", "image": {"reference": "atcr.io/a/models:7", "pullPolicy": "IfNotPresent"}},
+                                      {"name": "later", "image": {}}]});
+        let pod = parse_review(&review_of(("", "Pod"), None, json!({"spec": spec}))).unwrap();
+        let images = requested_images(&pod).unwrap();
+        let found: Vec<(&str, &str, &str)> = images.iter().map(|i| (i.list, i.name.as_str(), i.pointer.as_str())).collect();
+        assert_eq!(found, [("containers", "app", "/spec/containers/0/image"), ("volumes", "models", "/spec/volumes/1/image/reference")]);
+        assert!(images[1].is_volume());
+        let deployment = parse_review(&review_of(("apps", "Deployment"), None, json!({"spec": {"template": {"spec": spec}}}))).unwrap();
+        assert_eq!(requested_images(&deployment).unwrap()[1].pointer, "/spec/template/spec/volumes/1/image/reference");
+        let answers = vec![(images[1].clone(), decided(Outcome::Reject, Reason::RecordNotFound, true))];
+        let message = validating_response("u", &answers)["status"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("image volume \"models\" image \"atcr.io/a/models:7\""), "{message}");
+        // Pinned like a container.
+        let answers = vec![(images[1].clone(), decided(Outcome::Admit, Reason::Verified, true))];
+        let patch = mutating_response("u", &answers)["patch"].as_str().unwrap().to_owned();
+        let patch: Json = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(patch).unwrap()).unwrap();
+        assert_eq!(patch, json!([{"op": "replace", "path": "/spec/volumes/1/image/reference", "value": "atcr.io/a/models:7@sha256:bb"}]));
+        // A reference that is not a string is refused, never skipped.
+        let bad = parse_review(&review_of(("", "Pod"), None, json!({"spec": {"volumes": [{"name": "v", "image": {"reference": 7}}]}}))).unwrap();
+        assert!(requested_images(&bad).unwrap_err().contains("not a string"));
+        // The ephemeral containers subresource adds no volume.
+        let eph = parse_review(&review_of(("", "Pod"), Some("ephemeralcontainers"), json!({"spec": spec}))).unwrap();
+        assert!(requested_images(&eph).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_update_is_decided_only_for_the_images_it_introduces() {
+        let old = json!({"metadata": {"labels": {}}, "spec": {"containers": [{"name": "app", "image": "atcr.io/a/app:1"}],
+                          "volumes": [{"name": "m", "image": {"reference": "atcr.io/a/models:7"}}]}});
+        // A label, a finalizer, a status: the same images, nothing to decide.
+        let mut labelled = old.clone();
+        labelled["metadata"]["labels"] = json!({"team": "x"});
+        assert!(requested_images(&update_of(("", "Pod"), old.clone(), labelled)).unwrap().is_empty());
+        // Two spellings of one image are one image.
+        let mut respelled = old.clone();
+        respelled["spec"]["containers"][0]["image"] = json!("atcr.io:443/a/app:1");
+        assert!(requested_images(&update_of(("", "Pod"), old.clone(), respelled)).unwrap().is_empty());
+        // A new image (a container's or a volume's) is decided as in a CREATE.
+        let mut changed = old.clone();
+        changed["spec"]["containers"][0]["image"] = json!("atcr.io/a/app:2");
+        changed["spec"]["volumes"][0]["image"]["reference"] = json!("atcr.io/a/models:8");
+        let images = requested_images(&update_of(("", "Pod"), old.clone(), changed)).unwrap();
+        assert_eq!(images.iter().map(|i| i.image.as_str()).collect::<Vec<_>>(), ["atcr.io/a/app:2", "atcr.io/a/models:8"]);
+        // A scale of a workload: its template is unchanged.
+        let rs = json!({"spec": {"replicas": 3, "template": {"spec": old["spec"].clone()}}});
+        let mut scaled = rs.clone();
+        scaled["spec"]["replicas"] = json!(0);
+        assert!(requested_images(&update_of(("apps", "ReplicaSet"), rs, scaled)).unwrap().is_empty());
+        // An old object that cannot be read holds nothing.
+        let unreadable = json!({"spec": {"containers": "x"}});
+        assert_eq!(requested_images(&update_of(("", "Pod"), unreadable, old.clone())).unwrap().len(), 2);
+        // A CREATE ignores any oldObject.
+        let mut create = update_of(("", "Pod"), old.clone(), old);
+        create.operation = "CREATE".into();
+        assert_eq!(requested_images(&create).unwrap().len(), 2);
+    }
+
     fn decided(outcome: Outcome, reason: Reason, pin: bool) -> Arc<Decided> {
         let decision = Decision { outcome, reason, message: format!("m-{}", reason.code()), rule: Some("r".into()), signers: vec![] };
         Arc::new(Decided::of(&decision, Some("atcr.io/a/app@sha256:bb".into()), Some("sha256:bb".into()), "", pin))
     }
 
     fn container(name: &str, image: &str, i: usize) -> ContainerImage {
-        ContainerImage { list: "containers", container: name.into(), image: image.into(), pointer: format!("/spec/containers/{i}/image") }
+        ContainerImage { list: "containers", name: name.into(), image: image.into(), pointer: format!("/spec/containers/{i}/image") }
     }
 
     #[test]

@@ -143,21 +143,24 @@ impl Decisions {
     }
 
     /// The decision for `key` is made: every waiter gets it; it is kept for `ttl` (not at all
-    /// when zero).
-    pub fn complete(&self, key: &Key, decided: Decided, ttl: Duration, now: Instant) {
+    /// when zero), under `key` and, if given, under `also` (the same image by the digest
+    /// decided).
+    pub fn complete(&self, key: &Key, also: Option<Key>, decided: Decided, ttl: Duration, now: Instant) {
         let decided = Arc::new(decided);
         let mut inner = self.lock();
         let waiters = inner.flying.remove(key).unwrap_or_default();
         if !ttl.is_zero() {
-            if inner.done.len() >= self.capacity {
-                inner.done.retain(|_, (_, expires)| *expires > now);
+            for key in std::iter::once(key.clone()).chain(also) {
+                if inner.done.len() >= self.capacity {
+                    inner.done.retain(|_, (_, expires)| *expires > now);
+                }
+                while inner.done.len() >= self.capacity {
+                    let Some(first) = inner.done.iter().min_by_key(|(_, (_, expires))| *expires).map(|(k, _)| k.clone()) else { break };
+                    inner.done.remove(&first);
+                    inner.stats.evicted += 1;
+                }
+                inner.done.insert(key, (Arc::clone(&decided), now + ttl));
             }
-            while inner.done.len() >= self.capacity {
-                let Some(first) = inner.done.iter().min_by_key(|(_, (_, expires))| *expires).map(|(k, _)| k.clone()) else { break };
-                inner.done.remove(&first);
-                inner.stats.evicted += 1;
-            }
-            inner.done.insert(key.clone(), (Arc::clone(&decided), now + ttl));
         }
         drop(inner);
         for waiter in waiters {
@@ -212,14 +215,16 @@ mod tests {
         let now = Instant::now();
         let Joined::Lead(mut lead) = decisions.join(&key("a"), now) else { panic!("first request leads") };
         let Joined::Waiting(mut waiting) = decisions.join(&key("a"), now) else { panic!("second request waits") };
-        decisions.complete(&key("a"), admitted("did:plc:a"), Duration::from_secs(5), now);
+        decisions.complete(&key("a"), Some(key("a@d")), admitted("did:plc:a"), Duration::from_secs(5), now);
         assert_eq!(lead.try_recv().map(|d| d.reason), Ok(Reason::Verified));
         assert_eq!(waiting.try_recv().map(|d| d.reason), Ok(Reason::Verified));
         assert!(matches!(decisions.join(&key("a"), now + Duration::from_secs(4)), Joined::Cached(_)));
+        // ... and under the digest it resolved to.
+        assert!(matches!(decisions.join(&key("a@d"), now + Duration::from_secs(4)), Joined::Cached(_)));
         // Expired: decided again.
         assert!(matches!(decisions.join(&key("a"), now + Duration::from_secs(6)), Joined::Lead(_)));
         let stats = decisions.stats();
-        assert_eq!((stats.hits, stats.joined, stats.misses), (1, 1, 2));
+        assert_eq!((stats.hits, stats.joined, stats.misses), (2, 1, 2));
     }
 
     #[test]
@@ -230,7 +235,7 @@ mod tests {
         decisions.abandon(&key("a"));
         assert!(matches!(lead.try_recv(), Err(oneshot::error::TryRecvError::Closed)));
         let Joined::Lead(_) = decisions.join(&key("a"), now) else { panic!("abandoned: led again") };
-        decisions.complete(&key("a"), Decided::undecided(Reason::NetworkError, "down".into(), ""), Duration::ZERO, now);
+        decisions.complete(&key("a"), None, Decided::undecided(Reason::NetworkError, "down".into(), ""), Duration::ZERO, now);
         assert!(matches!(decisions.join(&key("a"), now), Joined::Lead(_)));
     }
 
@@ -240,7 +245,7 @@ mod tests {
         let now = Instant::now();
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             let _ = decisions.join(&key(name), now);
-            decisions.complete(&key(name), admitted(&format!("did:plc:{name}")), Duration::from_secs(10 + i as u64), now);
+            decisions.complete(&key(name), None, admitted(&format!("did:plc:{name}")), Duration::from_secs(10 + i as u64), now);
         }
         // "a" expired first: it went.
         assert_eq!(decisions.stats().entries, 2);

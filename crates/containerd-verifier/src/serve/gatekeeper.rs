@@ -1,9 +1,15 @@
 //! Gatekeeper's external data provider protocol (`externaldata.gatekeeper.sh/v1beta1`, as
 //! open-policy-agent/frameworks `constraint/pkg/externaldata` defines it): a
 //! `ProviderRequest` names image references in `request.keys`; the `ProviderResponse` has one
-//! item per key, `value` for an admitted image and `error` for any other (Rego sees those in
-//! `errors`), `systemError` only when the request itself is unusable, and `idempotent: true`
-//! (the same key always gets the same answer while the cache holds it).
+//! item per decided key, `value` for an admitted image and `error` for a rejected one (Rego
+//! sees those in `errors`), and `idempotent: true`.
+//!
+//! An undecided key (a peer down, a deadline passed) gets no item: Gatekeeper caches every
+//! item it receives, `error` items too, for its `--external-data-provider-response-cache-ttl`
+//! whatever `idempotent` says (frameworks' `externalDataBuiltin` upserts each item of a parsed
+//! response), so an undecided `error` item would keep a signed image denied after the peer
+//! recovers. The undecided keys are named in `systemError` instead, which Gatekeeper does not
+//! cache and the ConstraintTemplate denies on; the next review asks again.
 
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -74,6 +80,26 @@ pub fn response(items: Vec<Json>) -> Json {
     json!({"apiVersion": API_VERSION, "kind": "ProviderResponse", "response": {"idempotent": true, "items": items}})
 }
 
+/// The answer to `keys`: an item per decided key; the undecided ones named in `systemError`
+/// (never cached by Gatekeeper: asked again at the next review).
+pub fn answer(keys: &[String], decided: &[std::sync::Arc<Decided>]) -> Json {
+    let mut items = Vec::new();
+    let mut undecided = Vec::new();
+    for (key, d) in keys.iter().zip(decided) {
+        if d.class == crate::engine::Class::Undecided {
+            let hint = if d.hint.is_empty() { String::new() } else { format!(" — {}", d.hint) };
+            undecided.push(format!("{key}: {}: {}{hint}", d.reason.code(), d.message));
+        } else {
+            items.push(item(key, d));
+        }
+    }
+    let mut answer = response(items);
+    if !undecided.is_empty() {
+        answer["response"]["systemError"] = json!(format!("not decided (asked again at the next review): {}", undecided.join("; ")));
+    }
+    answer
+}
+
 /// A `ProviderResponse` saying the request could not be answered at all.
 pub fn system_error(message: &str) -> Json {
     json!({"apiVersion": API_VERSION, "kind": "ProviderResponse", "response": {"idempotent": true, "systemError": message}})
@@ -109,5 +135,20 @@ mod tests {
         let audit = Decided::of(&decision(Outcome::AuditAdmit, Reason::RecordNotFound), None, None, "", true);
         assert!(item("k", &audit)["value"]["warning"].as_str().unwrap().contains("record-not-found"));
         assert_eq!(response(vec![])["response"]["idempotent"], json!(true));
+    }
+
+    #[test]
+    fn undecided_keys_get_no_item_gatekeeper_would_cache_but_a_system_error() {
+        use std::sync::Arc;
+        let decision = Decision { outcome: Outcome::Admit, reason: Reason::Verified, message: "m".into(), rule: None, signers: vec![] };
+        let ok = Arc::new(Decided::of(&decision, None, Some("sha256:1".into()), "", true));
+        let down = Arc::new(Decided::undecided(Reason::NetworkError, "the PDS did not answer".into(), "retry"));
+        let keys = vec!["a:1".to_owned(), "b:1".to_owned()];
+        let answer = answer(&keys, &[ok, down]);
+        let items = answer["response"]["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0]["key"], json!("a:1"));
+        let error = answer["response"]["systemError"].as_str().unwrap();
+        assert!(error.contains("b:1: network-error: the PDS did not answer"), "{error}");
     }
 }

@@ -15,6 +15,7 @@ pub mod pool;
 pub mod server;
 pub mod service;
 pub mod settings;
+pub mod slots;
 pub mod telemetry;
 pub mod tls;
 
@@ -69,9 +70,16 @@ pub struct ServeArgs {
     /// Requests answered at once; past it, 503 at once.
     #[arg(long, default_value_t = 512)]
     pub max_in_flight: usize,
-    /// Open connections; past it, new ones are closed at once.
+    /// Established connections; past it, the oldest one with no request in flight is closed
+    /// (a new one is refused only when every connection is answering a request).
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Connections still in their TLS handshake; past it, the oldest of them is closed.
+    #[arg(long, default_value_t = 128)]
+    pub max_handshakes: usize,
+    /// Time a client has to finish its TLS handshake.
+    #[arg(long, default_value = "2s", value_parser = span)]
+    pub handshake_timeout: Duration,
     /// Largest request body, in bytes (an AdmissionReview carries the whole object).
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     pub max_body: usize,
@@ -107,9 +115,10 @@ impl ServeArgs {
     fn limits(&self) -> ServerLimits {
         ServerLimits {
             max_connections: self.max_connections,
+            max_handshakes: self.max_handshakes,
             max_in_flight: self.max_in_flight,
             max_body: self.max_body,
-            handshake_timeout: self.header_timeout,
+            handshake_timeout: self.handshake_timeout,
             header_timeout: self.header_timeout,
             body_timeout: self.header_timeout,
             connection_lifetime: Duration::from_secs(600),
@@ -132,7 +141,8 @@ pub fn build(args: &ServeArgs, world: RemoteFactory) -> Result<Arc<Shared>, Stri
     let telemetry = Arc::new(Telemetry::default());
     let pool = Pool::start(args.workers, args.queue, args.decision_ttl, Arc::clone(&decisions), Arc::clone(&telemetry), world)
         .map_err(|e| format!("cannot start worker threads: {e}"))?;
-    let admission = Admission { settings, decisions, pool, telemetry };
+    let decision_deadline = args.webhook_deadline.max(args.provider_deadline);
+    let admission = Admission { decision_deadline, settings, decisions, pool, telemetry };
     Ok(Arc::new(Shared::new(admission, tls, args.limits())))
 }
 

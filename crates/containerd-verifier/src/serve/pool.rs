@@ -32,13 +32,29 @@ pub struct Pool {
     queue: SyncSender<Job>,
 }
 
+/// How long an undecided answer (or one resting on stale material) is kept: long enough that
+/// the validating review of an admission whose mutating review just waited out a stalled peer
+/// answers at once instead of waiting a second deadline; short enough that a recovered peer
+/// admits within a second.
+pub const UNDECIDED_MEMORY: Duration = Duration::from_secs(1);
+
 /// How long a decision is kept: at most `ttl` and the proof TTL; undecided answers and
-/// answers resting on stale material not at all.
+/// answers resting on stale material only for [`UNDECIDED_MEMORY`].
 fn keep_for(decided: &Decided, ttl: Duration, config: &Config) -> Duration {
     if decided.class == engine::Class::Undecided || decided.message.contains(engine::STALE_NOTE) {
-        return Duration::ZERO;
+        return UNDECIDED_MEMORY.min(ttl);
     }
     ttl.min(config.proof_ttl.0)
+}
+
+/// The key the same decision answers under once a mutating review pinned the tag to the
+/// digest verified (`name:tag@sha256:…`): the validating review of that admission reuses it.
+fn pinned_key(job: &Job, decided: &Decided) -> Option<Key> {
+    if decided.class != engine::Class::Admitted || job.reference.contains('@') {
+        return None;
+    }
+    let digest = decided.digest.as_deref()?;
+    Some(Key { image: super::admission::canonical(&format!("{}@{digest}", job.reference)), generation: job.key.generation })
 }
 
 impl Pool {
@@ -87,7 +103,8 @@ fn work(rx: &Mutex<Receiver<Job>>, ttl: Duration, decisions: &Decisions, telemet
         let decided = decide(&job, world_now);
         telemetry.computed(&decided);
         let keep = keep_for(&decided, ttl, &job.loaded.config);
-        decisions.complete(&job.key, decided, keep, Instant::now());
+        let pinned = pinned_key(&job, &decided);
+        decisions.complete(&job.key, pinned, decided, keep, Instant::now());
     }
 }
 

@@ -1,9 +1,11 @@
 //! The HTTPS server: accept, TLS, HTTP/1.1 (hyper), limits, routes. Decisions are asked of
 //! [`Admission`]; this layer only moves bytes, keeps time and counts.
 //!
-//! Limits, each answered quickly rather than piled up: connections (closed at once past the
-//! limit), TLS handshake, header and body read timeouts (no slowloris), body size, requests in
-//! flight and the engine's work queue (HTTP 503 with a reason past either).
+//! Limits, each answered quickly rather than piled up: connections in their TLS handshake and
+//! established ones each have their own slots, where a newcomer evicts the oldest idle holder
+//! ([`slots`](super::slots): idle sockets cannot starve the API server); handshake, header and
+//! body read timeouts (no slowloris), body size, requests in flight and the engine's work
+//! queue (HTTP 503 with a reason past either).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,12 +24,16 @@ use super::admission::{self, ContainerImage};
 use super::decisions::Decided;
 use super::gatekeeper;
 use super::service::{Admission, Overloaded};
+use super::slots::{Busy, Slots, Taken};
 use super::tls::{ClientAuth, Tls};
 
 /// The server's own limits and timeouts (flags of `serve`).
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
+    /// Established connections; past it, the oldest idle one is closed.
     pub max_connections: usize,
+    /// Connections in their TLS handshake; past it, the oldest one is closed.
+    pub max_handshakes: usize,
     pub max_in_flight: usize,
     pub max_body: usize,
     pub handshake_timeout: Duration,
@@ -51,6 +57,8 @@ pub struct Shared {
     pub tls: Tls,
     pub limits: ServerLimits,
     in_flight: Semaphore,
+    handshakes: Arc<Slots>,
+    connections: Arc<Slots>,
     draining: AtomicBool,
     /// The watcher's counters, when `serve --watch` runs one (appended to `/metrics`).
     pub watch_health: std::sync::OnceLock<Arc<crate::watch::Health>>,
@@ -59,7 +67,8 @@ pub struct Shared {
 impl Shared {
     pub fn new(admission: Admission, tls: Tls, limits: ServerLimits) -> Shared {
         let in_flight = Semaphore::new(limits.max_in_flight.max(1));
-        Shared { admission, tls, limits, in_flight, draining: AtomicBool::new(false), watch_health: std::sync::OnceLock::new() }
+        let (handshakes, connections) = (Slots::new(limits.max_handshakes), Slots::new(limits.max_connections));
+        Shared { admission, tls, limits, in_flight, handshakes, connections, draining: AtomicBool::new(false), watch_health: std::sync::OnceLock::new() }
     }
 }
 
@@ -245,8 +254,7 @@ async fn provider(request: Request<Incoming>, shared: &Shared, started: Instant)
         }
     };
     shared.admission.audit_keys(&keys, &decided);
-    let items = keys.iter().zip(&decided).map(|(key, d)| gatekeeper::item(key, d)).collect();
-    json_response(StatusCode::OK, &gatekeeper::response(items))
+    json_response(StatusCode::OK, &gatekeeper::answer(&keys, &decided))
 }
 
 /// Completes on SIGTERM or SIGINT (how Kubernetes and systemd stop a server).
@@ -270,7 +278,6 @@ pub async fn termination() {
 /// requests in flight (for at most the shutdown grace), returns.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(shared.limits.max_connections.max(1)));
     let reloader = tokio::spawn(reload_loop(Arc::clone(&shared)));
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -287,19 +294,18 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: impl std::fut
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            shared.admission.telemetry.connection_refused();
-            drop(tcp);
-            continue;
-        };
+        // A handshake slot always exists: the oldest pending handshake gives up its own.
+        let Ok((handshake, taken)) = shared.handshakes.take() else { continue };
+        if taken == Taken::Evicted {
+            shared.admission.telemetry.evicted("handshake");
+        }
         let _ = tcp.set_nodelay(true);
         let shared = Arc::clone(&shared);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             shared.admission.telemetry.connection(1);
-            serve_connection(tcp, addr, &shared, watcher).await;
+            serve_connection(tcp, addr, &shared, watcher, handshake).await;
             shared.admission.telemetry.connection(-1);
-            drop(permit);
         });
     }
     shared.draining.store(true, Ordering::Relaxed);
@@ -311,32 +317,68 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, stop: impl std::fut
     }
 }
 
-async fn serve_connection(tcp: tokio::net::TcpStream, addr: SocketAddr, shared: &Arc<Shared>, watcher: hyper_util::server::graceful::Watcher) {
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    watcher: hyper_util::server::graceful::Watcher,
+    mut handshake: super::slots::Slot,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.current());
-    let stream = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            crate::log::debug(&format!("TLS handshake with {addr} failed: {e}"));
+    let accepting = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp));
+    let stream = tokio::select! {
+        accepted = accepting => match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                crate::log::debug(&format!("TLS handshake with {addr} failed: {e}"));
+                return;
+            }
+            Err(_) => {
+                crate::log::debug(&format!("TLS handshake with {addr} did not finish in time"));
+                return;
+            }
+        },
+        _ = &mut handshake.evicted => {
+            crate::log::debug(&format!("TLS handshake with {addr} closed: a newer connection needed its slot"));
             return;
         }
+    };
+    drop(handshake);
+    let mut slot = match shared.connections.take() {
+        Ok((slot, taken)) => {
+            if taken == Taken::Evicted {
+                shared.admission.telemetry.evicted("idle");
+            }
+            slot
+        }
         Err(_) => {
-            crate::log::debug(&format!("TLS handshake with {addr} did not finish in time"));
+            // Every connection is answering a request: this one waits for none of them.
+            shared.admission.telemetry.connection_refused();
             return;
         }
     };
     let peer = Peer { client_cert: stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) };
     let service_shared = Arc::clone(shared);
+    let busy = Arc::clone(&slot.busy);
     let service = hyper::service::service_fn(move |request| {
         let shared = Arc::clone(&service_shared);
-        async move { Ok::<_, std::convert::Infallible>(route(request, shared, peer).await) }
+        let busy = Busy::new(&busy);
+        async move {
+            let response = route(request, shared, peer).await;
+            drop(busy);
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(shared.limits.header_timeout).keep_alive(true).max_buf_size(64 * 1024);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     let connection = watcher.watch(connection);
-    match tokio::time::timeout(shared.limits.connection_lifetime, connection).await {
-        Ok(Ok(())) | Err(_) => {}
-        Ok(Err(e)) => crate::log::debug(&format!("connection from {addr}: {e}")),
+    tokio::select! {
+        served = tokio::time::timeout(shared.limits.connection_lifetime, connection) => match served {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(e)) => crate::log::debug(&format!("connection from {addr}: {e}")),
+        },
+        _ = &mut slot.evicted => crate::log::debug(&format!("idle connection from {addr} closed: a newer connection needed its slot")),
     }
 }
 

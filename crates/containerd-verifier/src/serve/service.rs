@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atproto_sig_core::Reason;
-use atproto_sig_core::reference::ImageRef;
 use serde_json::{Value as Json, json};
 
-use super::admission::{AdmissionRequest, ContainerImage};
+use super::admission::{AdmissionRequest, ContainerImage, canonical};
 use super::decisions::{Decided, Decisions, Joined, Key};
 use super::pool::{Job, Pool};
 use super::settings::Settings;
@@ -23,32 +22,33 @@ pub struct Overloaded;
 const GRACE: Duration = Duration::from_millis(50);
 
 pub struct Admission {
+    /// How long one shared decision may run: the server's own, whoever asked first. Each
+    /// asker waits only until its own deadline; a short one never cuts the decision short
+    /// for the others (nor for the next asker, who finds it in flight or cached).
+    pub decision_deadline: Duration,
     pub settings: Settings,
     pub decisions: Arc<Decisions>,
     pub pool: Pool,
     pub telemetry: Arc<Telemetry>,
 }
 
-/// The cache key of `reference`: its canonical form (two spellings of one image are one
-/// key); a reference that does not parse is its own key (the engine refuses it quickly).
-fn canonical(reference: &str) -> String {
-    ImageRef::parse(reference).map_or_else(|_| reference.to_owned(), |image| image.to_string())
-}
-
 impl Admission {
-    /// Each reference decided, in order, by `deadline`.
+    /// Each reference decided, in order; answered by `deadline` (the asker's), whatever is
+    /// still undecided then answered as `deadline-exceeded` while its decision goes on.
     pub async fn decide_all(&self, references: &[String], deadline: Instant) -> Result<Vec<Arc<Decided>>, Overloaded> {
         let loaded = self.settings.current();
         let now = Instant::now();
+        let shared_deadline = now + self.decision_deadline;
         let mut pending = Vec::with_capacity(references.len());
         let mut overloaded = false;
         for reference in references {
+            // Two spellings of one image are one key.
             let key = Key { image: canonical(reference), generation: loaded.generation };
             match self.decisions.join(&key, now) {
                 Joined::Cached(decided) => pending.push(Ok(decided)),
                 Joined::Waiting(rx) => pending.push(Err(rx)),
                 Joined::Lead(rx) => {
-                    let job = Job { key: key.clone(), reference: reference.clone(), loaded: Arc::clone(&loaded), deadline };
+                    let job = Job { key: key.clone(), reference: reference.clone(), loaded: Arc::clone(&loaded), deadline: shared_deadline };
                     self.telemetry.queued(1);
                     if self.pool.submit(job).is_err() {
                         self.telemetry.queued(-1);
@@ -98,7 +98,7 @@ impl Admission {
                 record.insert("kind".into(), json!(request.kind.kind));
                 record.insert("namespace".into(), json!(request.namespace));
                 record.insert("object".into(), json!(request.name));
-                record.insert("container".into(), json!(image.container));
+                record.insert(if image.is_volume() { "volume" } else { "container" }.into(), json!(image.name));
                 record.insert("dryRun".into(), json!(request.dry_run.unwrap_or(false)));
                 Json::Object(record)
             })

@@ -39,6 +39,8 @@ pub struct Telemetry {
     tls_reloads: AtomicU64,
     connections: AtomicI64,
     connections_refused: AtomicU64,
+    evicted_handshakes: AtomicU64,
+    evicted_idle: AtomicU64,
 }
 
 impl Telemetry {
@@ -96,6 +98,12 @@ impl Telemetry {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection closed to make room for a newer one: `handshake` (still in its TLS
+    /// handshake) or `idle` (established, no request in flight).
+    pub fn evicted(&self, phase: &'static str) {
+        if phase == "handshake" { &self.evicted_handshakes } else { &self.evicted_idle }.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The exposition text.
     pub fn render(&self, cache: CacheStats, ready: bool) -> String {
         let mut out = String::new();
@@ -149,8 +157,14 @@ impl Telemetry {
         metric(
             "admission_connections_refused_total",
             "counter",
-            "Connections closed at once because the connection limit was reached.",
+            "Connections closed at once because every connection slot was answering a request.",
             &[format!(" {}", load(&self.connections_refused))],
+        );
+        metric(
+            "admission_connections_evicted_total",
+            "counter",
+            "Connections closed to make room for a newer one, by phase (handshake: still in TLS; idle: no request in flight).",
+            &[format!("{{phase=\"handshake\"}} {}", load(&self.evicted_handshakes)), format!("{{phase=\"idle\"}} {}", load(&self.evicted_idle))],
         );
         metric(
             "admission_reloads_total",
