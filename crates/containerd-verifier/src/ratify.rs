@@ -51,9 +51,29 @@ struct Input {
     referrer: Option<String>,
 }
 
+/// The keys of the plugin's `config`: Ratify's own for every verifier, then this plugin's.
+const RATIFY_KEYS: [&str; 7] = ["name", "type", "artifactTypes", "nestedReferences", "source", "address", "version"];
+const OUR_KEYS: [&str; 2] = ["configPath", "policyPath"];
+
 fn parse_input(bytes: &[u8]) -> Result<Input, String> {
     let json: Json = serde_json::from_slice(bytes).map_err(|e| format!("stdin is not Ratify's plugin input: {e}"))?;
     let config = json.get("config").cloned().unwrap_or(Json::Null);
+    if let Some(map) = config.as_object() {
+        // A misspelt key (`configpath`) would otherwise silently fall back to the default config.
+        if let Some(unknown) = map.keys().find(|k| !RATIFY_KEYS.contains(&k.as_str()) && !OUR_KEYS.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown key {:?} in the verifier's config: this plugin reads {} (and Ratify's own {})",
+                crate::limits::short(unknown, 64),
+                OUR_KEYS.join(", "),
+                RATIFY_KEYS.join(", ")
+            ));
+        }
+    }
+    for key in OUR_KEYS {
+        if config.get(key).is_some_and(|v| !v.is_string()) {
+            return Err(format!("{key} in the verifier's config is not a string"));
+        }
+    }
     let text = |k: &str| config.get(k).and_then(Json::as_str).map(str::to_owned);
     Ok(Input {
         name: text("name").unwrap_or_else(|| "atproto".into()),
@@ -126,7 +146,8 @@ fn result(input: &Input, answer: &engine::Answer) -> Json {
         "name": input.name,
         "type": "atproto",
         "extensions": {
-            "outcome": engine::outcome_label(decision.outcome),
+            // Undecided is not a rejection: Ratify's report says which it was.
+            "outcome": if answer.class() == Class::Undecided { "undecided" } else { engine::outcome_label(decision.outcome) },
             "reason": decision.reason.code(),
             "image": answer.image.as_ref().map(ToString::to_string),
             "signers": decision.signers,
@@ -149,5 +170,13 @@ mod tests {
         assert_eq!((input.name.as_str(), input.referrer.as_deref()), ("atproto", Some("sha256:57")));
         assert_eq!(input.config_path.as_deref(), Some(std::path::Path::new("/etc/a.toml")));
         assert!(parse_input(b"{").is_err());
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused_by_name() {
+        let error = parse_input(br#"{"config":{"name":"atproto","configpath":"/etc/a.toml"}}"#).err().unwrap();
+        assert!(error.contains("unknown key \"configpath\"") && error.contains("configPath, policyPath"), "{error}");
+        assert!(parse_input(br#"{"config":{"name":"atproto","configPath":7}}"#).err().unwrap().contains("not a string"));
+        assert!(parse_input(br#"{"config":{"name":"a","type":"atproto","artifactTypes":"x","policyPath":"/p"}}"#).is_ok());
     }
 }

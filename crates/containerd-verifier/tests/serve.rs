@@ -196,27 +196,125 @@ fn overload_is_answered_at_once_with_503_and_a_reason() {
     }
 }
 
+/// A review of `images` as the API server sends it to `/validate` or `/mutate`.
+fn review_status(agent: &ureq::Agent, url: &str, images: &[String]) -> Json {
+    let (status, review) = post(agent, url, &pod_review("u", images));
+    assert_eq!(status, 200, "{review}");
+    review["response"].clone()
+}
+
+fn computed(node: &Node, server: &Running) -> u64 {
+    let (_, metrics) = get(&node.client("ca"), &format!("https://{}/metrics", server.addr));
+    metric(&metrics, "atproto_verifier_admission_decisions_computed_total")
+}
+
 #[test]
 fn a_peer_that_stalls_is_answered_by_the_deadline_never_as_a_bad_signature() {
     let node = Node::new();
     node.fetch.delay("*", Duration::from_secs(60));
-    let server = node.start(&["--provider-deadline=700ms"]);
+    let server = node.start(&["--provider-deadline=700ms", "--webhook-deadline=1500ms"]);
+    let url = format!("https://{}/gatekeeper", server.addr);
     let started = Instant::now();
-    let (status, body) = post(&node.client("ca"), &format!("https://{}/gatekeeper", server.addr), &provider_request(&node.images[..1]));
+    let (status, body) = post(&node.client("ca"), &url, &provider_request(&node.images[..1]));
     let took = started.elapsed();
     assert_eq!(status, 200, "{body}");
-    let error = body["response"]["items"][0]["error"].as_str().unwrap();
-    assert!(error.starts_with("deadline-exceeded") || error.starts_with("network-error"), "{error}");
     assert!(took < Duration::from_secs(2), "answered after {took:?}");
-    // Not cached: the next request decides again.
-    let (_, metrics) = get(&node.client("ca"), &format!("https://{}/metrics", server.addr));
-    assert_eq!(metric(&metrics, "atproto_verifier_admission_cache_entries"), 0, "{metrics}");
+    // Undecided: no item Gatekeeper would cache, the key named in systemError.
+    assert_eq!(body["response"]["items"], json!([]), "{body}");
+    let error = body["response"]["systemError"].as_str().unwrap();
+    assert!(error.contains(&node.images[0]) && (error.contains("deadline-exceeded") || error.contains("network-error")), "{error}");
+    assert!(!error.contains("signature"), "{error}");
+}
+
+/// The validating review of an admission whose mutating review just decided an image reuses
+/// that decision: by the pinned digest when admitted, and for a second when undecided, so a
+/// stalled peer costs one deadline, not two; a recovered peer admits within two seconds.
+#[test]
+fn one_decision_per_image_per_admission_and_a_recovered_peer_admits_at_once() {
+    let node = Node::new();
+    // The tag resolves to the signed digest (the digest is the hash of the manifest bytes).
+    node.fetch.serve("https://registry.test/v2/team/serve-a/manifests/v1", 200, "serve-a");
+    // The server's own deadline is the longer of the two routes': both 1.5 s here.
+    let server = node.start(&["--webhook-deadline=1500ms", "--provider-deadline=1500ms"]);
+    let agent = node.client("ca");
+    let tagged = vec!["registry.test/team/serve-a:v1".to_owned()];
+    let mutated = review_status(&agent, &format!("https://{}/mutate", server.addr), &tagged);
+    let patch: Json =
+        serde_json::from_slice(&base64::Engine::decode(&base64::engine::general_purpose::STANDARD, mutated["patch"].as_str().unwrap()).unwrap()).unwrap();
+    let pinned = patch[0]["value"].as_str().unwrap().to_owned();
+    assert_eq!(pinned, format!("{}@{}", tagged[0], node.images[0].split('@').nth(1).unwrap()));
+    let validated = review_status(&agent, &format!("https://{}/validate", server.addr), &[pinned]);
+    assert_eq!(validated["allowed"], json!(true), "{validated}");
+    assert_eq!(computed(&node, &server), 1, "the validating review decided the pinned image again");
+
+    // A stalled peer: the mutating review waits out the deadline; the validating one answers at once.
+    node.fetch.delay("*", Duration::from_secs(60));
+    let image = vec![node.images[1].clone()];
+    let started = Instant::now();
+    let mutated = review_status(&agent, &format!("https://{}/mutate", server.addr), &image);
+    assert!(mutated["allowed"] == json!(true) && mutated.get("patch").is_none(), "{mutated}");
+    let took = started.elapsed();
+    let started = Instant::now();
+    let validated = review_status(&agent, &format!("https://{}/validate", server.addr), &image);
+    let second = started.elapsed();
+    assert_eq!(validated["allowed"], json!(false), "{validated}");
+    assert!(second < Duration::from_millis(500) && took >= Duration::from_millis(1400), "mutate {took:?}, then validate {second:?}");
+    assert_eq!(computed(&node, &server), 2);
+    // The peer recovers: admitted within 2 s.
+    node.fetch.delay("*", Duration::ZERO);
+    let recovered = Instant::now();
+    while review_status(&agent, &format!("https://{}/validate", server.addr), &image)["allowed"] != json!(true) {
+        assert!(recovered.elapsed() < Duration::from_secs(2), "still denied {:?} after the peer recovered", recovered.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A decision shared by several reviews runs under the server's own deadline: an asker with a
+/// short `?timeout` gets its own answer early, and the others still get the decision.
+#[test]
+fn a_short_caller_timeout_never_cuts_a_shared_decision_short() {
+    let node = Node::new();
+    node.fetch.delay("*", Duration::from_millis(1500));
+    let server = node.start(&[]);
+    let image = vec![node.images[0].clone()];
+    let hasty = {
+        let (agent, url, image) = (node.client("ca"), format!("https://{}/validate?timeout=0s", server.addr), image.clone());
+        std::thread::spawn(move || (Instant::now(), review_status(&agent, &url, &image), Instant::now()))
+    };
+    // The hasty review leads the decision; the patient one joins it.
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = get(&node.client("ca"), &format!("https://{}/metrics", server.addr));
+        if metric(&metrics, "atproto_verifier_admission_cache_misses_total") == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let patient = review_status(&node.client("ca"), &format!("https://{}/validate?timeout=10s", server.addr), &image);
+    assert_eq!(patient["allowed"], json!(true), "{patient}");
+    let (sent, answer, answered) = hasty.join().unwrap();
+    assert_eq!(answer["allowed"], json!(false));
+    assert!(answer["status"]["message"].as_str().unwrap().contains("deadline-exceeded"), "{answer}");
+    assert!(answered - sent < Duration::from_millis(1200), "the hasty review waited {:?}", answered - sent);
+    assert_eq!(computed(&node, &server), 1);
 }
 
 #[test]
-fn stalling_clients_and_too_many_connections_are_cut_off() {
+fn a_registry_that_cannot_be_reached_while_a_tag_is_resolved_is_a_network_error() {
     let node = Node::new();
-    let server = node.start(&["--header-timeout=500ms", "--max-connections=2"]);
+    node.fetch.fail("https://registry.test/v2/team/serve-a/manifests/v1", containerd_verifier::remote::NetError::Connect("connection refused".into()));
+    let server = node.start(&[]);
+    let answer = review_status(&node.client("ca"), &format!("https://{}/validate", server.addr), &["registry.test/team/serve-a:v1".to_owned()]);
+    let message = answer["status"]["message"].as_str().unwrap();
+    assert!(message.contains("(network-error)") && message.contains("could not be reached") && !message.contains("invalid-request"), "{message}");
+    assert_eq!(answer["status"]["code"], json!(500), "undecided, not forbidden: {answer}");
+}
+
+#[test]
+fn stalling_clients_and_too_many_handshakes_are_cut_off_oldest_first() {
+    let node = Node::new();
+    let server = node.start(&["--handshake-timeout=500ms", "--header-timeout=500ms", "--max-handshakes=2"]);
     // A client that connects and says nothing is closed after the handshake timeout.
     let mut silent = TcpStream::connect(server.addr).unwrap();
     silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -226,22 +324,70 @@ fn stalling_clients_and_too_many_connections_are_cut_off() {
     assert_eq!(n, 0, "the silent connection got bytes");
     assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
     drop(silent);
-    // Past the connection limit, a new connection is closed at once.
-    let _a = TcpStream::connect(server.addr).unwrap();
-    let _b = TcpStream::connect(server.addr).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let mut third = TcpStream::connect(server.addr).unwrap();
-    third.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let _ = third.write_all(b"\x16\x03\x01");
+    // Past the handshake slots, the oldest pending handshake is closed at once for the newcomer.
+    let mut oldest = TcpStream::connect(server.addr).unwrap();
+    oldest.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let _second = TcpStream::connect(server.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let _third = TcpStream::connect(server.addr).unwrap();
     let started = Instant::now();
-    assert_eq!(third.read(&mut buf).unwrap_or(0), 0);
-    assert!(started.elapsed() < Duration::from_millis(400), "refused after {:?}", started.elapsed());
-    let (_, metrics) = {
-        drop((_a, _b));
-        std::thread::sleep(Duration::from_millis(700));
-        get(&node.client("ca"), &format!("https://{}/metrics", server.addr))
-    };
-    assert!(metric(&metrics, "atproto_verifier_admission_connections_refused_total") >= 1, "{metrics}");
+    assert_eq!(oldest.read(&mut buf).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_millis(400), "evicted after {:?}", started.elapsed());
+    // ... and a genuine client still gets in.
+    let (status, _) = get(&node.client("ca"), &format!("https://{}/healthz", server.addr));
+    assert_eq!(status, 200);
+    let (_, metrics) = get(&node.client("ca"), &format!("https://{}/metrics", server.addr));
+    assert!(metric(&metrics, "atproto_verifier_admission_connections_evicted_total{phase=\"handshake\"}") >= 1, "{metrics}");
+}
+
+/// 1,000 idle or slow sockets (750 that never start TLS, 250 that finished it and say nothing
+/// more, as a kept-alive client does) against 64 connection slots: 200 genuine reviews are
+/// answered within their deadline all the same.
+#[test]
+fn a_thousand_idle_sockets_never_starve_genuine_reviews() {
+    let node = Node::new();
+    let server = node.start(&["--max-connections=64", "--max-handshakes=64"]);
+    let mut idle = Vec::new();
+    for _ in 0..750 {
+        idle.push(TcpStream::connect(server.addr).unwrap());
+    }
+    // Kept-alive TLS connections that never send another request.
+    let mut kept: Vec<ureq::Agent> = Vec::new();
+    for _ in 0..250 {
+        let agent = node.client("ca");
+        let _ = agent.get(&format!("https://{}/healthz", server.addr)).call();
+        kept.push(agent);
+    }
+    let deadline = Duration::from_secs(10);
+    let threads: Vec<_> = (0..10)
+        .map(|t| {
+            let (agent, url, images) = (node.client("ca"), format!("https://{}/validate?timeout=10s", server.addr), node.images.clone());
+            std::thread::spawn(move || {
+                let mut on_time = 0;
+                for i in 0..20 {
+                    let started = Instant::now();
+                    let answered = agent
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .send(pod_review(&format!("g-{t}-{i}"), &images).to_string())
+                        .ok()
+                        .and_then(|mut r| r.body_mut().read_to_string().ok())
+                        .and_then(|text| serde_json::from_str::<Json>(&text).ok())
+                        .is_some_and(|review| review["response"]["allowed"] == json!(true));
+                    if answered && started.elapsed() < deadline {
+                        on_time += 1;
+                    }
+                }
+                on_time
+            })
+        })
+        .collect();
+    let on_time: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(on_time >= 198, "{on_time} of 200 genuine reviews answered within their deadline");
+    let (_, metrics) = get(&node.client("ca"), &format!("https://{}/metrics", server.addr));
+    assert!(metric(&metrics, "atproto_verifier_admission_connections_evicted_total{phase=\"handshake\"}") >= 600, "{metrics}");
+    drop((idle, kept));
 }
 
 #[test]

@@ -118,6 +118,8 @@ impl Failure {
     pub fn reason(&self) -> Reason {
         let network = |e: &NetError| if *e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError };
         match self {
+            // A tag the registry could not be asked about is the network's failure, not the request's.
+            Failure::Request(RequestError::TagUnresolved { error, .. }) if error.network().is_some() => error.network().map_or(Reason::NetworkError, network),
             Failure::Request(_) => Reason::InvalidRequest,
             Failure::Policy(_) => Reason::ConfigInvalid,
             Failure::DescriptorMismatch { .. } => Reason::DigestMismatch,
@@ -149,6 +151,9 @@ impl Failure {
     /// already says it).
     pub fn hint(&self) -> &'static str {
         match self {
+            Failure::Request(RequestError::TagUnresolved { error, .. }) if error.network().is_some() => {
+                "the registry could not be reached: retry, check `atproto-verifier doctor`, or name the image by digest (IMAGE@sha256:…)"
+            }
             Failure::Request(RequestError::TagUnresolved { .. }) => "name the image by digest: IMAGE@sha256:… (or pass the digest: `verify --digest`)",
             Failure::Policy(PolicyError::Unreadable(_)) => super::request::INSTALL_POLICY_HINT,
             Failure::Policy(PolicyError::Invalid(_)) => "run: atproto-verifier policy check",
@@ -177,5 +182,20 @@ mod tests {
         }
         let handle = Failure::Handle { identity: "a.test".into(), error: Some(LookupError::Network(NetError::Io("dns".into()))) };
         assert_eq!(handle.reason(), Reason::NetworkError);
+    }
+
+    #[test]
+    fn a_tag_the_registry_could_not_be_asked_about_is_a_network_failure_not_a_bad_request() {
+        use crate::lookup::registry::RegistryError;
+        let unresolved = |error| Failure::Request(RequestError::TagUnresolved { reference: "r.test/a:1".into(), error });
+        let down = RegistryError::Network(NetError::Connect("refused".into()));
+        assert_eq!(unresolved(down.clone()).reason(), Reason::NetworkError);
+        assert!(unresolved(down.clone()).hint().contains("could not be reached"));
+        let endpoints = RegistryError::Endpoints(vec![("mirror".into(), down.clone()), ("r.test".into(), RegistryError::Network(NetError::Deadline))]);
+        assert_eq!(unresolved(endpoints).reason(), Reason::DeadlineExceeded);
+        // An answer (a tag that does not exist) among them: the registry spoke.
+        let answered = RegistryError::Endpoints(vec![("mirror".into(), down), ("r.test".into(), RegistryError::Answer("a:1 not found".into()))]);
+        assert_eq!(unresolved(answered).reason(), Reason::InvalidRequest);
+        assert_eq!(unresolved(RegistryError::Answer("a:1 not found".into())).reason(), Reason::InvalidRequest);
     }
 }

@@ -93,11 +93,13 @@ pub fn answer(keys: &[String], decided: &[std::sync::Arc<Decided>]) -> Json {
             items.push(item(key, d));
         }
     }
-    let mut answer = response(items);
-    if !undecided.is_empty() {
-        answer["response"]["systemError"] = json!(format!("not decided (asked again at the next review): {}", undecided.join("; ")));
+    let mut body = json!({"idempotent": true, "items": items});
+    if !undecided.is_empty()
+        && let Some(body) = body.as_object_mut()
+    {
+        body.insert("systemError".into(), json!(format!("not decided (asked again at the next review): {}", undecided.join("; "))));
     }
-    answer
+    json!({"apiVersion": API_VERSION, "kind": "ProviderResponse", "response": body})
 }
 
 /// A `ProviderResponse` saying the request could not be answered at all.

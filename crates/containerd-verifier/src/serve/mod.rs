@@ -74,8 +74,9 @@ pub struct ServeArgs {
     /// (a new one is refused only when every connection is answering a request).
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
-    /// Connections still in their TLS handshake; past it, the oldest of them is closed.
-    #[arg(long, default_value_t = 128)]
+    /// Connections still in their TLS handshake; past it, the oldest that has sent nothing is
+    /// closed (else the oldest).
+    #[arg(long, default_value_t = 256)]
     pub max_handshakes: usize,
     /// Time a client has to finish its TLS handshake.
     #[arg(long, default_value = "2s", value_parser = span)]

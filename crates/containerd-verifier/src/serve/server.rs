@@ -67,7 +67,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(admission: Admission, tls: Tls, limits: ServerLimits) -> Shared {
         let in_flight = Semaphore::new(limits.max_in_flight.max(1));
-        let (handshakes, connections) = (Slots::new(limits.max_handshakes), Slots::new(limits.max_connections));
+        let (handshakes, connections) = (Slots::always_admitting(limits.max_handshakes), Slots::new(limits.max_connections));
         Shared { admission, tls, limits, in_flight, handshakes, connections, draining: AtomicBool::new(false), watch_health: std::sync::OnceLock::new() }
     }
 }
@@ -325,7 +325,14 @@ async fn serve_connection(
     mut handshake: super::slots::Slot,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.current());
-    let accepting = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp));
+    let speaking = Arc::clone(&handshake.busy);
+    let accepting = tokio::time::timeout(shared.limits.handshake_timeout, async move {
+        // A client that has spoken is no longer the first to go when slots run short.
+        if tcp.readable().await.is_ok() {
+            speaking.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        acceptor.accept(tcp).await
+    });
     let stream = tokio::select! {
         accepted = accepting => match accepted {
             Ok(Ok(stream)) => stream,

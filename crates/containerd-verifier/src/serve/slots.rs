@@ -1,8 +1,12 @@
 //! Connection slots: a bounded set of connections in one phase (the TLS handshake, or
 //! established), where a newcomer evicts the oldest idle holder rather than being turned
 //! away. Idle or slow sockets can then never hold the door shut against the API server: each
-//! costs its holder a slot only until someone needs it, and a connection answering a request
-//! is never evicted.
+//! costs its holder a slot only until someone needs it.
+//!
+//! "Busy" means, for an established connection, a request in flight (never evicted); for a
+//! handshake, that the client has spoken (a genuine client sends its ClientHello at once, an
+//! idle socket never does): silent ones go first, and only when every handshake slot is
+//! speaking does the oldest speaker go (`evict_busy`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +33,8 @@ struct Inner {
 pub struct Slots {
     inner: Mutex<Inner>,
     capacity: usize,
+    /// When no holder is idle, evict the oldest busy one rather than refuse (handshakes).
+    evict_busy: bool,
 }
 
 /// One held slot; given back when dropped.
@@ -50,8 +56,14 @@ pub enum Taken {
 }
 
 impl Slots {
+    /// Slots whose busy holders are never evicted (established connections).
     pub fn new(capacity: usize) -> Arc<Slots> {
-        Arc::new(Slots { inner: Mutex::new(Inner { next: 0, held: BTreeMap::new() }), capacity: capacity.max(1) })
+        Arc::new(Slots { inner: Mutex::new(Inner { next: 0, held: BTreeMap::new() }), capacity: capacity.max(1), evict_busy: false })
+    }
+
+    /// Slots that always admit a newcomer: the oldest idle holder goes, else the oldest one.
+    pub fn always_admitting(capacity: usize) -> Arc<Slots> {
+        Arc::new(Slots { inner: Mutex::new(Inner { next: 0, held: BTreeMap::new() }), capacity: capacity.max(1), evict_busy: true })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -65,7 +77,8 @@ impl Slots {
         let mut taken = Taken::Free;
         if inner.held.len() >= self.capacity {
             let oldest_idle = inner.held.iter().find(|(_, h)| h.busy.load(Ordering::Acquire) == 0).map(|(id, _)| *id);
-            let Some(id) = oldest_idle else { return Err(AllBusy) };
+            let oldest = inner.held.keys().next().copied().filter(|_| self.evict_busy);
+            let Some(id) = oldest_idle.or(oldest) else { return Err(AllBusy) };
             if let Some(holder) = inner.held.remove(&id) {
                 // A holder that already finished has dropped its receiver: nothing to tell.
                 let _ = holder.evict.send(());
@@ -138,5 +151,21 @@ mod tests {
         assert_eq!(slots.take().err(), Some(AllBusy));
         drop(busy);
         assert!(slots.take().is_ok());
+    }
+
+    #[test]
+    fn always_admitting_slots_evict_silent_holders_first_then_the_oldest() {
+        let slots = Slots::always_admitting(2);
+        let (mut spoke, _) = slots.take().unwrap();
+        let _spoke = Busy::new(&spoke.busy);
+        let (mut silent, _) = slots.take().unwrap();
+        let (mut newcomer, _) = slots.take().unwrap();
+        assert_eq!(silent.evicted.try_recv(), Ok(()));
+        assert!(spoke.evicted.try_recv().is_err());
+        let _speaks = Busy::new(&newcomer.busy);
+        let (_, taken) = slots.take().unwrap();
+        assert_eq!(taken, Taken::Evicted);
+        assert_eq!(spoke.evicted.try_recv(), Ok(()));
+        assert!(newcomer.evicted.try_recv().is_err());
     }
 }

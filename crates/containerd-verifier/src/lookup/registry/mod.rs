@@ -59,6 +59,23 @@ fn answer(message: impl Into<String>) -> RegistryError {
     RegistryError::Answer(message.into())
 }
 
+impl RegistryError {
+    /// The network failure this error amounts to, if it is one: a failed exchange, or every
+    /// endpoint failing so (a deadline among them wins: it is what ran out). Never evidence
+    /// about the image.
+    pub fn network(&self) -> Option<&NetError> {
+        match self {
+            RegistryError::Network(e) => Some(e),
+            RegistryError::Endpoints(all) if !all.is_empty() => {
+                let failures: Option<Vec<&NetError>> = all.iter().map(|(_, e)| e.network()).collect();
+                let failures = failures?;
+                failures.iter().find(|e| **e == &NetError::Deadline).or(failures.first()).copied()
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The node's registry files as one decision sees them: hosts.toml per registry host and the
 /// docker config, each read once (on first use) and kept for the decision; credential helpers
 /// are asked once per host, within the decision's deadline.
@@ -279,6 +296,8 @@ impl<'a> Session<'a> {
                 Ok(computed)
             }
             404 => Err(answer(format!("{}:{tag} not found", self.repository))),
+            // The registry is down or rate-limits us: its trouble, not the image's.
+            status @ (429 | 500..=599) => Err(RegistryError::Network(NetError::Io(format!("registry answered HTTP {status}")))),
             status => Err(answer(format!("registry answered HTTP {status}"))),
         }
     }
