@@ -39,12 +39,43 @@ pub fn wait_for_log(log: &Path, needle: &str, within: Duration) -> String {
 }
 
 impl Guard {
+    /// Stops the child and, when it leads a process group of its own (see [`spawn_tied`]),
+    /// everything in that group: no wrapper leaves its program behind.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.0.take() {
+            if let Some(pid) = i32::try_from(child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+                // Not a group leader: ESRCH, nothing else is touched.
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Starts `program` so that it can never outlive the test process, even from a `static` that
+/// is never dropped or a test that panics: a shell holds the read end of a pipe whose write end
+/// only this process has, and kills the program when it reads EOF (when this process exits,
+/// however it exits). The shell leads its own process group, which [`Guard::stop`] kills whole.
+pub fn spawn_tied(program: &Path, args: &[String], envs: &[(&str, String)], log: &Path) -> Guard {
+    use std::os::unix::process::CommandExt as _;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    // A background job of a non-interactive shell reads /dev/null, not the pipe.
+    let script = r#""$@" & pid=$!; cat >/dev/null; kill -TERM "$pid" 2>/dev/null; sleep 2; kill -KILL "$pid" 2>/dev/null"#;
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(program)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    Guard(Some(child))
 }
 
 impl Drop for Guard {

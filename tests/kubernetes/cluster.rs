@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::harness::{Guard, repo_root};
+use super::harness::{Guard, repo_root, spawn_tied};
 
 pub const K8S: &str = "v1.37.2";
 pub const GATEKEEPER: &str = "v3.23.1";
@@ -32,7 +32,19 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `base` stretched by how loaded the machine is now (1 + the 1-minute load average per core,
+/// at most 6x): what a component needs to start on an idle machine, it needs several times over
+/// while the other test binaries compile and run beside it. Waits end on readiness; this only
+/// bounds how long a broken component is waited for.
+pub fn patience(base: Duration) -> Duration {
+    let load: f64 = std::fs::read_to_string("/proc/loadavg").ok().and_then(|t| t.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    base.mul_f64((1.0 + load / cores).min(6.0))
+}
+
+/// Waits until something listens on `port`, for at most `patience(limit)`.
 pub fn wait_for_port(port: u16, what: &str, limit: Duration) {
+    let limit = patience(limit);
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(started.elapsed() < limit, "{what} did not listen on 127.0.0.1:{port} within {limit:?}");
@@ -80,16 +92,10 @@ pub struct ControlPlane {
     apiserver: Guard,
 }
 
+/// A component that stops when the test process does (the control plane lives in a `static`,
+/// which is never dropped).
 fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Guard {
-    let log = std::fs::File::create(log).unwrap();
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-    Guard(Some(child))
+    spawn_tied(program, args, &[], log)
 }
 
 impl ControlPlane {
@@ -157,8 +163,8 @@ impl ControlPlane {
                 break;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(90),
-                "kube-apiserver was not ready in 90 s: {}\n{}",
+                started.elapsed() < patience(Duration::from_secs(90)),
+                "kube-apiserver was not ready in time: {}\n{}",
                 String::from_utf8_lossy(&out.stderr),
                 plane.log("apiserver.log")
             );
@@ -244,6 +250,29 @@ impl Server {
             "--reload-interval=200ms".into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let guard = spawn_logged(Path::new(env!("CARGO_BIN_EXE_atproto-verifier")), &args, &log);
+        wait_for_port(port, "atproto-verifier serve", Duration::from_secs(20));
+        Server { port, log, guard }
+    }
+
+    /// `atproto-verifier serve` with a packaged Deployment's container `args`: each one kept,
+    /// except what names the cluster (the listen address, the mounted config and certificates),
+    /// which points at this test's files and a loopback port.
+    pub fn start_packaged(pki: &Pki, config: &Path, packaged: &[String]) -> Server {
+        let (cert, key) = pki.issue(&format!("serve-{}", free_port()));
+        let port = free_port();
+        let log = config.with_file_name(format!("serve-{port}.log"));
+        let args: Vec<String> = packaged
+            .iter()
+            .map(|arg| match arg.split_once('=') {
+                Some(("--listen", _)) => format!("--listen=127.0.0.1:{port}"),
+                Some(("--config", _)) => format!("--config={}", config.display()),
+                Some(("--tls-cert", _)) => format!("--tls-cert={}", cert.display()),
+                Some(("--tls-key", _)) => format!("--tls-key={}", key.display()),
+                Some(("--client-ca", _)) => format!("--client-ca={}", pki.ca().display()),
+                _ => arg.clone(),
+            })
+            .collect();
         let guard = spawn_logged(Path::new(env!("CARGO_BIN_EXE_atproto-verifier")), &args, &log);
         wait_for_port(port, "atproto-verifier serve", Duration::from_secs(20));
         Server { port, log, guard }

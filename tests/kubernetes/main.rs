@@ -10,6 +10,8 @@ mod harness;
 mod cluster;
 #[path = "../support/pki.rs"]
 mod pki;
+#[path = "../integration/streams.rs"]
+mod streams;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -87,11 +89,29 @@ fn plane() -> &'static ControlPlane {
 /// The webhook configurations of packaging/kubernetes/webhooks.yaml, pointed at `server` by
 /// URL with the test CA (in a cluster they name the Service).
 fn register_webhooks(plane: &ControlPlane, server: &Server) {
+    plane.apply(&webhooks_for(plane, server));
+}
+
+fn webhooks_for(plane: &ControlPlane, server: &Server) -> Vec<Json> {
     let mut objects = plane.objects(&repo_root().join("packaging/kubernetes/webhooks.yaml"));
     for object in &mut objects {
         for webhook in object["webhooks"].as_array_mut().unwrap() {
             let path = webhook["clientConfig"]["service"]["path"].as_str().unwrap().to_owned();
             webhook["clientConfig"] = json!({"url": server.url(&path), "caBundle": plane.pki.ca_base64()});
+        }
+    }
+    objects
+}
+
+/// The packaged webhook configurations again, named apart and for namespace `ns` only (the
+/// configurations are cluster-wide; another test owns the packaged names).
+fn register_webhooks_for_namespace(plane: &ControlPlane, server: &Server, ns: &str) {
+    let mut objects = webhooks_for(plane, server);
+    for object in &mut objects {
+        object["metadata"]["name"] = json!(format!("atproto-verifier-{ns}"));
+        for webhook in object["webhooks"].as_array_mut().unwrap() {
+            webhook["name"] = json!(format!("{ns}.{}", webhook["name"].as_str().unwrap()));
+            webhook["namespaceSelector"] = json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]}]});
         }
     }
     plane.apply(&objects);
@@ -109,6 +129,27 @@ fn run_pod(plane: &ControlPlane, ns: &str, name: &str, image: &str, extra: &[&st
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
+/// A Pod with `containers` (name, image) and image volumes (name, reference), mounted.
+fn pod_with(ns: &str, name: &str, containers: &[(&str, &str)], volumes: &[(&str, &str)]) -> Json {
+    let mounts: Vec<Json> = volumes.iter().map(|(v, _)| json!({"name": v, "mountPath": format!("/{v}")})).collect();
+    let containers: Vec<Json> = containers.iter().map(|(c, image)| json!({"name": c, "image": image, "volumeMounts": mounts})).collect();
+    let volumes: Vec<Json> = volumes.iter().map(|(v, reference)| json!({"name": v, "image": {"reference": reference, "pullPolicy": "IfNotPresent"}})).collect();
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+           "spec": {"restartPolicy": "Never", "containers": containers, "volumes": volumes}})
+}
+
+/// `kubectl create -f -` of `object`: (succeeded, what kubectl said).
+fn create(plane: &ControlPlane, object: &Json) -> (bool, String) {
+    let out = plane.kubectl(&["create", "-f", "-"], Some(&object.to_string()));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// kubectl `args`: (succeeded, what it said).
+fn try_kubectl(plane: &ControlPlane, args: &[&str]) -> (bool, String) {
+    let out = plane.kubectl(args, None);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 fn pod_image(plane: &ControlPlane, ns: &str, name: &str) -> String {
     plane.ok(&["get", "pod", name, "-n", ns, "-o", "jsonpath={.spec.containers[0].image}"], None)
 }
@@ -121,7 +162,7 @@ fn until_webhook_answers(plane: &ControlPlane, ns: &str, image: &str) {
         if ok || out.contains("atproto-verifier:") {
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the webhook did not answer: {out}");
+        assert!(started.elapsed() < cluster::patience(Duration::from_secs(30)), "the webhook did not answer: {out}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -175,6 +216,51 @@ fn webhooks_admit_signed_pods_pinned_and_deny_the_rest_with_reasons() {
     let image = plane.ok(&["get", "deployment", "good", "-n", "enforced", "-o", "jsonpath={.spec.template.spec.containers[0].image}"], None);
     assert_eq!(image, format!("{}@{}", world.signed, world.signed_digest));
 
+    // Image volumes: reviewed, pinned like containers, and named in a denial.
+    let (ok, out) = create(plane, &pod_with("enforced", "volume-unsigned", &[("app", &world.signed)], &[("models", &world.unsigned)]));
+    assert!(!ok && out.contains(&format!("image volume \"models\" image {:?}", world.unsigned)) && out.contains("record-not-found"), "{out}");
+    let (ok, out) = create(plane, &pod_with("enforced", "volume-signed", &[("app", &world.signed)], &[("models", &world.signed)]));
+    assert!(ok, "{out}");
+    let reference = plane.ok(&["get", "pod", "volume-signed", "-n", "enforced", "-o", "jsonpath={.spec.volumes[0].image.reference}"], None);
+    assert_eq!(reference, format!("{}@{}", world.signed, world.signed_digest));
+
+    // An object's whole life: a Pod and a ReplicaSet made before their namespace opted in (their
+    // image would be refused now, as a revoked one is) can still be labelled, finalized, deleted
+    // and scaled down; an UPDATE that brings a new image is decided as a CREATE is.
+    namespace(plane, "late", false);
+    let (ok, out) = run_pod(plane, "late", "old", &world.unsigned, &[]);
+    assert!(ok, "{out}");
+    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "old-rs", "namespace": "late"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "old"}},
+                 "template": {"metadata": {"labels": {"app": "old"}}, "spec": {"containers": [{"name": "app", "image": world.unsigned}]}}}});
+    let (ok, out) = create(plane, &rs);
+    assert!(ok, "{out}");
+    namespace(plane, "late", true);
+    let started = Instant::now();
+    loop {
+        let (ok, out) = run_pod(plane, "late", "new", &world.unsigned, &["--dry-run=server"]);
+        if !ok && out.contains("record-not-found") {
+            break;
+        }
+        assert!(started.elapsed() < cluster::patience(Duration::from_secs(30)), "the opted-in namespace is not enforced: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for args in [
+        &["label", "pod", "old", "-n", "late", "team=payments"][..],
+        &["annotate", "pod", "old", "-n", "late", "note=draining"],
+        &["patch", "pod", "old", "-n", "late", "--type=merge", "-p", r#"{"metadata":{"finalizers":["example.com/hold"]}}"#],
+        &["delete", "pod", "old", "-n", "late", "--wait=false"],
+        &["patch", "pod", "old", "-n", "late", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#],
+        // What the Deployment controller does to an old ReplicaSet during a rollout.
+        &["patch", "replicaset", "old-rs", "-n", "late", "--type=merge", "-p", r#"{"spec":{"replicas":0}}"#],
+        &["label", "replicaset", "old-rs", "-n", "late", "rollout=done"],
+    ] {
+        let (ok, out) = try_kubectl(plane, args);
+        assert!(ok, "kubectl {args:?} was refused: {out}");
+    }
+    let (ok, out) = try_kubectl(plane, &["set", "image", "replicaset/old-rs", "-n", "late", &format!("app={}", world.untrusted)]);
+    assert!(!ok && out.contains("denied the request") && out.contains(&world.untrusted), "a new image in an UPDATE was admitted: {out}");
+
     // An audit-only rule: admitted, with a warning kubectl shows.
     let (ok, out) = run_pod(plane, "enforced", "audited", &world.audited, &[]);
     assert!(ok && out.contains("Warning:") && out.contains("audit only"), "{out}");
@@ -210,11 +296,30 @@ fn webhooks_admit_signed_pods_pinned_and_deny_the_rest_with_reasons() {
 }
 
 /// Gatekeeper outside a cluster, as its own tests run it: the CRDs from its deploy manifest,
-/// `--debug-use-fake-pod`, certificates from the test CA; its webhook registered by URL.
+/// `--debug-use-fake-pod`, certificates from the test CA; its webhook registered by URL. One
+/// for the test binary (its CRDs and webhook are cluster-wide), stopped when the process exits.
 struct Gatekeeper {
     port: u16,
     _guard: harness::Guard,
     log: std::path::PathBuf,
+}
+
+/// Gatekeeper's provider-response cache TTL, as packaging/kubernetes/gatekeeper/provider.yaml
+/// tells operators to set it (`every_place_that_names_gatekeepers_cache_ttl_agrees`).
+const GATEKEEPER_CACHE_TTL: &str = "1s";
+
+/// The namespaces Gatekeeper's test webhook reviews.
+const GATEKEEPER_NAMESPACES: [&str; 3] = ["gk", "gk-ratify", "gk-revoke"];
+
+fn gatekeeper() -> &'static Gatekeeper {
+    static GATEKEEPER: OnceLock<Gatekeeper> = OnceLock::new();
+    GATEKEEPER.get_or_init(|| start_gatekeeper(plane()))
+}
+
+impl Gatekeeper {
+    fn log_tail(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    }
 }
 
 fn start_gatekeeper(plane: &ControlPlane) -> Gatekeeper {
@@ -230,31 +335,24 @@ fn start_gatekeeper(plane: &ControlPlane) -> Gatekeeper {
     std::fs::copy(plane.pki.ca(), dir.join("ca.crt")).unwrap();
     let (port, health) = (cluster::free_port(), cluster::free_port());
     let log = plane.dir.path().join("gatekeeper.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new(bin)
-        .env("POD_NAMESPACE", "gatekeeper-system")
-        .args([
-            format!("--kubeconfig={}", plane.kubeconfig.display()),
-            "--debug-use-fake-pod".into(),
-            "--disable-cert-rotation".into(),
-            format!("--cert-dir={}", dir.display()),
-            format!("--port={port}"),
-            "--host=127.0.0.1".into(),
-            format!("--health-addr=127.0.0.1:{health}"),
-            "--metrics-addr=0".into(),
-            "--operation=webhook".into(),
-            "--operation=audit".into(),
-            "--operation=status".into(),
-            // Without it the constraint CRD of a template is never made.
-            "--operation=generate".into(),
-            // What packaging/kubernetes/gatekeeper/provider.yaml tells operators to set.
-            "--external-data-provider-response-cache-ttl=0s".into(),
-        ])
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let guard = harness::Guard(Some(child));
+    let args: Vec<String> = vec![
+        format!("--kubeconfig={}", plane.kubeconfig.display()),
+        "--debug-use-fake-pod".into(),
+        "--disable-cert-rotation".into(),
+        format!("--cert-dir={}", dir.display()),
+        format!("--port={port}"),
+        "--host=127.0.0.1".into(),
+        format!("--health-addr=127.0.0.1:{health}"),
+        "--metrics-addr=0".into(),
+        "--operation=webhook".into(),
+        "--operation=audit".into(),
+        "--operation=status".into(),
+        // Without it the constraint CRD of a template is never made.
+        "--operation=generate".into(),
+        // What packaging/kubernetes/gatekeeper/provider.yaml tells operators to set.
+        format!("--external-data-provider-response-cache-ttl={GATEKEEPER_CACHE_TTL}"),
+    ];
+    let guard = harness::spawn_tied(&bin, &args, &[("POD_NAMESPACE", "gatekeeper-system".into())], &log);
     cluster::wait_for_port(port, "gatekeeper", Duration::from_secs(60));
     plane.apply(&[json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
@@ -263,11 +361,34 @@ fn start_gatekeeper(plane: &ControlPlane) -> Gatekeeper {
             "name": "validation.gatekeeper.sh", "admissionReviewVersions": ["v1"], "sideEffects": "None",
             "failurePolicy": "Fail", "timeoutSeconds": 3,
             "clientConfig": {"url": format!("https://127.0.0.1:{port}/v1/admit"), "caBundle": plane.pki.ca_base64()},
-            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["gk", "gk-ratify"]}]},
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": GATEKEEPER_NAMESPACES}]},
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods"], "scope": "Namespaced"}],
         }],
     })]);
     Gatekeeper { port, _guard: guard, log }
+}
+
+/// The packaged ConstraintTemplate (gatekeeper/template.yaml) under another name asking
+/// provider `provider`, and its constraint for namespace `ns`: the same Rego, beside the
+/// original (templates and providers are cluster-wide; each test has its own).
+fn packaged_template_for(plane: &ControlPlane, suffix: &str, provider: &str, ns: &str) {
+    let dir = repo_root().join("packaging/kubernetes/gatekeeper");
+    let mut template = plane.objects(&dir.join("template.yaml")).remove(0);
+    let name = format!("k8satprotoverified{suffix}");
+    let kind = format!("K8sAtprotoVerified{}", suffix[..1].to_uppercase() + &suffix[1..]);
+    template["metadata"]["name"] = json!(name);
+    template["spec"]["crd"]["spec"]["names"]["kind"] = json!(kind);
+    let rego = template["spec"]["targets"][0]["rego"].as_str().unwrap().replace("package k8satprotoverified", &format!("package {name}"));
+    assert!(rego.contains("\"provider\": \"atproto-verifier\""), "the template names another provider: {rego}");
+    template["spec"]["targets"][0]["rego"] = json!(rego.replace("\"provider\": \"atproto-verifier\"", &format!("\"provider\": \"{provider}\"")));
+    plane.apply(&[template]);
+    let constraint = json!({"apiVersion": "constraints.gatekeeper.sh/v1beta1", "kind": kind, "metadata": {"name": format!("pods-{suffix}")},
+        "spec": {"enforcementAction": "deny", "match": {"kinds": [{"apiGroups": [""], "kinds": ["Pod"]}], "namespaces": [ns]}}});
+    let started = Instant::now();
+    while !plane.kubectl(&["apply", "--server-side", "-f", "-"], Some(&constraint.to_string())).status.success() {
+        assert!(started.elapsed() < cluster::patience(Duration::from_secs(60)), "the {kind} CRD never appeared:\n{}", gatekeeper().log_tail());
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]
@@ -277,9 +398,12 @@ fn gatekeeper_asks_serve_through_external_data() {
     let plane = plane();
     let ca = plane.pki.ca().display().to_string();
     let server = Server::start(&plane.pki, &verifier.config, &[&format!("--client-ca={ca}"), "--client-auth=provider"]);
-    let gatekeeper = start_gatekeeper(plane);
+    let gatekeeper = gatekeeper();
     // The namespace is reviewed by Gatekeeper only (not by the direct webhooks).
     plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gk"}})]);
+    // A Pod that exists before the constraint does (an unsigned image: it could not be created now).
+    let (ok, out) = run_pod(plane, "gk", "early", &world.unsigned, &[]);
+    assert!(ok, "{out}");
 
     // The packaged Provider, template and constraint; the Provider points at this server by URL.
     let dir = repo_root().join("packaging/kubernetes/gatekeeper");
@@ -300,7 +424,7 @@ fn gatekeeper_asks_serve_through_external_data() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < cluster::patience(Duration::from_secs(60)),
             "the constraint CRD never appeared: {}\ntemplate status: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&plane.kubectl(&["get", "constrainttemplate", "k8satprotoverified", "-o", "jsonpath={.status}"], None).stdout),
@@ -317,9 +441,9 @@ fn gatekeeper_asks_serve_through_external_data() {
             break out;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < cluster::patience(Duration::from_secs(60)),
             "Gatekeeper did not enforce the constraint: {out}\n{}",
-            std::fs::read_to_string(&gatekeeper.log).unwrap_or_default().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            gatekeeper.log_tail()
         );
         if ok {
             plane.kubectl(&["delete", "pod", "unsigned", "-n", "gk", "--wait=false"], None);
@@ -331,6 +455,14 @@ fn gatekeeper_asks_serve_through_external_data() {
     let (ok, out) = run_pod(plane, "gk", "signed", &world.signed, &[]);
     assert!(ok, "{out}\n{}", server.log_text());
     assert!(gatekeeper.port > 0);
+    // Image volumes are asked about like containers, and named in the denial.
+    let (ok, out) = create(plane, &pod_with("gk", "gk-volume", &[("app", &world.signed)], &[("data", &world.unsigned)]));
+    assert!(!ok && out.contains(&format!("image volume \"data\" image {:?}", world.unsigned)) && out.contains("record-not-found"), "{out}");
+    let (ok, out) = create(plane, &pod_with("gk", "gk-volume-signed", &[("app", &world.signed)], &[("data", &world.signed)]));
+    assert!(ok, "{out}");
+    // An UPDATE that introduces no image passes, though the Pod's image would be denied today.
+    let (ok, out) = try_kubectl(plane, &["label", "pod", "early", "-n", "gk", "team=payments"]);
+    assert!(ok, "a label on a Pod that runs an image admitted before was refused: {out}");
 
     // The provider route asks for Gatekeeper's client certificate.
     let request = r#"{"apiVersion":"externaldata.gatekeeper.sh/v1beta1","kind":"ProviderRequest","request":{"keys":["a:1"]}}"#;
@@ -370,7 +502,7 @@ fn gatekeeper_asks_serve_through_external_data() {
         "spec": {"match": {"kinds": [{"apiGroups": [""], "kinds": ["Pod"]}], "namespaces": ["gk-ratify"]}}});
     let started = Instant::now();
     while !plane.kubectl(&["apply", "--server-side", "-f", "-"], Some(&constraint.to_string())).status.success() {
-        assert!(started.elapsed() < Duration::from_secs(60), "the K8sRatifyVerified CRD never appeared");
+        assert!(started.elapsed() < cluster::patience(Duration::from_secs(60)), "the K8sRatifyVerified CRD never appeared");
         std::thread::sleep(Duration::from_millis(250));
     }
     let unsigned = format!("{r}/alicek8s.test/ratified@{}", images.unsigned);
@@ -383,7 +515,7 @@ fn gatekeeper_asks_serve_through_external_data() {
         if ok {
             plane.kubectl(&["delete", "pod", "r-unsigned", "-n", "gk-ratify", "--wait=false"], None);
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "Gatekeeper did not enforce the Ratify constraint: {out}");
+        assert!(started.elapsed() < cluster::patience(Duration::from_secs(60)), "Gatekeeper did not enforce the Ratify constraint: {out}");
         std::thread::sleep(Duration::from_millis(500));
     };
     assert!(out.contains("record-not-found"), "{out}");
@@ -704,4 +836,145 @@ fn coverage_lists_the_pods_of_a_real_api_server_from_a_kubeconfig() {
     let out = verifier.command(&["coverage", "cluster", "--kubeconfig", denied.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `serve` as packaging/kubernetes/deployment.yaml runs it (its container's args) with
+/// config.yaml's config.toml: only what names the cluster is rewritten (paths, the listen
+/// address, Jetstream's URL to the loopback Jetstream); the loopback world's PLC, PDS and
+/// registry are added.
+fn packaged_server(plane: &ControlPlane, dir: &std::path::Path, policy: &str, jetstream: u16) -> Server {
+    let packaging = repo_root().join("packaging/kubernetes");
+    let deployment = plane.objects(&packaging.join("deployment.yaml")).into_iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let args: Vec<String> =
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    assert!(args.iter().any(|a| a == "--watch"), "the packaged Deployment runs no watcher: {args:?}");
+    let config_map = plane.objects(&packaging.join("config.yaml")).remove(0);
+    let packaged = config_map["data"]["config.toml"].as_str().unwrap();
+    let mut config = String::new();
+    for line in packaged.lines() {
+        match line.split('=').next().unwrap_or("").trim() {
+            "policy" => config.push_str(&format!("policy = {:?}\n", dir.join("trust-policy.yaml"))),
+            "cache_dir" => config.push_str(&format!("cache_dir = {:?}\n", dir.join("cache"))),
+            "watch_url" => config.push_str(&format!("watch_url = \"ws://127.0.0.1:{jetstream}\"\n")),
+            _ => {
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
+    }
+    assert!(config.contains("watch_source = \"jetstream\""), "the packaged config watches no relay or Jetstream: {packaged}");
+    let env = env();
+    config.push_str(&format!(
+        "plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n",
+        env.pds.plc, env.pds.pds, env.registry.host
+    ));
+    std::fs::write(dir.join("trust-policy.yaml"), policy).unwrap();
+    std::fs::write(dir.join("config.toml"), &config).unwrap();
+    let server = Server::start_packaged(&plane.pki, &dir.join("config.toml"), &args);
+    // The watcher is following Jetstream before anything is revoked.
+    let started = Instant::now();
+    loop {
+        let metrics = cluster::https(&plane.pki, "GET", &server.url("/metrics"), None).1;
+        if metrics.lines().any(|l| l.starts_with("atproto_verifier_watch_source_connected{") && l.ends_with(" 1")) {
+            break;
+        }
+        assert!(started.elapsed() < cluster::patience(Duration::from_secs(30)), "the watcher never connected:\n{metrics}\n{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
+
+/// How long after `since` a new Pod with `image` in `ns` is first denied for `reason`.
+fn first_denial(plane: &ControlPlane, ns: &str, image: &str, reason: &str, since: Instant) -> Duration {
+    for i in 0.. {
+        let (ok, out) = run_pod(plane, ns, &format!("probe-{i}"), image, &["--dry-run=server"]);
+        if !ok && out.contains(reason) {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < cluster::patience(Duration::from_secs(60)), "{image} is still admitted in {ns}: {out}");
+    }
+    unreachable!()
+}
+
+/// The revocation promise of the packaged cluster: the server as the manifests run it (`serve
+/// --watch` on Jetstream) denies a Pod whose record was deleted within 2 s through the webhooks,
+/// and within Gatekeeper's cache TTL + 2 s through Gatekeeper.
+#[test]
+fn the_packaged_server_revokes_in_seconds_through_the_webhook_and_gatekeeper() {
+    let env = env();
+    let plane = plane();
+    let jetstream = streams::Jetstream::start();
+    let alice = env.pds.create_account("alicerev");
+    let r = &env.registry.host;
+    let push = |name: &str| {
+        let digest = env.registry.push_image(&format!("alicerev.test/{name}"), "v1", &format!("revocation-{name}"));
+        let rkey = env.pds.put_manifest(&alice, &digest, name, OCI_MANIFEST);
+        (format!("{r}/alicerev.test/{name}:v1"), rkey)
+    };
+    let (hooked, hooked_rkey) = push("hooked");
+    let (gated, gated_rkey) = push("gated");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = format!("  - name: signed\n    scope: \"{r}/**\"\n    require: {{ signature: true }}\n    action: enforce\n");
+    let policy = policy(&[(&alice.handle, &alice.did, None)], &rules, "{ action: enforce, require: { signature: true } }");
+    let server = packaged_server(plane, dir.path(), &policy, jetstream.port);
+
+    // Through the webhooks.
+    register_webhooks_for_namespace(plane, &server, "revoke");
+    plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "revoke"}})]);
+    until_webhook_answers(plane, "revoke", &hooked);
+    let (ok, out) = run_pod(plane, "revoke", "hooked", &hooked, &[]);
+    assert!(ok, "{out}\n{}", server.log_text());
+    let deleted = Instant::now();
+    env.pds.delete_record(&alice, &hooked_rkey);
+    let webhook = first_denial(plane, "revoke", &hooked, "record-deleted", deleted);
+
+    // Through Gatekeeper (its cache TTL as the packaged Provider says).
+    let gatekeeper = gatekeeper();
+    let mut provider = plane.objects(&repo_root().join("packaging/kubernetes/gatekeeper/provider.yaml"));
+    provider[0]["metadata"]["name"] = json!("atproto-verifier-packaged");
+    provider[0]["spec"]["url"] = json!(server.url("/gatekeeper"));
+    provider[0]["spec"]["caBundle"] = json!(plane.pki.ca_base64());
+    plane.apply(&provider);
+    plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gk-revoke"}})]);
+    packaged_template_for(plane, "revoke", "atproto-verifier-packaged", "gk-revoke");
+    let started = Instant::now();
+    loop {
+        let (ok, out) = run_pod(plane, "gk-revoke", "probe", &world().unsigned, &["--dry-run=server"]);
+        if !ok && out.contains("record-not-found") {
+            break;
+        }
+        assert!(started.elapsed() < cluster::patience(Duration::from_secs(60)), "Gatekeeper did not enforce: {out}\n{}", gatekeeper.log_tail());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (ok, out) = run_pod(plane, "gk-revoke", "gated", &gated, &[]);
+    assert!(ok, "{out}\n{}", server.log_text());
+    let deleted = Instant::now();
+    env.pds.delete_record(&alice, &gated_rkey);
+    let through_gatekeeper = first_denial(plane, "gk-revoke", &gated, "record-deleted", deleted);
+
+    eprintln!("packaged cluster: deleteRecord -> first denied Pod: webhook {webhook:?}, Gatekeeper {through_gatekeeper:?}");
+    let ttl = Duration::from_secs(1);
+    assert!(webhook <= cluster::patience(Duration::from_secs(2)), "webhook: denied {webhook:?} after deleteRecord");
+    assert!(through_gatekeeper <= ttl + cluster::patience(Duration::from_secs(2)), "Gatekeeper: denied {through_gatekeeper:?} after deleteRecord");
+    let log = server.log_text();
+    assert!(log.contains("dropped from memory"), "{log}");
+}
+
+/// README, the packaged Provider, `doctor --gatekeeper` and these tests name one cache TTL.
+#[test]
+fn every_place_that_names_gatekeepers_cache_ttl_agrees() {
+    let flag = "--external-data-provider-response-cache-ttl=";
+    let root = repo_root();
+    let mut found = Vec::new();
+    for file in ["README.md", "packaging/kubernetes/gatekeeper/provider.yaml", "crates/containerd-verifier/src/cli/doctor/mod.rs", "BENCHMARKS.md"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for (i, _) in text.match_indices(flag) {
+            let value: String = text[i + flag.len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            found.push((file, value));
+        }
+    }
+    assert!(found.iter().any(|(f, _)| *f == "README.md") && found.iter().any(|(f, _)| f.ends_with("provider.yaml")), "{found:?}");
+    // `0s` (the cache off) may be named as the alternative; every other value is the one.
+    let values: std::collections::BTreeSet<&str> = found.iter().map(|(_, v)| v.as_str()).filter(|v| *v != "0s").collect();
+    assert_eq!(values.into_iter().collect::<Vec<_>>(), [GATEKEEPER_CACHE_TTL], "{found:?}");
 }

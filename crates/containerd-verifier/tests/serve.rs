@@ -3,7 +3,7 @@
 //! stalls, clients that stall (slowloris), the connection limit, certificate and policy
 //! reloads, graceful shutdown. The real API server and Gatekeeper are in tests/kubernetes.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
