@@ -440,11 +440,7 @@ fn gatekeeper_asks_serve_through_external_data() {
         if !ok && out.contains("pods-must-be-atproto-verified") {
             break out;
         }
-        assert!(
-            started.elapsed() < cluster::patience(Duration::from_secs(60)),
-            "Gatekeeper did not enforce the constraint: {out}\n{}",
-            gatekeeper.log_tail()
-        );
+        assert!(started.elapsed() < cluster::patience(Duration::from_secs(60)), "Gatekeeper did not enforce the constraint: {out}\n{}", gatekeeper.log_tail());
         if ok {
             plane.kubectl(&["delete", "pod", "unsigned", "-n", "gk", "--wait=false"], None);
         }
@@ -864,10 +860,7 @@ fn packaged_server(plane: &ControlPlane, dir: &std::path::Path, policy: &str, je
     }
     assert!(config.contains("watch_source = \"jetstream\""), "the packaged config watches no relay or Jetstream: {packaged}");
     let env = env();
-    config.push_str(&format!(
-        "plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n",
-        env.pds.plc, env.pds.pds, env.registry.host
-    ));
+    config.push_str(&format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, env.pds.pds, env.registry.host));
     std::fs::write(dir.join("trust-policy.yaml"), policy).unwrap();
     std::fs::write(dir.join("config.toml"), &config).unwrap();
     let server = Server::start_packaged(&plane.pki, &dir.join("config.toml"), &args);

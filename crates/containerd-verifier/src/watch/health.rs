@@ -16,6 +16,10 @@ struct Source {
     lag: Option<i64>,
     connects: u64,
     gaps: u64,
+    /// Connections that ended before delivering anything (each backs off longer).
+    failures: u64,
+    /// False once a connection ended before delivering anything, until one delivers.
+    unhealthy: bool,
 }
 
 #[derive(Default)]
@@ -68,6 +72,21 @@ impl Health {
         source.last_event = Some(now);
         if let Some(t) = event_time {
             source.lag = Some(now.saturating_sub(t).max(0));
+        }
+    }
+
+    /// A connection of `name` ended before delivering anything.
+    pub fn failed(&self, name: &str) {
+        let mut c = self.lock();
+        let source = c.sources.entry(name.to_owned()).or_default();
+        source.failures += 1;
+        source.unhealthy = true;
+    }
+
+    /// `name` delivered a message.
+    pub fn delivered(&self, name: &str) {
+        if let Some(source) = self.lock().sources.get_mut(name) {
+            source.unhealthy = false;
         }
     }
 
@@ -130,6 +149,14 @@ impl Health {
         family(&mut out, "source_connected", "gauge", "1 while the source's stream is open.");
         for (name, s) in &c.sources {
             let _ = writeln!(out, "atproto_verifier_watch_source_connected{{source=\"{}\",kind=\"{}\"}} {}", esc(name), s.kind, u8::from(s.connected));
+        }
+        family(&mut out, "source_healthy", "gauge", "0 after a connection ended without delivering anything, until one delivers.");
+        for (name, s) in &c.sources {
+            let _ = writeln!(out, "atproto_verifier_watch_source_healthy{{source=\"{}\"}} {}", esc(name), u8::from(!s.unhealthy));
+        }
+        family(&mut out, "source_failures_total", "counter", "Connections that ended before delivering anything, by source.");
+        for (name, s) in &c.sources {
+            let _ = writeln!(out, "atproto_verifier_watch_source_failures_total{{source=\"{}\"}} {}", esc(name), s.failures);
         }
         family(&mut out, "source_connects_total", "counter", "Streams opened, by source.");
         for (name, s) in &c.sources {

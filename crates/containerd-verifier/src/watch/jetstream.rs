@@ -66,6 +66,8 @@ fn subscription(url: &str, dids: &std::collections::BTreeSet<String>, cursor: Op
     } else {
         query.push_str(&listed);
     }
+    // The cap this client enforces, so Jetstream skips what it would refuse.
+    query.push_str(&format!("&maxMessageSizeBytes={MAX_EVENT_BYTES}"));
     if let Some(cursor) = cursor {
         query.push_str(&format!("&cursor={cursor}"));
     }
@@ -75,16 +77,23 @@ fn subscription(url: &str, dids: &std::collections::BTreeSet<String>, cursor: Op
 pub(super) fn follow(follow: &mut Follow<'_>, url: &str) {
     let watcher = follow.watcher;
     let timeout = watcher.config.connect_timeout.0.max(Duration::from_secs(5));
-    let mut backoff = Duration::from_secs(1);
     while follow.alive() {
         let (stored, covered) = follow.resume();
         let resume = stored.as_ref().map(|e| e.cursor);
+        let now = crate::clock::now_micros(None).unwrap_or(0);
+        if resume.is_some_and(|c| c > latest_position(watcher, now)) {
+            // A position past this node's clock was never a real one: whatever came after the
+            // true position may have been skipped. Followed live from here, after a full re-check.
+            super::cursor::forget(&watcher.cache(), &follow.name);
+            follow.gap("the stored cursor is in the future", None);
+            continue;
+        }
         let (target, hello) = subscription(url, &follow.dids, resume);
         let opened = watcher.subscribe.subscribe(&target, timeout).and_then(|mut stream| {
             if hello {
                 let update = serde_json::json!({
                     "type": "options_update",
-                    "payload": { "wantedCollections": [MANIFEST_COLLECTION], "wantedDids": follow.dids.iter().collect::<Vec<_>>(), "maxMessageSizeBytes": 0 },
+                    "payload": { "wantedCollections": [MANIFEST_COLLECTION], "wantedDids": follow.dids.iter().collect::<Vec<_>>(), "maxMessageSizeBytes": MAX_EVENT_BYTES },
                 });
                 stream.send_text(&update.to_string())?;
             }
@@ -93,31 +102,32 @@ pub(super) fn follow(follow: &mut Follow<'_>, url: &str) {
         let mut stream = match opened {
             Ok(stream) => stream,
             Err(e) => {
-                crate::log::warn(&format!("watch: {url}: {e} — retrying in {}s", backoff.as_secs()));
-                follow.disconnected();
-                follow.poll_while_down();
-                follow.pause(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                follow.connect_failed(url, &e);
                 continue;
             }
         };
         crate::log::info(&format!("watch: subscribed to {url} (Jetstream) for {} DIDs", follow.dids.len()));
         watcher.health.connected(&follow.name, true);
-        backoff = Duration::from_secs(1);
-        let now = crate::clock::now_micros(None).unwrap_or(0);
         let first = resume.unwrap_or(now);
         if resume.is_some_and(|c| now.saturating_sub(c) > i64::try_from(REPLAY_KEPT.as_micros()).unwrap_or(i64::MAX)) {
             follow.gap("the cursor is older than Jetstream is assumed to keep", Some(first));
         } else if !covered {
             follow.recheck_all(Depth::Records, "not-followed-before", Some(first));
         }
-        follow.read(stream.as_mut(), url, MAX_EVENT_BYTES, resume, stored, |follow, frame, last| {
+        let served = follow.read(stream.as_mut(), url, MAX_EVENT_BYTES, resume, stored, |follow, frame, last| {
             if let Frame::Text(text) = frame {
                 event(follow, &text, last);
             }
             true
         });
+        follow.ended(&served);
     }
+}
+
+/// The furthest a Jetstream position (`time_us`, an unsigned claim) may be: this node's clock
+/// plus `clock_skew`.
+fn latest_position(watcher: &super::Watcher, now: i64) -> i64 {
+    now.saturating_add(i64::try_from(watcher.config.clock_skew.0.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// One Jetstream event: a hint for a watched DID.
@@ -131,10 +141,16 @@ fn event(follow: &Follow<'_>, text: &str, last: &mut Option<i64>) {
     if event.time_us <= 0 {
         return;
     }
-    *last = Some(last.map_or(event.time_us, |l| l.max(event.time_us)));
     if !follow.dids.contains(&event.did) {
+        // Not asked for: it says nothing about where this node's stream stands.
         watcher.health.event(&follow.name, "other", "ignored", now, Some(event.time_us));
         return;
+    }
+    // `time_us` is unsigned: it moves the cursor only up to this node's clock + clock_skew.
+    if event.time_us <= latest_position(watcher, now) {
+        *last = Some(last.map_or(event.time_us, |l| l.max(event.time_us)));
+    } else {
+        crate::log::debug(&format!("watch: {}: an event dated past this node's clock (time_us {}): not a position", follow.name, event.time_us));
     }
     let job = |depth, why| Job::new(&event.did, depth, why).at(&follow.name, Some(event.time_us));
     match (event.kind.as_str(), &event.commit, &event.account) {
@@ -164,10 +180,10 @@ mod tests {
     fn small_sets_go_in_the_query_large_ones_after_hello() {
         let few: std::collections::BTreeSet<String> = ["did:plc:aaa".to_owned()].into();
         let (url, hello) = subscription("ws://127.0.0.1:6008/subscribe", &few, Some(5));
-        assert_eq!(url, "ws://127.0.0.1:6008/subscribe?wantedCollections=io.atcr.manifest&wantedDids=did:plc:aaa&cursor=5");
+        assert_eq!(url, "ws://127.0.0.1:6008/subscribe?wantedCollections=io.atcr.manifest&wantedDids=did:plc:aaa&maxMessageSizeBytes=1048576&cursor=5");
         assert!(!hello);
         let many: std::collections::BTreeSet<String> = (0..500).map(|n| format!("did:plc:{n:024}")).collect();
         let (url, hello) = subscription("ws://127.0.0.1:6008/subscribe", &many, None);
-        assert!(hello && url.ends_with("&requireHello=true") && url.len() < 200, "{url}");
+        assert!(hello && url.contains("&requireHello=true") && url.len() < 200, "{url}");
     }
 }

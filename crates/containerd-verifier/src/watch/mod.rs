@@ -26,6 +26,8 @@ mod jetstream;
 mod queue;
 mod recheck;
 mod sources;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

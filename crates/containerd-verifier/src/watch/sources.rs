@@ -115,7 +115,19 @@ pub(super) struct Follow<'w> {
     generation: u64,
     until: Option<Instant>,
     last_poll: Option<Instant>,
+    /// Since when nothing has been delivered (the source was last heard from).
     down_since: Instant,
+    /// The backoff before the next connection attempt.
+    backoff: Duration,
+}
+
+/// First and longest wait between connection attempts.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// What one connection delivered before it ended.
+pub(super) struct Served {
+    pub frames: usize,
 }
 
 impl Follow<'_> {
@@ -166,19 +178,57 @@ impl Follow<'_> {
         self.recheck_all(Depth::Full, "gap", seq);
     }
 
-    /// After a failed connect: poll when the stream has been down for a poll interval.
+    /// After a failed connect, or while a stream delivers nothing: poll when the source has
+    /// been silent for a poll interval (at most once per interval).
     pub(super) fn poll_while_down(&mut self) {
         let interval = self.watcher.config.watch_poll_interval.0;
         if self.down_since.elapsed() >= interval && self.last_poll.is_none_or(|t| t.elapsed() >= interval) {
             self.last_poll = Some(Instant::now());
-            crate::log::info(&format!("watch: {} has been down for {}s: polling its {} DIDs", self.name, self.down_since.elapsed().as_secs(), self.dids.len()));
+            crate::log::info(&format!(
+                "watch: {} has delivered nothing for {}s: polling its {} DIDs",
+                self.name,
+                self.down_since.elapsed().as_secs(),
+                self.dids.len()
+            ));
             poll_once(self);
         }
     }
 
+    /// A connection could not be opened: said, polled if down long enough, waited out.
+    pub(super) fn connect_failed(&mut self, url: &str, error: &NetError) {
+        crate::log::warn(&format!("watch: {url}: {error} — retrying in {}s", self.backoff.as_secs()));
+        self.watcher.health.connected(&self.name, false);
+        self.watcher.health.failed(&self.name);
+        self.poll_while_down();
+        self.pause(self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// A connection ended: one that delivered something is reconnected at once (after a
+    /// breath); one that delivered nothing is a failure and backs off like a refused connect,
+    /// so a source that accepts and then fails cannot make a reconnect loop.
+    pub(super) fn ended(&mut self, served: &Served) {
+        self.watcher.health.connected(&self.name, false);
+        if !self.alive() {
+            return;
+        }
+        if served.frames > 0 {
+            self.backoff = BACKOFF_FIRST;
+            self.pause(Duration::from_millis(200));
+        } else {
+            self.watcher.health.failed(&self.name);
+            crate::log::warn(&format!("watch: {}: the stream ended before delivering anything — retrying in {}s", self.name, self.backoff.as_secs()));
+            self.poll_while_down();
+            self.pause(self.backoff);
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
     /// Reads `stream` until it closes, fails, or this source should stop: each frame to
-    /// `handle` (false: reopen the stream), the position saved every second and at the end;
-    /// then a short pause before the caller reconnects.
+    /// `handle` (false: reopen the stream), the position saved every second and at the end.
+    /// A message over `limit` is skipped as a gap (the signed collection of every DID of this
+    /// source is re-checked, and the stream is reopened live, past it): it never wedges the
+    /// source at one position. While nothing arrives for a poll interval, the DIDs are polled.
     pub(super) fn read(
         &mut self,
         stream: &mut dyn Stream,
@@ -187,21 +237,32 @@ impl Follow<'_> {
         resume: Option<i64>,
         stored: Option<CursorEntry>,
         mut handle: impl FnMut(&Follow<'_>, Frame, &mut Option<i64>) -> bool,
-    ) {
+    ) -> Served {
         let mut last = resume;
         let mut previous = stored;
         let mut saved = Instant::now();
+        let mut served = Served { frames: 0 };
         while self.alive() {
             match stream.next(Duration::from_secs(1), limit) {
                 Ok(Some(frame)) => {
+                    served.frames += 1;
+                    self.down_since = Instant::now();
+                    self.watcher.health.delivered(&self.name);
                     if !handle(self, frame, &mut last) {
                         break;
                     }
                 }
-                Err(NetError::Timeout(_)) => {}
+                Err(NetError::Timeout(_)) => self.poll_while_down(),
                 Ok(None) => {
                     crate::log::info(&format!("watch: {url} closed the stream — reconnecting"));
                     break;
+                }
+                Err(NetError::TooLarge(cap)) => {
+                    // Counted as delivered: the source is alive, it sent something we refuse.
+                    served.frames += 1;
+                    self.gap(&format!("a message over {cap} bytes was skipped"), last.map(|l| l.saturating_add(1)));
+                    cursor::forget(&self.watcher.cache(), &self.name);
+                    return served;
                 }
                 Err(e) => {
                     crate::log::warn(&format!("watch: {url}: {e} — reconnecting"));
@@ -215,13 +276,7 @@ impl Follow<'_> {
             }
         }
         self.save(last, previous.as_ref());
-        self.disconnected();
-        self.pause(Duration::from_millis(200));
-    }
-
-    pub(super) fn disconnected(&mut self) {
-        self.watcher.health.connected(&self.name, false);
-        self.down_since = Instant::now();
+        served
     }
 }
 
@@ -233,7 +288,7 @@ pub(super) fn follow(watcher: &Watcher, source: &Source, generation: u64, until:
         Source::Poll { dids } => ("poll".to_owned(), dids.clone()),
     };
     watcher.health.source(&name, source.kind());
-    let mut follow = Follow { watcher, name, dids, generation, until, last_poll: None, down_since: Instant::now() };
+    let mut follow = Follow { watcher, name, dids, generation, until, last_poll: None, down_since: Instant::now(), backoff: BACKOFF_FIRST };
     match source {
         Source::Firehose { url, .. } => firehose(&mut follow, url),
         Source::Jetstream { url, .. } => super::jetstream::follow(&mut follow, url),
@@ -276,7 +331,6 @@ fn poll_once(follow: &Follow<'_>) {
 fn firehose(follow: &mut Follow<'_>, url: &str) {
     let watcher = follow.watcher;
     let timeout = watcher.config.connect_timeout.0.max(Duration::from_secs(5));
-    let mut backoff = Duration::from_secs(1);
     while follow.alive() {
         let (stored, covered) = follow.resume();
         let resume = stored.as_ref().map(|e| e.cursor);
@@ -284,27 +338,23 @@ fn firehose(follow: &mut Follow<'_>, url: &str) {
         let mut stream = match watcher.subscribe.subscribe(&target, timeout) {
             Ok(stream) => stream,
             Err(e) => {
-                crate::log::warn(&format!("watch: {url}: {e} — retrying in {}s", backoff.as_secs()));
-                follow.disconnected();
-                follow.poll_while_down();
-                follow.pause(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(60));
+                follow.connect_failed(url, &e);
                 continue;
             }
         };
         let resuming = resume.map(|c| format!(", resuming after seq {c}")).unwrap_or_default();
         crate::log::info(&format!("watch: subscribed to {url} for {} DIDs{resuming}", follow.dids.len()));
         watcher.health.connected(&follow.name, true);
-        backoff = Duration::from_secs(1);
         if !covered {
             // Not followed before from here (first start, or DIDs added): what happened to
             // them before now is asked of their PDS.
             follow.recheck_all(Depth::Records, "not-followed-before", Some(resume.unwrap_or(0).saturating_add(1)));
         }
-        follow.read(stream.as_mut(), url, MAX_FRAME_BYTES, resume, stored, |follow, frame_read, last| match frame_read {
+        let served = follow.read(stream.as_mut(), url, MAX_FRAME_BYTES, resume, stored, |follow, frame_read, last| match frame_read {
             Frame::Binary(bytes) => frame(follow, &bytes, last),
             Frame::Text(_) => true,
         });
+        follow.ended(&served);
     }
 }
 
