@@ -45,8 +45,11 @@ case "$format" in
   *) say_error "atproto-verifier" "format must be text, json or sarif, not \"$format\""; exit 2 ;;
 esac
 images=()
+# Split on whitespace only: `read -a` does no pathname expansion (a reference such as
+# `decoy-*` or `[::1]:5000/app` is never matched against the runner's files).
 while IFS= read -r line; do
-  for word in $line; do images+=("$word"); done
+  read -r -a words <<< "$line" || true
+  images+=("${words[@]}")
 done <<< "${ATPROTO_VERIFIER_IMAGES:-}"
 if [ ${#images[@]} -eq 0 ]; then
   say_error "atproto-verifier" "no image given (input \`image\`: one reference per line)"

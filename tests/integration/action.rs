@@ -74,7 +74,13 @@ impl Job {
 
 /// Runs `program` as a GitHub Actions step would: GITHUB_* files, RUNNER_TEMP, the inputs.
 fn run_job(program: &[&str], release: &Release, inputs: &[(&str, &str)]) -> Job {
+    run_job_in(program, release, inputs, |_| {})
+}
+
+/// [`run_job`] with the job's working directory prepared first.
+fn run_job_in(program: &[&str], release: &Release, inputs: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Job {
     let out = tempfile::tempdir().unwrap();
+    prepare(out.path());
     let (outputs, summary) = (out.path().join("github_output"), out.path().join("step_summary"));
     let mut command = Command::new(program[0]);
     command
@@ -173,6 +179,18 @@ fn the_action_script_passes_signed_images_and_fails_the_job_with_each_reason() {
     let inputs = [("ATPROTO_VERIFIER_IMAGES", signed.as_str()), ("ATPROTO_VERIFIER_CONFIG", &config), ("ATPROTO_VERIFIER_POLICY", nobody.to_str().unwrap())];
     let job = run_job(&["bash", &script()], &release, &inputs);
     assert_eq!(job.output.status.code(), Some(1), "{}", job.log());
+
+    // The image list is split on whitespace, never expanded against the runner's files.
+    let images = format!("{signed} decoy-*\n[::1]:5000/app:v1\n");
+    let inputs = [("ATPROTO_VERIFIER_IMAGES", images.as_str()), ("ATPROTO_VERIFIER_CONFIG", &config)];
+    let job = run_job_in(&["bash", &script()], &release, &inputs, |dir| {
+        for name in ["decoy-one", "decoy-two", ":"] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+    });
+    let results = std::fs::read_to_string(job.out.path().join("atproto-verifier/results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 3, "{results}");
+    assert!(job.log().contains("decoy-*") && !job.log().contains("decoy-one") && job.log().contains("[::1]:5000/app:v1"), "{}", job.log());
 }
 
 #[test]

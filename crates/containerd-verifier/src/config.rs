@@ -234,6 +234,67 @@ pub enum ConfigProblem {
     Invalid(String),
 }
 
+/// A TOML error as "line L, column C: what is wrong", never the line itself: a file named by
+/// mistake (a token, a kubeconfig) must not end up in a log or a report. String values
+/// quoted in the message (serde's `invalid value: string "…"`) are left out too.
+fn syntax_problem(error: &toml::de::Error, text: &str) -> String {
+    let mut message = String::new();
+    let mut quoted = false;
+    for c in error.message().chars() {
+        if c == '"' {
+            quoted = !quoted;
+            if quoted {
+                message.push_str("\"…\"");
+            }
+        } else if !quoted {
+            message.push(c);
+        }
+    }
+    // The unknown key's name is the file's content too: its line and column point at it, and
+    // a known key it is a typo of is named instead.
+    let message = if let Some(rest) = message.strip_prefix("unknown field `") {
+        let unknown = rest.split('`').next().unwrap_or("");
+        let known: Vec<&str> = rest.split("expected one of").nth(1).unwrap_or("").split('`').skip(1).step_by(2).collect();
+        match known.iter().filter(|k| edit_distance(unknown, k) <= 2).min_by_key(|k| edit_distance(unknown, k)) {
+            Some(key) => format!("an unknown key: did you mean `{key}`?"),
+            None => "an unknown key (every key is documented in packaging/config.toml)".to_owned(),
+        }
+    } else {
+        crate::limits::short(&crate::limits::printable(message.trim()), 200)
+    };
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start.min(text.len())).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// Levenshtein distance, for "did you mean" (short key names only).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().take(64).collect(), b.chars().take(64).collect());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row.first().copied().unwrap_or(0);
+        if let Some(first) = row.first_mut() {
+            *first = i + 1;
+        }
+        for (j, cb) in b.iter().enumerate() {
+            let above = row.get(j + 1).copied().unwrap_or(0);
+            let left = row.get(j).copied().unwrap_or(0);
+            let value = (diagonal + usize::from(ca != cb)).min(above + 1).min(left + 1);
+            diagonal = above;
+            if let Some(cell) = row.get_mut(j + 1) {
+                *cell = value;
+            }
+        }
+    }
+    row.last().copied().unwrap_or(0)
+}
+
 /// Why the configuration cannot be used: which file, and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {problem}", path.display())]
@@ -271,7 +332,7 @@ pub fn default_cache_dir(root: bool, user_cache_dir: Option<&Path>) -> PathBuf {
 impl Config {
     /// Parses config text.
     pub fn parse(text: &str) -> Result<Config, ConfigProblem> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigProblem::Syntax(e.to_string().trim_end().to_owned()))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigProblem::Syntax(syntax_problem(&e, text)))?;
         // Compared with canonical image hosts: `atcr.io:443` and `ATCR.io` are `atcr.io`.
         for host in &mut config.atproto_registries {
             *host = atproto_sig_core::reference::canonical_host(host).map_err(|error| ConfigProblem::Registry { host: host.clone(), error })?;
@@ -331,6 +392,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_line_and_column_never_the_content() {
+        for (text, at) in [
+            ("ghp_SECRETTOKEN123\n", "line 1, column 19"),
+            ("policy = \"/x\"\ncache_dir = ghp_SECRET\n", "line 2, column 13"),
+            ("budget = \"ghp_SECRET\"\n", "line 1, column 10"),
+            ("ghp_SECRET = 1\n", "line 1, column 1"),
+        ] {
+            let problem = Config::parse(text).unwrap_err().to_string();
+            assert!(problem.starts_with(at), "{problem}");
+            assert!(!problem.contains("SECRET"), "{problem}");
+        }
+    }
 
     #[test]
     fn cache_dir_for_root_and_users() {
@@ -398,7 +473,7 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_errors_with_positions() {
         let err = Config::parse("budget = \"8s\"\nbudegt = \"9s\"\n").unwrap_err().to_string();
-        assert!(err.contains("budegt") && err.contains("line 2"), "{err}");
+        assert!(err.contains("did you mean `budget`") && err.contains("line 2"), "{err}");
         let err = Config::parse("budget = \"eight\"\n").unwrap_err().to_string();
         assert!(err.contains("not a duration"), "{err}");
         let config = Config::parse("budget = \"2s\"\nrequest_timeout = \"5s\"\n").unwrap();
