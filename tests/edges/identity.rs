@@ -1,7 +1,10 @@
-//! Class: identity history. did:plc history can only be extended, never forked; a did:web key
+//! Class: identity history. did:plc history can only be extended, never forked; a recovery
+//! (a log nullifying held operations) is taken only from the PLC directory or by the
+//! operator's word, since its 72-hour window rests on unsigned `createdAt` dates; a did:web key
 //! (no history to check) is replaced from a bundle only when the operator says so. Attacks: a
 //! bundle carrying a log that diverges from the held one, signed by a rotation key the owner
-//! already removed (an operation the directory refused), to swap in the attacker's signing key.
+//! already removed (an operation the directory refused), to swap in the attacker's signing
+//! key; the same, backdated into the recovery window.
 
 use atproto_sig_core::crypto::{Curve, PrivateKey};
 use atproto_sig_core::did::render_multikey_document;
@@ -49,7 +52,14 @@ fn a_forked_plc_log_signed_by_a_removed_rotation_key_is_refused() {
     let fork = op_after(&identity, &genesis, &attackers, None, &identity.rotation);
     let fork = plc_log_entry(&identity.did, &fork, now_micros() - DAY, false);
     let forked_log = json!([genesis, fork]).to_string();
-    let out = node.import(&bundle_of(did_entry(&identity, &doc(&identity, &attackers), &forked_log, now_micros())));
+    let attack = bundle_of(did_entry(&identity, &doc(&identity, &attackers), &forked_log, now_micros()));
+    let out = node.import(&attack);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stdout.contains(&format!("nullifies operation {}", rotated["cid"].as_str().unwrap())), "the refusal names the held operation: {out}");
+    // Even with the operator's word it is no valid recovery (the removed key ranks below nothing).
+    let path = node.dir.path().join("attack.bundle");
+    std::fs::write(&path, serde_json::to_vec(&attack).unwrap()).unwrap();
+    let out = node.run(&["bundle", "import", "--accept-plc-recovery", path.to_str().unwrap()]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stdout.contains("forks from the one this node holds at operation"), "{out}");
     assert!(out.stdout.contains(fork["cid"].as_str().unwrap()), "the refusal names the diverging operation: {out}");
@@ -59,7 +69,7 @@ fn a_forked_plc_log_signed_by_a_removed_rotation_key_is_refused() {
 }
 
 #[test]
-fn a_valid_nullification_by_a_higher_priority_key_within_72_hours_is_accepted() {
+fn a_valid_nullification_is_taken_from_a_bundle_only_by_the_operators_word() {
     let (identity, recovery) = Identity::with_recovery_key(Curve::K256, "recovered");
     let genesis = plc_log_entry(&identity.did, &identity.genesis, now_micros() - 10 * DAY, false);
     // The lower-priority rotation key (compromised) swaps the signing key...
@@ -73,19 +83,74 @@ fn a_valid_nullification_by_a_higher_priority_key_within_72_hours_is_accepted() 
     let owners = PrivateKey::from_seed(Curve::K256, "recovered/owners");
     let recovery_op = op_after(&identity, &genesis, &owners, None, &recovery);
     let recovery_op = plc_log_entry(&identity.did, &recovery_op, now_micros() - 2 * DAY + 3_600_000_000, false);
-    let recovered_log = json!([genesis, recovery_op]).to_string();
-    let out = node.import(&bundle_of(did_entry(&identity, &doc(&identity, &owners), &recovered_log, now_micros())));
+    let recovered = bundle_of(did_entry(&identity, &doc(&identity, &owners), &json!([genesis, recovery_op]).to_string(), now_micros()));
+    // A bundle alone cannot vouch for createdAt: refused, naming the held operation it nullifies.
+    let out = node.import(&recovered);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stdout.contains(&format!("nullifies operation {}", theft["cid"].as_str().unwrap())) && out.stdout.contains("--accept-plc-recovery"), "{out}");
+    assert!(cache_text(&node).contains(&multikey(&stolen)), "the held document is unchanged");
+    // The operator's word: accepted, and said in the summary.
+    let path = node.dir.path().join("recovered.bundle");
+    std::fs::write(&path, serde_json::to_vec(&recovered).unwrap()).unwrap();
+    let out = node.run(&["bundle", "import", "--accept-plc-recovery", path.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("a did:plc recovery (allowed by --accept-plc-recovery)"), "said in the summary: {out}");
     assert!(cache_text(&node).contains(&multikey(&owners)), "the recovered document is held");
 
-    // The same recovery signed by the same low-priority key is no nullification: refused.
+    // The same recovery signed by the same low-priority key is no nullification: refused even so.
     let node = Node::offline(&identity.did, "");
     assert_eq!(node.import(&bundle_of(did_entry(&identity, &doc(&identity, &stolen), &held_log, now_micros() - DAY))).code, Some(0));
     let not_higher = op_after(&identity, &genesis, &owners, None, &identity.rotation);
     let not_higher = plc_log_entry(&identity.did, &not_higher, now_micros() - 2 * DAY + 3_600_000_000, false);
-    let out = node.import(&bundle_of(did_entry(&identity, &doc(&identity, &owners), &json!([genesis, not_higher]).to_string(), now_micros())));
+    let path = node.dir.path().join("not-higher.bundle");
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&bundle_of(did_entry(&identity, &doc(&identity, &owners), &json!([genesis, not_higher]).to_string(), now_micros()))).unwrap(),
+    )
+    .unwrap();
+    let out = node.run(&["bundle", "import", "--accept-plc-recovery", path.to_str().unwrap()]);
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stdout.contains("higher-priority rotation key"), "{out}");
+}
+
+/// The attack the directory refuses (LateRecoveryError): a rotation key the owner removed days
+/// ago signs a nullification of the owner's operation, dated inside the 72-hour window. Its
+/// signature is valid and its date a lie no signature covers: a bundle carrying it (as a fork,
+/// or as the held log with the owner's operation marked nullified) changes nothing, and
+/// `bundle_dir` never takes it.
+#[test]
+fn a_backdated_nullification_by_a_removed_rotation_key_is_refused_offline() {
+    let (identity, recovery) = Identity::with_recovery_key(Curve::K256, "backdated");
+    let genesis = plc_log_entry(&identity.did, &identity.genesis, now_micros() - 30 * DAY, false);
+    // Five days ago the owner removed the recovery key (it leaked), with the other rotation key.
+    let owners = PrivateKey::from_seed(Curve::K256, "backdated/owners");
+    let removal = op_after(&identity, &genesis, &owners, Some(vec![identity.rotation.public_key().to_did_key()]), &identity.rotation);
+    let removal = plc_log_entry(&identity.did, &removal, now_micros() - 5 * DAY, false);
+    let held_log = json!([genesis, removal]).to_string();
+    // The attacker, with the removed key, nullifies the removal and dates it an hour after it.
+    let attackers = PrivateKey::from_seed(Curve::K256, "backdated/attacker");
+    let forged = op_after(&identity, &genesis, &attackers, None, &recovery);
+    let forged = plc_log_entry(&identity.did, &forged, now_micros() - 5 * DAY + 3_600_000_000, false);
+    let mut marked = removal.clone();
+    marked["nullified"] = json!(true);
+    for log in [json!([genesis, forged]), json!([genesis, marked, forged])] {
+        let node = Node::offline(&identity.did, "");
+        assert_eq!(node.import(&bundle_of(did_entry(&identity, &doc(&identity, &owners), &held_log, now_micros() - DAY))).code, Some(0));
+        let out = node.import(&bundle_of(did_entry(&identity, &doc(&identity, &attackers), &log.to_string(), now_micros())));
+        assert_eq!(out.code, Some(1), "{out}");
+        assert!(out.stdout.contains(&format!("nullifies operation {}", removal["cid"].as_str().unwrap())), "{out}");
+        let cached = cache_text(&node);
+        assert!(!cached.contains(&multikey(&attackers)) && cached.contains(&multikey(&owners)), "the attacker's key entered the cache");
+    }
+    // bundle_dir: never, whatever the bundle says.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::offline(&identity.did, &format!("bundle_dir = {:?}\n", dir.path()));
+    assert_eq!(node.import(&bundle_of(did_entry(&identity, &doc(&identity, &owners), &held_log, now_micros() - DAY))).code, Some(0));
+    let attack = bundle_of(did_entry(&identity, &doc(&identity, &attackers), &json!([genesis, forged]).to_string(), now_micros()));
+    std::fs::write(dir.path().join("attack.bundle"), serde_json::to_vec(&attack).unwrap()).unwrap();
+    let refresh = node.run(&["cache", "refresh"]);
+    assert!(refresh.stdout.contains("nullifies operation") || refresh.stderr.contains("nullifies operation"), "{refresh}");
+    assert!(!cache_text(&node).contains(&multikey(&attackers)));
 }
 
 /// Every file of the node's cache, as text.

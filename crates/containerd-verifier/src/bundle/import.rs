@@ -89,6 +89,12 @@ impl Importer<'_> {
                     self.report.notes.push(format!("{label}: its #atproto key replaces the one this node held (allowed by --allow-did-web-key-change)"));
                     self.report.stored.push(label);
                 }
+                Ok(DocumentAccepted::PlcRecovered { nullified }) => {
+                    self.report.notes.push(format!(
+                        "{label}: its audit log nullifies operation {nullified} this node held, a did:plc recovery (allowed by --accept-plc-recovery)"
+                    ));
+                    self.report.stored.push(label);
+                }
                 Ok(DocumentAccepted::Unchanged) => self.report.unchanged.push(label),
                 Err(e) => {
                     self.report.refused.push(format!("{label}: {e}"));

@@ -48,6 +48,11 @@ pub struct ImportArgs {
     /// (did:web has no signed history: a key change cannot be checked, only allowed).
     #[arg(long)]
     allow_did_web_key_change: bool,
+    /// Let a did:plc audit log in the bundle nullify operations this node holds (a recovery).
+    /// Its 72-hour window rests on unsigned `createdAt` dates: take it only from a bundle you
+    /// know was made from the PLC directory.
+    #[arg(long)]
+    accept_plc_recovery: bool,
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
@@ -147,7 +152,7 @@ fn import(args: &ImportArgs) -> u8 {
             return exit::UNDECIDED;
         }
     };
-    let rules = crate::material::knowledge::DocumentRules { did_web_key_change: args.allow_did_web_key_change };
+    let rules = crate::material::knowledge::DocumentRules { did_web_key_change: args.allow_did_web_key_change, plc_recovery: args.accept_plc_recovery };
     let report = bundle::import_with(&b, &cache, &args.file.display().to_string(), &config, now, rules);
     match args.format {
         Format::Json => {

@@ -223,7 +223,7 @@ impl<'a> Session<'a> {
         // one that does goes in the one way documents go in (never an older audit log).
         let accept = |entry: &DidEntry| {
             if parse(entry).is_ok()
-                && let Err(refusal) = knowledge::accept_document(&self.cache, entry, self.now, knowledge::DocumentRules { did_web_key_change: true })
+                && let Err(refusal) = knowledge::accept_document(&self.cache, entry, self.now, knowledge::DocumentRules::FETCHED)
             {
                 self.note(format!("the DID document {} served for {did} is not stored: {refusal}", entry.source));
             }
@@ -232,6 +232,13 @@ impl<'a> Session<'a> {
         // (the setting is part of what a cached document was checked for): fetched again.
         let usable = |entry: &DidEntry| !strict || entry.audit_log.is_some();
         match material.get(self.http.is_some(), usable, fetch, accept) {
+            // A held document or audit log that fails today's checks (plc.directory has removed
+            // invalid operations since it was fetched): asked of the directory again before
+            // anything is denied on it.
+            Ok(Got::Cached(entry)) if self.http.is_some() && refresh != Refresh::Always && parse(&entry).is_err() => {
+                self.note(format!("the cached DID document of {did} fails today's checks: fetching it again"));
+                self.document_read(did, Refresh::Always)
+            }
             Ok(Got::Cached(entry) | Got::Offline(entry)) => parse(&entry).map(|d| (d, false, false)),
             Ok(Got::Fetched(entry)) => parse(&entry).map(|d| (d, false, true)),
             Ok(Got::Stale(entry, e)) => {

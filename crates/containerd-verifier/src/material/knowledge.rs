@@ -97,6 +97,14 @@ pub enum Refusal {
         "its audit log forks from the one this node holds at operation {operation}, and that operation is not a valid nullification of the held history ({problem}) — refused: a rotation key the owner already removed cannot take the DID back"
     )]
     ForkedAuditLog { operation: String, problem: String },
+    /// A did:plc audit log that nullifies operations this node holds, offered by anything but
+    /// the PLC directory itself. The 72-hour recovery window is checked against `createdAt`,
+    /// which nobody signs: only the directory, dating operations with its own clock, can vouch
+    /// that a recovery came in time.
+    #[error(
+        "its audit log nullifies operation {operation} of the one this node holds (a did:plc recovery) — refused: the recovery window rests on createdAt, which no signature covers, so a recovery is taken only from the PLC directory (online) or when the operator says so: bundle import --accept-plc-recovery"
+    )]
+    PlcRecovery { operation: String },
     #[error(
         "it replaces the #atproto key of the did:web document this node holds, and did:web has no signed history to check that against — refused; if the key change is expected, import with --allow-did-web-key-change"
     )]
@@ -343,6 +351,11 @@ pub enum DocumentAccepted {
     Unchanged,
     /// Stored, replacing the key of a did:web document (the operator allowed it).
     DidWebKeyChanged,
+    /// Stored, nullifying this held did:plc operation (a recovery, from the directory or
+    /// allowed by the operator).
+    PlcRecovered {
+        nullified: String,
+    },
 }
 
 /// Who may change what a DID document says.
@@ -353,6 +366,16 @@ pub struct DocumentRules {
     /// when the operator says so (`bundle import --allow-did-web-key-change`); `bundle_dir`
     /// imports never.
     pub did_web_key_change: bool,
+    /// A did:plc audit log may nullify operations this node holds (a recovery, its rules
+    /// checked), and may replace a held log that fails today's checks. Only logs from the PLC
+    /// directory (online: its own clock dated the recovery), or a bundle the operator names
+    /// (`bundle import --accept-plc-recovery`); `bundle_dir` imports never.
+    pub plc_recovery: bool,
+}
+
+impl DocumentRules {
+    /// What a document fetched from its own source (the PLC directory, a did:web host) may change.
+    pub const FETCHED: DocumentRules = DocumentRules { did_web_key_change: true, plc_recovery: true };
 }
 
 /// Accepts a DID document entry into the cache after the caller's verification
@@ -363,8 +386,11 @@ pub struct DocumentRules {
 pub fn accept_document(cache: &Cache, entry: &DidEntry, now: i64, rules: DocumentRules) -> Result<DocumentAccepted, Refusal> {
     let held = cache.read::<DidEntry>(Kind::Did, &[&entry.did]);
     let mut stored = DidEntry { fetched_at: stored_fetch_time(entry.fetched_at, now, None), ..entry.clone() };
+    let mut recovered = None;
     if let (Some(held_log), Some(new_log)) = (held.as_ref().and_then(|h| h.audit_log.as_deref()), entry.audit_log.as_deref()) {
-        stored.audit_log = Some(extended_log(&entry.did, held_log, new_log)?);
+        let (log, nullified) = extended_log(&entry.did, held_log, new_log, rules.plc_recovery)?;
+        stored.audit_log = Some(log);
+        recovered = nullified;
     }
     if held.as_ref().is_some_and(|h| h.document == stored.document && h.audit_log == stored.audit_log) {
         return Ok(DocumentAccepted::Unchanged);
@@ -374,7 +400,11 @@ pub fn accept_document(cache: &Cache, entry: &DidEntry, now: i64, rules: Documen
         return Err(Refusal::DidWebKeyChange);
     }
     cache.write(Kind::Did, &[&entry.did], &stored);
-    Ok(if key_changed { DocumentAccepted::DidWebKeyChanged } else { DocumentAccepted::Stored })
+    Ok(match (key_changed, recovered) {
+        (true, _) => DocumentAccepted::DidWebKeyChanged,
+        (false, Some(nullified)) => DocumentAccepted::PlcRecovered { nullified },
+        (false, None) => DocumentAccepted::Stored,
+    })
 }
 
 /// The `#atproto` key a document entry names (as did:key text), if any.
@@ -382,33 +412,56 @@ fn signing_key_of(entry: &DidEntry) -> Option<String> {
     DidDocument::parse(entry.document.as_bytes(), &entry.did, &Limits::default()).ok()?.signing_key.ok().map(|k| k.to_did_key())
 }
 
-/// The audit log to keep when `new` is offered and `held` is kept: `new` when it extends
-/// `held` (same operations first); refused when it is older (a strict prefix) or forks from it,
-/// unless the fork is a valid nullification of the held history (the did:plc recovery rules:
-/// signed by a higher-priority rotation key, within 72 hours, as checked on the held
-/// operations it nullifies: then the held history with those operations nullified, followed
-/// by the new ones).
-fn extended_log(did: &str, held: &str, new: &str) -> Result<String, Refusal> {
+/// The audit log to keep when `new` is offered and `held` is kept, and the held operation it
+/// nullifies, if any: `new` when it extends `held` (same operations first, none newly marked
+/// nullified); refused when it is older (a strict prefix) or forks from it. A fork (or a held
+/// operation newly marked nullified) is a did:plc recovery: taken only when `recovery` allows
+/// it, and only if it is a valid nullification of the held history (signed by a
+/// higher-priority rotation key, within 72 hours, as checked on the held operations it
+/// nullifies: then the held history with those operations nullified, followed by the new
+/// ones). With `recovery`, a held log that fails today's checks (the directory removed invalid
+/// operations since) is replaced by `new`.
+fn extended_log(did: &str, held: &str, new: &str, recovery: bool) -> Result<(String, Option<String>), Refusal> {
     let (Some(held_ops), Some(new_ops)) = (log_entries(held), log_entries(new)) else {
-        return Ok(new.to_owned());
+        return Ok((new.to_owned(), None));
     };
     let cid = |e: &serde_json::Value| e.get("cid").and_then(serde_json::Value::as_str).map(str::to_owned);
+    let nullified = |e: &serde_json::Value| e.get("nullified").and_then(serde_json::Value::as_bool).unwrap_or(false);
     let fork = held_ops.iter().zip(&new_ops).position(|(h, n)| cid(h) != cid(n));
-    let Some(at) = fork else {
-        return if new_ops.len() < held_ops.len() { Err(Refusal::OlderAuditLog) } else { Ok(new.to_owned()) };
+    let flipped = held_ops.iter().zip(&new_ops).position(|(h, n)| cid(h) == cid(n) && nullified(n) && !nullified(h));
+    let at = match (fork, flipped) {
+        (None, None) => return if new_ops.len() < held_ops.len() { Err(Refusal::OlderAuditLog) } else { Ok((new.to_owned(), None)) },
+        (Some(f), None) | (None, Some(f)) => f,
+        (Some(a), Some(b)) => a.min(b),
     };
-    let diverging = new_ops.get(at).and_then(cid).unwrap_or_default();
-    let mut merged: Vec<serde_json::Value> = held_ops.clone();
-    for entry in merged.iter_mut().skip(at) {
-        if let Some(map) = entry.as_object_mut() {
-            map.insert("nullified".into(), serde_json::Value::Bool(true));
-        }
+    let held_op = held_ops.get(at).and_then(cid).unwrap_or_default();
+    if recovery && verify_audit_log(did, held.as_bytes(), &Limits::default()).is_err() {
+        // What this node held no longer passes (plc.directory removed invalid operations):
+        // nothing in it is worth protecting against the directory's current log.
+        return Ok((new.to_owned(), None));
     }
-    merged.extend(new_ops.iter().skip(at).cloned());
-    let merged = serde_json::Value::Array(merged).to_string();
-    match verify_audit_log(did, merged.as_bytes(), &Limits::default()) {
-        Ok(_) => Ok(merged),
-        Err(e) => Err(Refusal::ForkedAuditLog { operation: crate::limits::short(&diverging, 80), problem: e.to_string() }),
+    if !recovery {
+        return Err(Refusal::PlcRecovery { operation: crate::limits::short(&held_op, 80) });
+    }
+    let candidate = if fork.is_some_and(|f| f == at) {
+        let mut merged: Vec<serde_json::Value> = held_ops.clone();
+        for entry in merged.iter_mut().skip(at) {
+            if let Some(map) = entry.as_object_mut() {
+                map.insert("nullified".into(), serde_json::Value::Bool(true));
+            }
+        }
+        merged.extend(new_ops.iter().skip(at).cloned());
+        serde_json::Value::Array(merged).to_string()
+    } else {
+        // The held operations are all there, some now marked nullified: `new` is the history.
+        new.to_owned()
+    };
+    match verify_audit_log(did, candidate.as_bytes(), &Limits::default()) {
+        Ok(_) => Ok((candidate, Some(crate::limits::short(&held_op, 80)))),
+        Err(e) => {
+            let diverging = new_ops.get(at).and_then(cid).unwrap_or_default();
+            Err(Refusal::ForkedAuditLog { operation: crate::limits::short(&diverging, 80), problem: e.to_string() })
+        }
     }
 }
 
@@ -443,12 +496,16 @@ mod tests {
     #[test]
     fn audit_logs_only_extend() {
         let log = |cids: &[&str]| serde_json::to_string(&cids.iter().map(|c| serde_json::json!({"cid": c})).collect::<Vec<_>>()).unwrap();
-        assert_eq!(extended_log("did:plc:x", &log(&["a"]), &log(&["a", "b"])), Ok(log(&["a", "b"])));
-        assert_eq!(extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a", "b"])), Ok(log(&["a", "b"])));
-        assert_eq!(extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a"])), Err(Refusal::OlderAuditLog));
-        // A fork that is no valid nullification (here: not even a valid log) names the operation.
-        let forked = extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a", "c"]));
-        assert!(matches!(forked, Err(Refusal::ForkedAuditLog { ref operation, .. }) if operation == "c"), "{forked:?}");
+        for recovery in [false, true] {
+            assert_eq!(extended_log("did:plc:x", &log(&["a"]), &log(&["a", "b"]), recovery), Ok((log(&["a", "b"]), None)));
+            assert_eq!(extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a", "b"]), recovery), Ok((log(&["a", "b"]), None)));
+            assert_eq!(extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a"]), recovery), Err(Refusal::OlderAuditLog));
+        }
+        // Not from the directory: a fork is a recovery, refused naming the held operation.
+        let forked = extended_log("did:plc:x", &log(&["a", "b"]), &log(&["a", "c"]), false);
+        assert_eq!(forked, Err(Refusal::PlcRecovery { operation: "b".into() }));
+        let flipped = serde_json::json!([{"cid": "a"}, {"cid": "b", "nullified": true}, {"cid": "c"}]).to_string();
+        assert_eq!(extended_log("did:plc:x", &log(&["a", "b"]), &flipped, false), Err(Refusal::PlcRecovery { operation: "b".into() }));
     }
 
     /// A state too big to be read back is refused, never stored unreadable (its revocations
