@@ -225,7 +225,9 @@ fn policy_check_summary_errors_and_missing_file() {
     let bad = write(dir.path(), "bad.toml", b"polcy = \"x\"\n");
     let out = bin().args(["policy", "check"]).env("ATPROTO_VERIFIER_CONFIG", &bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("polcy"));
+    // The misspelt key is named by what it is close to, never quoted from the file.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("line 1, column 1") && said.contains("did you mean `policy`") && !said.contains("polcy"), "{said}");
     // Scripts reading JSON get the config-invalid code, not a generic one.
     let out = bin()
         .args(["verify", "nginx@sha256:0000000000000000000000000000000000000000000000000000000000000000", "--format", "json"])
