@@ -8,6 +8,7 @@ mod names;
 mod node;
 mod ownership;
 mod reasons;
+mod size;
 mod time;
 mod transport;
 

@@ -56,6 +56,16 @@ pub fn extract(repo: &[u8], collection: &str, limits: &Limits) -> Result<(Vec<u8
     Ok((write_car(&car.root, blocks), rkeys))
 }
 
+/// How many records of `collection` a collection CAR holds: its covering walk, the signature
+/// not checked (for saying how large a state is, never for deciding).
+pub fn record_count(collection_car: &[u8], collection: &str, limits: &Limits) -> Result<usize, CollectionError> {
+    let car = Car::parse(collection_car, limits).map_err(err)?;
+    let (_, commit) = commit_of(&car, limits)?;
+    let prefix = format!("{collection}/");
+    let (_, entries) = mst::covering(|c| car.block(c), commit.data, prefix.as_bytes(), limits).map_err(err)?;
+    Ok(entries.len())
+}
+
 /// A `getRecord`-style proof for `collection/rkey` cut from a collection CAR: the commit, the
 /// nodes on the way to the key, and the record when present (an absence proof otherwise).
 pub fn record_proof(collection_car: &[u8], collection: &str, rkey: &str, limits: &Limits) -> Result<Vec<u8>, CollectionError> {

@@ -51,8 +51,9 @@ impl Limits {
     }
 
     /// Limits for the signed state of one collection carried in a bundle (commit, the MST
-    /// nodes covering the collection, and its records).
+    /// nodes covering the collection, and its records): room for a collection of a million
+    /// records (about 380 MiB and 1.4 million blocks of ordinary `io.atcr.manifest` records).
     pub fn collection() -> Limits {
-        Limits { max_car_bytes: 64 << 20, max_blocks: 200_000, ..Limits::default() }
+        Limits { max_car_bytes: 768 << 20, max_blocks: 3_000_000, ..Limits::default() }
     }
 }

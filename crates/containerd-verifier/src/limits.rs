@@ -83,7 +83,8 @@ impl NodeLimits {
         stdin_drain: 16 << 20,
         candidates: 8,
         cache_entry: 8 << 20,
-        bundle: 256 << 20,
+        // A bundle of a million-record collection state is about 510 MiB (base64 in JSON).
+        bundle: 1 << 30,
         config_file: 1 << 20,
         pem_file: 4 << 20,
         dns_tcp_answer: 64 << 10,

@@ -9,3 +9,4 @@ pub use crate::lookup::registry::credentials::{Source as DockerConfigSource, sou
 pub use crate::lookup::registry::hosts::parse_hosts_file;
 pub use crate::policy_cases::parse as parse_policy_cases;
 pub use crate::remote::memory::{MemoryFetch, MemoryResolve, MemorySubscribe};
+pub use crate::watch::jetstream_event_position;

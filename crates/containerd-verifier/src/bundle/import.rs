@@ -222,10 +222,16 @@ impl Importer<'_> {
             }
         };
         let accepted = match knowledge::accept_state(self.cache, &state) {
-            Ok(accepted) => accepted,
-            Err(e) => {
+            Ok(accepted) => Some(accepted),
+            Err(e @ Refusal::OlderState { .. }) => {
                 self.report.refused.push(format!("{label}: {e}"));
                 return;
+            }
+            Err(e) => {
+                // Verified but not kept: what it proves of every record this node holds is
+                // still stored, record by record, so nothing it revokes stays admitted.
+                self.report.refused.push(format!("{label}: {e} — the records this node holds are still checked against it"));
+                None
             }
         };
         let locators: Vec<LocatorEntry> = self.cache.all::<LocatorEntry>(Kind::Locator).into_iter().map(|(_, l)| l).filter(|l| l.did == entry.did).collect();
@@ -267,12 +273,12 @@ impl Importer<'_> {
         let what = format!("{label} at rev {}: {} records, {} known here, {changed} proofs updated", state.rev, state.records.len(), known.len());
         if !failed.is_empty() {
             self.report.refused.push(format!("{label}: {}", failed.join("; ")));
-        } else if changed > 0 || accepted == knowledge::StateAccepted::Stored {
+        } else if changed > 0 || accepted == Some(knowledge::StateAccepted::Stored) {
             self.report.stored.push(what);
         } else {
             self.report.unchanged.push(what);
         }
-        if accepted == knowledge::StateAccepted::Stored {
+        if accepted.is_some() {
             for rkey in proofs.iter().map(|(r, _)| r).filter(|r| !state.records.contains_key(*r)) {
                 self.report
                     .notes

@@ -87,6 +87,14 @@ fn create(args: &CreateArgs) -> u8 {
                 b.proofs.len(),
                 b.locators.len()
             );
+            // How large each signed collection state is: what importing it costs a node.
+            for c in &b.collections {
+                let bytes = c.car.len() / 4 * 3;
+                let car = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &c.car).unwrap_or_default();
+                let records = atproto_sig_core::collection::record_count(&car, &c.collection, &atproto_sig_core::Limits::collection())
+                    .map_or_else(|e| format!("records not counted ({e})"), |n| format!("{n} records"));
+                println!("  collection state of {}: {records}, {:.1} MiB", c.did, bytes as f64 / f64::from(1u32 << 20));
+            }
             exit::ADMITTED
         }
         Err(e) => {

@@ -58,6 +58,10 @@ pub fn api_server(path: &Path, context: Option<&str>) -> Result<ApiServer, Strin
         None => None,
     };
     let server = text(cluster, "server").ok_or("the cluster has no server")?.trim_end_matches('/').to_owned();
+    // Credentials in the URL (`https://user:secret@host`) are never sent that way nor shown.
+    if server.split_once("://").is_some_and(|(_, rest)| rest.split('/').next().is_some_and(|authority| authority.contains('@'))) {
+        return Err("the cluster's server URL carries credentials (user@host): give them as a token or client certificate instead".into());
+    }
     let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_owned);
     let files = tempfile::tempdir().map_err(|e| e.to_string())?;
     // A file path (relative to the kubeconfig, as kubectl reads it), or inline base64 data.
@@ -119,4 +123,23 @@ pub fn list_pods(http: &Http, api: &ApiServer) -> Result<Vec<u8>, String> {
         }
     }
     Ok(serde_json::json!({"kind": "List", "items": items}).to_string().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_url_carrying_credentials_is_refused_without_quoting_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: x\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n\
+             clusters: [{name: c, cluster: {server: \"https://admin:hunter2@127.0.0.1:6443\"}}]\nusers: [{name: u, user: {token: t0ken}}]\n",
+        )
+        .unwrap();
+        let error = api_server(&path, None).err().unwrap();
+        assert!(error.contains("carries credentials") && !error.contains("hunter2"), "{error}");
+    }
 }

@@ -20,7 +20,7 @@ use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, Verdict, veri
 use atproto_sig_core::{Limits, Reason};
 use base64::Engine;
 
-use crate::material::store::{Cache, CommitSeen, DidEntry, Kind, ProofEntry, RepoEntry, StateSeen};
+use crate::material::store::{Cache, CommitSeen, DidEntry, Kind, ProofEntry, RepoEntry, StateSeen, StateShard};
 
 /// The signed commit rev of a proof CAR and its time in microseconds, read without checking
 /// the signature: meaningful only for a proof whose signature was checked before it was
@@ -109,12 +109,10 @@ pub enum Refusal {
         "it replaces the #atproto key of the did:web document this node holds, and did:web has no signed history to check that against — refused; if the key change is expected, import with --allow-did-web-key-change"
     )]
     DidWebKeyChange,
-    /// A collection state too big for one cache entry: stored, it could not be read back, and
-    /// the revocations it proves would be lost without a word.
-    #[error(
-        "this collection state holds {records} records ({bytes} bytes as a cache entry), over the {limit}-byte entry limit — refused, rather than stored unreadable"
-    )]
-    StateTooLarge { records: usize, bytes: usize, limit: usize },
+    /// The cache could not take a collection state (disk full, permissions): nothing of it is
+    /// in force, and the caller still stores what it proves record by record.
+    #[error("this collection state could not be written to the cache: {0}")]
+    StateUnwritable(String),
     /// A collection state older than the one held.
     #[error("this collection state is at rev {rev}, older than the one this node already holds (rev {held}) — refusing to move backwards")]
     OlderState { rev: String, held: String },
@@ -129,12 +127,15 @@ pub struct Supersession {
     pub rev: String,
     pub state_rev: String,
     pub now: Option<String>,
+    /// The held state's shard for this record could not be read back (a damaged cache): the
+    /// proof cannot be shown to agree with the newest state, so it is not used.
+    pub unreadable: bool,
 }
 
 impl Supersession {
     /// True when the record is gone at the newer state (a revocation), not merely changed.
     pub fn gone(&self) -> bool {
-        self.now.is_none()
+        self.now.is_none() && !self.unreadable
     }
 }
 
@@ -142,6 +143,13 @@ impl std::fmt::Display for Supersession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self;
         let at = format!("at://{}/{MANIFEST_COLLECTION}/{}", s.did, s.rkey);
+        if s.unreadable {
+            return write!(
+                f,
+                "the signed state of {}'s collection at rev {} that this node holds cannot be read back for {at} (a damaged cache entry): this proof at rev {} cannot be checked against it — import the state again (`atproto-verifier bundle create --did {}` on a connected machine)",
+                s.did, s.state_rev, s.rev, s.did
+            );
+        }
         match &s.now {
             None => write!(
                 f,
@@ -174,14 +182,55 @@ pub fn observe_commit(cache: &Cache, did: &str, rev: &str, commit: &str) {
 
 /// Whether the proof of `did`/`rkey` at `rev` (proving `record`, or absence) is outdated by
 /// the newest signed collection state this node holds: only a state newer than the proof can
-/// outdate it, and only where it says something else.
+/// outdate it, and only where it says something else (or where its shard cannot be read).
 pub fn superseded(cache: &Cache, did: &str, rkey: &str, rev: &str, record: Option<&str>) -> Option<Supersession> {
-    let state = repo_of(cache, did).state?;
+    let mut state = repo_of(cache, did).state?;
     if state.rev.as_str() <= rev {
         return None;
     }
-    let now = state.records.get(rkey).cloned();
-    (now.as_deref() != record).then(|| Supersession { did: did.to_owned(), rkey: rkey.to_owned(), rev: rev.to_owned(), state_rev: state.rev, now })
+    let mut now = state_record(cache, did, &state, rkey);
+    if now.is_err() {
+        // A newer state may have replaced the one read (its shards go after it is stored).
+        state = repo_of(cache, did).state?;
+        now = state_record(cache, did, &state, rkey);
+    }
+    let supersession = |now: Option<String>, unreadable| Supersession {
+        did: did.to_owned(),
+        rkey: rkey.to_owned(),
+        rev: rev.to_owned(),
+        state_rev: state.rev.clone(),
+        now,
+        unreadable,
+    };
+    match now {
+        Ok(now) => (now.as_deref() != record).then(|| supersession(now, false)),
+        Err(()) => Some(supersession(None, true)),
+    }
+}
+
+/// Records per shard of a large state (a shard entry stays far below the cache entry limit
+/// even with 512-character record keys); states up to this size are kept inline.
+pub const STATE_SHARD_RECORDS: usize = 1024;
+
+/// The shard of `rkey` among `shards` (a stable hash: every process agrees).
+pub fn shard_of(rkey: &str, shards: u32) -> u32 {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(rkey.as_bytes());
+    let first = hash.first_chunk::<4>().map_or(0, |b| u32::from_be_bytes(*b));
+    first % shards.max(1)
+}
+
+/// The record CID `state` holds for `rkey` (`None`: absent); `Err` when its shard cannot be read.
+fn state_record(cache: &Cache, did: &str, state: &StateSeen, rkey: &str) -> Result<Option<String>, ()> {
+    if state.shards == 0 {
+        return Ok(state.records.get(rkey).cloned());
+    }
+    let shard = shard_of(rkey, state.shards);
+    let entry: StateShard = cache.read(Kind::StateShard, &[did, &state.rev, &shard.to_string()]).ok_or(())?;
+    if entry.did != did || entry.rev != state.rev || entry.shard != shard {
+        return Err(());
+    }
+    Ok(entry.records.get(rkey).cloned())
 }
 
 /// What accepting a collection state did.
@@ -192,26 +241,45 @@ pub enum StateAccepted {
 }
 
 /// Accepts a verified collection state ([`atproto_sig_core::collection::signed_state`]): kept
-/// as the newest if it is newer than the held one; an older one is refused.
+/// as the newest if it is newer than the held one; an older one is refused. A large state is
+/// written as shards first, then the repository entry that names them (one atomic rename
+/// switches readers to the new state), then the shards of the state it replaced are removed.
 pub fn accept_state(cache: &Cache, state: &atproto_sig_core::collection::SignedState) -> Result<StateAccepted, Refusal> {
     let mut repo = repo_of(cache, &state.did);
-    match repo.state.as_ref() {
+    let replaced = match repo.state.as_ref() {
         Some(held) if held.rev.as_str() > state.rev.as_str() => return Err(Refusal::OlderState { rev: state.rev.clone(), held: held.rev.clone() }),
         Some(held) if held.rev == state.rev => return Ok(StateAccepted::Unchanged),
-        _ => {}
-    }
+        held => held.cloned(),
+    };
     let commit = state.commit.to_string();
-    repo.state =
-        Some(StateSeen { rev: state.rev.clone(), commit: commit.clone(), records: state.records.iter().map(|(k, v)| (k.clone(), v.to_string())).collect() });
+    let count = state.records.len();
+    let (records, shards) = if count <= STATE_SHARD_RECORDS {
+        (state.records.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(), 0)
+    } else {
+        let shards = u32::try_from(count.div_ceil(STATE_SHARD_RECORDS)).unwrap_or(u32::MAX);
+        let mut parts: Vec<std::collections::BTreeMap<String, String>> = vec![std::collections::BTreeMap::new(); shards as usize];
+        for (rkey, cid) in &state.records {
+            if let Some(part) = parts.get_mut(shard_of(rkey, shards) as usize) {
+                part.insert(rkey.clone(), cid.to_string());
+            }
+        }
+        for (shard, records) in parts.into_iter().enumerate() {
+            let shard = u32::try_from(shard).unwrap_or(u32::MAX);
+            let entry = StateShard { did: state.did.clone(), rev: state.rev.clone(), shard, records };
+            cache.try_write(Kind::StateShard, &[&state.did, &state.rev, &shard.to_string()], &entry).map_err(|e| Refusal::StateUnwritable(e.to_string()))?;
+        }
+        (std::collections::BTreeMap::new(), shards)
+    };
+    repo.state = Some(StateSeen { rev: state.rev.clone(), commit: commit.clone(), records, shards, count });
     if repo.newest.as_ref().is_none_or(|n| n.rev < state.rev) {
         repo.newest = Some(CommitSeen { rev: state.rev.clone(), commit });
     }
-    let bytes = serde_json::to_vec(&repo).map_or(usize::MAX, |b| b.len());
-    let limit = crate::limits::NodeLimits::DEFAULT.cache_entry;
-    if bytes > limit {
-        return Err(Refusal::StateTooLarge { records: state.records.len(), bytes, limit });
+    cache.try_write(Kind::Repo, &[&state.did], &repo).map_err(|e| Refusal::StateUnwritable(e.to_string()))?;
+    if let Some(old) = replaced {
+        for shard in 0..old.shards {
+            cache.remove(Kind::StateShard, &[&state.did, &old.rev, &shard.to_string()]);
+        }
     }
-    cache.write(Kind::Repo, &[&state.did], &repo);
     Ok(StateAccepted::Stored)
 }
 
@@ -508,23 +576,40 @@ mod tests {
         assert_eq!(extended_log("did:plc:x", &log(&["a", "b"]), &flipped, false), Err(Refusal::PlcRecovery { operation: "b".into() }));
     }
 
-    /// A state too big to be read back is refused, never stored unreadable (its revocations
-    /// would be lost without a word); the state held before it stays.
+    /// Every size of state is stored (large ones in shards) and checked record by record;
+    /// the shards of a replaced state go; a damaged shard never passes a proof as current.
     #[test]
-    fn a_collection_state_too_big_for_one_entry_is_refused() {
+    fn a_collection_state_of_any_size_is_stored_in_shards_and_checked_by_record() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let cid = atproto_sig_core::cid::Cid::for_dag_cbor(b"record");
-        let state = |rev: &str, n: usize| atproto_sig_core::collection::SignedState {
+        let state = |rev: &str, n: usize, skip: usize| atproto_sig_core::collection::SignedState {
             did: "did:plc:x".into(),
             commit: cid,
             rev: rev.into(),
             rev_micros: 0,
-            records: (0..n).map(|i| (format!("3k{i:011}"), cid)).collect(),
+            records: (0..n).filter(|i| *i != skip).map(|i| (format!("3k{i:011}"), cid)).collect(),
         };
-        assert_eq!(accept_state(&cache, &state("3aaaaaaaaaaaa", 2)), Ok(StateAccepted::Stored));
-        let huge = accept_state(&cache, &state("3bbbbbbbbbbbb", 120_000));
-        assert!(matches!(huge, Err(Refusal::StateTooLarge { records: 120_000, .. })), "{huge:?}");
-        assert_eq!(repo_of(&cache, "did:plc:x").state.map(|s| s.rev).as_deref(), Some("3aaaaaaaaaaaa"));
+        let cid = cid.to_string();
+        assert_eq!(accept_state(&cache, &state("3aaaaaaaaaaaa", 2, usize::MAX)), Ok(StateAccepted::Stored));
+        // 120,000 records (about 15 MB as one entry, over the 8 MiB limit): stored in shards.
+        assert_eq!(accept_state(&cache, &state("3bbbbbbbbbbbb", 120_000, 77_777)), Ok(StateAccepted::Stored));
+        let held = repo_of(&cache, "did:plc:x").state.unwrap();
+        assert_eq!((held.rev.as_str(), held.count, held.shards, held.records.len()), ("3bbbbbbbbbbbb", 119_999, 118, 0));
+        assert_eq!(superseded(&cache, "did:plc:x", "3k00000000001", "3aaaaaaaaaaaa", Some(&cid)), None);
+        let gone = superseded(&cache, "did:plc:x", "3k00000077777", "3aaaaaaaaaaaa", Some(&cid)).unwrap();
+        assert!(gone.gone(), "{gone}");
+        // A newer state replaces it; the old shards go.
+        assert_eq!(accept_state(&cache, &state("3cccccccccccc", 130_000, 5)), Ok(StateAccepted::Stored));
+        let shards_left = cache.all::<StateShard>(Kind::StateShard).into_iter().filter(|(_, s)| s.rev == "3bbbbbbbbbbbb").count();
+        assert_eq!(shards_left, 0);
+        assert!(superseded(&cache, "did:plc:x", "3k00000000005", "3bbbbbbbbbbbb", Some(&cid)).unwrap().gone());
+        assert_eq!(superseded(&cache, "did:plc:x", "3k00000077777", "3bbbbbbbbbbbb", None).map(|s| s.now), Some(Some(cid.clone())));
+        // A damaged shard: the proof is not passed as current.
+        let held = repo_of(&cache, "did:plc:x").state.unwrap();
+        let shard = shard_of("3k00000000009", held.shards);
+        assert!(cache.remove(Kind::StateShard, &["did:plc:x", &held.rev, &shard.to_string()]));
+        let damaged = superseded(&cache, "did:plc:x", "3k00000000009", "3bbbbbbbbbbbb", Some(&cid)).unwrap();
+        assert!(damaged.unreadable && !damaged.gone() && damaged.to_string().contains("cannot be read back"), "{damaged}");
     }
 }

@@ -48,10 +48,12 @@ pub enum Kind {
     Repo,
     /// Per `watch` source: the position in its stream to resume from after a restart.
     Cursor,
+    /// Per DID, rev and shard: a part of a large signed collection state ([`StateShard`]).
+    StateShard,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [Kind::Did, Kind::Locator, Kind::Proof, Kind::Imported, Kind::Handle, Kind::Referrers, Kind::Repo, Kind::Cursor];
+    const ALL: [Kind; 9] = [Kind::Did, Kind::Locator, Kind::Proof, Kind::Imported, Kind::Handle, Kind::Referrers, Kind::Repo, Kind::Cursor, Kind::StateShard];
 
     fn dir(self) -> &'static str {
         match self {
@@ -63,6 +65,7 @@ impl Kind {
             Kind::Referrers => "referrers",
             Kind::Repo => "repo",
             Kind::Cursor => "cursor",
+            Kind::StateShard => "state",
         }
     }
 }
@@ -129,12 +132,34 @@ pub struct CommitSeen {
     pub commit: String,
 }
 
-/// A signed collection state: at commit `commit` (rev `rev`), exactly these records.
+/// A signed collection state: at commit `commit` (rev `rev`), exactly these records. A small
+/// state holds its records inline; a large one (more than fit one cache entry comfortably) is
+/// cut into `shards` [`StateShard`] entries by a hash of the record key, so any size of state
+/// is stored, and checking one record reads one shard.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct StateSeen {
     pub rev: String,
     pub commit: String,
+    /// rkey → record CID (inline states only).
+    #[serde(default)]
+    pub records: std::collections::BTreeMap<String, String>,
+    /// How many shards hold the records (0: inline).
+    #[serde(default)]
+    pub shards: u32,
+    /// How many records the state holds.
+    #[serde(default)]
+    pub count: usize,
+}
+
+/// The records of one shard of a large signed collection state: every record of the state
+/// whose key hashes to `shard` (of the state's `shards`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateShard {
+    pub did: String,
+    pub rev: String,
+    pub shard: u32,
     /// rkey → record CID.
     pub records: std::collections::BTreeMap<String, String>,
 }
@@ -272,7 +297,11 @@ impl Cache {
         }
     }
 
-    fn try_write<T: Serialize>(&self, kind: Kind, parts: &[&str], entry: &T) -> std::io::Result<()> {
+    /// Writes an entry atomically, saying why not (for writers whose later steps depend on it).
+    pub fn try_write<T: Serialize>(&self, kind: Kind, parts: &[&str], entry: &T) -> std::io::Result<()> {
+        if !self.usable() {
+            return Err(std::io::Error::other(format!("the cache at {} is not usable", self.root.display())));
+        }
         let path = self.path(kind, parts);
         let dir = path.parent().unwrap_or(&self.root);
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
@@ -310,6 +339,11 @@ impl Cache {
                 }
             })
             .collect()
+    }
+
+    /// Removes an entry.
+    pub fn remove(&self, kind: Kind, parts: &[&str]) -> bool {
+        self.remove_path(&self.path(kind, parts))
     }
 
     /// Removes an entry file.

@@ -130,6 +130,21 @@ fn latest_position(watcher: &super::Watcher, now: i64) -> i64 {
     now.saturating_add(i64::try_from(watcher.config.clock_skew.0.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// Where an event may move the cursor (`time_us`, an unsigned claim): only for a DID this
+/// source was asked for, and only up to `latest` (this node's clock + `clock_skew`).
+fn position(time_us: i64, watched: bool, latest: i64) -> Option<i64> {
+    (watched && time_us > 0 && time_us <= latest).then_some(time_us)
+}
+
+/// A Jetstream message's DID and the position it may move the cursor to, for the fuzz
+/// target: the same parse and rule as the watcher's.
+#[cfg(feature = "testkit")]
+pub fn event_position(text: &str, watched: &std::collections::BTreeSet<String>, latest: i64) -> Option<(String, Option<i64>)> {
+    let event = serde_json::from_str::<Event>(text).ok()?;
+    let at = position(event.time_us, watched.contains(&event.did), latest);
+    Some((event.did, at))
+}
+
 /// One Jetstream event: a hint for a watched DID.
 fn event(follow: &Follow<'_>, text: &str, last: &mut Option<i64>) {
     let watcher = follow.watcher;
@@ -146,9 +161,8 @@ fn event(follow: &Follow<'_>, text: &str, last: &mut Option<i64>) {
         watcher.health.event(&follow.name, "other", "ignored", now, Some(event.time_us));
         return;
     }
-    // `time_us` is unsigned: it moves the cursor only up to this node's clock + clock_skew.
-    if event.time_us <= latest_position(watcher, now) {
-        *last = Some(last.map_or(event.time_us, |l| l.max(event.time_us)));
+    if let Some(at) = position(event.time_us, true, latest_position(watcher, now)) {
+        *last = Some(last.map_or(at, |l| l.max(at)));
     } else {
         crate::log::debug(&format!("watch: {}: an event dated past this node's clock (time_us {}): not a position", follow.name, event.time_us));
     }

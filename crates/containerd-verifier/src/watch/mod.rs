@@ -23,6 +23,8 @@ mod commit;
 mod cursor;
 mod health;
 mod jetstream;
+#[cfg(feature = "testkit")]
+pub use jetstream::event_position as jetstream_event_position;
 mod queue;
 mod recheck;
 mod sources;
