@@ -688,3 +688,35 @@ fn the_first_candidates_did_document_is_fetched_while_the_registry_is_asked_for_
     assert_eq!(spans.iter().filter(|(url, _, _)| url.ends_with(&repo.identity.did)).count(), 1);
     assert!(answer.requests.identity >= 2, "{:?}", answer.requests);
 }
+
+/// plc.directory removes operations that fail today's checks: a node that cached a log holding
+/// one (here an operation with a bad signature) asks the directory again before it denies
+/// anything on it, and the directory's current log replaces it.
+#[test]
+fn a_held_audit_log_that_fails_todays_checks_is_fetched_again_before_any_denial() {
+    use containerd_verifier::material::store::{Cache, DidEntry, Kind};
+    let (repo, digest, rkey) = repo_with_manifest("stale-log", Curve::K256);
+    let mut world = World::trusting(&repo);
+    world.config.strict_plc = true;
+    world.serve(&repo, &rkey, &Tamper::None);
+    let identity = &repo.identity;
+    let mut log: Vec<serde_json::Value> = serde_json::from_str(&identity.audit_log()).unwrap();
+    let mut invalid = log[0].clone();
+    invalid["operation"]["prev"] = log[0]["cid"].clone();
+    invalid["operation"]["sig"] = serde_json::json!("AAAA");
+    invalid["cid"] = serde_json::json!("bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm");
+    log.push(invalid);
+    let held = DidEntry {
+        did: identity.did.clone(),
+        fetched_at: T0_MICROS,
+        source: "cached before the directory's clean-up".into(),
+        document: identity.did_document_multikey(),
+        audit_log: Some(serde_json::Value::Array(log).to_string()),
+    };
+    Cache::new(&world.config.cache_dir).write(Kind::Did, &[&identity.did], &held);
+    let answer = world.decide("registry.test/team/app:1", &digest);
+    assert_eq!(answer.decision.reason, Reason::Verified, "{}", answer.decision.message);
+    assert!(world.fetch.requested().iter().any(|u| u.ends_with("/log/audit")), "the directory was asked again");
+    let stored: DidEntry = Cache::new(&world.config.cache_dir).read(Kind::Did, &[&identity.did]).unwrap();
+    assert_eq!(stored.audit_log.as_deref(), Some(identity.audit_log().as_str()), "the directory's log replaced the failing one");
+}

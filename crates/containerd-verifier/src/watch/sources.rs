@@ -119,6 +119,9 @@ pub(super) struct Follow<'w> {
     down_since: Instant,
     /// The backoff before the next connection attempt.
     backoff: Duration,
+    /// The last sequence number a firehose delivered (for gaps), whatever its DID: apart from
+    /// the position saved, which only watched DIDs' events dated within the clock move.
+    seen: std::cell::Cell<Option<i64>>,
 }
 
 /// First and longest wait between connection attempts.
@@ -239,6 +242,7 @@ impl Follow<'_> {
         mut handle: impl FnMut(&Follow<'_>, Frame, &mut Option<i64>) -> bool,
     ) -> Served {
         let mut last = resume;
+        self.seen.set(resume);
         let mut previous = stored;
         let mut saved = Instant::now();
         let mut served = Served { frames: 0 };
@@ -288,7 +292,17 @@ pub(super) fn follow(watcher: &Watcher, source: &Source, generation: u64, until:
         Source::Poll { dids } => ("poll".to_owned(), dids.clone()),
     };
     watcher.health.source(&name, source.kind());
-    let mut follow = Follow { watcher, name, dids, generation, until, last_poll: None, down_since: Instant::now(), backoff: BACKOFF_FIRST };
+    let mut follow = Follow {
+        watcher,
+        name,
+        dids,
+        generation,
+        until,
+        last_poll: None,
+        down_since: Instant::now(),
+        backoff: BACKOFF_FIRST,
+        seen: std::cell::Cell::new(None),
+    };
     match source {
         Source::Firehose { url, .. } => firehose(&mut follow, url),
         Source::Jetstream { url, .. } => super::jetstream::follow(&mut follow, url),
@@ -390,21 +404,35 @@ fn frame(follow: &Follow<'_>, bytes: &[u8], last: &mut Option<i64>) -> bool {
                 // The source's sequence was reset: our position means nothing there now.
                 cursor::forget(&watcher.cache(), &follow.name);
                 *last = None;
+                follow.seen.set(None);
                 follow.gap("the source does not know our cursor (FutureCursor: its sequence was reset)", None);
             }
             return false;
         }
         _ => return true,
     };
-    match *last {
+    match follow.seen.get() {
         Some(l) if seq == l => return true,
         Some(l) if seq < l => follow.gap(&format!("its sequence went backwards ({l} to {seq})"), Some(seq)),
         Some(l) if seq > l.saturating_add(1) => follow.gap(&format!("a sequence jump from {l} to {seq}"), Some(seq)),
         _ => {}
     }
-    *last = Some(seq);
+    follow.seen.set(Some(seq));
     let event_time = parse_datetime_micros(time);
     let watched = |did: &str| follow.dids.contains(did);
+    // A position is a claim: it moves the saved cursor only for a watched DID's event dated
+    // within this node's clock + clock_skew.
+    let subject = match &event {
+        Event::Commit(e) => e.repo.as_str(),
+        Event::Sync(e) => e.did.as_str(),
+        Event::Identity(e) => e.did.as_str(),
+        Event::Account(e) => e.did.as_str(),
+        _ => "",
+    };
+    let latest = now.saturating_add(watcher.config.clock_skew.micros());
+    if watched(subject) && event_time.is_some_and(|t| t <= latest) {
+        *last = Some(last.map_or(seq, |l| l.max(seq)));
+    }
     let at = |job: Job| job.at(&follow.name, Some(seq));
     match &event {
         Event::Commit(e) if watched(&e.repo) => {

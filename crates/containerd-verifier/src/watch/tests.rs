@@ -140,3 +140,38 @@ fn a_source_that_accepts_and_delivers_nothing_backs_off_is_unhealthy_and_is_poll
     // Polled meanwhile: the DID's document was asked for.
     assert!(setup.fetch.requested().iter().any(|u| u.contains(DID)), "{:?}", setup.fetch.requested());
 }
+
+/// A `#identity` frame of `did` at `seq`, dated `time` (the source's word).
+fn identity_frame(did: &str, seq: i64, time: i64) -> Frame {
+    use atproto_sig_core::cbor::{Map, Value, encode};
+    let header = Value::Map(Map(vec![("op".into(), Value::Integer(1)), ("t".into(), Value::Text("#identity".into()))]));
+    let body = Value::Map(Map(vec![
+        ("did".into(), Value::Text(did.into())),
+        ("seq".into(), Value::Integer(seq)),
+        ("time".into(), Value::Text(atproto_sig_core::syntax::format_datetime_micros(time))),
+    ]));
+    let mut bytes = encode(&header);
+    bytes.extend(encode(&body));
+    Frame::Binary(bytes)
+}
+
+#[test]
+fn a_firehose_position_moves_only_for_watched_dids_dated_within_the_clock() {
+    let setup = Setup::new();
+    let now = now();
+    // A relay: the stream is followed for its sequence (gaps), the cursor only for what counts.
+    setup.subscribe.serve(
+        "ws://relay.test/xrpc/com.atproto.sync.subscribeRepos",
+        vec![identity_frame(DID, 10, now - 1_000_000), identity_frame(DID, 11, now + 86_400_000_000), identity_frame(OTHER, 12, now - 500_000)],
+        false,
+    );
+    let mut watcher = setup.watcher();
+    watcher.config.watch_source = WatchSource::Relay;
+    watcher.config.watch_url = Some("ws://relay.test".into());
+    let health = watcher.health();
+    watcher.run(Some(Instant::now() + Duration::from_millis(2500)));
+    let stored = cursor::load(&setup.cache(), "ws://relay.test/xrpc/com.atproto.sync.subscribeRepos").expect("a cursor");
+    assert_eq!(stored.cursor, 10, "moved by a future-dated or unwatched frame");
+    // 10, 11, 12 are contiguous: no gap was seen, though the cursor stayed at 10.
+    assert_eq!(metric(&health.render(), "atproto_verifier_watch_gaps_total{source=\"ws://relay.test/xrpc/com.atproto.sync.subscribeRepos\"}"), Some(0));
+}
