@@ -529,7 +529,7 @@ fn packaged_manifests_pass_a_server_side_dry_run() {
     let dir = repo_root().join("packaging/kubernetes");
     // Namespaced objects need their namespace to exist for a dry run.
     plane.ok(&["apply", "--server-side", "-f", &dir.join("namespace.yaml").display().to_string()], None);
-    for file in ["namespace.yaml", "config.yaml", "deployment.yaml", "webhooks.yaml", "node/daemonset.yaml"] {
+    for file in ["namespace.yaml", "config.yaml", "deployment.yaml", "networkpolicy.yaml", "webhooks.yaml", "node/daemonset.yaml"] {
         let path = dir.join(file).display().to_string();
         let out = plane.ok(&["apply", "--server-side", "--dry-run=server", "-f", &path], None);
         assert!(out.contains("(server dry run)"), "{file}: {out}");
@@ -722,6 +722,8 @@ fn the_helm_chart_lints_renders_and_matches_the_plain_manifests() {
     ] {
         assert_eq!(chart_deployment.pointer(pointer), plain_deployment.pointer(pointer), "{pointer}");
     }
+    let (plain_policy, chart_policy) = (find(&plane.objects(&dir.join("networkpolicy.yaml")), "NetworkPolicy"), find(&chart_objects, "NetworkPolicy"));
+    assert_eq!(chart_policy["spec"], plain_policy["spec"], "NetworkPolicy");
     let plain_hooks = plane.objects(&dir.join("webhooks.yaml"));
     for kind in ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"] {
         let (plain, chart) = (find(&plain_hooks, kind), find(&chart_objects, kind));
