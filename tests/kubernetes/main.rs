@@ -309,7 +309,7 @@ struct Gatekeeper {
 const GATEKEEPER_CACHE_TTL: &str = "1s";
 
 /// The namespaces Gatekeeper's test webhook reviews.
-const GATEKEEPER_NAMESPACES: [&str; 3] = ["gk", "gk-ratify", "gk-revoke"];
+const GATEKEEPER_NAMESPACES: [&str; 4] = ["gk", "gk-ratify", "gk-revoke", "gk-stall"];
 
 fn gatekeeper() -> &'static Gatekeeper {
     static GATEKEEPER: OnceLock<Gatekeeper> = OnceLock::new();
@@ -975,4 +975,113 @@ fn every_place_that_names_gatekeepers_cache_ttl_agrees() {
     // every other value is the one.
     let values: std::collections::BTreeSet<&str> = found.iter().map(|(_, v)| v.as_str()).filter(|v| !v.is_empty() && *v != "0s").collect();
     assert_eq!(values.into_iter().collect::<Vec<_>>(), [GATEKEEPER_CACHE_TTL], "{found:?}");
+}
+
+/// A PLC directory that can be made to stall: every request waits 30 s while `stalled` is set,
+/// else is passed to the loopback PLC.
+fn stallable_plc(stalled: std::sync::Arc<std::sync::atomic::AtomicBool>) -> harness::FakeServer {
+    let upstream = env().pds.plc.clone();
+    harness::FakeServer::start(Box::new(move |request| {
+        if stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().into();
+        match agent.get(&format!("{upstream}{}", request.path)).call() {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                harness::FakeResponse::new(status, "application/json", response.body_mut().read_to_vec().unwrap_or_default())
+            }
+            Err(e) => harness::FakeResponse::new(502, "text/plain", e.to_string()),
+        }
+    }))
+}
+
+/// One admission, one decision: with the signer's PLC directory stalled, a Pod is denied after
+/// one deadline (the mutating review waits it out, the validating review reuses its undecided
+/// answer), not two; when the directory recovers, the Pod is admitted within 2 s, through the
+/// webhooks and through Gatekeeper (whose cache never holds the undecided answer).
+#[test]
+fn a_stalled_pds_costs_one_deadline_and_a_recovered_one_admits_within_two_seconds() {
+    let env = env();
+    let plane = plane();
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let plc = stallable_plc(std::sync::Arc::clone(&stalled));
+    let r = &env.registry.host;
+    let (hooked_account, gated_account) = (env.pds.create_account("stallhook"), env.pds.create_account("stallgate"));
+    let image = |account: &harness::Account, name: &str| {
+        let digest = env.registry.push_image(&format!("{}/{name}", account.handle), "v1", &format!("stall-{name}"));
+        env.pds.put_manifest(account, &digest, name, OCI_MANIFEST);
+        format!("{r}/{}/{name}:v1", account.handle)
+    };
+    let (hooked, gated) = (image(&hooked_account, "hooked"), image(&gated_account, "gated"));
+    let rules = format!("  - name: signed\n    scope: \"{r}/**\"\n    require: {{ signature: true }}\n    action: enforce\n");
+    let trusted = [(hooked_account.handle.as_str(), hooked_account.did.as_str(), None), (gated_account.handle.as_str(), gated_account.did.as_str(), None)];
+    let config = format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{r:?}]\nbudget = \"8s\"\n", plc.url, env.pds.pds);
+    let verifier = Verifier::new(&config, &policy(&trusted, &rules, "{ action: enforce, require: { signature: true } }"));
+    let ca = plane.pki.ca().display().to_string();
+    let deadline = Duration::from_secs(2);
+    let server = Server::start(
+        &plane.pki,
+        &verifier.config,
+        &["--webhook-deadline=2s", "--provider-deadline=2s", &format!("--client-ca={ca}"), "--client-auth=provider"],
+    );
+
+    // Through the webhooks.
+    register_webhooks_for_namespace(plane, &server, "stall");
+    plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "stall"}})]);
+    until_webhook_answers(plane, "stall", &world().unsigned);
+    let started = Instant::now();
+    let (ok, out) = run_pod(plane, "stall", "stalled", &hooked, &["--dry-run=server"]);
+    let took = started.elapsed();
+    assert!(!ok && (out.contains("deadline-exceeded") || out.contains("network-error")), "{out}");
+    assert!(took < deadline * 2, "one admission cost {took:?}: two deadlines of {deadline:?}");
+    stalled.store(false, std::sync::atomic::Ordering::SeqCst);
+    let recovered = Instant::now();
+    loop {
+        let (ok, out) = run_pod(plane, "stall", "recovered", &hooked, &["--dry-run=server"]);
+        if ok {
+            break;
+        }
+        assert!(recovered.elapsed() < cluster::patience(Duration::from_secs(2)), "still denied {:?} after the PDS recovered: {out}", recovered.elapsed());
+    }
+    let webhook_recovery = recovered.elapsed();
+
+    // Through Gatekeeper.
+    stalled.store(true, std::sync::atomic::Ordering::SeqCst);
+    let gatekeeper = gatekeeper();
+    let mut provider = plane.objects(&repo_root().join("packaging/kubernetes/gatekeeper/provider.yaml"));
+    provider[0]["metadata"]["name"] = json!("atproto-verifier-stall");
+    provider[0]["spec"]["url"] = json!(server.url("/gatekeeper"));
+    provider[0]["spec"]["caBundle"] = json!(plane.pki.ca_base64());
+    plane.apply(&provider);
+    plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gk-stall"}})]);
+    packaged_template_for(plane, "stall", "atproto-verifier-stall", "gk-stall");
+    let started = Instant::now();
+    loop {
+        let (ok, out) = run_pod(plane, "gk-stall", "gated", &gated, &["--dry-run=server"]);
+        if !ok && out.contains("atproto-verifier did not decide") {
+            assert!(out.contains("deadline-exceeded") || out.contains("network-error"), "{out}");
+            break;
+        }
+        assert!(
+            started.elapsed() < cluster::patience(Duration::from_secs(60)),
+            "Gatekeeper did not deny the undecided image: {out}\n{}",
+            gatekeeper.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stalled.store(false, std::sync::atomic::Ordering::SeqCst);
+    let recovered = Instant::now();
+    loop {
+        let (ok, out) = run_pod(plane, "gk-stall", "gated-recovered", &gated, &["--dry-run=server"]);
+        if ok {
+            break;
+        }
+        assert!(
+            recovered.elapsed() < cluster::patience(Duration::from_secs(2)),
+            "Gatekeeper still denied {:?} after the PDS recovered: {out}",
+            recovered.elapsed()
+        );
+    }
+    eprintln!("stalled PDS: one admission {took:?}; recovered: webhook {webhook_recovery:?}, Gatekeeper {:?}", recovered.elapsed());
 }
