@@ -139,8 +139,12 @@ async fn route(request: Request<Incoming>, shared: Arc<Shared>, peer: Peer) -> R
         ("/healthz", &Method::GET) => ("healthz", text_response(StatusCode::OK, "ok\n".into())),
         ("/readyz", &Method::GET) => ("readyz", readyz(&shared)),
         ("/metrics", &Method::GET) => {
-            let ready = readiness(&shared).is_ok();
-            let mut text = shared.admission.telemetry.render(shared.admission.decisions.stats(), ready);
+            let state = super::telemetry::ServerState {
+                ready: readiness(&shared).is_ok(),
+                reload_failing: shared.admission.settings.problem().is_some(),
+                certificate_expires: shared.tls.expires(),
+            };
+            let mut text = shared.admission.telemetry.render(shared.admission.decisions.stats(), &state);
             if let Some(watch) = shared.watch_health.get() {
                 text.push_str(&watch.render());
             }

@@ -11,6 +11,16 @@ use std::time::Duration;
 use super::decisions::{CacheStats, Decided};
 use crate::engine::outcome_label;
 
+/// What `/metrics` reports about the server itself besides the counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerState {
+    pub ready: bool,
+    /// The config or policy on disk failed to load; the previous generation is in force.
+    pub reload_failing: bool,
+    /// When the serving certificate expires (seconds since the epoch).
+    pub certificate_expires: Option<u64>,
+}
+
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -105,7 +115,8 @@ impl Telemetry {
     }
 
     /// The exposition text.
-    pub fn render(&self, cache: CacheStats, ready: bool) -> String {
+    pub fn render(&self, cache: CacheStats, state: &ServerState) -> String {
+        let ready = state.ready;
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, lines: &[String]| {
             let _ = writeln!(out, "# HELP atproto_verifier_{name} {help}");
@@ -174,6 +185,20 @@ impl Telemetry {
         );
         metric("admission_tls_reloads_total", "counter", "Certificate reloads.", &[format!(" {}", load(&self.tls_reloads))]);
         metric("admission_ready", "gauge", "1 when a trust policy is loaded and the server is not draining.", &[format!(" {}", u8::from(ready))]);
+        metric(
+            "admission_reload_failing",
+            "gauge",
+            "1 while the config or policy files on disk do not load (the previous ones are in force).",
+            &[format!(" {}", u8::from(state.reload_failing))],
+        );
+        if let Some(expires) = state.certificate_expires {
+            metric(
+                "admission_tls_certificate_expiry_timestamp_seconds",
+                "gauge",
+                "When the serving certificate in force expires (seconds since the epoch).",
+                &[format!(" {expires}")],
+            );
+        }
         let latency = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
         let mut lines = Vec::new();
         for (route, histogram) in latency.iter() {

@@ -40,14 +40,23 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
     crate::fsio::read_capped(path, MAX_PEM_BYTES).map_err(|e| e.to_string())
 }
 
-/// A server configuration from `files`.
-pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+/// When the serving (first) certificate of a chain expires, in seconds since the epoch
+/// (`None` when it cannot be read: rustls checks the chain itself).
+pub fn expiry(leaf: &CertificateDer<'_>) -> Option<u64> {
+    use x509_cert::der::Decode as _;
+    let certificate = x509_cert::Certificate::from_der(leaf.as_ref()).ok()?;
+    Some(certificate.tbs_certificate().validity().not_after.to_unix_duration().as_secs())
+}
+
+/// A server configuration from `files`, and when its certificate expires.
+pub fn load(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Option<u64>), String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&files.cert)?)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: not a PEM certificate chain: {e}", files.cert.display()))?;
-    if certs.is_empty() {
+    let Some(leaf) = certs.first() else {
         return Err(format!("{}: no certificate in it", files.cert.display()));
-    }
+    };
+    let expires = expiry(leaf);
     let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|e| format!("{}: not a PEM private key: {e}", files.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -72,7 +81,7 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
     };
     let mut config = builder.with_single_cert(certs, key).map_err(|e| format!("{} and {}: {e}", files.cert.display(), files.key.display()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), expires))
 }
 
 type Stamps = Vec<Option<(u64, SystemTime)>>;
@@ -93,13 +102,15 @@ pub struct Tls {
     loaded: Mutex<Stamps>,
     /// The last failure, said once per distinct message.
     failure: Mutex<Option<String>>,
+    /// When the certificate in force expires (seconds since the epoch).
+    expires: Mutex<Option<u64>>,
 }
 
 impl Tls {
     pub fn new(files: TlsFiles) -> Result<Tls, String> {
         let stamp = stamps(&files);
-        let config = load(&files)?;
-        Ok(Tls { files, current: RwLock::new(config), loaded: Mutex::new(stamp), failure: Mutex::new(None) })
+        let (config, expires) = load(&files)?;
+        Ok(Tls { files, current: RwLock::new(config), loaded: Mutex::new(stamp), failure: Mutex::new(None), expires: Mutex::new(expires) })
     }
 
     pub fn current(&self) -> Arc<ServerConfig> {
@@ -113,8 +124,9 @@ impl Tls {
             return false;
         }
         match load(&self.files) {
-            Ok(config) => {
+            Ok((config, expires)) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
+                *self.expires.lock().unwrap_or_else(PoisonError::into_inner) = expires;
                 *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) = now;
                 *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 crate::log::info("TLS certificate reloaded");
@@ -129,6 +141,11 @@ impl Tls {
                 false
             }
         }
+    }
+
+    /// When the certificate in force expires (seconds since the epoch), if readable.
+    pub fn expires(&self) -> Option<u64> {
+        *self.expires.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether connections must be checked per request for a client certificate.
