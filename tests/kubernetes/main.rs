@@ -703,6 +703,25 @@ fn the_helm_chart_lints_renders_and_matches_the_plain_manifests() {
     };
     let chart_path = chart.display().to_string();
     assert!(run(&["lint", "--strict", &chart_path]).contains("0 chart(s) failed"));
+    // Monitoring behind its values: it lints and renders the ServiceMonitor, the alerts and the
+    // dashboard (their CRDs are not in this cluster: the text is checked, the ConfigMap applied).
+    let monitoring =
+        ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true"];
+    let mut lint = vec!["lint", "--strict", chart_path.as_str()];
+    lint.extend(monitoring);
+    assert!(run(&lint).contains("0 chart(s) failed"));
+    let mut template = vec!["template", "atproto-verifier", chart_path.as_str(), "--namespace", "atproto-verifier"];
+    template.extend(monitoring);
+    let with_monitoring = run(&template);
+    for needle in [
+        "kind: ServiceMonitor",
+        "kind: PrometheusRule",
+        "alert: AtprotoVerifierWatcherDisconnected",
+        "name: atproto-verifier-dashboard",
+        "grafana_dashboard: \"1\"",
+    ] {
+        assert!(with_monitoring.contains(needle), "no {needle:?} in the chart rendered with monitoring");
+    }
     let rendered = home.path().join("rendered.yaml");
     std::fs::write(&rendered, run(&["template", "atproto-verifier", &chart_path, "--namespace", "atproto-verifier"])).unwrap();
     plane.ok(&["apply", "--server-side", "-f", &repo_root().join("packaging/kubernetes/namespace.yaml").display().to_string()], None);
