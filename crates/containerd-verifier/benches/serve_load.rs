@@ -11,7 +11,6 @@
 //! connections to a webhook alive. Prints p50, p99, max, requests/s and the process's peak RSS (VmHWM: server and the 200
 //! client threads together, so an upper bound for the server).
 
-use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
