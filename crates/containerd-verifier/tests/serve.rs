@@ -400,6 +400,12 @@ fn certificates_and_policy_reload_without_a_restart_and_a_broken_policy_keeps_th
     let admitted =
         |agent: &ureq::Agent| post(agent, &format!("{base}/gatekeeper"), &provider_request(&node.images[..1])).1["response"]["items"][0].get("value").is_some();
     assert!(admitted(&node.client("ca")));
+    // The serving certificate's expiry is exported (the test certificates are valid 2 days).
+    let (_, metrics) = get(&node.client("ca"), &format!("{base}/metrics"));
+    let expires = metric(&metrics, "atproto_verifier_admission_tls_certificate_expiry_timestamp_seconds") as i64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now + 86_400..=now + 2 * 86_400 + 3_600).contains(&expires), "expires {expires}, now {now}");
+    assert_eq!(metric(&metrics, "atproto_verifier_admission_reload_failing"), 0);
 
     // A new certificate from another CA, written over the old files: new connections get it.
     issue(node.dir.path(), "ca2", "server2");
@@ -425,6 +431,8 @@ fn certificates_and_policy_reload_without_a_restart_and_a_broken_policy_keeps_th
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(admitted(&agent));
+    let (_, metrics) = get(&agent, &format!("{base}/metrics"));
+    assert_eq!(metric(&metrics, "atproto_verifier_admission_reload_failing"), 1, "{metrics}");
     // A new policy that trusts nobody: the cached decision is not answered under it.
     std::fs::write(&node.policy, "version: 1.0\ntrustedDIDs: {}\npolicies: []\ndefault: { action: enforce, require: { signature: true } }\n").unwrap();
     let started = Instant::now();
