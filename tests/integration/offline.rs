@@ -35,6 +35,9 @@ fn signed_image_and_bundle(name: &str) -> (Account, String, String, tempfile::Te
     let bundle = carry.path().join("bundle.json");
     let out = connected.command(&["bundle", "create", "-o", bundle.to_str().unwrap(), "--did", &account.did]);
     assert_eq!(out.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // It says how large the signed collection state is (what importing it costs a node).
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("collection state of {}: 1 record, ", account.did)) && said.contains(" MiB"), "{said}");
     let image = format!("{}/{repository}:v1", env.registry.host);
     (account, image, digest, carry, bundle)
 }

@@ -92,7 +92,7 @@ fn create(args: &CreateArgs) -> u8 {
                 let bytes = c.car.len() / 4 * 3;
                 let car = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &c.car).unwrap_or_default();
                 let records = atproto_sig_core::collection::record_count(&car, &c.collection, &atproto_sig_core::Limits::collection())
-                    .map_or_else(|e| format!("records not counted ({e})"), |n| format!("{n} records"));
+                    .map_or_else(|e| format!("records not counted ({e})"), |n| format!("{n} record{}", if n == 1 { "" } else { "s" }));
                 println!("  collection state of {}: {records}, {:.1} MiB", c.did, bytes as f64 / f64::from(1u32 << 20));
             }
             exit::ADMITTED
