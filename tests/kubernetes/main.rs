@@ -857,6 +857,23 @@ fn coverage_lists_the_pods_of_a_real_api_server_from_a_kubeconfig() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Gatekeeper asking `server` for the Pods of namespace `gk-<suffix>`: the packaged Provider
+/// (named `atproto-verifier-<suffix>`) pointed at it, and the packaged template and a
+/// constraint for that namespace.
+fn gatekeeper_for(plane: &ControlPlane, server: &Server, suffix: &str) -> &'static Gatekeeper {
+    let gatekeeper = gatekeeper();
+    let name = format!("atproto-verifier-{suffix}");
+    let mut provider = plane.objects(&repo_root().join("packaging/kubernetes/gatekeeper/provider.yaml"));
+    provider[0]["metadata"]["name"] = json!(name);
+    provider[0]["spec"]["url"] = json!(server.url("/gatekeeper"));
+    provider[0]["spec"]["caBundle"] = json!(plane.pki.ca_base64());
+    plane.apply(&provider);
+    let ns = format!("gk-{suffix}");
+    plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})]);
+    packaged_template_for(plane, suffix, &name, &ns);
+    gatekeeper
+}
+
 /// `serve` as packaging/kubernetes/deployment.yaml runs it (its container's args) with
 /// config.yaml's config.toml: only what names the cluster is rewritten (paths, the listen
 /// address, Jetstream's URL to the loopback Jetstream); the loopback world's PLC, PDS and
@@ -945,14 +962,7 @@ fn the_packaged_server_revokes_in_seconds_through_the_webhook_and_gatekeeper() {
     let webhook = first_denial(plane, "revoke", &hooked, "record-deleted", deleted);
 
     // Through Gatekeeper (its cache TTL as the packaged Provider says).
-    let gatekeeper = gatekeeper();
-    let mut provider = plane.objects(&repo_root().join("packaging/kubernetes/gatekeeper/provider.yaml"));
-    provider[0]["metadata"]["name"] = json!("atproto-verifier-packaged");
-    provider[0]["spec"]["url"] = json!(server.url("/gatekeeper"));
-    provider[0]["spec"]["caBundle"] = json!(plane.pki.ca_base64());
-    plane.apply(&provider);
-    plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gk-revoke"}})]);
-    packaged_template_for(plane, "revoke", "atproto-verifier-packaged", "gk-revoke");
+    let gatekeeper = gatekeeper_for(plane, &server, "revoke");
     let started = Instant::now();
     loop {
         let (ok, out) = run_pod(plane, "gk-revoke", "probe", &world().unsigned, &["--dry-run=server"]);
@@ -1067,14 +1077,7 @@ fn a_stalled_pds_costs_one_deadline_and_a_recovered_one_admits_within_two_second
 
     // Through Gatekeeper.
     stalled.store(true, std::sync::atomic::Ordering::SeqCst);
-    let gatekeeper = gatekeeper();
-    let mut provider = plane.objects(&repo_root().join("packaging/kubernetes/gatekeeper/provider.yaml"));
-    provider[0]["metadata"]["name"] = json!("atproto-verifier-stall");
-    provider[0]["spec"]["url"] = json!(server.url("/gatekeeper"));
-    provider[0]["spec"]["caBundle"] = json!(plane.pki.ca_base64());
-    plane.apply(&provider);
-    plane.apply(&[json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gk-stall"}})]);
-    packaged_template_for(plane, "stall", "atproto-verifier-stall", "gk-stall");
+    let gatekeeper = gatekeeper_for(plane, &server, "stall");
     let started = Instant::now();
     loop {
         let (ok, out) = run_pod(plane, "gk-stall", "gated", &gated, &["--dry-run=server"]);
