@@ -266,6 +266,7 @@ impl Server {
             .iter()
             .map(|arg| match arg.split_once('=') {
                 Some(("--listen", _)) => format!("--listen=127.0.0.1:{port}"),
+                Some(("--metrics-listen", _)) => format!("--metrics-listen=127.0.0.1:{}", free_port()),
                 Some(("--config", _)) => format!("--config={}", config.display()),
                 Some(("--tls-cert", _)) => format!("--tls-cert={}", cert.display()),
                 Some(("--tls-key", _)) => format!("--tls-key={}", key.display()),

@@ -95,7 +95,7 @@ fn prometheus_scrapes_serve_and_every_metric_the_alerts_and_dashboard_use_exists
     let verifier =
         harness::Verifier::new(&config, &policy(&[(&account.handle, &account.did, None)], &rules, "{ action: enforce, require: { signature: true } }"));
     let (cert, key) = pki::issue(dir.path(), "ca", "serve");
-    let port = free_port();
+    let (port, metrics_port) = (free_port(), free_port());
     let args: Vec<String> = vec![
         "serve".into(),
         format!("--listen=127.0.0.1:{port}"),
@@ -103,6 +103,7 @@ fn prometheus_scrapes_serve_and_every_metric_the_alerts_and_dashboard_use_exists
         format!("--tls-key={}", key.display()),
         format!("--config={}", verifier.config.display()),
         "--watch".into(),
+        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
     ];
     let _serve = harness::spawn_tied(Path::new(env!("CARGO_BIN_EXE_atproto-verifier")), &args, &[], &dir.path().join("serve.log"));
     let base = format!("https://127.0.0.1:{port}");
@@ -144,13 +145,20 @@ fn prometheus_scrapes_serve_and_every_metric_the_alerts_and_dashboard_use_exists
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // Prometheus on loopback, scraping the server over HTTPS with the test CA.
+    // The metrics port serves the same families in plain HTTP, and never a decision.
+    let plain: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().into();
+    let on_metrics_port = plain.get(&format!("http://127.0.0.1:{metrics_port}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(on_metrics_port.contains("atproto_verifier_admission_decisions_total{") && on_metrics_port.contains("atproto_verifier_watch_source_connected{"));
+    let refused = plain.post(&format!("http://127.0.0.1:{metrics_port}/validate")).header("content-type", "application/json").send(review.to_string()).unwrap();
+    assert_eq!(refused.status().as_u16(), 404);
+
+    // Prometheus on loopback, scraping the metrics port (and the HTTPS port, with the test CA).
     let prom_port = free_port();
     let prom_config = dir.path().join("prometheus.yml");
     std::fs::write(
         &prom_config,
         format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{:?}]\nscrape_configs:\n  - job_name: atproto-verifier\n    scheme: https\n    tls_config: {{ca_file: {:?}}}\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n",
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{:?}]\nscrape_configs:\n  - job_name: atproto-verifier\n    static_configs:\n      - targets: [\"127.0.0.1:{metrics_port}\"]\n  - job_name: atproto-verifier-https\n    scheme: https\n    tls_config: {{ca_file: {:?}}}\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n",
             monitoring().join("rules.yaml"),
             dir.path().join("ca.crt")
         ),
@@ -165,7 +173,6 @@ fn prometheus_scrapes_serve_and_every_metric_the_alerts_and_dashboard_use_exists
     let mut needed = metric_names(&std::fs::read_to_string(monitoring().join("rules.yaml")).unwrap());
     needed.extend(metric_names(&std::fs::read_to_string(monitoring().join("dashboard.json")).unwrap()));
     assert!(needed.len() >= 25, "{needed:?}");
-    let plain: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().into();
     let started = Instant::now();
     let missing = loop {
         let stored: BTreeSet<String> = plain

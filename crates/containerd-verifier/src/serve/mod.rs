@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// Time a client has to send a request's headers (and to start the next one on a kept-alive connection).
     #[arg(long, default_value = "10s", value_parser = span)]
     pub header_timeout: Duration,
+    /// Also serve `/metrics` (and `/healthz`) in plain HTTP on this address, a port of its own
+    /// that a NetworkPolicy can open to Prometheus alone (`/metrics` stays on the HTTPS port too).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Run the `watch` service inside the server (the config's `watch_source`): a revoked
     /// record drops the in-memory decisions of its signer at once, not after --decision-ttl.
     #[arg(long)]
@@ -178,7 +182,20 @@ pub fn run(args: ServeArgs) -> u8 {
             "serving on https://{} (/validate, /mutate, /gatekeeper, /healthz, /readyz, /metrics); {} workers",
             args.listen, args.workers
         ));
+        let metrics = match args.metrics_listen {
+            None => None,
+            Some(at) => match tokio::net::TcpListener::bind(at).await {
+                Ok(l) => {
+                    crate::log::info(&format!("metrics on http://{at}/metrics"));
+                    Some(tokio::spawn(server::run_metrics(l, Arc::clone(&shared))))
+                }
+                Err(e) => return fail(format!("cannot listen on {at} (--metrics-listen): {e}")),
+            },
+        };
         server::run(listener, shared, server::termination()).await;
+        if let Some(task) = metrics {
+            task.abort();
+        }
         crate::exit::ADMITTED
     });
     if let Some((watcher, thread)) = watcher {

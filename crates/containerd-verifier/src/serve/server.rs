@@ -138,18 +138,7 @@ async fn route(request: Request<Incoming>, shared: Arc<Shared>, peer: Peer) -> R
     let (name, response): (&'static str, Response<Body>) = match (path.as_str(), &method) {
         ("/healthz", &Method::GET) => ("healthz", text_response(StatusCode::OK, "ok\n".into())),
         ("/readyz", &Method::GET) => ("readyz", readyz(&shared)),
-        ("/metrics", &Method::GET) => {
-            let state = super::telemetry::ServerState {
-                ready: readiness(&shared).is_ok(),
-                reload_failing: shared.admission.settings.problem().is_some(),
-                certificate_expires: shared.tls.expires(),
-            };
-            let mut text = shared.admission.telemetry.render(shared.admission.decisions.stats(), &state);
-            if let Some(watch) = shared.watch_health.get() {
-                text.push_str(&watch.render());
-            }
-            ("metrics", text_response(StatusCode::OK, text))
-        }
+        ("/metrics", &Method::GET) => ("metrics", metrics(&shared)),
         ("/validate" | "/mutate", &Method::POST) => {
             let mutating = path == "/mutate";
             let name = if mutating { "mutate" } else { "validate" };
@@ -185,6 +174,57 @@ where
     let response = work().await;
     shared.admission.telemetry.in_flight(-1);
     response
+}
+
+/// The Prometheus exposition of the server (and of its watcher, under `serve --watch`).
+fn metrics(shared: &Shared) -> Response<Body> {
+    let state = super::telemetry::ServerState {
+        ready: readiness(shared).is_ok(),
+        reload_failing: shared.admission.settings.problem().is_some(),
+        certificate_expires: shared.tls.expires(),
+    };
+    let mut text = shared.admission.telemetry.render(shared.admission.decisions.stats(), &state);
+    if let Some(watch) = shared.watch_health.get() {
+        text.push_str(&watch.render());
+    }
+    text_response(StatusCode::OK, text)
+}
+
+/// Most connections the metrics listener keeps open (Prometheus needs one or two).
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Serves `/metrics` (and `/healthz`) in plain HTTP on `listener` until aborted: a port of its
+/// own, so a NetworkPolicy can admit Prometheus to it and only the API server and Gatekeeper
+/// to the admission port. Bounded like the admission port: a few connections, header and
+/// connection timeouts.
+pub async fn run_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else { continue };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let service_shared = Arc::clone(&shared);
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let shared = Arc::clone(&service_shared);
+                async move {
+                    let response = match (request.uri().path(), request.method()) {
+                        ("/metrics", &Method::GET) => metrics(&shared),
+                        ("/healthz", &Method::GET) => text_response(StatusCode::OK, "ok\n".into()),
+                        _ => status_error(StatusCode::NOT_FOUND, "this port serves /metrics and /healthz only"),
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(shared.limits.header_timeout).keep_alive(true).max_buf_size(16 * 1024);
+            let _ = tokio::time::timeout(shared.limits.connection_lifetime, builder.serve_connection(TokioIo::new(tcp), service)).await;
+            drop(permit);
+        });
+    }
 }
 
 fn readiness(shared: &Shared) -> Result<String, String> {
