@@ -95,5 +95,113 @@ fn bench_cid_binary(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_real, bench_hostile_plc_log, bench_cid_binary);
+/// One proof case for the side-by-side measurement.
+struct Case {
+    name: &'static str,
+    car: Vec<u8>,
+    doc: Vec<u8>,
+    did: String,
+    digest: String,
+    repository: &'static str,
+    now: i64,
+}
+
+fn real_case() -> Case {
+    let meta: serde_json::Value = serde_json::from_slice(&fixture("meta.json")).unwrap();
+    Case {
+        name: "reference PDS proof (K-256)",
+        car: fixture("manifest-hex-rkey.car"),
+        doc: fixture("did-multikey.json"),
+        did: meta["did"].as_str().unwrap().to_owned(),
+        digest: meta["digest"].as_str().unwrap().to_owned(),
+        repository: "myapp",
+        now: parse_datetime_micros(meta["generatedAt"].as_str().unwrap()).unwrap(),
+    }
+}
+
+fn dense_case(curve: Curve, name: &'static str) -> Case {
+    let mut repo = TestRepo::new(Identity::new(curve, "bench-dense"));
+    repo.put_filler(10_000);
+    let digest = digest_of("bench-dense");
+    let rkey = repo.put_manifest(&digest, "app");
+    Case {
+        name,
+        car: repo.proof(MANIFEST_COLLECTION, &rkey),
+        doc: repo.identity.did_document_multikey().into_bytes(),
+        did: repo.identity.did.clone(),
+        digest,
+        repository: "app",
+        now: T0_MICROS,
+    }
+}
+
+/// Nanoseconds per call of `f` over `n` calls.
+fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    started.elapsed().as_nanos() as f64 / f64::from(n)
+}
+
+/// The whole check (DID-document parse and `verify`), the check with the key already parsed,
+/// and a bare `verify_prehash` of the same commit's signature, measured side by side: 7 rounds
+/// of 20,000 calls each, the order rotated every round, the median of each kept. Printed as a
+/// table with the ratios to the bare verify (issue #31's measure; BENCHMARKS.md).
+fn bench_ratios(_: &mut Criterion) {
+    use sha2::Digest as _;
+    let limits = Limits::default();
+    println!("\n| case | bare verify_prehash | check, key parsed | whole check (DID document parsed) | ratios (parsed / whole) |");
+    println!("|---|---|---|---|---|");
+    for case in
+        [real_case(), dense_case(Curve::K256, "dense 10,000-record repository (K-256)"), dense_case(Curve::P256, "dense 10,000-record repository (P-256)")]
+    {
+        let doc = DidDocument::parse(&case.doc, &case.did, &limits).unwrap();
+        let key = doc.signing_key.clone().unwrap();
+        let car = atproto_sig_core::car::Car::parse(&case.car, &limits).unwrap();
+        let commit = atproto_sig_core::commit::Commit::of_car(&car, &limits).unwrap();
+        let prehash = sha2::Sha256::digest(commit.unsigned_bytes());
+        let expect = || Expectation { did: &case.did, rkey: None, digest: Some(&case.digest), repository: Some(case.repository) };
+        let check = |key: KeySource<'_>| {
+            let verdict = verify(&ProofInput {
+                car: &case.car,
+                key,
+                expect: expect(),
+                now_micros: case.now,
+                max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
+                limits: &limits,
+            });
+            assert!(verdict.is_verified(), "{:?}", verdict.reason);
+        };
+        let bare = || {
+            key.verify_prehash(std::hint::black_box(&prehash), std::hint::black_box(&commit.sig)).unwrap();
+        };
+        let parsed = || check(KeySource::Key(&key));
+        let whole = || {
+            let doc = DidDocument::parse(std::hint::black_box(&case.doc), &case.did, &limits).unwrap();
+            check(KeySource::Document(&doc));
+        };
+        let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..7 {
+            for i in 0..3 {
+                let which = (round + i) % 3;
+                let t = match which {
+                    0 => per_call(20_000, bare),
+                    1 => per_call(20_000, parsed),
+                    _ => per_call(20_000, whole),
+                };
+                times[which].push(t);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (b, p, w) = (median(&mut times[0]), median(&mut times[1]), median(&mut times[2]));
+        println!("| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}x / {:.2}x |", case.name, b / 1e3, p / 1e3, w / 1e3, p / b, w / b);
+    }
+    println!();
+}
+
+criterion_group!(benches, bench_real, bench_hostile_plc_log, bench_cid_binary, bench_ratios);
 criterion_main!(benches);
