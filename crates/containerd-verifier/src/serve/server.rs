@@ -2,7 +2,7 @@
 //! [`Admission`]; this layer only moves bytes, keeps time and counts.
 //!
 //! Limits, each answered quickly rather than piled up: connections in their TLS handshake and
-//! established ones each have their own slots, where a newcomer evicts the oldest idle holder
+//! established ones each have their own slots, where a newcomer evicts the holder idle the longest
 //! ([`slots`](super::slots): idle sockets cannot starve the API server); handshake, header and
 //! body read timeouts (no slowloris), body size, requests in flight and the engine's work
 //! queue (HTTP 503 with a reason past either).
@@ -30,7 +30,7 @@ use super::tls::{ClientAuth, Tls};
 /// The server's own limits and timeouts (flags of `serve`).
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
-    /// Established connections; past it, the oldest idle one is closed.
+    /// Established connections; past it, the one idle the longest is closed.
     pub max_connections: usize,
     /// Connections in their TLS handshake; past it, the oldest one is closed.
     pub max_handshakes: usize,
@@ -369,11 +369,13 @@ async fn serve_connection(
     mut handshake: super::slots::Slot,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.current());
-    let speaking = Arc::clone(&handshake.busy);
+    let speaking = Arc::clone(&handshake.activity);
     let accepting = tokio::time::timeout(shared.limits.handshake_timeout, async move {
-        // A client that has spoken is no longer the first to go when slots run short.
-        if tcp.readable().await.is_ok() {
-            speaking.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // A client that has spoken is no longer the first to go when slots run short. Bytes
+        // must be there (`peek`): a readiness event alone can be spurious, and counted as
+        // speech it let silent sockets outrank a genuine client that had just connected.
+        if tcp.peek(&mut [0u8; 1]).await.is_ok_and(|n| n > 0) {
+            Busy::for_good(&speaking);
         }
         acceptor.accept(tcp).await
     });
@@ -410,10 +412,10 @@ async fn serve_connection(
     };
     let peer = Peer { client_cert: stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) };
     let service_shared = Arc::clone(shared);
-    let busy = Arc::clone(&slot.busy);
+    let activity = Arc::clone(&slot.activity);
     let service = hyper::service::service_fn(move |request| {
         let shared = Arc::clone(&service_shared);
-        let busy = Busy::new(&busy);
+        let busy = Busy::new(&activity);
         async move {
             let response = route(request, shared, peer).await;
             drop(busy);
