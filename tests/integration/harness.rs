@@ -609,6 +609,23 @@ impl Verifier {
         self.run_command(&["/usr/bin/unshare", "--net", "bash", "-c", &script, "_", env!("CARGO_BIN_EXE_atproto-verifier")], name, digest, &descriptor)
     }
 
+    /// An operator command (`cache refresh`) inside a network namespace whose only server is a
+    /// registry on `registry`'s storage and address, as [`Verifier::pull_with_only_the_registry`].
+    pub fn command_with_only_the_registry(&self, registry: &Registry, args: &[&str]) -> std::process::Output {
+        let port = registry.host.rsplit(':').next().unwrap().to_owned();
+        let script = format!(
+            "ip link set lo up; {} serve {} >/dev/null 2>&1 & r=$!; for i in $(seq 400); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.025; done; \"$@\"; c=$?; kill $r; wait $r 2>/dev/null; exit $c",
+            registry.binary,
+            registry.config.display()
+        );
+        Command::new("/usr/bin/unshare")
+            .args(["--net", "bash", "-c", &script, "_", env!("CARGO_BIN_EXE_atproto-verifier")])
+            .args(args)
+            .env("ATPROTO_VERIFIER_CONFIG", &self.config)
+            .output()
+            .expect("cannot start the verifier (unshare --net needs root)")
+    }
+
     fn run_pull(&self, isolated: bool, name: &str, digest: &str, stdin: &str) -> Pull {
         let binary = env!("CARGO_BIN_EXE_atproto-verifier");
         if isolated {

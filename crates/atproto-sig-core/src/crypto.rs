@@ -242,8 +242,8 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-/// A signing key, for building test repositories and fixtures only.
-#[cfg(any(test, feature = "testkit"))]
+/// A signing key: a bundle publisher's (the binary signs its publications with it; this crate
+/// never reads or makes one), and the test repositories' and fixtures'.
 #[derive(Clone)]
 pub enum PrivateKey {
     /// secp256k1.
@@ -252,21 +252,27 @@ pub enum PrivateKey {
     P256(p256::ecdsa::SigningKey),
 }
 
-#[cfg(any(test, feature = "testkit"))]
+/// Bound on a private Multikey's text (base58 of 2 + 32 bytes is under 50 characters).
+const MAX_PRIVATE_KEY_TEXT: usize = 128;
+
 impl PrivateKey {
-    /// A deterministic key derived from `seed` (SHA-256 of it, as a scalar).
-    pub fn from_seed(curve: Curve, seed: &str) -> PrivateKey {
-        let mut scalar: [u8; 32] = Sha256::digest(seed.as_bytes()).into();
-        loop {
-            let key = match curve {
-                Curve::K256 => k256::ecdsa::SigningKey::from_slice(&scalar).ok().map(PrivateKey::K256),
-                Curve::P256 => p256::ecdsa::SigningKey::from_slice(&scalar).ok().map(PrivateKey::P256),
-            };
-            if let Some(key) = key {
-                return key;
-            }
-            scalar = Sha256::digest(scalar).into();
+    /// Parses a private Multikey (`z` + base58btc of the `secp256k1-priv` 0x1301 or `p256-priv`
+    /// 0x1306 multicodec and the 32-byte scalar): the form `goat key generate` prints.
+    pub fn from_multikey(multibase: &str) -> Result<PrivateKey, KeyError> {
+        let text = multibase.trim();
+        if text.len() > MAX_PRIVATE_KEY_TEXT {
+            return Err(KeyError::Multibase);
         }
+        let bytes = decode_base58btc(text)?;
+        let (curve, scalar) = match bytes.as_slice() {
+            [0x81, 0x26, scalar @ ..] => (Curve::K256, scalar),
+            [0x86, 0x26, scalar @ ..] => (Curve::P256, scalar),
+            _ => return Err(KeyError::UnsupportedCodec),
+        };
+        if scalar.len() != 32 {
+            return Err(KeyError::InvalidPoint(curve));
+        }
+        PrivateKey::from_bytes(curve, scalar).ok_or(KeyError::InvalidPoint(curve))
     }
 
     /// Parses a raw 32-byte scalar.
@@ -295,6 +301,35 @@ impl PrivateKey {
         };
         // Signing a 32-byte prehash with a valid key cannot fail; keep the API infallible.
         signed.unwrap_or_default()
+    }
+
+    /// The private Multikey form (`z…`) that [`PrivateKey::from_multikey`] reads.
+    pub fn to_multikey(&self) -> String {
+        let (codec, scalar): ([u8; 2], Vec<u8>) = match self {
+            PrivateKey::K256(k) => ([0x81, 0x26], k.to_bytes().to_vec()),
+            PrivateKey::P256(k) => ([0x86, 0x26], k.to_bytes().to_vec()),
+        };
+        let mut bytes = codec.to_vec();
+        bytes.extend_from_slice(&scalar);
+        multibase::encode(multibase::Base::Base58Btc, bytes)
+    }
+}
+
+#[cfg(any(test, feature = "testkit"))]
+impl PrivateKey {
+    /// A deterministic key derived from `seed` (SHA-256 of it, as a scalar).
+    pub fn from_seed(curve: Curve, seed: &str) -> PrivateKey {
+        let mut scalar: [u8; 32] = Sha256::digest(seed.as_bytes()).into();
+        loop {
+            let key = match curve {
+                Curve::K256 => k256::ecdsa::SigningKey::from_slice(&scalar).ok().map(PrivateKey::K256),
+                Curve::P256 => p256::ecdsa::SigningKey::from_slice(&scalar).ok().map(PrivateKey::P256),
+            };
+            if let Some(key) = key {
+                return key;
+            }
+            scalar = Sha256::digest(scalar).into();
+        }
     }
 
     /// The high-S twin of a low-S signature (n - s), which atproto must reject.
@@ -353,5 +388,26 @@ mod tests {
         let long = format!("z{}", "1".repeat(1000));
         assert_eq!(PublicKey::from_multikey(&long), Err(KeyError::Multibase));
         assert!(matches!(PublicKey::from_legacy("Ed25519VerificationKey2020", "z1"), Err(KeyError::UnsupportedType(_))));
+    }
+
+    #[test]
+    fn private_multikeys_round_trip_on_both_curves_and_bad_ones_are_refused() {
+        for curve in [Curve::K256, Curve::P256] {
+            let key = PrivateKey::from_seed(curve, "publisher");
+            let text = key.to_multikey();
+            let parsed = PrivateKey::from_multikey(&format!("{text}\n")).unwrap();
+            assert_eq!(parsed.public_key(), key.public_key());
+            let signature = parsed.sign(b"message");
+            assert_eq!(key.public_key().verify(b"message", &signature), Ok(()));
+        }
+        // A public Multikey is not a private one; nor is garbage or an over-long text.
+        let public = PrivateKey::from_seed(Curve::P256, "publisher").public_key().to_multikey();
+        assert_eq!(PrivateKey::from_multikey(&public).err(), Some(KeyError::UnsupportedCodec));
+        assert_eq!(PrivateKey::from_multikey("not a key").err(), Some(KeyError::Multibase));
+        assert_eq!(PrivateKey::from_multikey(&"z".repeat(500)).err(), Some(KeyError::Multibase));
+        // The zero scalar is no key.
+        let mut zero = vec![0x86, 0x26];
+        zero.extend([0u8; 32]);
+        assert!(PrivateKey::from_multikey(&multibase::encode(multibase::Base::Base58Btc, zero)).is_err());
     }
 }

@@ -122,6 +122,12 @@ pub struct Config {
     /// Read-only directory of bundles, imported (after verification) by `cache refresh` (the
     /// refresh timer), never on the pull path.
     pub bundle_dir: Option<PathBuf>,
+    /// A fleet's bundles in an OCI registry (`oci://REGISTRY/REPOSITORY`, published by
+    /// `bundle push`): `cache refresh` imports those of the policy's DIDs that changed.
+    pub bundle_source: Option<String>,
+    /// Publisher keys (`did:key:z…`) whose signed publications make a bundle's fetch times
+    /// count as this node's own (without one, they are claims capped by each signed commit).
+    pub bundle_signers: Vec<String>,
     /// Time budget for one decision, network included; decided and explained when it runs out.
     pub budget: Span,
     /// TCP connect timeout per request.
@@ -192,6 +198,8 @@ impl Default for Config {
             cache_dir: PathBuf::from("/var/lib/atproto-verifier"),
             offline: false,
             bundle_dir: None,
+            bundle_source: None,
+            bundle_signers: Vec::new(),
             budget: Span(Duration::from_secs(8)),
             connect_timeout: Span(Duration::from_secs(2)),
             request_timeout: Span(Duration::from_secs(3)),
@@ -385,6 +393,13 @@ impl Config {
         if self.watch_poll_interval.0 < Duration::from_secs(1) {
             return invalid("watch_poll_interval must be at least 1s".into());
         }
+        if let Some(source) = &self.bundle_source {
+            crate::fleet::Location::parse(source).map_err(|e| ConfigProblem::Invalid(format!("bundle_source: {e}")))?;
+        }
+        for (n, signer) in self.bundle_signers.iter().enumerate() {
+            atproto_sig_core::crypto::PublicKey::from_did_key(signer)
+                .map_err(|e| ConfigProblem::Invalid(format!("bundle_signers[{n}]: {e} (a publisher key is did:key:z…, as `bundle keygen` prints it)")))?;
+        }
         Ok(())
     }
 }
@@ -454,6 +469,8 @@ mod tests {
         expected.audit_log = documented.audit_log.clone();
         expected.handle_resolver = documented.handle_resolver.clone();
         expected.bundle_dir = documented.bundle_dir.clone();
+        expected.bundle_source = documented.bundle_source.clone();
+        expected.bundle_signers = documented.bundle_signers.clone();
         expected.ca_bundle = documented.ca_bundle.clone();
         expected.metrics_file = documented.metrics_file.clone();
         expected.watch_url = documented.watch_url.clone();
@@ -462,9 +479,20 @@ mod tests {
         let keys: Vec<String> =
             toml::to_string(&Config::default()).map(|t| t.lines().filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_owned())).collect()).unwrap_or_default();
         for key in keys.iter().chain(
-            ["docker_config", "audit_log", "handle_resolver", "bundle_dir", "ca_bundle", "metrics_file", "watch_url", "watch_metrics_file"]
-                .map(String::from)
-                .iter(),
+            [
+                "docker_config",
+                "audit_log",
+                "handle_resolver",
+                "bundle_dir",
+                "bundle_source",
+                "bundle_signers",
+                "ca_bundle",
+                "metrics_file",
+                "watch_url",
+                "watch_metrics_file",
+            ]
+            .map(String::from)
+            .iter(),
         ) {
             assert!(uncommented.contains(&format!("{key} = ")), "packaging/config.toml does not document `{key}`");
         }

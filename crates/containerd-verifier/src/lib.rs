@@ -26,6 +26,7 @@ pub mod config;
 pub(crate) mod coverage;
 pub mod engine;
 pub mod exit;
+pub(crate) mod fleet;
 pub mod fsio;
 pub mod limits;
 pub mod log;

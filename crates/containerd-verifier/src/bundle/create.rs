@@ -11,7 +11,7 @@ use base64::Engine;
 use super::{Bundle, BundleError, CollectionEntry, FORMAT, VERSION};
 use crate::config::Config;
 use crate::engine::{Session, SessionOptions};
-use crate::material::store::{Cache, Kind, LocatorEntry};
+use crate::material::store::{Cache, HandleEntry, Kind, LocatorEntry};
 use crate::remote::{Deadline, InFlight, Remote};
 
 /// Creates a bundle for `images` (via the trust policy's candidates) and `dids` (every
@@ -60,6 +60,7 @@ pub fn create(
         locators: cache.all(Kind::Locator).into_iter().map(|(_, e)| e).collect(),
         proofs: cache.all(Kind::Proof).into_iter().map(|(_, e)| e).collect(),
         collections,
+        handles: cache.all(Kind::Handle).into_iter().map(|(_, e)| e).collect(),
     };
     write(&bundle, out)?;
     Ok(bundle)
@@ -74,6 +75,17 @@ fn collect_did(context: &Session<'_>, cache: &Cache, did: &str) -> Result<Collec
     let repo = crate::lookup::atproto::fetch_repo(http, &pds, did).map_err(|error| BundleError::Lookup { did: did.to_owned(), error })?;
     let (car, _) = atproto_sig_core::collection::extract(&repo, MANIFEST_COLLECTION, &Limits::repository())
         .map_err(|e| BundleError::Export { did: did.to_owned(), problem: e.to_string() })?;
+    // The handle, when it resolves back to this DID (both ways, as a pull checks it).
+    if let Some(handle) = &document.handle {
+        match crate::lookup::atproto::resolve_handle(http, context.config.handle_resolver.as_deref(), &*context.dns, handle) {
+            Ok(resolved) if resolved == did => {
+                let entry = HandleEntry { handle: handle.clone(), did: did.to_owned(), fetched_at: context.now };
+                cache.write(Kind::Handle, &[handle.as_str()], &entry);
+            }
+            Ok(other) => crate::log::info(&format!("{did}: its handle {handle} resolves to {other}: not bundled")),
+            Err(e) => crate::log::info(&format!("{did}: its handle {handle} did not resolve ({e}): not bundled")),
+        }
+    }
     let records = crate::lookup::atproto::list_manifest_records(http, &pds, did, MANIFEST_COLLECTION)
         .map_err(|error| BundleError::Lookup { did: did.to_owned(), error })?;
     for (rkey, digest) in records {

@@ -11,8 +11,8 @@ use base64::Engine;
 
 use super::{Bundle, CollectionEntry, ImportReport};
 use crate::config::Config;
-use crate::material::knowledge::{self, DocumentAccepted, DocumentRules, OfferedProof, Refusal, check_fetch_time, checked_document};
-use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
+use crate::material::knowledge::{self, DocumentAccepted, DocumentRules, FetchedBy, OfferedProof, Refusal, check_fetch_time, checked_document};
+use crate::material::store::{Cache, DidEntry, HandleEntry, Kind, LocatorEntry, ProofEntry};
 
 /// Verifies every entry and writes the accepted ones to `cache`. Nothing moves backwards: a
 /// did:plc audit log that is a prefix of the stored one, or a proof at an older commit rev
@@ -24,13 +24,20 @@ pub fn import(bundle: &Bundle, cache: &Cache, source: &str, config: &Config, now
 
 /// [`import`], with the operator's word on DID document changes (`--allow-did-web-key-change`).
 pub fn import_with(bundle: &Bundle, cache: &Cache, source: &str, config: &Config, now: i64, rules: DocumentRules) -> ImportReport {
-    let mut importer = Importer { bundle, cache, source, config, now, rules, report: ImportReport::default(), documents: BTreeMap::new() };
+    import_as(bundle, cache, source, config, now, rules, FetchedBy::Claim)
+}
+
+/// [`import_with`], with the bundle's fetch times taken as `fetched_by` says: a publication
+/// signed by a configured publisher (`fleet`) makes them count as that publisher's fetch.
+pub fn import_as(bundle: &Bundle, cache: &Cache, source: &str, config: &Config, now: i64, rules: DocumentRules, fetched_by: FetchedBy) -> ImportReport {
+    let mut importer = Importer { bundle, cache, source, config, now, rules, fetched_by, report: ImportReport::default(), documents: BTreeMap::new() };
     importer.documents();
     let proven = importer.proofs();
     importer.locators(&proven);
     for entry in &bundle.collections {
         importer.collection(entry);
     }
+    importer.handles();
     importer.report
 }
 
@@ -42,6 +49,7 @@ struct Importer<'a> {
     config: &'a Config,
     now: i64,
     rules: DocumentRules,
+    fetched_by: FetchedBy,
     report: ImportReport,
     /// DID documents verified from this bundle.
     documents: BTreeMap<String, DidDocument>,
@@ -185,6 +193,7 @@ impl Importer<'_> {
             digest: proof.digest,
             source: proof.source.clone(),
             fetched_at: proof.claimed,
+            fetched_by: self.fetched_by,
             now: self.now,
             clock_skew_micros: self.config.clock_skew.micros(),
         };
@@ -284,6 +293,36 @@ impl Importer<'_> {
                     .notes
                     .push(format!("revoked at://{}/{}/{rkey}: the signed collection state proves the record is gone", entry.did, entry.collection));
             }
+        }
+    }
+
+    /// Handle resolutions: only from a signed publication (a resolution is nobody's signed
+    /// word), only where the DID's verified document claims the handle, never older than the
+    /// one held. Every use checks them against the document again.
+    fn handles(&mut self) {
+        for entry in &self.bundle.handles {
+            let label = format!("handle {} -> {}", entry.handle, entry.did);
+            let FetchedBy::Publisher { published_at } = self.fetched_by else {
+                self.report.notes.push(format!("{label}: not imported (only a signed publication's handle resolutions are)"));
+                continue;
+            };
+            if let Err(e) = check_fetch_time(entry.fetched_at, self.now, &self.config.clock_skew) {
+                self.report.refused.push(format!("{label}: {e}"));
+                continue;
+            }
+            let handle = entry.handle.to_ascii_lowercase();
+            if self.document_of(&entry.did).and_then(|d| d.handle) != Some(handle.clone()) {
+                self.report.refused.push(format!("{label}: the DID's verified document does not claim that handle"));
+                continue;
+            }
+            let fetched_at = knowledge::stored_fetch_time(entry.fetched_at, self.now, Some(published_at));
+            let held: Option<HandleEntry> = self.cache.read(Kind::Handle, &[handle.as_str()]);
+            if held.as_ref().is_some_and(|h| h.fetched_at >= fetched_at) {
+                self.report.unchanged.push(label);
+                continue;
+            }
+            self.cache.write(Kind::Handle, &[handle.as_str()], &HandleEntry { handle: handle.clone(), did: entry.did.clone(), fetched_at });
+            self.report.stored.push(label);
         }
     }
 

@@ -16,19 +16,20 @@ use crate::config::Config;
 use crate::limits::NodeLimits;
 use crate::lookup::atproto::LookupError;
 use crate::lookup::registry::RegistryError;
-use crate::material::store::{Cache, DidEntry, Kind, LocatorEntry, ProofEntry};
+use crate::material::store::{Cache, DidEntry, HandleEntry, Kind, LocatorEntry, ProofEntry};
 use crate::remote::Deadline;
 
 mod create;
 pub(crate) mod import;
 
 pub use create::create;
-pub use import::{import, import_with};
+pub use import::{import, import_as, import_with};
 
 pub const FORMAT: &str = "atproto-verifier-bundle";
 /// Version 2 adds `collections` (the signed state of each DID's io.atcr.manifest collection);
-/// version 1 bundles are still read.
-pub const VERSION: u32 = 2;
+/// version 3 adds `handles` (each DID's handle, resolved both ways when it was made); older
+/// bundles are still read.
+pub const VERSION: u32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +45,11 @@ pub struct Bundle {
     /// record that is gone, so importing revokes cached proofs of deleted records.
     #[serde(default)]
     pub collections: Vec<CollectionEntry>,
+    /// Handle resolutions (`bundle create --did`: each DID's handle, checked both ways), so a
+    /// node decides `host/<handle>/<repo>` images without resolving the handle itself. Only a
+    /// signed publication's are imported (a resolution is nobody's signed word).
+    #[serde(default)]
+    pub handles: Vec<HandleEntry>,
 }
 
 /// A collection CAR: commit, the MST nodes covering the collection, and its records.

@@ -17,6 +17,34 @@ pub enum BundleCommand {
     Inspect(InspectArgs),
     /// Verify every entry of a bundle and load the valid ones into the cache.
     Import(ImportArgs),
+    /// Publish each DID's bundle to an OCI repository that a fleet's nodes read
+    /// (`bundle_source`), signed with the publisher key when given.
+    Push(PushArgs),
+    /// Make a publisher key: the private key to a new file, its did:key (for the nodes'
+    /// `bundle_signers`) to stdout.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Where: oci://REGISTRY/REPOSITORY.
+    target: String,
+    /// DIDs whose bundles to publish (each gets a tag of its own and an entry in the index).
+    #[arg(long = "did", required = true)]
+    dids: Vec<String>,
+    /// The publisher key (from `bundle keygen`): signs each publication, so nodes that list its
+    /// did:key in `bundle_signers` count the bundle's fetch times as their own.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// The new key's file (created, readable by this user only; never overwritten).
+    #[arg(short = 'o', long)]
+    output: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -64,6 +92,92 @@ pub fn run(command: BundleCommand) -> u8 {
         BundleCommand::Create(args) => create(&args),
         BundleCommand::Inspect(args) => inspect(&args),
         BundleCommand::Import(args) => import(&args),
+        BundleCommand::Push(args) => push(&args),
+        BundleCommand::Keygen(args) => keygen(&args),
+    }
+}
+
+fn push(args: &PushArgs) -> u8 {
+    let location = match crate::fleet::Location::parse(&args.target) {
+        Ok(l) => l,
+        Err(e) => {
+            print_undecided(Format::Text, &e, "name the repository as oci://REGISTRY/REPOSITORY");
+            return exit::UNDECIDED;
+        }
+    };
+    let config = match load_config(args.config.as_deref(), Format::Text) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let key = match args.key.as_deref().map(read_key).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            print_undecided(Format::Text, &e, "make one with `atproto-verifier bundle keygen -o FILE`");
+            return exit::UNDECIDED;
+        }
+    };
+    match crate::fleet::publish::publish(&config, &crate::remote::system::system(&config), &location, &args.dids, key.as_ref()) {
+        Ok(published) => {
+            for p in &published {
+                println!(
+                    "published {} to {}:{} ({}, {} bytes, {})",
+                    p.did,
+                    location.canonical().trim_start_matches("oci://"),
+                    p.tag,
+                    p.digest,
+                    p.bundle_bytes,
+                    if p.signed { "signed" } else { "unsigned: nodes count its fetch times as claims" }
+                );
+            }
+            println!("index: {}:{}", location.canonical().trim_start_matches("oci://"), crate::fleet::INDEX_TAG);
+            exit::ADMITTED
+        }
+        Err(e) => {
+            print_undecided(Format::Text, &e.to_string(), "check the network, the DIDs, and push access to the repository (docker_config)");
+            exit::UNDECIDED
+        }
+    }
+}
+
+/// Reads a publisher key file: readable by its owner only, one private Multikey.
+fn read_key(path: &std::path::Path) -> Result<atproto_sig_core::crypto::PrivateKey, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!("{}: a private key must be readable by its owner only (chmod 600)", path.display()));
+    }
+    let text = crate::fsio::read_capped(path, 1024).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Never the content in a message: it is a secret.
+    atproto_sig_core::crypto::PrivateKey::from_multikey(&String::from_utf8_lossy(&text)).map_err(|e| format!("{}: not a publisher key ({e})", path.display()))
+}
+
+fn keygen(args: &KeygenArgs) -> u8 {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let made = (|| -> Result<String, String> {
+        let mut scalar = [0u8; 32];
+        // The kernel's CSPRNG; a scalar out of range (about 2^-128) is drawn again.
+        let key = loop {
+            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut scalar)).map_err(|e| format!("/dev/urandom: {e}"))?;
+            if let Some(key) = atproto_sig_core::crypto::PrivateKey::from_bytes(atproto_sig_core::crypto::Curve::P256, &scalar) {
+                break key;
+            }
+        };
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&args.output).map_err(|e| format!("{}: {e}", args.output.display()))?;
+        file.write_all(format!("{}\n", key.to_multikey()).as_bytes()).map_err(|e| format!("{}: {e}", args.output.display()))?;
+        Ok(key.public_key().to_did_key())
+    })();
+    match made {
+        Ok(did_key) => {
+            println!("{did_key}");
+            eprintln!("wrote the private key to {}; list the did:key above in the nodes' bundle_signers", args.output.display());
+            exit::ADMITTED
+        }
+        Err(e) => {
+            print_undecided(Format::Text, &e, "name a new file");
+            exit::UNDECIDED
+        }
     }
 }
 

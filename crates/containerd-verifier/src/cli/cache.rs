@@ -87,9 +87,28 @@ fn cache_dir(config: &Config) -> String {
 fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     // bundle_dir is imported here (the refresh timer), never on the pull path: a hostile or
     // huge bundle can cost this job time, not a pull.
-    let bundle_notes = crate::bundle::sync_bundle_dir(config, cache);
+    let mut bundle_notes = crate::bundle::sync_bundle_dir(config, cache);
+    // The fleet's registry: read even offline (the registry is the one remote an offline node
+    // may reach), before the refetch, so what it brings is not fetched again.
+    if config.bundle_source.is_some() {
+        let remote = crate::remote::system::system(config);
+        let synced = crate::fleet::pull::sync(config, cache, &remote, now, crate::remote::Deadline::after(std::time::Duration::from_secs(300)));
+        for line in &synced.imported {
+            crate::log::info(&format!("imported from the registry: {line}"));
+        }
+        for note in &synced.notes {
+            crate::log::info(note);
+        }
+        crate::log::info(&format!(
+            "bundle_source: {} imported, {} unchanged, {} registry requests",
+            synced.imported.len(),
+            synced.unchanged,
+            synced.registry_requests
+        ));
+        bundle_notes.extend(synced.problems);
+    }
     if config.offline {
-        if config.bundle_dir.is_none() {
+        if config.bundle_dir.is_none() && config.bundle_source.is_none() {
             print_undecided(
                 format,
                 "offline = true: nothing can be refreshed over the network",

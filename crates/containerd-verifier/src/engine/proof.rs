@@ -105,6 +105,8 @@ impl Session<'_> {
                 digest: None,
                 source: entry.source.clone(),
                 fetched_at: entry.fetched_at,
+                // Fetched just now by this very session: this node's own clock.
+                fetched_by: knowledge::FetchedBy::ThisNode,
                 now: self.now,
                 clock_skew_micros: self.config.clock_skew.micros(),
             };

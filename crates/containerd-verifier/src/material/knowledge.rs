@@ -302,12 +302,26 @@ pub struct OfferedProof<'p> {
     pub digest: Option<&'p str>,
     /// Where it came from (a PDS URL, `bundle <file> (…)`).
     pub source: String,
-    /// When it was fetched by this node's clock, or as a bundle claims (never trusted later
-    /// than `now` or than its signed rev).
+    /// When it was fetched: whose word that is is `fetched_by`.
     pub fetched_at: i64,
+    pub fetched_by: FetchedBy,
     /// This node's clock.
     pub now: i64,
     pub clock_skew_micros: i64,
+}
+
+/// Whose word a proof's fetch time is, which decides how far it counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchedBy {
+    /// This node fetched it, by its own clock: it counts (never later than `now`).
+    ThisNode,
+    /// A publisher whose key the operator configured (`bundle_signers`) signed the publication
+    /// that carries it, at `published_at`: it counts as that publisher's fetch, never later
+    /// than the signed publication nor `now`.
+    Publisher { published_at: i64 },
+    /// Anyone else's claim (a bundle, an artifact, a stream event): never later than the
+    /// proof's own signed commit, so it can only look older than it is.
+    Claim,
 }
 
 /// What accepting a proof did.
@@ -366,7 +380,11 @@ pub fn accept_proof(cache: &Cache, proof: &OfferedProof<'_>) -> Result<Accepted,
         did: did.to_owned(),
         collection: collection.to_owned(),
         rkey: rkey.to_owned(),
-        fetched_at: stored_fetch_time(proof.fetched_at, proof.now, signed_at),
+        fetched_at: match proof.fetched_by {
+            FetchedBy::ThisNode => stored_fetch_time(proof.fetched_at, proof.now, None),
+            FetchedBy::Publisher { published_at } => stored_fetch_time(proof.fetched_at, proof.now, Some(published_at)),
+            FetchedBy::Claim => stored_fetch_time(proof.fetched_at, proof.now, signed_at),
+        },
         source: proof.source.clone(),
         car: base64::engine::general_purpose::STANDARD.encode(proof.car),
     };

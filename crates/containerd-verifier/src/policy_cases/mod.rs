@@ -285,6 +285,7 @@ fn material_bundle(material: &Material, digest: &str, now: i64) -> Result<Bundle
                     .into_iter()
                     .collect(),
                 collections: Vec::new(),
+                handles: Vec::new(),
             })
         }
     }

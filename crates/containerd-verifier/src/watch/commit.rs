@@ -73,6 +73,8 @@ pub(super) fn handle(watcher: &Watcher, event: &CommitEvent, source: &str) -> &'
             digest: None,
             source: format!("firehose {source} seq {}", event.seq),
             fetched_at: now,
+            // A stream may replay old events: its word, capped by the commit's signed time.
+            fetched_by: crate::material::knowledge::FetchedBy::Claim,
             now,
             clock_skew_micros: watcher.config.clock_skew.micros(),
         };

@@ -159,6 +159,7 @@ fn full(watcher: &Watcher, session: &Session<'_>, document: &DidDocument) -> Res
             source: pds.clone(),
             car: base64::engine::general_purpose::STANDARD.encode(&car),
         }],
+        handles: Vec::new(),
     };
     let report = crate::bundle::import::import(&bundle, &watcher.cache(), "watch", &watcher.config, now);
     if let Some(refused) = report.refused.first() {

@@ -281,6 +281,19 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The manifest under `tag` (of media type `accept`) and its digest, or `None` when the tag
+    /// does not exist (404). Down or rate-limited registries are network errors.
+    pub fn tagged(&self, tag: &str, accept: &str) -> Result<Option<(String, Vec<u8>)>, RegistryError> {
+        let response =
+            self.request("pull", "GET", &format!("{}/manifests/{tag}", self.repository), &[("accept", accept.into())], None, NodeLimits::DEFAULT.manifest)?;
+        match response.status {
+            200 => Ok(Some((sha256_digest(&response.body), response.body))),
+            404 => Ok(None),
+            status @ (429 | 500..=599) => Err(RegistryError::Network(NetError::Io(format!("registry answered HTTP {status}")))),
+            status => Err(answer(format!("{}:{tag}: HTTP {status}", self.repository))),
+        }
+    }
+
     /// The digest a tag points to (Docker-Content-Digest, else the hash of the manifest).
     pub fn resolve(&self, tag: &str) -> Result<String, RegistryError> {
         let tail = format!("{}/manifests/{tag}", self.repository);

@@ -1,0 +1,107 @@
+//! `bundle push`: each DID's bundle made as `bundle create --did` makes it, pushed as an
+//! artifact under the DID's tag, then the index updated to list it. Publishing the same
+//! knowledge twice changes nothing a node imports; a node reads only artifacts whose digest
+//! the index changed.
+
+use std::time::Duration;
+
+use atproto_sig_core::crypto::PrivateKey;
+use serde_json::{Value as Json, json};
+
+use super::{
+    BUNDLE_ARTIFACT_TYPE, BUNDLE_MEDIA_TYPE, DID_ANNOTATION, EMPTY_CONFIG_MEDIA_TYPE, ENVELOPE_MEDIA_TYPE, INDEX_MEDIA_TYPE, INDEX_TAG, Location,
+    MANIFEST_MEDIA_TYPE, MAX_INDEX_ENTRIES, publication, tag_for,
+};
+use crate::config::Config;
+use crate::lookup::registry::{Files, RegistryError, Session, sha256_digest};
+use crate::remote::{Deadline, Http, InFlight, Remote};
+
+/// What was published for one DID.
+#[derive(Debug)]
+pub struct Published {
+    pub did: String,
+    pub tag: String,
+    /// The artifact's manifest digest (what the index lists).
+    pub digest: String,
+    pub bundle_bytes: usize,
+    /// Whether a publication envelope was attached.
+    pub signed: bool,
+}
+
+/// Why publishing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{did}: {error}")]
+    Bundle { did: String, error: crate::bundle::BundleError },
+    #[error("{what}: {error}")]
+    Registry { what: String, error: RegistryError },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Publishes a bundle for each of `dids` to `location`, signed with `key` when given.
+pub fn publish(config: &Config, remote: &Remote, location: &Location, dids: &[String], key: Option<&PrivateKey>) -> Result<Vec<Published>, PublishError> {
+    let deadline = Deadline::after(Duration::from_secs(600));
+    let http = Http::new(std::sync::Arc::clone(&remote.fetch), config.request_timeout.0, deadline, InFlight::default());
+    let files = Files::new(config, deadline, crate::log::Notes::stderr());
+    let session = Session::new(&files, &http, &location.index);
+    let registry = |what: String| move |error: RegistryError| PublishError::Registry { what, error };
+    let mut published = Vec::new();
+    for did in dids {
+        let scratch = tempfile::tempdir().map_err(|e| PublishError::Other(e.to_string()))?;
+        let file = scratch.path().join("bundle.json");
+        crate::bundle::create(config, remote, None, &[], std::slice::from_ref(did), &file).map_err(|error| PublishError::Bundle { did: did.clone(), error })?;
+        let bundle = std::fs::read(&file).map_err(|e| PublishError::Other(format!("{}: {e}", file.display())))?;
+        let now = crate::clock::now_micros(None).map_err(|e| PublishError::Other(e.to_string()))?;
+        let envelope = key.map(|k| publication::sign(k, did, &bundle, now));
+        let (config_blob, bundle_digest) = (b"{}".as_slice(), session.push_blob(&bundle).map_err(registry(format!("{did}: the bundle")))?);
+        let config_digest = session.push_blob(config_blob).map_err(registry("the empty config".into()))?;
+        let mut layers = vec![json!({"mediaType": BUNDLE_MEDIA_TYPE, "digest": bundle_digest, "size": bundle.len()})];
+        if let Some(envelope) = &envelope {
+            let digest = session.push_blob(envelope).map_err(registry(format!("{did}: the publication")))?;
+            layers.push(json!({"mediaType": ENVELOPE_MEDIA_TYPE, "digest": digest, "size": envelope.len()}));
+        }
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "artifactType": BUNDLE_ARTIFACT_TYPE,
+            "config": {"mediaType": EMPTY_CONFIG_MEDIA_TYPE, "digest": config_digest, "size": config_blob.len()},
+            "layers": layers,
+            "annotations": {DID_ANNOTATION: did, "org.opencontainers.image.created": atproto_sig_core::syntax::format_datetime_micros(now)},
+        }))
+        .map_err(|e| PublishError::Other(e.to_string()))?;
+        let tag = tag_for(did);
+        let digest = session.push_manifest(&tag, MANIFEST_MEDIA_TYPE, &manifest).map_err(registry(format!("{did}: the artifact")))?;
+        published.push(Published { did: did.clone(), tag, digest: digest.clone(), bundle_bytes: bundle.len(), signed: envelope.is_some() });
+        // The index after each DID: a publisher stopped half-way has still published what it did.
+        update_index(&session, did, &digest, manifest.len())?;
+    }
+    Ok(published)
+}
+
+/// Lists `did`'s artifact in the index (the entry for that DID replaced, the others kept).
+fn update_index(session: &Session<'_>, did: &str, digest: &str, size: usize) -> Result<(), PublishError> {
+    let held = session.tagged(INDEX_TAG, INDEX_MEDIA_TYPE).map_err(|error| PublishError::Registry { what: "the index".into(), error })?;
+    let mut index = held
+        .and_then(|(_, bytes)| serde_json::from_slice::<Json>(&bytes).ok())
+        .filter(|i| i.get("manifests").is_some_and(Json::is_array))
+        .unwrap_or_else(|| json!({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "artifactType": BUNDLE_ARTIFACT_TYPE, "manifests": []}));
+    let entry = json!({
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "digest": digest,
+        "size": size,
+        "artifactType": BUNDLE_ARTIFACT_TYPE,
+        "annotations": {DID_ANNOTATION: did},
+    });
+    if let Some(list) = index.get_mut("manifests").and_then(Json::as_array_mut) {
+        list.retain(|d| d.get("annotations").and_then(|a| a.get(DID_ANNOTATION)).and_then(Json::as_str) != Some(did));
+        if list.len() >= MAX_INDEX_ENTRIES {
+            return Err(PublishError::Other(format!("the index lists {MAX_INDEX_ENTRIES} DIDs, as many as a node reads: publish to another repository")));
+        }
+        list.push(entry);
+    }
+    let bytes = serde_json::to_vec(&index).map_err(|e| PublishError::Other(e.to_string()))?;
+    let pushed = session.push_manifest(INDEX_TAG, INDEX_MEDIA_TYPE, &bytes).map_err(|error| PublishError::Registry { what: "the index".into(), error })?;
+    debug_assert_eq!(pushed, sha256_digest(&bytes));
+    Ok(())
+}
