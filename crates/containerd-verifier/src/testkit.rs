@@ -4,6 +4,8 @@
 
 pub use crate::bundle::{Bundle, ImportReport, import as import_bundle, parse as parse_bundle};
 pub use crate::coverage::pods::images as pod_images;
+pub use crate::fleet::publication::{sign as sign_publication, verify as verify_publication};
+pub use crate::fleet::pull::index_entries as fleet_index_entries;
 pub use crate::lookup::atproto::query;
 pub use crate::lookup::registry::credentials::{Source as DockerConfigSource, source_for as docker_config_source};
 pub use crate::lookup::registry::hosts::parse_hosts_file;

@@ -94,6 +94,13 @@ pub fn sync(config: &Config, cache: &Cache, remote: &Remote, now: i64, deadline:
     synced
 }
 
+/// The (DID, artifact digest) pairs of `index` among `wanted` (for tests and fuzz targets).
+pub fn index_entries(index: &[u8], wanted: &BTreeSet<String>) -> (Vec<(String, String)>, Vec<String>) {
+    let mut synced = Synced::default();
+    let entries = listed(index, wanted, &mut synced);
+    (entries, synced.problems)
+}
+
 /// The (DID, artifact digest) pairs of the index that the policy names, each once.
 fn listed(index: &[u8], wanted: &BTreeSet<String>, synced: &mut Synced) -> Vec<(String, String)> {
     let Ok(index) = serde_json::from_slice::<Json>(index) else {
