@@ -129,3 +129,26 @@ fn a_credential_helper_that_never_finishes_is_bounded() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("docker-credential-stuck"), "{text}");
 }
+
+/// A registry answering 429 with `Retry-After: 60`: the first process is told the wait
+/// (undecided, exit 2), and the next process of the node does not ask it at all before
+/// then (the pause is kept beside the cache, as containerd runs one process per pull).
+#[test]
+fn a_registry_that_asks_us_to_wait_is_not_asked_again_by_the_next_process() {
+    let registry = FakeServer::start(Box::new(|_| {
+        FakeResponse::new(429, "application/json", "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\"}]}").with_header("retry-after", "60")
+    }));
+    let host = registry.url.trim_start_matches("http://").to_owned();
+    let hosts = tempfile::tempdir().unwrap();
+    let (_dir, config) = node(hosts.path(), &host, "secret");
+    let first = verify(&config, &format!("{host}/team/app:v1"));
+    let said = format!("{}{}", String::from_utf8_lossy(&first.stdout), String::from_utf8_lossy(&first.stderr));
+    assert_eq!(first.status.code(), Some(2), "{said}");
+    assert!(said.contains("asks us to wait 60s"), "{said}");
+    let asked = registry.hits.lock().unwrap().len();
+    assert!(asked >= 1);
+    let second = verify(&config, &format!("{host}/team/app:v2"));
+    let said = format!("{}{}", String::from_utf8_lossy(&second.stdout), String::from_utf8_lossy(&second.stderr));
+    assert!(said.contains("asks us to wait"), "{said}");
+    assert_eq!(registry.hits.lock().unwrap().len(), asked, "the next process did not ask before the time named");
+}

@@ -45,6 +45,8 @@ pub enum Reason {
     TooFewSignatures,
     /// A network failure kept the verifier from deciding (never a signature verdict).
     NetworkError,
+    /// A host asked us to wait (HTTP 429/503 with a time): not asked before then; undecided.
+    RateLimited,
     /// The time budget ran out.
     DeadlineExceeded,
     /// The configuration or policy is invalid.
@@ -82,6 +84,7 @@ impl Reason {
             Reason::SignerExpired => "signer-expired",
             Reason::TooFewSignatures => "too-few-signatures",
             Reason::NetworkError => "network-error",
+            Reason::RateLimited => "rate-limited",
             Reason::DeadlineExceeded => "deadline-exceeded",
             Reason::ConfigInvalid => "config-invalid",
             Reason::InvalidRequest => "invalid-request",
@@ -91,7 +94,7 @@ impl Reason {
     }
 
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::Verified,
         Reason::NotRequired,
         Reason::NoMatchingRule,
@@ -111,6 +114,7 @@ impl Reason {
         Reason::SignerExpired,
         Reason::TooFewSignatures,
         Reason::NetworkError,
+        Reason::RateLimited,
         Reason::DeadlineExceeded,
         Reason::ConfigInvalid,
         Reason::InvalidRequest,

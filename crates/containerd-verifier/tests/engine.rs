@@ -93,7 +93,10 @@ impl World {
     }
 
     fn decide_at(&self, reference: &str, digest: &str, descriptor: Option<&[u8]>, now: i64, budget: Duration) -> Answer {
-        let remote = Remote::new(self.fetch.clone(), self.resolve.clone());
+        self.decide_over(&Remote::new(self.fetch.clone(), self.resolve.clone()), reference, digest, descriptor, now, budget)
+    }
+
+    fn decide_over(&self, remote: &Remote, reference: &str, digest: &str, descriptor: Option<&[u8]>, now: i64, budget: Duration) -> Answer {
         let request = Request {
             reference,
             digest: Some(digest),
@@ -104,7 +107,7 @@ impl World {
             deadline: Deadline::after(budget),
             in_flight: &InFlight::default(),
         };
-        engine::decide(&request, &remote)
+        engine::decide(&request, remote)
     }
 
     fn decide(&self, reference: &str, digest: &str) -> Answer {
@@ -388,7 +391,40 @@ scenarios!(
     a_descriptor_naming_another_digest_is_refused,
     proof_too_old_offline_measured_by_the_signed_rev,
     proof_rolled_back_when_the_pds_serves_an_older_commit,
+    a_host_that_asks_us_to_wait_is_rate_limited_and_not_asked_again,
 );
+
+/// A PDS answering 429 with `Retry-After` (through the `Polite` fetch every real `Remote` has):
+/// undecided as `rate-limited`, with the wait; the host is not asked again before then; a
+/// cached proof within `max_stale` stands in meanwhile.
+fn a_host_that_asks_us_to_wait_is_rate_limited_and_not_asked_again() {
+    use containerd_verifier::remote::polite::Polite;
+    let (repo, digest, rkey) = repo_with_manifest("rate-limited", Curve::P256);
+    let world = World::trusting(&repo);
+    world.serve(&repo, &rkey, &Tamper::None);
+    let proof = World::proof_url(&repo.identity, &rkey);
+    world.fetch.serve_with_headers(&proof, 429, vec![("retry-after".into(), "120".into())], "RateLimitExceeded");
+    let remote = Remote::new(Arc::new(Polite::new(world.fetch.clone(), None)), world.resolve.clone());
+    let answer = world.decide_over(&remote, "registry.test/team/app:1", &digest, None, T0_MICROS + MINUTE, Duration::from_secs(8));
+    expect(&answer, Reason::RateLimited);
+    assert_eq!(answer.class(), Class::Undecided);
+    assert!(answer.decision.message.contains("wait 120s"), "{}", answer.decision.message);
+    let asked = world.fetch.requested().iter().filter(|u| **u == proof).count();
+    let again = world.decide_over(&remote, "registry.test/team/app:1", &digest, None, T0_MICROS + MINUTE, Duration::from_secs(8));
+    // (the wait it names counts down: the reason alone is compared)
+    assert_eq!(again.decision.reason, Reason::RateLimited, "{}", again.decision.message);
+    assert_eq!(world.fetch.requested().iter().filter(|u| **u == proof).count(), asked, "not asked before the time it named");
+
+    // With a proof cached earlier (past its TTL, within max_stale), it stands in meanwhile.
+    let warm = World::trusting(&repo);
+    warm.serve(&repo, &rkey, &Tamper::None);
+    assert_eq!(warm.decide("registry.test/team/app:1", &digest).decision.reason, Reason::Verified);
+    warm.fetch.serve_with_headers(&proof, 429, vec![("retry-after".into(), "120".into())], "RateLimitExceeded");
+    let remote = Remote::new(Arc::new(Polite::new(warm.fetch.clone(), None)), warm.resolve.clone());
+    let later = T0_MICROS + MINUTE + 3_600_000_000;
+    let stale = warm.decide_over(&remote, "registry.test/team/app:1", &digest, None, later, Duration::from_secs(8));
+    assert_eq!(stale.decision.reason, Reason::Verified, "{}", stale.decision.message);
+}
 
 /// Every reason code a decision can carry is produced by the scenarios, except
 /// `untrusted-signer`: the engine never fetches a signer the rule does not trust (an

@@ -55,7 +55,7 @@ fn failure_rank(reason: Reason) -> u8 {
         Reason::RecordDeleted => 2,
         Reason::ProofMalformed | Reason::RevInFuture | Reason::DidDocumentInvalid | Reason::ProofRolledBack | Reason::IdentityUnresolved => 3,
         Reason::ProofTooOld => 4,
-        Reason::NetworkError | Reason::DeadlineExceeded => 5,
+        Reason::NetworkError | Reason::RateLimited | Reason::DeadlineExceeded => 5,
         Reason::DidUnresolved => 6,
         Reason::RecordNotFound => 7,
         _ => 8,

@@ -116,7 +116,11 @@ fn lookup_message(what: &str, error: &LookupError) -> String {
 impl Failure {
     /// The reason code of a failure: the one place it is decided.
     pub fn reason(&self) -> Reason {
-        let network = |e: &NetError| if *e == NetError::Deadline { Reason::DeadlineExceeded } else { Reason::NetworkError };
+        let network = |e: &NetError| match e {
+            NetError::Deadline => Reason::DeadlineExceeded,
+            NetError::RateLimited { .. } => Reason::RateLimited,
+            _ => Reason::NetworkError,
+        };
         match self {
             // A tag the registry could not be asked about is the network's failure, not the request's.
             Failure::Request(RequestError::TagUnresolved { error, .. }) if error.network().is_some() => error.network().map_or(Reason::NetworkError, network),

@@ -67,7 +67,7 @@ pub fn decision_record(
 
 /// True for reasons that mean "could not decide" rather than "rejected".
 pub fn is_undecided(reason: Reason) -> bool {
-    matches!(reason, Reason::NetworkError | Reason::DeadlineExceeded | Reason::ConfigInvalid | Reason::InvalidRequest)
+    matches!(reason, Reason::NetworkError | Reason::RateLimited | Reason::DeadlineExceeded | Reason::ConfigInvalid | Reason::InvalidRequest)
 }
 
 /// A short label for an outcome.

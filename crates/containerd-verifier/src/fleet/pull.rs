@@ -95,6 +95,7 @@ pub fn sync(config: &Config, cache: &Cache, remote: &Remote, now: i64, deadline:
 }
 
 /// The (DID, artifact digest) pairs of `index` among `wanted` (for tests and fuzz targets).
+#[cfg(any(test, feature = "testkit"))]
 pub fn index_entries(index: &[u8], wanted: &BTreeSet<String>) -> (Vec<(String, String)>, Vec<String>) {
     let mut synced = Synced::default();
     let entries = listed(index, wanted, &mut synced);

@@ -43,6 +43,11 @@ impl MemoryFetch {
         lock(&self.routes).insert(url.to_owned(), Ok(Fetched { status, headers: Vec::new(), body: body.into() }));
     }
 
+    /// Answers `url` with `status`, `headers` and `body`.
+    pub fn serve_with_headers(&self, url: &str, status: u16, headers: Vec<(String, String)>, body: impl Into<Vec<u8>>) {
+        lock(&self.routes).insert(url.to_owned(), Ok(Fetched { status, headers, body: body.into() }));
+    }
+
     /// Fails every exchange with `url` this way.
     pub fn fail(&self, url: &str, error: NetError) {
         lock(&self.routes).insert(url.to_owned(), Err(error));

@@ -18,6 +18,7 @@ pub mod dns;
 pub mod http;
 #[cfg(any(test, feature = "testkit"))]
 pub mod memory;
+pub mod polite;
 pub mod system;
 pub mod ureq;
 pub mod ws;
@@ -81,6 +82,10 @@ pub enum NetError {
     /// A URL we refuse to request.
     #[error("refusing to request {0:?}")]
     BadUrl(String),
+    /// The host asked us (HTTP 429 or 503 with `Retry-After` or `RateLimit-*`) not to ask again
+    /// for a while: not asked before then.
+    #[error("{host} asks us to wait {wait_secs}s before asking again (HTTP 429/503): not asked before then")]
+    RateLimited { host: String, wait_secs: u64 },
 }
 
 /// A response read in full (within its size cap).

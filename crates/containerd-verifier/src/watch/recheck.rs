@@ -98,7 +98,7 @@ fn records(watcher: &Watcher, session: &Session<'_>, document: &DidDocument, job
                 watcher.health.revoked("recheck");
                 crate::log::info(&format!("watch: {at} revoked (the record is deleted), proven by its PDS on a re-check ({})", job.why));
             }
-            Err(v) if matches!(v.reason, Reason::NetworkError | Reason::DeadlineExceeded) => {
+            Err(v) if matches!(v.reason, Reason::NetworkError | Reason::RateLimited | Reason::DeadlineExceeded) => {
                 watcher.health.recheck_failed();
                 crate::log::warn(&format!("watch: re-check ({}) of {at}: {} — the cached proof stays until its TTL", job.why, v.message));
             }
