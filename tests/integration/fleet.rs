@@ -138,3 +138,56 @@ fn an_online_node_decides_from_a_signed_publication_without_asking_the_pds() {
     assert_eq!((pull.code, pull.reason()), (Some(0), "verified"), "{}{}", pull.stdout, pull.stderr);
     assert!(unsigned.audit().last().unwrap()["requests"].as_u64().unwrap() >= 1, "asked the PDS: {:?}", unsigned.audit());
 }
+
+/// Starts `watch` for `node` with `extra` arguments, its log at `log` (debug level).
+fn watch(node: &Verifier, extra: &[&str], log: &std::path::Path) -> harness::Guard {
+    let mut args: Vec<String> = vec!["watch".into(), "--run-for".into(), "180s".into()];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    harness::spawn_tied(
+        std::path::Path::new(env!("CARGO_BIN_EXE_atproto-verifier")),
+        &args,
+        &[("ATPROTO_VERIFIER_CONFIG", node.config.to_string_lossy().into_owned()), ("ATPROTO_VERIFIER_LOG", "debug".into())],
+        log,
+    )
+}
+
+/// Pulls (offline) until the exit code is `code`, at most `within`; returns how long it took.
+fn until_pull(node: &Verifier, w: &World, code: i32, within: std::time::Duration, logs: &[&std::path::Path]) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let pull = node.pull_without_network(&w.image, &w.digest);
+        if pull.code == Some(code) {
+            return started.elapsed();
+        }
+        let said: Vec<String> = logs.iter().map(|l| std::fs::read_to_string(l).unwrap_or_default()).collect();
+        assert!(started.elapsed() < within, "not exit {code} after {within:?}: {}{}\n{}", pull.stdout, pull.stderr, said.join("\n----\n"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Revocation across the fleet, end to end: the publisher (`watch --publish`, subscribed to the
+/// real PDS's firehose) publishes at start and again on the record's deletion; a node that
+/// reaches nothing but the registry (`watch_source = "registry"`, polled every second) imports
+/// each publication, and its next pull is blocked within seconds of the deletion.
+#[test]
+fn a_deletion_reaches_a_node_that_reads_the_registry_within_seconds() {
+    let env = env();
+    let w = world("fleet4");
+    let publisher_log = w.publisher.dir.path().join("publisher.log");
+    let _publisher = watch(&w.publisher, &["--publish", &w.source, "--key", w.key.to_str().unwrap()], &publisher_log);
+    let text = harness::wait_for_log(&publisher_log, "watch: published", std::time::Duration::from_secs(30));
+    assert!(text.contains(&format!("watch: published {}", w.account.did)), "{text}");
+    let text = harness::wait_for_log(&publisher_log, "subscribed to", std::time::Duration::from_secs(30));
+    assert!(text.contains("subscribed to"), "{text}");
+
+    let node = w.node("offline = true\nplc_directory = \"https://plc.invalid\"\nwatch_source = \"registry\"\nwatch_poll_interval = \"1s\"\n");
+    let node_log = node.dir.path().join("watch.log");
+    let _node_watch = watch(&node, &[], &node_log);
+    until_pull(&node, &w, 0, std::time::Duration::from_secs(30), &[&publisher_log, &node_log]);
+
+    env.pds.delete_record(&w.account, &w.rkey);
+    let blocked = until_pull(&node, &w, 1, std::time::Duration::from_secs(30), &[&publisher_log, &node_log]);
+    eprintln!("deleteRecord -> blocked on a node reading the registry: {blocked:?}");
+    let text = harness::wait_for_log(&node_log, "revoked (from the fleet's registry)", std::time::Duration::from_secs(5));
+    assert!(text.contains("revoked (from the fleet's registry)"), "{text}");
+}

@@ -189,6 +189,9 @@ pub enum WatchSource {
     Jetstream,
     /// No stream: `getLatestCommit` of every watched DID at `watch_poll_interval`.
     Poll,
+    /// The fleet's registry (`bundle_source`): its index read every `watch_poll_interval`, and
+    /// what a publisher (`watch --publish`) republished imported. No request to any PDS.
+    Registry,
 }
 
 impl Default for Config {
@@ -389,6 +392,9 @@ impl Config {
                 return invalid(format!("watch_url {url:?} must be a ws(s):// URL"));
             }
             _ => {}
+        }
+        if self.watch_source == WatchSource::Registry && self.bundle_source.is_none() {
+            return invalid("watch_source = \"registry\" needs bundle_source (the oci:// repository a publisher pushes to)".into());
         }
         if self.watch_poll_interval.0 < Duration::from_secs(1) {
             return invalid("watch_poll_interval must be at least 1s".into());

@@ -109,7 +109,7 @@ fn push(args: &PushArgs) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let key = match args.key.as_deref().map(read_key).transpose() {
+    let key = match args.key.as_deref().map(crate::fleet::read_key).transpose() {
         Ok(key) => key,
         Err(e) => {
             print_undecided(Format::Text, &e, "make one with `atproto-verifier bundle keygen -o FILE`");
@@ -137,18 +137,6 @@ fn push(args: &PushArgs) -> u8 {
             exit::UNDECIDED
         }
     }
-}
-
-/// Reads a publisher key file: readable by its owner only, one private Multikey.
-fn read_key(path: &std::path::Path) -> Result<atproto_sig_core::crypto::PrivateKey, String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!("{}: a private key must be readable by its owner only (chmod 600)", path.display()));
-    }
-    let text = crate::fsio::read_capped(path, 1024).map_err(|e| format!("{}: {e}", path.display()))?;
-    // Never the content in a message: it is a secret.
-    atproto_sig_core::crypto::PrivateKey::from_multikey(&String::from_utf8_lossy(&text)).map_err(|e| format!("{}: not a publisher key ({e})", path.display()))
 }
 
 fn keygen(args: &KeygenArgs) -> u8 {

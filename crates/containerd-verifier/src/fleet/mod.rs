@@ -66,6 +66,18 @@ impl Location {
     }
 }
 
+/// Reads a publisher key file: readable by its owner only, one private Multikey.
+pub fn read_key(path: &std::path::Path) -> Result<atproto_sig_core::crypto::PrivateKey, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!("{}: a private key must be readable by its owner only (chmod 600)", path.display()));
+    }
+    let text = crate::fsio::read_capped(path, 1024).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Never the content in a message: it is a secret.
+    atproto_sig_core::crypto::PrivateKey::from_multikey(&String::from_utf8_lossy(&text)).map_err(|e| format!("{}: not a publisher key ({e})", path.display()))
+}
+
 /// The tag a DID's bundle is published under: `did-plc-<id>` for did:plc (readable, and an id
 /// is base32: no two DIDs share it); a hash for others (a did:web's `:` and `-` would collide).
 pub fn tag_for(did: &str) -> String {

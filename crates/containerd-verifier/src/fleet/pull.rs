@@ -25,6 +25,10 @@ use crate::remote::{Deadline, Http, InFlight, Remote};
 pub struct Synced {
     /// DIDs whose new bundle was imported (with what that changed).
     pub imported: Vec<String>,
+    /// The DIDs of `imported`.
+    pub imported_dids: Vec<String>,
+    /// Records the imports revoked (`at://` URIs).
+    pub revoked: Vec<String>,
     /// DIDs whose artifact had not changed (nothing fetched).
     pub unchanged: usize,
     /// What went wrong (the refresh reports it as failed).
@@ -84,6 +88,8 @@ pub fn sync(config: &Config, cache: &Cache, remote: &Remote, now: i64, deadline:
         match import_artifact(config, cache, &session, &signers, &did, &digest, now, &origin) {
             Ok((line, notes)) => {
                 synced.imported.push(line);
+                synced.imported_dids.push(did.clone());
+                synced.revoked.extend(notes.iter().filter_map(|n| n.strip_prefix("revoked ").map(|r| r.split_once(": ").map_or(r, |(uri, _)| uri).to_owned())));
                 synced.notes.extend(notes);
                 cache.write(Kind::Imported, &key, &digest);
             }

@@ -32,6 +32,9 @@ pub(super) fn handle(watcher: &Watcher, event: &CommitEvent, source: &str) -> &'
     if rkeys.is_empty() {
         return "ignored";
     }
+    // The publisher republishes on every change to the collection (what it publishes is
+    // fetched and signed anew, whatever this frame proves).
+    watcher.republish(&event.repo);
     let recheck = |why: &'static str| watcher.queue.push(Job::new(&event.repo, Depth::Records, why).records(rkeys.clone()).at(source, Some(event.seq)));
     let cache = watcher.cache();
     let Some(document) = held_document(watcher, &cache, &event.repo) else {

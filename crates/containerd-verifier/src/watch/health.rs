@@ -29,6 +29,8 @@ struct Counters {
     rechecks: BTreeMap<&'static str, u64>,
     recheck_failures: u64,
     revocations: BTreeMap<&'static str, u64>,
+    /// `watch --publish`: publications by result (true: pushed).
+    publications: BTreeMap<bool, u64>,
     changes: u64,
     key_changes: BTreeMap<bool, u64>,
     accounts: BTreeMap<String, u64>,
@@ -105,6 +107,11 @@ impl Health {
     /// A cached record revoked (deleted): `how` is `proven-by-event` or `recheck`.
     pub fn revoked(&self, how: &'static str) {
         *self.lock().revocations.entry(how).or_insert(0) += 1;
+    }
+
+    /// A publication pushed (or not) by `watch --publish`.
+    pub fn published(&self, ok: bool) {
+        *self.lock().publications.entry(ok).or_insert(0) += 1;
     }
 
     /// A cached proof replaced by a newer one (the record changed, or a fresh proof).
@@ -189,8 +196,12 @@ impl Health {
         family(&mut out, "recheck_failures_total", "counter", "Re-checks that could not fetch signed material (network, PDS).");
         let _ = writeln!(out, "atproto_verifier_watch_recheck_failures_total {}", c.recheck_failures);
         family(&mut out, "revocations_total", "counter", "Cached records proven deleted, by how.");
-        for how in ["proven-by-event", "recheck"] {
+        for how in ["proven-by-event", "recheck", "registry"] {
             let _ = writeln!(out, "atproto_verifier_watch_revocations_total{{how=\"{how}\"}} {}", c.revocations.get(how).copied().unwrap_or(0));
+        }
+        family(&mut out, "publications_total", "counter", "Bundles published to the fleet's registry by watch --publish, by result.");
+        for (ok, result) in [(true, "pushed"), (false, "failed")] {
+            let _ = writeln!(out, "atproto_verifier_watch_publications_total{{result=\"{result}\"}} {}", c.publications.get(&ok).copied().unwrap_or(0));
         }
         family(&mut out, "proof_updates_total", "counter", "Cached proofs replaced by newer signed ones.");
         let _ = writeln!(out, "atproto_verifier_watch_proof_updates_total {}", c.changes);

@@ -23,6 +23,7 @@ mod commit;
 mod cursor;
 mod health;
 mod jetstream;
+pub mod publish;
 #[cfg(feature = "testkit")]
 pub use jetstream::event_position as jetstream_event_position;
 mod queue;
@@ -72,6 +73,13 @@ pub struct WatchArgs {
     /// Stop after this long (one-shot runs and tests); default: until SIGTERM.
     #[arg(long, value_parser = span)]
     run_for: Option<Duration>,
+    /// Be the fleet's publisher: publish each watched DID's bundle to this OCI repository
+    /// (oci://REGISTRY/REPOSITORY) at start and after each of its changes.
+    #[arg(long)]
+    publish: Option<String>,
+    /// The publisher key (from `bundle keygen`) that signs each publication.
+    #[arg(long, requires = "publish")]
+    key: Option<PathBuf>,
 }
 
 /// What is watched: the DIDs, and the records of each this node holds a proof of.
@@ -106,6 +114,8 @@ pub struct Watcher {
     generation: AtomicU64,
     stop: AtomicBool,
     on_change: Option<OnChange>,
+    /// `watch --publish`: republishes each watched DID's bundle on its changes.
+    publishing: Option<publish::Publishing>,
 }
 
 /// What is told of a DID whose cached proofs changed.
@@ -126,6 +136,20 @@ impl Watcher {
             generation: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             on_change: None,
+            publishing: None,
+        }
+    }
+
+    /// Publishes every watched DID's bundle at start and after each of its changes.
+    pub fn publishing(mut self, publishing: publish::Publishing) -> Watcher {
+        self.publishing = Some(publishing);
+        self
+    }
+
+    /// Asks for `did`'s bundle to be published again (no-op unless `--publish`).
+    fn republish(&self, did: &str) {
+        if let Some(p) = &self.publishing {
+            p.mark(did);
         }
     }
 
@@ -204,6 +228,7 @@ impl Watcher {
             for n in 0..WORKERS {
                 let _ = std::thread::Builder::new().name(format!("watch-recheck-{n}")).spawn_scoped(scope, || self.work());
             }
+            let mut publisher_started = false;
             let mut plan: Vec<sources::Source> = Vec::new();
             let mut planned: Option<Instant> = None;
             let mut metrics_written = Instant::now();
@@ -214,6 +239,11 @@ impl Watcher {
                     let watched = Watched::read(&self.cache(), &self.policy());
                     self.health.watched(watched.dids.len());
                     *self.watched.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(watched.clone());
+                    // The publisher starts once the watched set is known (it publishes all of it first).
+                    if let Some(publishing) = self.publishing.as_ref().filter(|_| !publisher_started) {
+                        publisher_started = true;
+                        let _ = std::thread::Builder::new().name("watch-publish".into()).spawn_scoped(scope, move || publish::run(self, publishing));
+                    }
                     let next = sources::plan(self, &watched);
                     if next != plan {
                         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
@@ -308,7 +338,25 @@ pub fn run(args: WatchArgs) -> u8 {
         }
     };
     let until = args.run_for.map(|d| Instant::now() + d);
-    let watcher = Arc::new(system(config, policy));
+    let publishing = match &args.publish {
+        None => None,
+        Some(target) => {
+            let location = crate::fleet::Location::parse(target);
+            let key = args.key.as_deref().map(crate::fleet::read_key).transpose();
+            match (location, key) {
+                (Ok(location), Ok(key)) => Some(publish::Publishing::new(location, key)),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: --publish: {e}");
+                    return crate::exit::UNDECIDED;
+                }
+            }
+        }
+    };
+    let mut watcher = system(config, policy);
+    if let Some(publishing) = publishing {
+        watcher = watcher.publishing(publishing);
+    }
+    let watcher = Arc::new(watcher);
     let signals = {
         let watcher = watcher.clone();
         signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]).map(|mut signals| {

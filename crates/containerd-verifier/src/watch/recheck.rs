@@ -25,6 +25,8 @@ fn held_key(watcher: &Watcher, cache: &Cache, did: &str) -> Option<String> {
 
 pub(super) fn run(watcher: &Watcher, job: &Job) {
     watcher.health.recheck(job.why);
+    // Whatever the re-check finds, the publisher publishes what the DID's repository holds now.
+    watcher.republish(&job.did);
     crate::log::debug(&format!("watch: re-check ({}, {:?}) of {}", job.why, job.depth, job.did));
     let policy = watcher.policy();
     let session = watcher.session(&policy, Refresh::Always);

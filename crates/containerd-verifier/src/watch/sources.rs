@@ -29,6 +29,8 @@ pub(super) enum Source {
     Jetstream { url: String, name: String, dids: Arc<BTreeSet<String>> },
     /// No stream: `getLatestCommit` of each DID every `watch_poll_interval`.
     Poll { dids: Arc<BTreeSet<String>> },
+    /// The fleet's registry (`bundle_source`): its index every `watch_poll_interval`.
+    Registry { source: String, dids: Arc<BTreeSet<String>> },
 }
 
 impl Source {
@@ -37,6 +39,7 @@ impl Source {
             Source::Firehose { kind, .. } => kind,
             Source::Jetstream { .. } => "jetstream",
             Source::Poll { .. } => "poll",
+            Source::Registry { .. } => "registry",
         }
     }
 }
@@ -80,6 +83,10 @@ pub(super) fn plan(watcher: &Watcher, watched: &Watched) -> Vec<Source> {
                 .collect()
         }
         (WatchSource::Poll, _) => vec![Source::Poll { dids: Arc::new(dids.clone()) }],
+        (WatchSource::Registry, _) => match &config.bundle_source {
+            Some(source) => vec![Source::Registry { source: source.clone(), dids: Arc::new(dids.clone()) }],
+            None => Vec::new(),
+        },
         _ => {
             // One socket per PDS, for the DIDs it hosts.
             let policy = watcher.policy();
@@ -290,6 +297,7 @@ pub(super) fn follow(watcher: &Watcher, source: &Source, generation: u64, until:
         Source::Firehose { url, dids, .. } => (url.clone(), dids.clone()),
         Source::Jetstream { name, dids, .. } => (name.clone(), dids.clone()),
         Source::Poll { dids } => ("poll".to_owned(), dids.clone()),
+        Source::Registry { source, dids } => (source.clone(), dids.clone()),
     };
     watcher.health.source(&name, source.kind());
     let mut follow = Follow {
@@ -312,6 +320,38 @@ pub(super) fn follow(watcher: &Watcher, source: &Source, generation: u64, until:
                 follow.pause(watcher.config.watch_poll_interval.0);
             }
         }
+        Source::Registry { .. } => {
+            while follow.alive() {
+                registry_once(&follow);
+                follow.pause(watcher.config.watch_poll_interval.0);
+            }
+        }
+    }
+}
+
+/// One read of the fleet's registry: its index, then each changed artifact of a watched DID
+/// imported by the knowledge rules (what it revokes is revoked here, in the shared cache).
+fn registry_once(follow: &Follow<'_>) {
+    let watcher = follow.watcher;
+    let now = crate::clock::now_micros(None).unwrap_or(0);
+    let budget = watcher.config.watch_poll_interval.0.clamp(Duration::from_secs(5), Duration::from_secs(60));
+    let synced = crate::fleet::pull::sync(&watcher.config, &watcher.cache(), &watcher.remote, now, crate::remote::Deadline::after(budget));
+    if synced.problems.is_empty() {
+        watcher.health.connected(&follow.name, true);
+        watcher.health.delivered(&follow.name);
+    } else {
+        watcher.health.connected(&follow.name, false);
+        watcher.health.failed(&follow.name);
+        for problem in &synced.problems {
+            crate::log::warn(&format!("watch: {problem}"));
+        }
+    }
+    for uri in &synced.revoked {
+        crate::log::info(&format!("watch: {uri} revoked (from the fleet's registry)"));
+        watcher.health.revoked("registry");
+    }
+    for did in &synced.imported_dids {
+        watcher.changed(did);
     }
 }
 
