@@ -529,7 +529,7 @@ fn packaged_manifests_pass_a_server_side_dry_run() {
     let dir = repo_root().join("packaging/kubernetes");
     // Namespaced objects need their namespace to exist for a dry run.
     plane.ok(&["apply", "--server-side", "-f", &dir.join("namespace.yaml").display().to_string()], None);
-    for file in ["namespace.yaml", "config.yaml", "deployment.yaml", "networkpolicy.yaml", "webhooks.yaml", "node/daemonset.yaml"] {
+    for file in ["namespace.yaml", "config.yaml", "deployment.yaml", "networkpolicy.yaml", "webhooks.yaml", "node/daemonset.yaml", "publisher.yaml"] {
         let path = dir.join(file).display().to_string();
         let out = plane.ok(&["apply", "--server-side", "--dry-run=server", "-f", &path], None);
         assert!(out.contains("(server dry run)"), "{file}: {out}");
@@ -751,6 +751,34 @@ fn the_helm_chart_lints_renders_and_matches_the_plain_manifests() {
         }
         assert_eq!(chart["webhooks"][0]["clientConfig"]["service"], plain["webhooks"][0]["clientConfig"]["service"], "{kind}");
     }
+    // The publisher, behind its value: the same Deployment and config as publisher.yaml.
+    let with_publisher = home.path().join("publisher.yaml");
+    std::fs::write(&with_publisher, run(&["template", "atproto-verifier", &chart_path, "--namespace", "atproto-verifier", "--set", "publisher.enabled=true"]))
+        .unwrap();
+    assert!(run(&["lint", "--strict", &chart_path, "--set", "publisher.enabled=true"]).contains("0 chart(s) failed"));
+    let out = plane.ok(&["apply", "--server-side", "--dry-run=server", "-f", &with_publisher.display().to_string()], None);
+    assert!(out.contains("deployment.apps/atproto-verifier-publisher serverside-applied (server dry run)"), "{out}");
+    let publisher_objects = plane.objects(&with_publisher);
+    let plain_publisher = plane.objects(&dir.join("publisher.yaml"));
+    let named = |objects: &[serde_json::Value], kind: &str, name: &str| {
+        objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).cloned().unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let (plain, chart) =
+        (named(&plain_publisher, "Deployment", "atproto-verifier-publisher"), named(&publisher_objects, "Deployment", "atproto-verifier-publisher"));
+    for pointer in ["/spec/strategy", "/spec/template/spec/containers/0/args", "/spec/template/spec/securityContext", "/spec/template/spec/volumes"] {
+        assert_eq!(chart.pointer(pointer), plain.pointer(pointer), "publisher {pointer}");
+    }
+    assert_eq!(
+        named(&publisher_objects, "ConfigMap", "atproto-verifier-publisher")["data"]["config.toml"].as_str().unwrap().trim(),
+        named(&plain_publisher, "ConfigMap", "atproto-verifier-publisher")["data"]["config.toml"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim()
+    );
     let (plain_config, chart_config) = (find(&plane.objects(&dir.join("config.yaml")), "ConfigMap"), find(&chart_objects, "ConfigMap"));
     assert_eq!(
         chart_config["data"]["config.toml"].as_str().unwrap().trim(),

@@ -96,6 +96,7 @@ fn the_deb_installs_into_a_scratch_root_doctor_is_green_and_purge_cleans_up() {
         "lib/systemd/system/atproto-verifier-refresh.service",
         "lib/systemd/system/atproto-verifier-refresh.timer",
         "lib/systemd/system/atproto-verifier-watch.service",
+        "lib/systemd/system/atproto-verifier-publish.service",
         "usr/share/man/man1/atproto-verifier.1.gz",
         "usr/share/man/man1/atproto-verifier-doctor.1.gz",
         "usr/share/bash-completion/completions/atproto-verifier",

@@ -66,12 +66,14 @@ impl Location {
     }
 }
 
-/// Reads a publisher key file: readable by its owner only, one private Multikey.
+/// Reads a publisher key file: one private Multikey, no access for others.
 pub fn read_key(path: &std::path::Path) -> Result<atproto_sig_core::crypto::PrivateKey, String> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!("{}: a private key must be readable by its owner only (chmod 600)", path.display()));
+    // Group read is allowed (a Kubernetes Secret reaches a non-root Pod through its fsGroup);
+    // anyone else's access, or a group that may write it, is not.
+    if meta.permissions().mode() & 0o027 != 0 {
+        return Err(format!("{}: a private key must not be readable by others nor writable by its group (chmod 600, or 440 for a group)", path.display()));
     }
     let text = crate::fsio::read_capped(path, 1024).map_err(|e| format!("{}: {e}", path.display()))?;
     // Never the content in a message: it is a secret.
