@@ -11,6 +11,7 @@ use base64::Engine;
 use super::{Bundle, BundleError, CollectionEntry, FORMAT, VERSION};
 use crate::config::Config;
 use crate::engine::{Session, SessionOptions};
+use crate::material::knowledge;
 use crate::material::store::{Cache, HandleEntry, Kind, LocatorEntry};
 use crate::remote::{Deadline, InFlight, Remote};
 
@@ -24,6 +25,18 @@ pub fn create(
     dids: &[String],
     out: &Path,
 ) -> Result<Bundle, BundleError> {
+    create_counted(config, remote, policy, images, dids, out).map(|(bundle, _)| bundle)
+}
+
+/// [`create`], and the identity requests (PLC, PDS, handle) it made.
+pub fn create_counted(
+    config: &Config,
+    remote: &Remote,
+    policy: Option<&atproto_sig_core::policy::Policy>,
+    images: &[String],
+    dids: &[String],
+    out: &Path,
+) -> Result<(Bundle, usize), BundleError> {
     let scratch = tempfile::tempdir().map_err(|e| BundleError::Write { path: "a scratch directory".into(), problem: e.to_string() })?;
     // A connected machine collecting into a scratch cache, with every did:plc audit log (the
     // importing node checks each document against its log).
@@ -63,17 +76,17 @@ pub fn create(
         handles: cache.all(Kind::Handle).into_iter().map(|(_, e)| e).collect(),
     };
     write(&bundle, out)?;
-    Ok(bundle)
+    Ok((bundle, context.requests().identity))
 }
 
-/// Everything of `did`: the signed state of its whole collection first (it proves deletions
-/// too), then a proof and a locator for every record it lists.
+/// Everything of `did`: the signed state of its whole collection (it proves deletions too),
+/// and a proof and a locator for every record it holds, cut from that same export.
 fn collect_did(context: &Session<'_>, cache: &Cache, did: &str) -> Result<CollectionEntry, BundleError> {
     let (document, _) = context.document(did).map_err(|v| BundleError::Document { did: did.to_owned(), message: v.message })?;
     let http = context.http().ok_or(BundleError::Offline)?;
     let pds = document.pds.clone().ok_or_else(|| BundleError::NoPds { did: did.to_owned() })?;
     let repo = crate::lookup::atproto::fetch_repo(http, &pds, did).map_err(|error| BundleError::Lookup { did: did.to_owned(), error })?;
-    let (car, _) = atproto_sig_core::collection::extract(&repo, MANIFEST_COLLECTION, &Limits::repository())
+    let (car, rkeys) = atproto_sig_core::collection::extract(&repo, MANIFEST_COLLECTION, &Limits::repository())
         .map_err(|e| BundleError::Export { did: did.to_owned(), problem: e.to_string() })?;
     // The handle, when it resolves back to this DID (both ways, as a pull checks it).
     if let Some(handle) = &document.handle {
@@ -86,12 +99,31 @@ fn collect_did(context: &Session<'_>, cache: &Cache, did: &str) -> Result<Collec
             Err(e) => crate::log::info(&format!("{did}: its handle {handle} did not resolve ({e}): not bundled")),
         }
     }
-    let records = crate::lookup::atproto::list_manifest_records(http, &pds, did, MANIFEST_COLLECTION)
-        .map_err(|error| BundleError::Lookup { did: did.to_owned(), error })?;
-    for (rkey, digest) in records {
-        context.proof(&document, &rkey).map_err(|v| BundleError::Proof { did: did.to_owned(), rkey: rkey.clone(), message: v.message })?;
-        let entry = LocatorEntry { did: did.to_owned(), digest: digest.clone(), rkey, fetched_at: context.now };
-        cache.write(Kind::Locator, &[did, &digest], &entry);
+    // Every record's proof is cut from the repository just fetched (one request, not a
+    // listRecords and a getRecord per record), verified under the document's key as any
+    // fetched proof is, and stored with this session's fetch time.
+    let proofs = atproto_sig_core::collection::record_proofs(&car, MANIFEST_COLLECTION, &rkeys, &Limits::collection())
+        .map_err(|e| BundleError::Export { did: did.to_owned(), problem: e.to_string() })?;
+    for (rkey, proof) in proofs {
+        let offered = knowledge::OfferedProof {
+            document: &document,
+            collection: MANIFEST_COLLECTION,
+            rkey: &rkey,
+            car: &proof,
+            digest: None,
+            source: pds.clone(),
+            fetched_at: context.now,
+            fetched_by: knowledge::FetchedBy::ThisNode,
+            now: context.now,
+            clock_skew_micros: context.config.clock_skew.micros(),
+        };
+        let accepted =
+            knowledge::accept_proof(cache, &offered).map_err(|e| BundleError::Proof { did: did.to_owned(), rkey: rkey.clone(), message: e.to_string() })?;
+        // A record that is not a manifest (no digest) gets a proof but no locator.
+        if let Some(record) = accepted.verdict.facts.record {
+            let entry = LocatorEntry { did: did.to_owned(), digest: record.digest.clone(), rkey, fetched_at: context.now };
+            cache.write(Kind::Locator, &[did, &record.digest], &entry);
+        }
     }
     Ok(CollectionEntry {
         did: did.to_owned(),
@@ -150,7 +182,8 @@ mod tests {
         assert_eq!(bundle.dids.len(), 1);
         assert!(bundle.dids[0].audit_log.is_some(), "every did:plc document carries its audit log");
         assert_eq!((bundle.proofs.len(), bundle.locators.len(), bundle.collections.len()), (1, 1, 1));
-        assert!(web.requested().contains(&proof_url));
+        // One export of the repository carries every record's proof: no getRecord, no listRecords.
+        assert!(!web.requested().contains(&proof_url) && !web.requested().contains(&list_url), "{:?}", web.requested());
         // The node's own cache was never touched: the bundle was collected in a scratch one.
         assert!(!dir.path().join("cache").exists());
         // And it imports, every entry verified.

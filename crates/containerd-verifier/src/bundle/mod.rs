@@ -22,7 +22,7 @@ use crate::remote::Deadline;
 mod create;
 pub(crate) mod import;
 
-pub use create::create;
+pub use create::{create, create_counted};
 pub use import::{import, import_as, import_with};
 
 pub const FORMAT: &str = "atproto-verifier-bundle";

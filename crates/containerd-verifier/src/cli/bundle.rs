@@ -120,13 +120,14 @@ fn push(args: &PushArgs) -> u8 {
         Ok(published) => {
             for p in &published {
                 println!(
-                    "published {} to {}:{} ({}, {} bytes, {})",
+                    "published {} to {}:{} ({}, {} bytes, {}; {} identity requests)",
                     p.did,
                     location.canonical().trim_start_matches("oci://"),
                     p.tag,
                     p.digest,
                     p.bundle_bytes,
-                    if p.signed { "signed" } else { "unsigned: nodes count its fetch times as claims" }
+                    if p.signed { "signed" } else { "unsigned: nodes count its fetch times as claims" },
+                    p.identity_requests
                 );
             }
             println!("index: {}:{}", location.canonical().trim_start_matches("oci://"), crate::fleet::INDEX_TAG);

@@ -26,6 +26,8 @@ pub struct Published {
     pub bundle_bytes: usize,
     /// Whether a publication envelope was attached.
     pub signed: bool,
+    /// Requests to the PLC directory, the PDS and handle hosts this publication cost.
+    pub identity_requests: usize,
 }
 
 /// Why publishing stopped.
@@ -50,7 +52,8 @@ pub fn publish(config: &Config, remote: &Remote, location: &Location, dids: &[St
     for did in dids {
         let scratch = tempfile::tempdir().map_err(|e| PublishError::Other(e.to_string()))?;
         let file = scratch.path().join("bundle.json");
-        crate::bundle::create(config, remote, None, &[], std::slice::from_ref(did), &file).map_err(|error| PublishError::Bundle { did: did.clone(), error })?;
+        let (_, identity_requests) = crate::bundle::create_counted(config, remote, None, &[], std::slice::from_ref(did), &file)
+            .map_err(|error| PublishError::Bundle { did: did.clone(), error })?;
         let bundle = std::fs::read(&file).map_err(|e| PublishError::Other(format!("{}: {e}", file.display())))?;
         let now = crate::clock::now_micros(None).map_err(|e| PublishError::Other(e.to_string()))?;
         let envelope = key.map(|k| publication::sign(k, did, &bundle, now));
@@ -72,7 +75,7 @@ pub fn publish(config: &Config, remote: &Remote, location: &Location, dids: &[St
         .map_err(|e| PublishError::Other(e.to_string()))?;
         let tag = tag_for(did);
         let digest = session.push_manifest(&tag, MANIFEST_MEDIA_TYPE, &manifest).map_err(registry(format!("{did}: the artifact")))?;
-        published.push(Published { did: did.clone(), tag, digest: digest.clone(), bundle_bytes: bundle.len(), signed: envelope.is_some() });
+        published.push(Published { did: did.clone(), tag, digest: digest.clone(), bundle_bytes: bundle.len(), signed: envelope.is_some(), identity_requests });
         // The index after each DID: a publisher stopped half-way has still published what it did.
         update_index(&session, did, &digest, manifest.len())?;
     }

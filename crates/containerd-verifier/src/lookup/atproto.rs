@@ -278,18 +278,6 @@ pub fn fetch_latest_rev(http: &Http, pds: &str, did: &str) -> Result<String, Loo
     }
 }
 
-/// Every `collection` record of `did` with its `digest` field: (rkey, digest), bounded.
-pub fn list_manifest_records(http: &Http, pds: &str, did: &str, collection: &str) -> Result<Vec<(String, String)>, LookupError> {
-    let mut out = Vec::new();
-    scan_records(http, pds, did, collection, |rkey, value| {
-        if let Some(digest) = value.get("digest").and_then(Json::as_str) {
-            out.push((rkey, digest.to_owned()));
-        }
-        false
-    })?;
-    Ok(out)
-}
-
 /// Every `collection` record of `did` naming an image: (rkey, repository, digest), bounded by
 /// the listRecords page limits. Unsigned words: each is decided by its proof afterwards.
 pub fn list_manifest_images(http: &Http, pds: &str, did: &str, collection: &str) -> Result<Vec<(String, String, String)>, LookupError> {
