@@ -152,10 +152,10 @@ fn watch(node: &Verifier, extra: &[&str], log: &std::path::Path) -> harness::Gua
 }
 
 /// Pulls (offline) until the exit code is `code`, at most `within`; returns how long it took.
-fn until_pull(node: &Verifier, w: &World, code: i32, within: std::time::Duration, logs: &[&std::path::Path]) -> std::time::Duration {
+fn until_pull(node: &Verifier, (image, digest): (&str, &str), code: i32, within: std::time::Duration, logs: &[&std::path::Path]) -> std::time::Duration {
     let started = std::time::Instant::now();
     loop {
-        let pull = node.pull_without_network(&w.image, &w.digest);
+        let pull = node.pull_without_network(image, digest);
         if pull.code == Some(code) {
             return started.elapsed();
         }
@@ -183,10 +183,27 @@ fn a_deletion_reaches_a_node_that_reads_the_registry_within_seconds() {
     let node = w.node("offline = true\nplc_directory = \"https://plc.invalid\"\nwatch_source = \"registry\"\nwatch_poll_interval = \"1s\"\n");
     let node_log = node.dir.path().join("watch.log");
     let _node_watch = watch(&node, &[], &node_log);
-    until_pull(&node, &w, 0, std::time::Duration::from_secs(30), &[&publisher_log, &node_log]);
+    until_pull(&node, (&w.image, &w.digest), 0, std::time::Duration::from_secs(30), &[&publisher_log, &node_log]);
+
+    // A freshly pushed image: the publisher republishes and attaches the new record's proof to
+    // the image; the node decides its first pull from what it imported, with no network at all.
+    let repository = "fleet4.test/app";
+    let fresh = env.registry.push_image(repository, "v2", "fleet4-fresh");
+    env.pds.put_manifest(&w.account, &fresh, "app", "application/vnd.oci.image.manifest.v1+json");
+    let text = harness::wait_for_log(&publisher_log, "attached sha256:", std::time::Duration::from_secs(30));
+    assert!(text.contains(&format!("to {}/{repository}@{fresh}", env.registry.host)), "{text}");
+    let (status, _, index) = harness::http(
+        "GET",
+        &format!("http://{}/v2/{repository}/manifests/{}", env.registry.host, fresh.replace(':', "-")),
+        &[("accept", "application/vnd.oci.image.index.v1+json")],
+        None,
+    );
+    assert_eq!(status, 200, "the artifact is listed under the image's sha256- tag: {}", String::from_utf8_lossy(&index));
+    let fresh_image = format!("{}/{repository}:v2", env.registry.host);
+    until_pull(&node, (&fresh_image, &fresh), 0, std::time::Duration::from_secs(30), &[&publisher_log, &node_log]);
 
     env.pds.delete_record(&w.account, &w.rkey);
-    let blocked = until_pull(&node, &w, 1, std::time::Duration::from_secs(30), &[&publisher_log, &node_log]);
+    let blocked = until_pull(&node, (&w.image, &w.digest), 1, std::time::Duration::from_secs(30), &[&publisher_log, &node_log]);
     eprintln!("deleteRecord -> blocked on a node reading the registry: {blocked:?}");
     let text = harness::wait_for_log(&node_log, "revoked (from the fleet's registry)", std::time::Duration::from_secs(5));
     assert!(text.contains("revoked (from the fleet's registry)"), "{text}");

@@ -48,7 +48,7 @@ pub fn run(args: AttachArgs) -> u8 {
 }
 
 /// (exit code, message, hint) of an attach that did not happen.
-type Refused = (u8, String, String);
+pub(crate) type Refused = (u8, String, String);
 
 fn fail(message: impl std::fmt::Display) -> Refused {
     (exit::UNDECIDED, message.to_string(), String::new())
@@ -56,10 +56,16 @@ fn fail(message: impl std::fmt::Display) -> Refused {
 
 /// Verifies the image over `remote`, then pushes its proof next to it in its registry.
 fn attach(args: &AttachArgs, config: &Config, remote: &Remote) -> Result<String, Refused> {
+    attach_image(&args.image, config, remote)
+}
+
+/// [`attach`] for `reference` (also the publisher's, for each newly created record): what it
+/// did, or (exit code, message, hint).
+pub(crate) fn attach_image(reference: &str, config: &Config, remote: &Remote) -> Result<String, Refused> {
     if config.offline {
         return Err(fail("attach needs the network: run it on a connected machine"));
     }
-    let image = ImageRef::parse(&args.image).map_err(|e| fail(e.to_string()))?;
+    let image = ImageRef::parse(reference).map_err(|e| fail(e.to_string()))?;
     let deadline = Deadline::after(std::time::Duration::from_secs(120));
     let http = Http::new(std::sync::Arc::clone(&remote.fetch), config.request_timeout.0, deadline, InFlight::default());
     let files = Files::new(config, deadline, crate::log::Notes::stderr());
@@ -68,7 +74,7 @@ fn attach(args: &AttachArgs, config: &Config, remote: &Remote) -> Result<String,
         Some(d) => d.clone(),
         None => session.resolve(image.tag.as_deref().unwrap_or("latest")).map_err(fail)?,
     };
-    let signer = verified_signer(&args.image, config, remote, &digest)?;
+    let signer = verified_signer(reference, config, remote, &digest)?;
     let proof = VerifiedProof::from_cache(config, &signer, &digest)?;
     let subject = session.manifest(&digest).map_err(fail)?.ok_or_else(|| fail(format!("{digest} is not in the registry")))?;
     let subject_type = serde_json::from_slice::<Json>(&subject)

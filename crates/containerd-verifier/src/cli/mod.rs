@@ -1,6 +1,6 @@
 //! The operator and CI command line.
 
-mod attach;
+pub(crate) mod attach;
 mod bundle;
 mod cache;
 mod coverage;

@@ -28,6 +28,42 @@ pub struct Published {
     pub signed: bool,
     /// Requests to the PLC directory, the PDS and handle hosts this publication cost.
     pub identity_requests: usize,
+    /// The DID's handle, as its verified document claims it (None: no handle).
+    pub handle: Option<String>,
+    /// The records it carries, and where their images are.
+    pub records: Vec<PublishedRecord>,
+}
+
+/// A record a publication carries and the image it names. Read from the record's own block
+/// without checking the proof again: only a hint of where to `attach`, which verifies the image
+/// by the ordinary decision before it pushes anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedRecord {
+    pub rkey: String,
+    pub digest: String,
+    pub repository: String,
+}
+
+/// The records of `did` in `bundle` (each locator whose proof holds a manifest record naming its digest).
+fn records_of(bundle: &crate::bundle::Bundle, did: &str) -> Vec<PublishedRecord> {
+    let limits = atproto_sig_core::Limits::default();
+    let mut out = Vec::new();
+    for locator in bundle.locators.iter().filter(|l| l.did == did) {
+        let Some(car) = bundle.proofs.iter().find(|p| p.did == did && p.rkey == locator.rkey).and_then(crate::material::knowledge::decode_car) else {
+            continue;
+        };
+        let Ok(parsed) = atproto_sig_core::car::Car::parse(&car, &limits) else { continue };
+        let record = parsed
+            .cids()
+            .iter()
+            .filter_map(|cid| parsed.block(cid))
+            .filter_map(|block| atproto_sig_core::record::ManifestRecord::decode(block, &limits).ok())
+            .find(|r| r.digest == locator.digest);
+        if let Some(record) = record {
+            out.push(PublishedRecord { rkey: locator.rkey.clone(), digest: record.digest, repository: record.repository });
+        }
+    }
+    out
 }
 
 /// Why publishing stopped.
@@ -52,7 +88,7 @@ pub fn publish(config: &Config, remote: &Remote, location: &Location, dids: &[St
     for did in dids {
         let scratch = tempfile::tempdir().map_err(|e| PublishError::Other(e.to_string()))?;
         let file = scratch.path().join("bundle.json");
-        let (_, identity_requests) = crate::bundle::create_counted(config, remote, None, &[], std::slice::from_ref(did), &file)
+        let (made, identity_requests) = crate::bundle::create_counted(config, remote, None, &[], std::slice::from_ref(did), &file)
             .map_err(|error| PublishError::Bundle { did: did.clone(), error })?;
         let bundle = std::fs::read(&file).map_err(|e| PublishError::Other(format!("{}: {e}", file.display())))?;
         let now = crate::clock::now_micros(None).map_err(|e| PublishError::Other(e.to_string()))?;
@@ -75,7 +111,18 @@ pub fn publish(config: &Config, remote: &Remote, location: &Location, dids: &[St
         .map_err(|e| PublishError::Other(e.to_string()))?;
         let tag = tag_for(did);
         let digest = session.push_manifest(&tag, MANIFEST_MEDIA_TYPE, &manifest).map_err(registry(format!("{did}: the artifact")))?;
-        published.push(Published { did: did.clone(), tag, digest: digest.clone(), bundle_bytes: bundle.len(), signed: envelope.is_some(), identity_requests });
+        let handle = made.handles.iter().find(|h| h.did == *did).map(|h| h.handle.clone());
+        let records = records_of(&made, did);
+        published.push(Published {
+            did: did.clone(),
+            tag,
+            digest: digest.clone(),
+            bundle_bytes: bundle.len(),
+            signed: envelope.is_some(),
+            identity_requests,
+            handle,
+            records,
+        });
         // The index after each DID: a publisher stopped half-way has still published what it did.
         update_index(&session, did, &digest, manifest.len())?;
     }

@@ -5,7 +5,7 @@
 //! DIDs are a set (a burst of events is one publication); one thread publishes, so the PDS
 //! sees at most one bundle fetch per DID at a time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,11 +20,25 @@ pub struct Publishing {
     key: Option<PrivateKey>,
     pending: Mutex<BTreeSet<String>>,
     wake: Condvar,
+    /// Per DID, the record keys its last publication carried: a record not among them is new,
+    /// and its proof is attached to its image. None until the DID's first publication.
+    carried: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl Publishing {
     pub fn new(location: Location, key: Option<PrivateKey>) -> Publishing {
-        Publishing { location, key, pending: Mutex::new(BTreeSet::new()), wake: Condvar::new() }
+        Publishing { location, key, pending: Mutex::new(BTreeSet::new()), wake: Condvar::new(), carried: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The records of `published` that its DID's previous publication (by this process) did not
+    /// carry; none on the first publication (those images were pushed before it started).
+    fn new_records(&self, published: &crate::fleet::publish::Published) -> Vec<crate::fleet::publish::PublishedRecord> {
+        let now: BTreeSet<String> = published.records.iter().map(|r| r.rkey.clone()).collect();
+        let before = self.carried.lock().unwrap_or_else(PoisonError::into_inner).insert(published.did.clone(), now);
+        match before {
+            None => Vec::new(),
+            Some(before) => published.records.iter().filter(|r| !before.contains(&r.rkey)).cloned().collect(),
+        }
     }
 
     /// Asks for `did` to be published again.
@@ -68,6 +82,9 @@ pub(super) fn run(watcher: &Watcher, publishing: &Publishing) {
                             p.bundle_bytes,
                             publishing.location.canonical()
                         ));
+                        for record in publishing.new_records(&p) {
+                            attach(watcher, &p, &record);
+                        }
                     }
                 }
                 Err(e) => {
@@ -76,5 +93,21 @@ pub(super) fn run(watcher: &Watcher, publishing: &Publishing) {
                 }
             }
         }
+    }
+}
+
+/// Attaches the proof of a newly created record to its image, in the first of
+/// `atproto_registries` (`host/<handle>/<repository>@<digest>`), through `attach`'s own path:
+/// the image is verified by the ordinary decision first. A node whose registry mirror carries
+/// the artifact then decides the image's first pull from it, before its next poll of the index.
+fn attach(watcher: &Watcher, published: &crate::fleet::publish::Published, record: &crate::fleet::publish::PublishedRecord) {
+    let (Some(host), Some(handle)) = (watcher.config.atproto_registries.first(), published.handle.as_deref()) else {
+        crate::log::info(&format!("watch: at://{}/io.atcr.manifest/{}: not attached (no atproto registry or no handle)", published.did, record.rkey));
+        return;
+    };
+    let image = format!("{host}/{handle}/{}@{}", record.repository, record.digest);
+    match crate::cli::attach::attach_image(&image, &watcher.config, &watcher.remote) {
+        Ok(line) => crate::log::info(&format!("watch: {line}")),
+        Err((_, message, _)) => crate::log::warn(&format!("watch: attaching the proof of the new record to {image}: {message}")),
     }
 }
