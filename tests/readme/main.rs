@@ -166,6 +166,7 @@ fn every_command_in_the_readme_runs() {
     };
 
     let mut air_gapped = 0;
+    let mut fleet = 0;
     for block in &blocks {
         match block.section.as_str() {
             // The newcomer's two commands: the demo runs; `./scripts/test` is what runs this test.
@@ -187,12 +188,23 @@ fn every_command_in_the_readme_runs() {
                 air_gapped += 1;
             }
             "A first policy" => run(block, &map(&block.text), &work, &with_config(&connected), None),
+            // The publisher's commands, on the connected machine (its key under the sandbox's /etc),
+            // publishing to the loopback registry; the index is then there for nodes to read.
+            "A fleet on the registry" => {
+                let text = map(&block.text).replace("registry.example/", &format!("{host}/"));
+                run(block, &text, &work, &with_config(&connected), Some(&sandbox));
+                let (status, _, index) = harness::http("GET", &format!("http://{host}/v2/atproto-verifier/bundles/manifests/index"), &[("accept", "application/vnd.oci.image.index.v1+json")], None);
+                assert_eq!(status, 200, "no index published: {}", String::from_utf8_lossy(&index));
+                assert!(String::from_utf8_lossy(&index).contains(&alice.did), "the index does not list the DID");
+                fleet += 1;
+            }
             // The starter policies' own cases, from the repository root.
             "In CI" => run(block, &block.text, &root, &with_config(&connected), None),
             other => panic!("README.md line {}: a sh block in section {other:?} has no environment in tests/readme/main.rs", block.line),
         }
     }
     assert_eq!(air_gapped, 2, "the air-gapped walkthrough has its two command blocks");
+    assert_eq!(fleet, 1, "the fleet section has its publisher's block");
     // The sandbox kept what the blocks installed, and only there.
     assert!(sandbox.join("ov/opt/up/containerd/image-verifier/bin/atproto-verifier").exists());
     assert!(sandbox.join("ov/etc/up/atproto-verifier/config.toml").exists());
