@@ -193,7 +193,12 @@ fn every_command_in_the_readme_runs() {
             "A fleet on the registry" => {
                 let text = map(&block.text).replace("registry.example/", &format!("{host}/"));
                 run(block, &text, &work, &with_config(&connected), Some(&sandbox));
-                let (status, _, index) = harness::http("GET", &format!("http://{host}/v2/atproto-verifier/bundles/manifests/index"), &[("accept", "application/vnd.oci.image.index.v1+json")], None);
+                let (status, _, index) = harness::http(
+                    "GET",
+                    &format!("http://{host}/v2/atproto-verifier/bundles/manifests/index"),
+                    &[("accept", "application/vnd.oci.image.index.v1+json")],
+                    None,
+                );
                 assert_eq!(status, 200, "no index published: {}", String::from_utf8_lossy(&index));
                 assert!(String::from_utf8_lossy(&index).contains(&alice.did), "the index does not list the DID");
                 fleet += 1;
