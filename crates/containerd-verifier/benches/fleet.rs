@@ -9,7 +9,7 @@
 //!    `cache refresh` (through the mirror) and pulls the image: identity requests in total,
 //!    registry requests per refresh, then per poll when nothing changed;
 //! 3. revocation: `FLEET_WATCHERS` (1,000) nodes run `watch` with `watch_source = "registry"`
-//!    (poll `FLEET_POLL`, 2 s); the publisher runs `watch --publish`; the record is deleted:
+//!    (poll `FLEET_POLL`, 5 s); the publisher runs `watch --publish`; the record is deleted:
 //!    the time until the last node has imported the revocation, and pulls on a sample of nodes.
 //!
 //! Run: `cargo bench -p containerd-verifier --bench fleet` (needs what `scripts/test` installs:
@@ -89,7 +89,7 @@ fn number_before(text: &str, what: &str) -> Option<usize> {
 
 fn main() {
     let (n, baseline, watchers, poll) =
-        (setting("FLEET_NODES", 1000), setting("FLEET_BASELINE", 100), setting("FLEET_WATCHERS", 1000), setting("FLEET_POLL", 2));
+        (setting("FLEET_NODES", 1000), setting("FLEET_BASELINE", 100), setting("FLEET_WATCHERS", 1000), setting("FLEET_POLL", 5));
     let env = env();
     let work = tempfile::tempdir().unwrap();
     let (mirror_host, _mirror) = mirror(&env.registry.host, work.path());
@@ -199,13 +199,13 @@ fn main() {
                 done[i] = Some(deleted.elapsed());
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(250));
     }
     let mut times: Vec<Duration> = done.into_iter().flatten().collect();
     times.sort();
     let (first, median, last) = (times[0], times[times.len() / 2], times[times.len() - 1]);
     println!(
-        "deleteRecord -> revoked on {} nodes polling every {poll} s: first {first:.2?}, median {median:.2?}, last {last:.2?} (log scan every 100 ms)",
+        "deleteRecord -> revoked on {} nodes polling every {poll} s: first {first:.2?}, median {median:.2?}, last {last:.2?} (log scan every 250 ms)",
         times.len()
     );
     for (node, _, _, _) in nodes.iter().take(watchers).step_by((watchers / 10).max(1)) {

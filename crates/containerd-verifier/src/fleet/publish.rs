@@ -32,6 +32,27 @@ pub struct Published {
     pub handle: Option<String>,
     /// The records it carries, and where their images are.
     pub records: Vec<PublishedRecord>,
+    /// A hash of what the bundle says apart from its fetch times ([`content_of`]): equal for
+    /// two publications of the same signed knowledge.
+    pub content: String,
+}
+
+/// A hash of a bundle's content apart from its fetch and creation times: two bundles of the
+/// same signed knowledge fetched at different times have the same one.
+pub fn content_of(bundle: &crate::bundle::Bundle) -> String {
+    fn strip(value: &mut Json) {
+        match value {
+            Json::Object(map) => {
+                map.retain(|k, _| k != "fetchedAt" && k != "createdAt");
+                map.values_mut().for_each(strip);
+            }
+            Json::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(bundle).unwrap_or(Json::Null);
+    strip(&mut value);
+    sha256_digest(value.to_string().as_bytes())
 }
 
 /// A record a publication carries and the image it names. Read from the record's own block
@@ -79,6 +100,19 @@ pub enum PublishError {
 
 /// Publishes a bundle for each of `dids` to `location`, signed with `key` when given.
 pub fn publish(config: &Config, remote: &Remote, location: &Location, dids: &[String], key: Option<&PrivateKey>) -> Result<Vec<Published>, PublishError> {
+    publish_unless(config, remote, location, dids, key, |_, _| false)
+}
+
+/// [`publish`], skipping (nothing pushed, not returned) each DID whose new bundle `unchanged`
+/// says is already published: (did, [`content_of`] the new bundle).
+pub fn publish_unless(
+    config: &Config,
+    remote: &Remote,
+    location: &Location,
+    dids: &[String],
+    key: Option<&PrivateKey>,
+    unchanged: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<Published>, PublishError> {
     let deadline = Deadline::after(Duration::from_secs(600));
     let http = Http::new(std::sync::Arc::clone(&remote.fetch), config.request_timeout.0, deadline, InFlight::default());
     let files = Files::new(config, deadline, crate::log::Notes::stderr());
@@ -90,6 +124,10 @@ pub fn publish(config: &Config, remote: &Remote, location: &Location, dids: &[St
         let file = scratch.path().join("bundle.json");
         let (made, identity_requests) = crate::bundle::create_counted(config, remote, None, &[], std::slice::from_ref(did), &file)
             .map_err(|error| PublishError::Bundle { did: did.clone(), error })?;
+        let content = content_of(&made);
+        if unchanged(did, &content) {
+            continue;
+        }
         let bundle = std::fs::read(&file).map_err(|e| PublishError::Other(format!("{}: {e}", file.display())))?;
         let now = crate::clock::now_micros(None).map_err(|e| PublishError::Other(e.to_string()))?;
         let envelope = key.map(|k| publication::sign(k, did, &bundle, now));
@@ -122,6 +160,7 @@ pub fn publish(config: &Config, remote: &Remote, location: &Location, dids: &[St
             identity_requests,
             handle,
             records,
+            content,
         });
         // The index after each DID: a publisher stopped half-way has still published what it did.
         update_index(&session, did, &digest, manifest.len())?;
@@ -154,4 +193,27 @@ fn update_index(session: &Session<'_>, did: &str, digest: &str, size: usize) -> 
     let pushed = session.push_manifest(INDEX_TAG, INDEX_MEDIA_TYPE, &bytes).map_err(|error| PublishError::Registry { what: "the index".into(), error })?;
     debug_assert_eq!(pushed, sha256_digest(&bytes));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(fetched_at: i64, car: &str) -> crate::bundle::Bundle {
+        let text = serde_json::json!({
+            "format": crate::bundle::FORMAT, "version": crate::bundle::VERSION, "createdAt": format!("t{fetched_at}"),
+            "dids": [{"did": "did:plc:a", "fetchedAt": fetched_at, "source": "plc", "document": "{}"}],
+            "locators": [{"did": "did:plc:a", "digest": "sha256:00", "rkey": "r", "fetchedAt": fetched_at}],
+            "proofs": [{"did": "did:plc:a", "collection": "io.atcr.manifest", "rkey": "r", "fetchedAt": fetched_at, "source": "pds", "car": car}],
+        });
+        crate::bundle::parse(text.to_string().as_bytes()).unwrap()
+    }
+
+    /// Publishing the same signed knowledge fetched later is no change (nodes would all fetch
+    /// it again for nothing); a different proof is one.
+    #[test]
+    fn content_ignores_fetch_times_and_nothing_else() {
+        assert_eq!(content_of(&bundle(1, "AAAA")), content_of(&bundle(2, "AAAA")));
+        assert_ne!(content_of(&bundle(1, "AAAA")), content_of(&bundle(1, "BBBB")));
+    }
 }

@@ -1,13 +1,15 @@
 //! `watch --publish oci://…`: the fleet's publisher. Every watched DID is published once at
 //! start, then again whenever its repository changes (a `#commit` touching
 //! `io.atcr.manifest`, or a signed re-check of it): the nodes reading the registry
-//! (`watch_source = "registry"`) then learn a revocation within their poll interval. Pending
+//! (`watch_source = "registry"`) then learn a revocation within their poll interval. A
+//! publication whose content (fetch times aside) is the one already published is not pushed,
+//! unless it is due for its fetch times' sake (`proof_ttl / 2`): every node fetches each new one. Pending
 //! DIDs are a set (a burst of events is one publication); one thread publishes, so the PDS
 //! sees at most one bundle fetch per DID at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use atproto_sig_core::crypto::PrivateKey;
 
@@ -23,11 +25,26 @@ pub struct Publishing {
     /// Per DID, the record keys its last publication carried: a record not among them is new,
     /// and its proof is attached to its image. None until the DID's first publication.
     carried: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Per DID, what its last publication said ([`crate::fleet::publish::content_of`]) and when.
+    last: Mutex<BTreeMap<String, (String, Instant)>>,
+}
+
+/// How often a DID whose knowledge did not change is published again all the same: its fetch
+/// times are what keep online nodes off the PDS, and they count for `proof_ttl`.
+fn refresh_every(config: &crate::config::Config) -> Duration {
+    (config.proof_ttl.0 / 2).max(Duration::from_secs(30))
 }
 
 impl Publishing {
     pub fn new(location: Location, key: Option<PrivateKey>) -> Publishing {
-        Publishing { location, key, pending: Mutex::new(BTreeSet::new()), wake: Condvar::new(), carried: Mutex::new(BTreeMap::new()) }
+        Publishing {
+            location,
+            key,
+            pending: Mutex::new(BTreeSet::new()),
+            wake: Condvar::new(),
+            carried: Mutex::new(BTreeMap::new()),
+            last: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// The records of `published` that its DID's previous publication (by this process) did not
@@ -62,7 +79,20 @@ pub(super) fn run(watcher: &Watcher, publishing: &Publishing) {
     for did in &watcher.watched().dids {
         publishing.mark(did);
     }
+    let refresh = refresh_every(&watcher.config);
     while !watcher.stopping() {
+        // Publications due for their fetch times' sake.
+        let due: Vec<String> = publishing
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() >= refresh)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for did in due {
+            publishing.mark(&did);
+        }
         for did in publishing.take(Duration::from_millis(500)) {
             if watcher.stopping() {
                 return;
@@ -71,7 +101,22 @@ pub(super) fn run(watcher: &Watcher, publishing: &Publishing) {
             if !watcher.watched().dids.contains(&did) && !watcher.policy().trusted.iter().any(|t| t.did == did) {
                 continue;
             }
-            match crate::fleet::publish::publish(&watcher.config, &watcher.remote, &publishing.location, std::slice::from_ref(&did), publishing.key.as_ref()) {
+            // Knowledge that did not change is not published again before it is due: every node
+            // fetches each new publication, so an event that changed nothing costs them nothing.
+            let unchanged = |did: &str, content: &str| {
+                let last = publishing.last.lock().unwrap_or_else(PoisonError::into_inner);
+                last.get(did).is_some_and(|(held, at)| held == content && at.elapsed() < refresh)
+            };
+            let result = crate::fleet::publish::publish_unless(
+                &watcher.config,
+                &watcher.remote,
+                &publishing.location,
+                std::slice::from_ref(&did),
+                publishing.key.as_ref(),
+                unchanged,
+            );
+            match result {
+                Ok(published) if published.is_empty() => crate::log::debug(&format!("watch: {did}: nothing new to publish")),
                 Ok(published) => {
                     for p in published {
                         watcher.health.published(true);
@@ -82,6 +127,7 @@ pub(super) fn run(watcher: &Watcher, publishing: &Publishing) {
                             p.bundle_bytes,
                             publishing.location.canonical()
                         ));
+                        publishing.last.lock().unwrap_or_else(PoisonError::into_inner).insert(p.did.clone(), (p.content.clone(), Instant::now()));
                         for record in publishing.new_records(&p) {
                             attach(watcher, &p, &record);
                         }

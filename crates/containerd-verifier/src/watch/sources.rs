@@ -334,7 +334,9 @@ pub(super) fn follow(watcher: &Watcher, source: &Source, generation: u64, until:
 fn registry_once(follow: &Follow<'_>) {
     let watcher = follow.watcher;
     let now = crate::clock::now_micros(None).unwrap_or(0);
-    let budget = watcher.config.watch_poll_interval.0.clamp(Duration::from_secs(5), Duration::from_secs(60));
+    // Room for a herd: when a new publication appears every node fetches it at once, and a
+    // fetch cut short is retried from scratch at the next poll.
+    let budget = (watcher.config.watch_poll_interval.0 * 5).clamp(Duration::from_secs(10), Duration::from_secs(60));
     let synced = crate::fleet::pull::sync(&watcher.config, &watcher.cache(), &watcher.remote, now, crate::remote::Deadline::after(budget));
     if synced.problems.is_empty() {
         watcher.health.connected(&follow.name, true);
