@@ -170,12 +170,12 @@ fn main() {
         .take(watchers)
         .zip(&logs)
         .map(|((node, _, _, _), log)| {
-            harness::spawn_tied(
-                Path::new(BIN),
-                &["watch".into(), "--run-for".into(), "600s".into()],
-                &[("ATPROTO_VERIFIER_CONFIG", node.config.display().to_string())],
-                log,
-            )
+            // Each node is a machine of its own in a fleet: here they share 2 cores with the
+            // registry, the mirror, the PDS and the publisher, so they run at the lowest
+            // priority (FLEET_NICE=0 to not) and the shared services are not starved by them.
+            let nice = std::env::var("FLEET_NICE").unwrap_or_else(|_| "19".into());
+            let args: Vec<String> = ["-n", nice.as_str(), BIN, "watch", "--run-for", "600s"].iter().map(|a| (*a).to_owned()).collect();
+            harness::spawn_tied(Path::new("/usr/bin/nice"), &args, &[("ATPROTO_VERIFIER_CONFIG", node.config.display().to_string())], log)
         })
         .collect();
     let publisher_log = publisher.dir.path().join("publisher.log");

@@ -39,8 +39,20 @@ pub struct Synced {
     pub registry_requests: usize,
 }
 
-/// Imports what changed at `config.bundle_source` into `cache`.
+/// Imports what changed at `config.bundle_source` into `cache`, for the DIDs of the trust
+/// policy `config` names.
 pub fn sync(config: &Config, cache: &Cache, remote: &Remote, now: i64, deadline: Deadline) -> Synced {
+    match crate::engine::request::load_policy(&config.policy) {
+        Ok(policy) => sync_for(config, cache, remote, now, deadline, &policy.trusted.iter().map(|t| t.did.clone()).collect()),
+        Err(e) => Synced {
+            problems: vec![format!("bundle_source not read: the trust policy names the DIDs to import, and it cannot be read: {e}")],
+            ..Synced::default()
+        },
+    }
+}
+
+/// [`sync`] for the DIDs in `wanted` (a watcher passes its loaded policy's: no parse per poll).
+pub fn sync_for(config: &Config, cache: &Cache, remote: &Remote, now: i64, deadline: Deadline, wanted: &BTreeSet<String>) -> Synced {
     let mut synced = Synced::default();
     let Some(source) = &config.bundle_source else { return synced };
     let location = match Location::parse(source) {
@@ -51,13 +63,6 @@ pub fn sync(config: &Config, cache: &Cache, remote: &Remote, now: i64, deadline:
         }
     };
     let signers: Vec<PublicKey> = config.bundle_signers.iter().filter_map(|k| PublicKey::from_did_key(k).ok()).collect();
-    let wanted: BTreeSet<String> = match crate::engine::request::load_policy(&config.policy) {
-        Ok(policy) => policy.trusted.iter().map(|t| t.did.clone()).collect(),
-        Err(e) => {
-            synced.problems.push(format!("bundle_source not read: the trust policy names the DIDs to import, and it cannot be read: {e}"));
-            return synced;
-        }
-    };
     let http = Http::new(std::sync::Arc::clone(&remote.fetch), config.request_timeout.0, deadline, InFlight::default());
     let files = Files::new(config, deadline, crate::log::Notes::stderr());
     let session = Session::new(&files, &http, &location.index);
@@ -75,7 +80,7 @@ pub fn sync(config: &Config, cache: &Cache, remote: &Remote, now: i64, deadline:
             return synced;
         }
     };
-    for (did, digest) in listed(&index, &wanted, &mut synced) {
+    for (did, digest) in listed(&index, wanted, &mut synced) {
         if deadline.expired() {
             synced.problems.push(format!("{origin}: the refresh budget ran out; the rest waits for the next run"));
             break;

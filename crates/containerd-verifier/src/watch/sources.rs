@@ -337,7 +337,8 @@ fn registry_once(follow: &Follow<'_>) {
     // Room for a herd: when a new publication appears every node fetches it at once, and a
     // fetch cut short is retried from scratch at the next poll.
     let budget = (watcher.config.watch_poll_interval.0 * 5).clamp(Duration::from_secs(10), Duration::from_secs(60));
-    let synced = crate::fleet::pull::sync(&watcher.config, &watcher.cache(), &watcher.remote, now, crate::remote::Deadline::after(budget));
+    let wanted = watcher.policy().trusted.iter().map(|t| t.did.clone()).collect();
+    let synced = crate::fleet::pull::sync_for(&watcher.config, &watcher.cache(), &watcher.remote, now, crate::remote::Deadline::after(budget), &wanted);
     if synced.problems.is_empty() {
         watcher.health.connected(&follow.name, true);
         watcher.health.delivered(&follow.name);
