@@ -95,9 +95,16 @@ fn main() {
     let (mirror_host, _mirror) = mirror(&env.registry.host, work.path());
     let hosts = work.path().join("certs.d");
     std::fs::create_dir_all(hosts.join(&env.registry.host)).unwrap();
+    // FLEET_MIRROR=0: the nodes reach the registry itself (to tell the mirror's share apart).
+    let through_mirror = std::env::var("FLEET_MIRROR").map_or(true, |v| v != "0");
+    println!("nodes reach the registry {}", if through_mirror { "through the pull-through mirror" } else { "directly" });
     std::fs::write(
         hosts.join(&env.registry.host).join("hosts.toml"),
-        format!("server = \"http://{}\"\n[host.\"http://{mirror_host}\"]\ncapabilities = [\"pull\", \"resolve\"]\n", env.registry.host),
+        if through_mirror {
+            format!("server = \"http://{}\"\n[host.\"http://{mirror_host}\"]\ncapabilities = [\"pull\", \"resolve\"]\n", env.registry.host)
+        } else {
+            format!("server = \"http://{}\"\n", env.registry.host)
+        },
     )
     .unwrap();
     let account = env.pds.create_account("fleetbench");
@@ -189,10 +196,15 @@ fn main() {
     assert!(t.contains("subscribed to"), "{t}");
     // Every watcher has polled at least once (its first read is logged).
     std::thread::sleep(Duration::from_secs(poll as u64 * 2 + 2));
+    let published_before = std::fs::read_to_string(&publisher_log).unwrap_or_default().matches("watch: published").count();
     let deleted = Instant::now();
     env.pds.delete_record(&account, &rkey);
     let mut done = vec![None; logs.len()];
+    let mut republished = None;
     while done.iter().any(Option::is_none) {
+        if republished.is_none() && std::fs::read_to_string(&publisher_log).unwrap_or_default().matches("watch: published").count() > published_before {
+            republished = Some(deleted.elapsed());
+        }
         assert!(deleted.elapsed() < Duration::from_secs(300), "{} of {} nodes revoked after 300 s", done.iter().filter(|d| d.is_some()).count(), logs.len());
         for (i, log) in logs.iter().enumerate() {
             if done[i].is_none() && std::fs::read_to_string(log).unwrap_or_default().contains("revoked (from the fleet's registry)") {
@@ -208,6 +220,7 @@ fn main() {
         "deleteRecord -> revoked on {} nodes polling every {poll} s: first {first:.2?}, median {median:.2?}, last {last:.2?} (log scan every 250 ms)",
         times.len()
     );
+    println!("deleteRecord -> the publisher's new publication pushed: {republished:.2?}");
     for (node, _, _, _) in nodes.iter().take(watchers).step_by((watchers / 10).max(1)) {
         assert_eq!(node.pull(&image, &digest).code, Some(1), "a revoked node still admits");
     }
