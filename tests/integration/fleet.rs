@@ -7,19 +7,7 @@
 #[path = "harness.rs"]
 mod harness;
 
-use harness::{Account, Env, Verifier, env, policy};
-
-fn online_config(env: &Env) -> String {
-    format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, env.pds.pds, env.registry.host)
-}
-
-fn trusting(env: &Env, account: &Account) -> String {
-    policy(
-        &[(account.handle.as_str(), account.did.as_str(), None)],
-        &format!("  - name: signed\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n", env.registry.host),
-        "{ action: enforce, require: { signature: true } }",
-    )
-}
+use harness::{Account, Verifier, env, online_config, trusting};
 
 fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))

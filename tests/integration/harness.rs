@@ -729,3 +729,18 @@ pub fn policy(trusted: &[(&str, &str, Option<&str>)], rules: &str, default: &str
     out.push_str(&format!("default: {default}\n"));
     out
 }
+
+/// A connected machine's config lines for the loopback world: its PLC directory, handle
+/// resolver, and the registry as an ATProto registry.
+pub fn online_config(env: &Env) -> String {
+    format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, env.pds.pds, env.registry.host)
+}
+
+/// A policy trusting `account` for every image of the loopback registry (signature required).
+pub fn trusting(env: &Env, account: &Account) -> String {
+    policy(
+        &[(account.handle.as_str(), account.did.as_str(), None)],
+        &format!("  - name: signed\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n", env.registry.host),
+        "{ action: enforce, require: { signature: true } }",
+    )
+}

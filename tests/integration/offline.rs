@@ -8,20 +8,8 @@
 #[path = "harness.rs"]
 mod harness;
 
-use harness::{Account, Env, FakeResponse, FakeServer, Verifier, env, policy};
+use harness::{Account, Env, FakeResponse, FakeServer, Verifier, env, online_config, trusting};
 use serde_json::Value as Json;
-
-fn online_config(env: &Env) -> String {
-    format!("plc_directory = {:?}\nhandle_resolver = {:?}\natproto_registries = [{:?}]\n", env.pds.plc, env.pds.pds, env.registry.host)
-}
-
-fn trusting(env: &Env, account: &Account) -> String {
-    policy(
-        &[(account.handle.as_str(), account.did.as_str(), None)],
-        &format!("  - name: signed\n    scope: \"{}/**\"\n    require: {{ signature: true }}\n", env.registry.host),
-        "{ action: enforce, require: { signature: true } }",
-    )
-}
 
 /// A signed image, and a bundle of its signer's records created on the connected side.
 fn signed_image_and_bundle(name: &str) -> (Account, String, String, tempfile::TempDir, std::path::PathBuf) {
