@@ -58,14 +58,20 @@ impl Polite {
             return Some(until - now);
         }
         // Another process of this node may have been told (unix seconds in the file).
-        let until = std::fs::read(self.file(host)?).ok().and_then(|b| String::from_utf8(b).ok()).and_then(|t| t.trim().parse::<u64>().ok())?;
+        let until = crate::fsio::read_capped(&self.file(host)?, 64).ok().and_then(|b| String::from_utf8(b).ok()).and_then(|t| t.trim().parse::<u64>().ok())?;
         let left = Duration::from_secs(until).checked_sub(SystemTime::now().duration_since(UNIX_EPOCH).ok()?)?;
         Some(left.min(MAX_WAIT))
     }
 
     fn pause(&self, host: &str, wait: Duration) {
         let wait = wait.min(MAX_WAIT);
-        self.lock().paused.insert(host.to_owned(), Instant::now() + wait);
+        {
+            let mut hosts = self.lock();
+            // Pauses that ran out are dropped: the map holds only hosts that still ask us to wait.
+            let now = Instant::now();
+            hosts.paused.retain(|_, until| *until > now);
+            hosts.paused.insert(host.to_owned(), now + wait);
+        }
         if let (Some(path), Ok(now)) = (self.file(host), SystemTime::now().duration_since(UNIX_EPOCH)) {
             // Best effort: a node whose cache is not writable by this user pauses this process only.
             let until = (now + wait).as_secs() + 1;
