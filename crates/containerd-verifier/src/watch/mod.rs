@@ -304,9 +304,24 @@ fn jittered(base: Duration) -> Duration {
     base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
+/// `base` less up to a fifth of it: spread like [`jittered`], but never longer than `base`
+/// (a poll interval that bounds how stale a node may be).
+fn jittered_within(base: Duration) -> Duration {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    base.saturating_sub(base.mul_f64(f64::from(nanos % 1000) / 5000.0))
+}
+
 /// Sleeps `base` jittered, in slices, until `alive` says stop.
 fn jitter_sleep(base: Duration, alive: impl Fn() -> bool) {
-    let until = Instant::now() + jittered(base);
+    sleep_until(Instant::now() + jittered(base), alive);
+}
+
+/// Sleeps at most `base` (jittered below it), in slices, until `alive` says stop.
+fn jitter_sleep_within(base: Duration, alive: impl Fn() -> bool) {
+    sleep_until(Instant::now() + jittered_within(base), alive);
+}
+
+fn sleep_until(until: Instant, alive: impl Fn() -> bool) {
     while alive() && Instant::now() < until {
         std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
     }

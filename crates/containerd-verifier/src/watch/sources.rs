@@ -150,6 +150,11 @@ impl Follow<'_> {
         jitter_sleep(d, || self.alive());
     }
 
+    /// Waits at most `d` (jittered below it): for a poll whose interval bounds staleness.
+    pub(super) fn pause_within(&self, d: Duration) {
+        super::jitter_sleep_within(d, || self.alive());
+    }
+
     /// The stored position, and whether it covered exactly these DIDs.
     pub(super) fn resume(&self) -> (Option<CursorEntry>, bool) {
         let stored = cursor::load(&self.watcher.cache(), &self.name);
@@ -323,7 +328,9 @@ pub(super) fn follow(watcher: &Watcher, source: &Source, generation: u64, until:
         Source::Registry { .. } => {
             while follow.alive() {
                 registry_once(&follow);
-                follow.pause(watcher.config.watch_poll_interval.0);
+                // Within the interval, never past it: a node is at most one interval behind the
+                // registry (plus the import), as README promises.
+                follow.pause_within(watcher.config.watch_poll_interval.0);
             }
         }
     }
