@@ -29,6 +29,9 @@ pub struct Publishing {
     last: Mutex<BTreeMap<String, (String, Instant)>>,
 }
 
+/// How long after a failed publication a DID due for its fetch times is tried again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
 /// How often a DID whose knowledge did not change is published again all the same: its fetch
 /// times are what keep online nodes off the PDS, and they count for `proof_ttl`.
 fn refresh_every(config: &crate::config::Config) -> Duration {
@@ -135,7 +138,16 @@ pub(super) fn run(watcher: &Watcher, publishing: &Publishing) {
                 }
                 Err(e) => {
                     watcher.health.published(false);
-                    crate::log::warn(&format!("watch: publishing {did} to {}: {e} — retried at its next change or restart", publishing.location.canonical()));
+                    crate::log::warn(&format!(
+                        "watch: publishing {did} to {}: {e} — retried at its next change, or in {}s",
+                        publishing.location.canonical(),
+                        RETRY_AFTER_FAILURE.as_secs()
+                    ));
+                    // Due again after a pause, not at every turn of this loop (each attempt
+                    // costs the PDS and the registry requests).
+                    if let Some(entry) = publishing.last.lock().unwrap_or_else(PoisonError::into_inner).get_mut(&did) {
+                        entry.1 = Instant::now().checked_sub(refresh.saturating_sub(RETRY_AFTER_FAILURE)).unwrap_or_else(Instant::now);
+                    }
                 }
             }
         }
