@@ -282,10 +282,12 @@ impl<'a> Session<'a> {
     }
 
     /// The manifest under `tag` (of media type `accept`) and its digest, or `None` when the tag
-    /// does not exist (404). Down or rate-limited registries are network errors.
+    /// does not exist (404). Down or rate-limited registries are network errors. Reading a tag
+    /// is resolving it, as containerd means it: only endpoints with the `resolve` capability are
+    /// asked (a pull-through mirror given `pull` alone serves blobs, never a stale tag).
     pub fn tagged(&self, tag: &str, accept: &str) -> Result<Option<(String, Vec<u8>)>, RegistryError> {
         let response =
-            self.request("pull", "GET", &format!("{}/manifests/{tag}", self.repository), &[("accept", accept.into())], None, NodeLimits::DEFAULT.manifest)?;
+            self.request("resolve", "GET", &format!("{}/manifests/{tag}", self.repository), &[("accept", accept.into())], None, NodeLimits::DEFAULT.manifest)?;
         match response.status {
             200 => Ok(Some((sha256_digest(&response.body), response.body))),
             404 => Ok(None),
