@@ -81,6 +81,20 @@ fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// What `log` gained past `offset` (which moves to its end; a line cut at the end is read again).
+fn appended(log: &Path, offset: &mut u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(log) else { return String::new() };
+    let mut text = String::new();
+    if file.seek(SeekFrom::Start(*offset)).is_err() || file.read_to_string(&mut text).is_err() {
+        return String::new();
+    }
+    let whole = text.rfind('\n').map_or(0, |i| i + 1);
+    *offset += whole as u64;
+    text.truncate(whole);
+    text
+}
+
 /// The number before `what` in `text` ("… 1 registry requests" → 1).
 fn number_before(text: &str, what: &str) -> Option<usize> {
     let at = text.find(what)?;
@@ -95,15 +109,21 @@ fn main() {
     let (mirror_host, _mirror) = mirror(&env.registry.host, work.path());
     let hosts = work.path().join("certs.d");
     std::fs::create_dir_all(hosts.join(&env.registry.host)).unwrap();
-    // FLEET_MIRROR=0: the nodes reach the registry itself (to tell the mirror's share apart).
-    let through_mirror = std::env::var("FLEET_MIRROR").map_or(true, |v| v != "0");
-    println!("nodes reach the registry {}", if through_mirror { "through the pull-through mirror" } else { "directly" });
+    // FLEET_MIRROR: `pull` (the default, as README recommends): the mirror serves manifests by
+    // digest and blobs, the index (a tag) is resolved at the registry; `resolve`: the mirror
+    // resolves tags too; `0`: the nodes reach the registry itself.
+    let mirror_mode = std::env::var("FLEET_MIRROR").unwrap_or_else(|_| "pull".into());
+    let capabilities = match mirror_mode.as_str() {
+        "0" => None,
+        "resolve" => Some("[\"pull\", \"resolve\"]"),
+        _ => Some("[\"pull\"]"),
+    };
+    println!("nodes reach the registry {}", capabilities.map_or("directly".to_owned(), |c| format!("through the pull-through mirror (capabilities = {c})")));
     std::fs::write(
         hosts.join(&env.registry.host).join("hosts.toml"),
-        if through_mirror {
-            format!("server = \"http://{}\"\n[host.\"http://{mirror_host}\"]\ncapabilities = [\"pull\", \"resolve\"]\n", env.registry.host)
-        } else {
-            format!("server = \"http://{}\"\n", env.registry.host)
+        match capabilities {
+            Some(c) => format!("server = \"http://{}\"\n[host.\"http://{mirror_host}\"]\ncapabilities = {c}\n", env.registry.host),
+            None => format!("server = \"http://{}\"\n", env.registry.host),
         },
     )
     .unwrap();
@@ -197,9 +217,12 @@ fn main() {
     // Every watcher has polled at least once (its first read is logged).
     std::thread::sleep(Duration::from_secs(poll as u64 * 2 + 2));
     let published_before = std::fs::read_to_string(&publisher_log).unwrap_or_default().matches("watch: published").count();
+    println!("every watcher has polled: deleting the record");
     let deleted = Instant::now();
     env.pds.delete_record(&account, &rkey);
     let mut done = vec![None; logs.len()];
+    // Each scan reads only what a log gained since the last (the scan shares the 2 cores).
+    let mut offsets: Vec<u64> = logs.iter().map(|l| std::fs::metadata(l).map_or(0, |m| m.len())).collect();
     let mut republished = None;
     while done.iter().any(Option::is_none) {
         if republished.is_none() && std::fs::read_to_string(&publisher_log).unwrap_or_default().matches("watch: published").count() > published_before {
@@ -207,7 +230,7 @@ fn main() {
         }
         assert!(deleted.elapsed() < Duration::from_secs(300), "{} of {} nodes revoked after 300 s", done.iter().filter(|d| d.is_some()).count(), logs.len());
         for (i, log) in logs.iter().enumerate() {
-            if done[i].is_none() && std::fs::read_to_string(log).unwrap_or_default().contains("revoked (from the fleet's registry)") {
+            if done[i].is_none() && appended(log, &mut offsets[i]).contains("revoked (from the fleet's registry)") {
                 done[i] = Some(deleted.elapsed());
             }
         }
@@ -221,6 +244,10 @@ fn main() {
         times.len()
     );
     println!("deleteRecord -> the publisher's new publication pushed: {republished:.2?}");
+    let log = std::fs::read_to_string(&publisher_log).unwrap_or_default();
+    if let Some(line) = log.lines().filter(|l| l.contains("watch: published")).nth(published_before) {
+        println!("the publication of the change: {}", line.split("watch: ").last().unwrap_or(line));
+    }
     for (node, _, _, _) in nodes.iter().take(watchers).step_by((watchers / 10).max(1)) {
         assert_eq!(node.pull(&image, &digest).code, Some(1), "a revoked node still admits");
     }

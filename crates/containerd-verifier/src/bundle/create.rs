@@ -25,10 +25,15 @@ pub fn create(
     dids: &[String],
     out: &Path,
 ) -> Result<Bundle, BundleError> {
-    create_counted(config, remote, policy, images, dids, out).map(|(bundle, _)| bundle)
+    create_counted(config, remote, policy, images, dids, out, None).map(|(bundle, _)| bundle)
 }
 
-/// [`create`], and the identity requests (PLC, PDS, handle) it made.
+/// [`create`], and the identity requests (PLC, PDS, handle) it made. With `known` (a
+/// publisher's own cache of identities), each DID's document, audit log and handle binding
+/// fetched within `did_ttl` are reused rather than fetched again, and what is fetched is kept
+/// there: a publisher's change then costs one request (the repository export). When anything
+/// fails with reused material (a rotated key, say), the whole bundle is made again from fresh
+/// fetches.
 pub fn create_counted(
     config: &Config,
     remote: &Remote,
@@ -36,6 +41,53 @@ pub fn create_counted(
     images: &[String],
     dids: &[String],
     out: &Path,
+    known: Option<&Cache>,
+) -> Result<(Bundle, usize), BundleError> {
+    match known {
+        Some(known) => match create_from(config, remote, policy, images, dids, out, Some(known)) {
+            Ok(made) => Ok(made),
+            Err(e) => {
+                crate::log::info(&format!("bundle: with reused identities: {e}: fetching them again"));
+                let (bundle, requests) = create_from(config, remote, policy, images, dids, out, None)?;
+                keep_identities(&bundle, known);
+                Ok((bundle, requests))
+            }
+        },
+        None => create_from(config, remote, policy, images, dids, out, None),
+    }
+}
+
+/// The identity entries of `known` worth reusing for `dids` at `now`: documents (with their
+/// audit log, for did:plc) and handle bindings fetched within `ttl_micros`.
+fn reusable(known: &Cache, dids: &[String], now: i64, ttl_micros: i64) -> (Vec<crate::material::store::DidEntry>, Vec<HandleEntry>) {
+    let fresh = |fetched_at: i64| fetched_at <= now && now - fetched_at < ttl_micros;
+    let documents: Vec<crate::material::store::DidEntry> = dids
+        .iter()
+        .filter_map(|did| known.read::<crate::material::store::DidEntry>(Kind::Did, &[did]))
+        .filter(|e| fresh(e.fetched_at) && (e.audit_log.is_some() || !e.did.starts_with("did:plc:")))
+        .collect();
+    let handles = known.all::<HandleEntry>(Kind::Handle).into_iter().map(|(_, h)| h).filter(|h| fresh(h.fetched_at) && dids.contains(&h.did)).collect();
+    (documents, handles)
+}
+
+/// Keeps the bundle's documents and handle bindings in `known` for the next bundle.
+fn keep_identities(bundle: &Bundle, known: &Cache) {
+    for entry in &bundle.dids {
+        known.write(Kind::Did, &[entry.did.as_str()], entry);
+    }
+    for entry in &bundle.handles {
+        known.write(Kind::Handle, &[entry.handle.as_str()], entry);
+    }
+}
+
+fn create_from(
+    config: &Config,
+    remote: &Remote,
+    policy: Option<&atproto_sig_core::policy::Policy>,
+    images: &[String],
+    dids: &[String],
+    out: &Path,
+    known: Option<&Cache>,
 ) -> Result<(Bundle, usize), BundleError> {
     let scratch = tempfile::tempdir().map_err(|e| BundleError::Write { path: "a scratch directory".into(), problem: e.to_string() })?;
     // A connected machine collecting into a scratch cache, with every did:plc audit log (the
@@ -46,6 +98,15 @@ pub fn create_counted(
     let deadline = Deadline::after(Duration::from_secs(300));
     let context = Session::new(config, policy.unwrap_or(&empty), remote, now, deadline, &InFlight::default(), options);
     let cache = Cache::new(scratch.path());
+    let mut reused_handles = Vec::new();
+    if let Some(known) = known {
+        let (documents, handles) = reusable(known, dids, now, config.did_ttl.micros());
+        for entry in &documents {
+            cache.write(Kind::Did, &[entry.did.as_str()], entry);
+        }
+        // Handle bindings are written only when the document still names that handle.
+        reused_handles = handles;
+    }
     for name in images {
         let image = atproto_sig_core::reference::ImageRef::parse(name).map_err(|e| BundleError::Image { name: name.clone(), problem: e.to_string() })?;
         if policy.is_none() {
@@ -60,7 +121,7 @@ pub fn create_counted(
     }
     let mut collections = Vec::new();
     for did in dids {
-        collections.push(collect_did(&context, &cache, did)?);
+        collections.push(collect_did(&context, &cache, did, &reused_handles)?);
     }
     for note in context.take_notes() {
         crate::log::debug(&note);
@@ -76,12 +137,15 @@ pub fn create_counted(
         handles: cache.all(Kind::Handle).into_iter().map(|(_, e)| e).collect(),
     };
     write(&bundle, out)?;
+    if let Some(known) = known {
+        keep_identities(&bundle, known);
+    }
     Ok((bundle, context.requests().identity))
 }
 
 /// Everything of `did`: the signed state of its whole collection (it proves deletions too),
 /// and a proof and a locator for every record it holds, cut from that same export.
-fn collect_did(context: &Session<'_>, cache: &Cache, did: &str) -> Result<CollectionEntry, BundleError> {
+fn collect_did(context: &Session<'_>, cache: &Cache, did: &str, reused_handles: &[HandleEntry]) -> Result<CollectionEntry, BundleError> {
     let (document, _) = context.document(did).map_err(|v| BundleError::Document { did: did.to_owned(), message: v.message })?;
     let http = context.http().ok_or(BundleError::Offline)?;
     let pds = document.pds.clone().ok_or_else(|| BundleError::NoPds { did: did.to_owned() })?;
@@ -89,7 +153,10 @@ fn collect_did(context: &Session<'_>, cache: &Cache, did: &str) -> Result<Collec
     let (car, rkeys) = atproto_sig_core::collection::extract(&repo, MANIFEST_COLLECTION, &Limits::repository())
         .map_err(|e| BundleError::Export { did: did.to_owned(), problem: e.to_string() })?;
     // The handle, when it resolves back to this DID (both ways, as a pull checks it).
-    if let Some(handle) = &document.handle {
+    let reused = document.handle.as_ref().and_then(|h| reused_handles.iter().find(|r| r.handle == *h && r.did == did));
+    if let Some(entry) = reused {
+        cache.write(Kind::Handle, &[entry.handle.as_str()], entry);
+    } else if let Some(handle) = &document.handle {
         match crate::lookup::atproto::resolve_handle(http, context.config.handle_resolver.as_deref(), &*context.dns, handle) {
             Ok(resolved) if resolved == did => {
                 let entry = HandleEntry { handle: handle.clone(), did: did.to_owned(), fetched_at: context.now };
@@ -193,5 +260,33 @@ mod tests {
         assert!(report.refused.is_empty(), "{:?}", report.refused);
         assert_eq!(report.stored.len(), 4, "document, proof, locator, collection state: {:?}", report.stored);
         assert!(report.stored.iter().any(|u| u.starts_with("collection state")), "{:?}", report.stored);
+    }
+
+    #[test]
+    fn only_fresh_identities_with_their_audit_log_are_reused() {
+        use crate::material::store::DidEntry;
+        let dir = tempfile::tempdir().unwrap();
+        let known = Cache::new(dir.path());
+        let doc = |did: &str, fetched_at: i64, log: bool| DidEntry {
+            did: did.into(),
+            fetched_at,
+            source: "test".into(),
+            document: "{}".into(),
+            audit_log: log.then(|| "[]".into()),
+        };
+        let (now, ttl) = (1_000_000_000, 300_000_000);
+        known.write(Kind::Did, &["did:plc:fresh"], &doc("did:plc:fresh", now - 1, true));
+        known.write(Kind::Did, &["did:plc:stale"], &doc("did:plc:stale", now - ttl, true));
+        known.write(Kind::Did, &["did:plc:nolog"], &doc("did:plc:nolog", now - 1, false));
+        known.write(Kind::Did, &["did:plc:future"], &doc("did:plc:future", now + 1, true));
+        known.write(Kind::Did, &["did:web:a.test"], &doc("did:web:a.test", now - 1, false));
+        known.write(Kind::Handle, &["a.test"], &HandleEntry { handle: "a.test".into(), did: "did:plc:fresh".into(), fetched_at: now - 1 });
+        known.write(Kind::Handle, &["b.test"], &HandleEntry { handle: "b.test".into(), did: "did:plc:other".into(), fetched_at: now - 1 });
+        let all: Vec<String> = ["did:plc:fresh", "did:plc:stale", "did:plc:nolog", "did:plc:future", "did:web:a.test"].map(String::from).to_vec();
+        let (documents, handles) = reusable(&known, &all, now, ttl);
+        let mut reused: Vec<&str> = documents.iter().map(|d| d.did.as_str()).collect();
+        reused.sort();
+        assert_eq!(reused, ["did:plc:fresh", "did:web:a.test"]);
+        assert_eq!(handles.iter().map(|h| h.handle.as_str()).collect::<Vec<_>>(), ["a.test"], "only the named DIDs' bindings");
     }
 }

@@ -6,7 +6,8 @@
 //! The layout of `oci://REGISTRY/REPOSITORY`:
 //! - one artifact per DID, under a tag of its own ([`tag_for`]): `artifactType`
 //!   [`BUNDLE_ARTIFACT_TYPE`], the bundle as its first layer and, when the publisher signs, a
-//!   DSSE envelope ([`publication`]) as its second;
+//!   DSSE envelope ([`publication`]) as its second; both are also embedded in the manifest
+//!   (descriptor `data`, up to [`MAX_EMBEDDED_BUNDLE`]), so an import is one request;
 //! - one OCI index under the tag [`INDEX_TAG`], listing every DID's artifact: what nodes poll.
 //!
 //! The registry is not trusted. Every bundle is imported by the ordinary knowledge rules
@@ -37,6 +38,10 @@ pub const INDEX_TAG: &str = "index";
 pub const DID_ANNOTATION: &str = "io.atproto.did";
 /// Most DIDs one index may list (a node reads no more of it).
 pub const MAX_INDEX_ENTRIES: usize = 10_000;
+/// The largest bundle also embedded in its artifact's manifest (the descriptor's `data`, OCI
+/// image-spec 1.1), so a node fetches one manifest instead of a manifest and two blobs: base64
+/// of this stays well under the 4 MiB manifest limit of registries (and of our own reader).
+pub const MAX_EMBEDDED_BUNDLE: usize = 256 << 10;
 
 /// Where a fleet's bundles live: `oci://REGISTRY/REPOSITORY`.
 #[derive(Clone, Debug, PartialEq, Eq)]

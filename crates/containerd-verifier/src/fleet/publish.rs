@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 
 use super::{
     BUNDLE_ARTIFACT_TYPE, BUNDLE_MEDIA_TYPE, DID_ANNOTATION, EMPTY_CONFIG_MEDIA_TYPE, ENVELOPE_MEDIA_TYPE, INDEX_MEDIA_TYPE, INDEX_TAG, Location,
-    MANIFEST_MEDIA_TYPE, MAX_INDEX_ENTRIES, publication, tag_for,
+    MANIFEST_MEDIA_TYPE, MAX_EMBEDDED_BUNDLE, MAX_INDEX_ENTRIES, publication, tag_for,
 };
 use crate::config::Config;
 use crate::lookup::registry::{Files, RegistryError, Session, sha256_digest};
@@ -118,11 +118,14 @@ pub fn publish_unless(
     let files = Files::new(config, deadline, crate::log::Notes::stderr());
     let session = Session::new(&files, &http, &location.index);
     let registry = |what: String| move |error: RegistryError| PublishError::Registry { what, error };
+    // The publisher's identities (documents, audit logs, handles) fetched within `did_ttl`:
+    // a change then costs one identity request, the repository export that proves it.
+    let known = crate::material::store::Cache::new(&config.cache_dir.join("publisher"));
     let mut published = Vec::new();
     for did in dids {
         let scratch = tempfile::tempdir().map_err(|e| PublishError::Other(e.to_string()))?;
         let file = scratch.path().join("bundle.json");
-        let (made, identity_requests) = crate::bundle::create_counted(config, remote, None, &[], std::slice::from_ref(did), &file)
+        let (made, identity_requests) = crate::bundle::create_counted(config, remote, None, &[], std::slice::from_ref(did), &file, Some(&known))
             .map_err(|error| PublishError::Bundle { did: did.clone(), error })?;
         let content = content_of(&made);
         if unchanged(did, &content) {
@@ -133,10 +136,12 @@ pub fn publish_unless(
         let envelope = key.map(|k| publication::sign(k, did, &bundle, now));
         let (config_blob, bundle_digest) = (b"{}".as_slice(), session.push_blob(&bundle).map_err(registry(format!("{did}: the bundle")))?);
         let config_digest = session.push_blob(config_blob).map_err(registry("the empty config".into()))?;
-        let mut layers = vec![json!({"mediaType": BUNDLE_MEDIA_TYPE, "digest": bundle_digest, "size": bundle.len()})];
+        // The blobs are pushed whatever the size (a registry checks that layers exist, and a
+        // reader that ignores `data` fetches them); small ones are also embedded.
+        let mut layers = vec![descriptor(BUNDLE_MEDIA_TYPE, &bundle_digest, &bundle, bundle.len() <= MAX_EMBEDDED_BUNDLE)];
         if let Some(envelope) = &envelope {
             let digest = session.push_blob(envelope).map_err(registry(format!("{did}: the publication")))?;
-            layers.push(json!({"mediaType": ENVELOPE_MEDIA_TYPE, "digest": digest, "size": envelope.len()}));
+            layers.push(descriptor(ENVELOPE_MEDIA_TYPE, &digest, envelope, true));
         }
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
@@ -169,6 +174,19 @@ pub fn publish_unless(
 }
 
 /// Lists `did`'s artifact in the index (the entry for that DID replaced, the others kept).
+/// An OCI descriptor of `bytes`, with their base64 as `data` when `embed`.
+fn descriptor(media_type: &str, digest: &str, bytes: &[u8], embed: bool) -> Json {
+    use base64::Engine as _;
+    let mut descriptor = serde_json::Map::new();
+    descriptor.insert("mediaType".into(), media_type.into());
+    descriptor.insert("digest".into(), digest.into());
+    descriptor.insert("size".into(), bytes.len().into());
+    if embed {
+        descriptor.insert("data".into(), base64::engine::general_purpose::STANDARD.encode(bytes).into());
+    }
+    Json::Object(descriptor)
+}
+
 fn update_index(session: &Session<'_>, did: &str, digest: &str, size: usize) -> Result<(), PublishError> {
     let held = session.tagged(INDEX_TAG, INDEX_MEDIA_TYPE).map_err(|error| PublishError::Registry { what: "the index".into(), error })?;
     let mut index = held

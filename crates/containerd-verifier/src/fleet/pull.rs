@@ -159,18 +159,13 @@ fn import_artifact(
         return Err(format!("the artifact {digest} is not {did}'s"));
     }
     let layers = manifest.get("layers").and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default();
-    let layer = |media_type: &str| {
-        layers
-            .iter()
-            .find(|l| l.get("mediaType").and_then(Json::as_str) == Some(media_type))
-            .and_then(|l| Some((l.get("digest").and_then(Json::as_str)?.to_owned(), l.get("size").and_then(Json::as_u64).unwrap_or(u64::MAX))))
-    };
-    let (bundle_digest, size) = layer(BUNDLE_MEDIA_TYPE).ok_or("the artifact has no bundle layer")?;
+    let layer = |media_type: &str| layers.iter().find(|l| l.get("mediaType").and_then(Json::as_str) == Some(media_type)).and_then(Layer::of);
+    let bundle_layer = layer(BUNDLE_MEDIA_TYPE).ok_or("the artifact has no bundle layer")?;
     let limit = NodeLimits::DEFAULT.bundle;
-    if size > limit as u64 {
-        return Err(format!("its bundle is {size} bytes, over the {limit}-byte limit"));
+    if bundle_layer.size > limit as u64 {
+        return Err(format!("its bundle is {} bytes, over the {limit}-byte limit", bundle_layer.size));
     }
-    let bytes = session.blob(&bundle_digest, limit).map_err(|e| format!("the bundle: {e}"))?;
+    let bytes = bundle_layer.content(session, limit).map_err(|e| format!("the bundle: {e}"))?;
     let mut notes = Vec::new();
     let fetched_by = match (signers.is_empty(), layer(ENVELOPE_MEDIA_TYPE)) {
         (true, _) => FetchedBy::Claim,
@@ -178,10 +173,9 @@ fn import_artifact(
             notes.push(format!("{did}: the publication is unsigned: its fetch times are claims (bundle_signers is set)"));
             FetchedBy::Claim
         }
-        (false, Some((envelope_digest, _))) => {
-            let vouched = session
-                .blob(&envelope_digest, publication::MAX_ENVELOPE)
-                .map_err(|e| e.to_string())
+        (false, Some(envelope_layer)) => {
+            let vouched = envelope_layer
+                .content(session, publication::MAX_ENVELOPE)
                 .and_then(|envelope| publication::verify(&envelope, &bytes, did, signers, now, config.clock_skew.micros()).map_err(|e| e.to_string()));
             match vouched {
                 Ok(v) => FetchedBy::Publisher { published_at: v.published_at },
@@ -207,4 +201,70 @@ fn import_artifact(
         _ => "fetch times as claims",
     };
     Ok((format!("{did}: {} entries stored, {} unchanged ({how})", report.stored.len(), report.unchanged.len()), notes))
+}
+
+/// A layer of a bundle artifact, as its descriptor says.
+struct Layer {
+    digest: String,
+    size: u64,
+    /// The descriptor's `data` (base64), when the publisher embedded the content.
+    data: Option<String>,
+}
+
+impl Layer {
+    fn of(descriptor: &Json) -> Option<Layer> {
+        Some(Layer {
+            digest: descriptor.get("digest").and_then(Json::as_str)?.to_owned(),
+            size: descriptor.get("size").and_then(Json::as_u64).unwrap_or(u64::MAX),
+            data: descriptor.get("data").and_then(Json::as_str).map(str::to_owned),
+        })
+    }
+
+    /// The layer's bytes (at most `limit`), checked against its digest: the embedded copy when
+    /// there is one that matches (no request), else the blob from the registry. An embedded
+    /// copy that does not match is ignored, not believed: the blob is digest-checked too.
+    fn content(&self, session: &Session<'_>, limit: usize) -> Result<Vec<u8>, String> {
+        match self.embedded(limit) {
+            Some(bytes) => Ok(bytes),
+            None => session.blob(&self.digest, limit).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The embedded copy, if there is one within `limit` that hashes to the digest.
+    fn embedded(&self, limit: usize) -> Option<Vec<u8>> {
+        let data = self.data.as_deref()?;
+        if data.len() > limit.div_ceil(3) * 4 {
+            return None;
+        }
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, data).ok()?;
+        (bytes.len() <= limit && crate::lookup::registry::sha256_digest(&bytes) == self.digest).then_some(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn layer(bytes: &[u8], data: &[u8]) -> Layer {
+        Layer {
+            digest: crate::lookup::registry::sha256_digest(bytes),
+            size: bytes.len() as u64,
+            data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
+        }
+    }
+
+    #[test]
+    fn an_embedded_copy_counts_only_when_it_hashes_to_the_digest_and_fits() {
+        assert_eq!(layer(b"bundle", b"bundle").embedded(64).as_deref(), Some(b"bundle".as_slice()));
+        // Another content under the digest: ignored (the blob is fetched instead).
+        assert_eq!(layer(b"bundle", b"forged").embedded(64), None);
+        // Over the limit, even when genuine: not decoded.
+        assert_eq!(layer(&[7; 100], &[7; 100]).embedded(64), None);
+        let mut broken = layer(b"bundle", b"bundle");
+        broken.data = Some("not base64!".into());
+        assert_eq!(broken.embedded(64), None);
+        broken.data = None;
+        assert_eq!(broken.embedded(64), None);
+    }
 }

@@ -124,10 +124,11 @@ pub(super) fn run(watcher: &Watcher, publishing: &Publishing) {
                     for p in published {
                         watcher.health.published(true);
                         crate::log::info(&format!(
-                            "watch: published {} ({}, {} bytes) to {}",
+                            "watch: published {} ({}, {} bytes, {} identity requests) to {}",
                             p.did,
                             p.digest,
                             p.bundle_bytes,
+                            p.identity_requests,
                             publishing.location.canonical()
                         ));
                         publishing.last.lock().unwrap_or_else(PoisonError::into_inner).insert(p.did.clone(), (p.content.clone(), Instant::now()));
