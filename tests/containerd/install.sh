@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the real containerd, ctr and crictl the tests run, with `go install` from the Go module
+# Builds the real containerd, ctr, its runc shim and crictl the tests run, with `go install` from the Go module
 # proxy, pinned, into target/tools/<name>-<version>/ (kept between runs: each build takes a few
 # minutes on two cores). Prints nothing when everything is already there.
 #
@@ -20,9 +20,11 @@ fi
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 for v in $CONTAINERD_VERSIONS; do
   dir="$tools/containerd-$v"
-  if [ ! -x "$dir/containerd" ] || [ ! -x "$dir/ctr" ]; then
+  if [ ! -x "$dir/containerd" ] || [ ! -x "$dir/ctr" ] || [ ! -x "$dir/containerd-shim-runc-v2" ]; then
     echo "building containerd $v (go install, a few minutes)" >&2
-    GOBIN="$PWD/$dir" go install "github.com/containerd/containerd/v2/cmd/containerd@$v" "github.com/containerd/containerd/v2/cmd/ctr@$v"
+    # The shim runs containers with Debian's runc (the revocation tests start and stop them).
+    GOBIN="$PWD/$dir" go install "github.com/containerd/containerd/v2/cmd/containerd@$v" "github.com/containerd/containerd/v2/cmd/ctr@$v" \
+      "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$v"
   fi
 done
 dir="$tools/crictl-$CRICTL_VERSION"

@@ -174,6 +174,24 @@ pub struct Config {
     pub watch_poll_interval: Span,
     /// Prometheus textfile written by `watch` (connected sources, lag, revocations, gaps).
     pub watch_metrics_file: Option<PathBuf>,
+    /// What this node does when it learns that an image in containerd's store is revoked:
+    /// `report` (log, metric, `doctor`, `coverage node`) or `remove-image` (also remove it from
+    /// containerd's image store in every namespace, so the next start must pull and is
+    /// decided). A running container is never killed.
+    pub on_revoke: OnRevoke,
+    /// containerd's gRPC socket (its `[grpc] address`), for `on_revoke` and `coverage node`.
+    pub containerd_socket: PathBuf,
+}
+
+/// What a node does about a revoked image already in containerd's store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnRevoke {
+    /// Log it once per container, count it, show it in `doctor` and `coverage node`.
+    #[default]
+    Report,
+    /// Report, and remove the image (and every index holding it) from containerd's store.
+    RemoveImage,
 }
 
 /// Where `watch` hears of repository changes.
@@ -224,6 +242,8 @@ impl Default for Config {
             watch_url: None,
             watch_poll_interval: Span(Duration::from_secs(60)),
             watch_metrics_file: None,
+            on_revoke: OnRevoke::Report,
+            containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod log;
 pub(crate) mod lookup;
 pub mod material;
 pub(crate) mod metrics;
+pub(crate) mod node;
 pub(crate) mod policy_cases;
 pub mod ratify;
 pub mod remote;

@@ -186,6 +186,20 @@ pub fn run(raw: &[String]) -> u8 {
     record.insert("time".into(), json!(audit::now_string()));
     record.insert("operation".into(), json!(invocation.operation));
     audit::record(&config, Json::Object(record));
+    // A pull decided revoked: the same digest already in the store goes too (on_revoke),
+    // within what is left of the budget (at most 1 s), after the answer is given.
+    if decision.reason == atproto_sig_core::Reason::RecordDeleted
+        && decision.outcome == Outcome::Reject
+        && config.on_revoke == crate::config::OnRevoke::RemoveImage
+        && config.containerd_socket.exists()
+    {
+        let left = config.budget.0.saturating_sub(started.elapsed()).min(std::time::Duration::from_secs(1));
+        if !left.is_zero()
+            && let Err(e) = crate::node::remove_target(&config, &digest, left)
+        {
+            crate::log::warn(&format!("node: {e}"));
+        }
+    }
     code
 }
 

@@ -292,5 +292,9 @@ fn import(args: &ImportArgs) -> u8 {
             }
         }
     }
+    // What the bundle revoked reaches the images already in containerd's store.
+    if report.notes.iter().any(|n| n.starts_with("revoked ")) {
+        crate::node::after_learning(&config, now);
+    }
     if report.refused.is_empty() { exit::ADMITTED } else { exit::REJECTED }
 }

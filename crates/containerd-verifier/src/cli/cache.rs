@@ -85,6 +85,13 @@ fn cache_dir(config: &Config) -> String {
 }
 
 fn refresh(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
+    let code = refresh_knowledge(config, cache, now, format);
+    // What the refresh revoked reaches the images already in containerd's store.
+    crate::node::after_learning(config, now);
+    code
+}
+
+fn refresh_knowledge(config: &Config, cache: &Cache, now: i64, format: Format) -> u8 {
     // bundle_dir is imported here (the refresh timer), never on the pull path: a hostile or
     // huge bundle can cost this job time, not a pull.
     let mut bundle_notes = crate::bundle::sync_bundle_dir(config, cache);

@@ -33,8 +33,13 @@ pub enum CoverageFormat {
 #[derive(Args, Debug)]
 pub struct CoverageArgs {
     /// A registry namespace ending in `/` (atcr.io/alice.example.com/), a DID or handle (its
-    /// io.atcr.manifest records), or `cluster` (the images of running Pods, with --pods).
+    /// io.atcr.manifest records), `cluster` (the images of running Pods, with --pods), or
+    /// `node` (the images in this node's containerd, decided from this node's knowledge, and
+    /// the containers still running a revoked one).
     target: String,
+    /// For `node`: containerd's socket (default: `containerd_socket` of config.toml).
+    #[arg(long)]
+    address: Option<PathBuf>,
     /// For `cluster`: the output of `kubectl get pods -A -o json`, a file or `-` for stdin.
     #[arg(long, conflicts_with = "kubeconfig")]
     pods: Option<PathBuf>,
@@ -83,6 +88,12 @@ pub fn run(args: CoverageArgs) -> u8 {
     };
     let now = now_micros(None).unwrap_or(0);
     let remote = crate::remote::system::system(&config);
+    if args.target == "node" {
+        if let Some(address) = &args.address {
+            config.containerd_socket.clone_from(address);
+        }
+        return node(&args, &config, &policy, &remote, now);
+    }
     let target = if args.target == "cluster" {
         match cluster_pods(&args, &config, &remote, now) {
             Ok(bytes) => Target::Cluster(bytes),
@@ -125,33 +136,106 @@ pub fn run(args: CoverageArgs) -> u8 {
         }
     };
     let rows = coverage::decide_all(&items, usize::from(args.jobs), &config, &policy, &remote, now, &progress);
+    emit(&args, &rows, cut, None)
+}
+
+/// Writes the report (with, for `node`, the containers still running a revoked image) and
+/// answers the exit code.
+fn emit(args: &CoverageArgs, rows: &[coverage::Row], cut: bool, running: Option<&[crate::node::RunningRevoked]>) -> u8 {
+    let format = if args.format == CoverageFormat::Json { Format::Json } else { Format::Text };
+    let with_running_text = |mut text: String| {
+        for r in running.unwrap_or_default() {
+            text.push_str(&format!("running   {}: {} ({}), whose record is deleted: drain it\n", r.describe(), r.container.image, r.digest));
+        }
+        text
+    };
+    let with_running_json = |mut value: serde_json::Value| {
+        if let (Some(running), Some(object)) = (running, value.as_object_mut()) {
+            let list: Vec<serde_json::Value> = running
+                .iter()
+                .map(|r| {
+                    serde_json::json!({"namespace": r.container.namespace, "container": r.container.id, "image": r.container.image,
+                    "digest": r.digest, "task": r.container.task, "pod": r.pod, "name": r.name})
+                })
+                .collect();
+            object.insert("runningRevoked".into(), list.into());
+        }
+        value
+    };
     let rendered = match args.format {
-        CoverageFormat::Text => report::text(&args.target, &rows, cut),
-        CoverageFormat::Json => report::json(&args.target, &rows, cut).to_string() + "\n",
-        CoverageFormat::Sarif => report::sarif(&rows).to_string() + "\n",
-        CoverageFormat::Prometheus => report::prometheus(&args.target, &rows, now / 1_000_000),
+        CoverageFormat::Text => with_running_text(report::text(&args.target, rows, cut)),
+        CoverageFormat::Json => with_running_json(report::json(&args.target, rows, cut)).to_string() + "\n",
+        CoverageFormat::Sarif => report::sarif(rows).to_string() + "\n",
+        CoverageFormat::Prometheus => {
+            let mut text = report::prometheus(&args.target, rows, now_micros(None).unwrap_or(0) / 1_000_000);
+            if let Some(running) = running {
+                text.push_str("# HELP atproto_verifier_coverage_revoked_containers_running Containers still running an image whose record is deleted.\n");
+                text.push_str("# TYPE atproto_verifier_coverage_revoked_containers_running gauge\n");
+                text.push_str(&format!("atproto_verifier_coverage_revoked_containers_running {}\n", running.len()));
+            }
+            text
+        }
     };
     match &args.output {
         Some(path) => {
             if let Err(e) = write_replacing(path, rendered.as_bytes()) {
-                return fail(&format!("{}: {e}", path.display()), "");
+                print_undecided(format, &format!("{}: {e}", path.display()), "");
+                return exit::UNDECIDED;
             }
             if args.format != CoverageFormat::Text {
                 // The summary for people still goes to stdout.
-                print!("{}", report::text(&args.target, &rows, cut).lines().last().map(|l| format!("{l}\n")).unwrap_or_default());
+                print!("{}", report::text(&args.target, rows, cut).lines().last().map(|l| format!("{l}\n")).unwrap_or_default());
             }
         }
-        None if args.format == CoverageFormat::Json => print_json(&report::json(&args.target, &rows, cut)),
+        None if args.format == CoverageFormat::Json => print_json(&with_running_json(report::json(&args.target, rows, cut))),
         None => print!("{rendered}"),
     }
     let any = |statuses: &[Status]| rows.iter().any(|r| statuses.contains(&r.status));
-    if any(&[Status::Unsigned, Status::Revoked, Status::Untrusted, Status::Rejected]) {
+    if any(&[Status::Unsigned, Status::Revoked, Status::Untrusted, Status::Rejected]) || running.is_some_and(|r| !r.is_empty()) {
         exit::REJECTED
     } else if any(&[Status::Undecided]) {
         exit::UNDECIDED
     } else {
         exit::ADMITTED
     }
+}
+
+/// `coverage node`: containerd's images decided from this node's knowledge (no request), and
+/// the containers still running a revoked one. Reads only: nothing is removed.
+fn node(args: &CoverageArgs, config: &crate::config::Config, policy: &Policy, remote: &crate::remote::Remote, now: i64) -> u8 {
+    let format = if args.format == CoverageFormat::Json { Format::Json } else { Format::Text };
+    let hint = "check containerd runs and that containerd_socket (or --address) is its [grpc] address; reading it needs root";
+    let survey = match crate::node::Containerd::connect(&config.containerd_socket, Duration::from_secs(5))
+        .and_then(|containerd| crate::node::survey(config, policy, &containerd, remote, now))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            print_undecided(format, &e.to_string(), hint);
+            return exit::UNDECIDED;
+        }
+    };
+    for problem in &survey.problems {
+        crate::log::warn(problem);
+    }
+    let running = crate::node::running_revoked(&survey, &crate::node::state::NodeState::load(&config.cache_dir));
+    let rows: Vec<coverage::Row> = survey
+        .images
+        .iter()
+        .map(|r| coverage::Row {
+            item: coverage::Item {
+                image: format!("{}@{}", r.image.name, r.image.digest),
+                found: vec![format!("containerd {}", r.image.namespace)],
+                signed_by: None,
+            },
+            status: r.status,
+            decided: r.image.digest.clone(),
+            reason: r.reason,
+            message: r.message.clone(),
+            rule: None,
+            signers: Vec::new(),
+        })
+        .collect();
+    emit(args, &rows, false, Some(&running))
 }
 
 /// The Pod list of `coverage cluster`: --pods (a file or stdin), else the API server of

@@ -73,7 +73,7 @@ impl Status {
     }
 
     /// The state of a decision with `reason`, for an image `signed_by` someone (if known).
-    fn of(outcome: Outcome, class: Class, reason: Reason, signed_by: Option<&str>) -> Status {
+    pub(crate) fn of(outcome: Outcome, class: Class, reason: Reason, signed_by: Option<&str>) -> Status {
         if class == Class::Undecided {
             return Status::Undecided;
         }

@@ -36,6 +36,11 @@ struct Counters {
     accounts: BTreeMap<String, u64>,
     watched: usize,
     pending: usize,
+    /// What is on the node (containerd's store): images removed, containers still running a
+    /// revoked image at the last survey, surveys by result.
+    images_removed: u64,
+    revoked_running: Option<usize>,
+    surveys: BTreeMap<bool, u64>,
 }
 
 /// The counters, shared by every thread of the watcher.
@@ -136,6 +141,17 @@ impl Health {
         self.lock().pending = n;
     }
 
+    /// A survey of containerd's store: `removed` images removed, `running` containers still
+    /// running a revoked image (None: containerd could not be asked).
+    pub fn node_survey(&self, removed: usize, running: Option<usize>) {
+        let mut c = self.lock();
+        c.images_removed += removed as u64;
+        *c.surveys.entry(running.is_some()).or_insert(0) += 1;
+        if running.is_some() {
+            c.revoked_running = running;
+        }
+    }
+
     /// Revocations so far (any way).
     pub fn revocations(&self) -> u64 {
         self.lock().revocations.values().sum()
@@ -209,6 +225,16 @@ impl Health {
         for announced in [true, false] {
             let _ =
                 writeln!(out, "atproto_verifier_watch_key_changes_total{{announced=\"{announced}\"}} {}", c.key_changes.get(&announced).copied().unwrap_or(0));
+        }
+        family(&mut out, "images_removed_total", "counter", "Revoked images removed from containerd's store (on_revoke = \"remove-image\").");
+        let _ = writeln!(out, "atproto_verifier_watch_images_removed_total {}", c.images_removed);
+        family(&mut out, "revoked_containers_running", "gauge", "Containers still running an image whose record is deleted, at the last survey of containerd.");
+        if let Some(running) = c.revoked_running {
+            let _ = writeln!(out, "atproto_verifier_watch_revoked_containers_running {running}");
+        }
+        family(&mut out, "node_surveys_total", "counter", "Surveys of containerd's store, by result (failed: containerd could not be asked).");
+        for (ok, result) in [(true, "done"), (false, "failed")] {
+            let _ = writeln!(out, "atproto_verifier_watch_node_surveys_total{{result=\"{result}\"}} {}", c.surveys.get(&ok).copied().unwrap_or(0));
         }
         family(&mut out, "account_events_total", "counter", "#account events of watched DIDs, by status.");
         for (status, n) in &c.accounts {

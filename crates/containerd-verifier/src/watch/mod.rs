@@ -56,6 +56,8 @@ pub use health::Health;
 pub const PLAN_EVERY: Duration = Duration::from_secs(10);
 /// How often `watch_metrics_file` is written.
 const METRICS_EVERY: Duration = Duration::from_secs(5);
+/// How often `watch` surveys containerd's store when it learned of no revocation itself.
+pub const NODE_EVERY: Duration = Duration::from_secs(60);
 /// Re-check workers (each runs one DID's re-check at a time).
 const WORKERS: usize = 2;
 
@@ -228,6 +230,7 @@ impl Watcher {
             for n in 0..WORKERS {
                 let _ = std::thread::Builder::new().name(format!("watch-recheck-{n}")).spawn_scoped(scope, || self.work());
             }
+            let _ = std::thread::Builder::new().name("watch-node".into()).spawn_scoped(scope, || self.follow_node(until));
             let mut publisher_started = false;
             let mut plan: Vec<sources::Source> = Vec::new();
             let mut planned: Option<Instant> = None;
@@ -283,6 +286,48 @@ impl Watcher {
         });
         if let Err(e) = written {
             crate::log::warn(&format!("watch: cannot write {}: {e}", path.display()));
+        }
+    }
+
+    /// What is on the node: a survey of containerd's store (and, with `on_revoke =
+    /// "remove-image"`, removal of revoked images) at once after every revocation this watcher
+    /// learns of, and every [`NODE_EVERY`] for those other processes learned (a pull, the
+    /// refresh timer). Skipped while containerd's socket is absent (a publisher's machine).
+    fn follow_node(&self, until: Option<Instant>) {
+        let mut seen = self.health.revocations();
+        let mut last: Option<Instant> = None;
+        let mut said_absent = false;
+        while !self.stopping() && until.is_none_or(|u| Instant::now() < u) {
+            let revocations = self.health.revocations();
+            if revocations > seen || last.is_none_or(|t| t.elapsed() >= NODE_EVERY) {
+                seen = revocations;
+                last = Some(Instant::now());
+                if !self.config.containerd_socket.exists() {
+                    if !said_absent {
+                        said_absent = true;
+                        crate::log::info(&format!(
+                            "watch: no containerd socket at {}: images already on this node are not surveyed (containerd_socket)",
+                            self.config.containerd_socket.display()
+                        ));
+                    }
+                } else {
+                    said_absent = false;
+                    let now = crate::clock::now_micros(None).unwrap_or(0);
+                    match crate::node::reconcile(&self.config, &self.policy(), &self.remote, now) {
+                        Ok((_, acted)) => {
+                            for problem in &acted.problems {
+                                crate::log::warn(&format!("watch: node: {problem}"));
+                            }
+                            self.health.node_survey(acted.removed.len(), Some(acted.running.len()));
+                        }
+                        Err(e) => {
+                            crate::log::warn(&format!("watch: node: {e}"));
+                            self.health.node_survey(0, None);
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
