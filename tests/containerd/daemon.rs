@@ -157,6 +157,8 @@ impl Containerd {
             .arg("--config")
             .arg(&config_path)
             .env("ATPROTO_VERIFIER_CONFIG", setup.verifier_config)
+            // The runc shim built beside containerd, and Debian's runc.
+            .env("PATH", format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", containerd_bin(setup.version).parent().unwrap().display()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

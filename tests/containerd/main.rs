@@ -477,3 +477,130 @@ fn twenty_concurrent_pulls_on_a_cold_cache_fetch_each_did_document_once() {
     let documents = seen.lock().unwrap().iter().filter(|p| p.trim_start_matches('/') == kai.did).count();
     assert_eq!(documents, 1, "one fetch of the DID document for 20 pulls: {:?}", seen.lock().unwrap());
 }
+
+/// Containers started by a test, killed and deleted when dropped (before the containerd that
+/// runs them: declare it after), so no shim or process outlives the test.
+struct Started<'a> {
+    containerd: &'a Containerd,
+    ids: Vec<String>,
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            self.containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_secs(10) && self.containerd.ctr(&["task", "rm", "-f", id]).status.code() != Some(0) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            self.containerd.ctr(&["container", "rm", id]);
+        }
+    }
+}
+
+#[test]
+fn a_revoked_image_leaves_the_store_within_2_s_of_the_watcher_learning_it_and_what_still_runs_it_is_reported() {
+    let env = env();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_atproto-verifier"));
+    for version in VERSIONS {
+        let v = version.replace('.', "");
+        let alice = env.pds.create_account(&format!("rev{v}"));
+        let node = Node::new(env, &[&alice], "on_revoke = \"remove-image\"\n");
+        let containerd = Containerd::start(&setup(version, env, &node));
+        // containerd's socket is known once it runs; the verifier reads its config at each use.
+        let metrics = node.dir.path().join("watch.prom");
+        let mut config = std::fs::read_to_string(&node.config).unwrap();
+        config.push_str(&format!("containerd_socket = {:?}\nwatch_metrics_file = {metrics:?}\n", containerd.socket));
+        std::fs::write(&node.config, config).unwrap();
+
+        let repository = format!("revoke{v}/app");
+        let digest = env.registry.push_runnable_image(&repository, "v1");
+        let rkey = env.pds.put_manifest(&alice, &digest, "app", OCI_MANIFEST);
+        let image = format!("{}/{repository}:v1", env.registry.host);
+        let pull = containerd.ctr_pull(&image);
+        assert!(pull.ok, "{version}: {pull}\n{}", containerd.log());
+        let id = format!("revoked-{v}");
+        let run = containerd.ctr(&["run", "-d", "--snapshotter", "native", &image, &id]);
+        let _started = Started { containerd: &containerd, ids: vec![id.clone()] };
+        assert!(
+            run.status.success(),
+            "{version}: ctr run: {}{}\n{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr),
+            containerd.log()
+        );
+        let running = || String::from_utf8_lossy(&containerd.ctr(&["task", "ls"]).stdout).lines().any(|l| l.starts_with(&id) && l.contains("RUNNING"));
+        let t = std::time::Instant::now();
+        while !running() {
+            assert!(t.elapsed() < std::time::Duration::from_secs(30), "{version}: the container never ran\n{}", containerd.log());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // Before any revocation: nothing reported, nothing removed.
+        let coverage = std::process::Command::new(bin).args(["coverage", "node", "--config", node.config.to_str().unwrap()]).output().unwrap();
+        let said = String::from_utf8_lossy(&coverage.stdout).into_owned();
+        assert_eq!(coverage.status.code(), Some(0), "{version}: {said}{}", String::from_utf8_lossy(&coverage.stderr));
+        assert!(said.contains(&format!("admitted   {image}@{digest}")), "{version}: {said}");
+
+        let log = node.dir.path().join("watch.log");
+        let _watch = harness::spawn_tied(bin, &["watch".into(), "--config".into(), node.config.display().to_string()], &[], &log);
+        let text = harness::wait_for_log(&log, "subscribed to", std::time::Duration::from_secs(60));
+        assert!(text.contains("subscribed to"), "{version}: {text}");
+        // The watcher's first survey is done (counted) before the record goes.
+        let surveyed = || std::fs::read_to_string(&metrics).unwrap_or_default().contains("atproto_verifier_watch_node_surveys_total{result=\"done\"} 1");
+        let t = std::time::Instant::now();
+        while !surveyed() {
+            assert!(t.elapsed() < std::time::Duration::from_secs(30), "{version}: no survey: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(containerd.has_image("default", &image), "{version}: an admitted image stays");
+
+        env.pds.delete_record(&alice, &rkey);
+        let t = std::time::Instant::now();
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("revoked (the record is deleted)") {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(30),
+                "{version}: the watcher never learned: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let learned = std::time::Instant::now();
+        while containerd.has_image("default", &image) {
+            assert!(
+                learned.elapsed() < std::time::Duration::from_secs(2),
+                "{version}: still in the store 2 s after the watcher learned: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let gone_after = learned.elapsed();
+        eprintln!("{version}: image removed {gone_after:?} after the watcher learned of the deletion");
+        // The running container is reported once, by id, and counted; nothing is killed.
+        let text = harness::wait_for_log(&log, "still runs", std::time::Duration::from_secs(10));
+        assert!(text.contains(&format!("container default {id} (task running) still runs {image}")), "{version}: {text}");
+        assert!(running(), "{version}: a running container is never killed");
+        let t = std::time::Instant::now();
+        while !std::fs::read_to_string(&metrics).unwrap_or_default().contains("atproto_verifier_watch_revoked_containers_running 1") {
+            assert!(t.elapsed() < std::time::Duration::from_secs(15), "{version}: {}", std::fs::read_to_string(&metrics).unwrap_or_default());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let metrics_text = std::fs::read_to_string(&metrics).unwrap();
+        assert!(metrics_text.contains("atproto_verifier_watch_images_removed_total 1"), "{version}: {metrics_text}");
+        let removed = node.audit().into_iter().find(|r| r["event"] == "image-removed").expect("an audit record of the removal");
+        assert_eq!(
+            (removed["image"].as_str(), removed["digest"].as_str(), removed["namespace"].as_str()),
+            (Some(image.as_str()), Some(digest.as_str()), Some("default"))
+        );
+        // coverage node lists it, and fails.
+        let coverage = std::process::Command::new(bin).args(["coverage", "node", "--config", node.config.to_str().unwrap()]).output().unwrap();
+        let said = String::from_utf8_lossy(&coverage.stdout).into_owned();
+        assert_eq!(coverage.status.code(), Some(1), "{version}: {said}");
+        assert!(said.contains(&format!("running   container default {id} (task running): {image} ({digest}), whose record is deleted")), "{version}: {said}");
+        // The next start cannot come from the store: it must pull, and the pull is blocked.
+        let again = containerd.ctr(&["run", "--rm", "--snapshotter", "native", &image, &format!("again-{v}"), "/busybox", "true"]);
+        assert!(!again.status.success(), "{version}: a container started from a removed image");
+        assert!(String::from_utf8_lossy(&again.stderr).contains("not found"), "{version}: {}", String::from_utf8_lossy(&again.stderr));
+        let pull = containerd.ctr_pull(&image);
+        assert!(!pull.ok && pull.text.contains("record-deleted"), "{version}: {pull}");
+    }
+}

@@ -330,6 +330,29 @@ impl Registry {
         self.push_manifest(repository, tag, "application/vnd.oci.image.manifest.v1+json", &manifest)
     }
 
+    /// Pushes an image that runs: Debian's static busybox as `/busybox`, its entrypoint
+    /// `/busybox sleep 3600` (busybox-static: scripts/test installs it); returns its digest.
+    pub fn push_runnable_image(&self, repository: &str, tag: &str) -> String {
+        let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox is missing: apt-get install busybox-static (scripts/test installs it)");
+        let layer = tar_with_mode("busybox", &busybox, 0o755);
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Entrypoint": ["/busybox", "sleep", "3600"], "Labels": {"seed": format!("{repository}:{tag}")}},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+        }))
+        .unwrap();
+        let config_digest = self.push_blob(repository, &config);
+        let layer_digest = self.push_blob(repository, &layer);
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+        }))
+        .unwrap();
+        self.push_manifest(repository, tag, "application/vnd.oci.image.manifest.v1+json", &manifest)
+    }
+
     /// Attaches an ATCR-style signature artifact to `subject` the way clients must on a registry
     /// without the referrers API: the artifact manifest, plus an index under `sha256-<hex>`.
     pub fn push_signature_artifact(&self, repository: &str, subject: &str, did: &str, rkey: &str) -> String {
@@ -499,13 +522,18 @@ impl FakeServer {
 /// process exits (they watch their stdin).
 /// A ustar archive holding one regular file (what an image layer is, uncompressed).
 pub fn tar_with_file(name: &str, content: &[u8]) -> Vec<u8> {
+    tar_with_mode(name, content, 0o644)
+}
+
+/// A one-file tar whose file has `mode` (0o755: a program containerd can run).
+pub fn tar_with_mode(name: &str, content: &[u8], mode: usize) -> Vec<u8> {
     let mut header = [0u8; 512];
     header[..name.len()].copy_from_slice(name.as_bytes());
     let octal = |field: &mut [u8], value: usize| {
         let text = format!("{value:0width$o}\0", width = field.len() - 1);
         field.copy_from_slice(text.as_bytes());
     };
-    octal(&mut header[100..108], 0o644);
+    octal(&mut header[100..108], mode);
     octal(&mut header[108..116], 0);
     octal(&mut header[116..124], 0);
     octal(&mut header[124..136], content.len());

@@ -156,7 +156,8 @@ impl Containerd {
         let request = in_namespace(ListTasksRequest::default(), namespace);
         let listed = self.call("the task list", async move { tasks.list(request).await })?;
         let states: BTreeMap<String, &'static str> =
-            listed.into_inner().tasks.into_iter().take(MAX_CONTAINERS).map(|t| (t.container_id, task_state(t.status))).collect();
+            // containerd names a task by its container's id (`id`; `container_id` is not always set).
+            listed.into_inner().tasks.into_iter().take(MAX_CONTAINERS).map(|t| (if t.container_id.is_empty() { t.id } else { t.container_id }, task_state(t.status))).collect();
         let mut containers = ContainersClient::new(self.channel.clone());
         let request = in_namespace(ListContainersRequest::default(), namespace);
         let listed = self.call("the container list", async move { containers.list(request).await })?;

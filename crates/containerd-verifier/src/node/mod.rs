@@ -129,7 +129,12 @@ pub fn survey(config: &Config, policy: &Policy, containerd: &Containerd, remote:
             survey.images.push(row);
         }
         match containerd.containers(&namespace) {
-            Ok(containers) => survey.containers.extend(containers),
+            Ok(containers) => {
+                for c in &containers {
+                    crate::log::debug(&format!("node: container {namespace} {} runs {:?} (task {})", c.id, c.image, c.task));
+                }
+                survey.containers.extend(containers);
+            }
             Err(e) => survey.problems.push(format!("namespace {namespace}: {e}")),
         }
     }

@@ -314,8 +314,8 @@ impl Watcher {
                     said_absent = false;
                     let now = crate::clock::now_micros(None).unwrap_or(0);
                     match crate::node::reconcile(&self.config, &self.policy(), &self.remote, now) {
-                        Ok((_, acted)) => {
-                            for problem in &acted.problems {
+                        Ok((survey, acted)) => {
+                            for problem in survey.problems.iter().chain(&acted.problems) {
                                 crate::log::warn(&format!("watch: node: {problem}"));
                             }
                             self.health.node_survey(acted.removed.len(), Some(acted.running.len()));
