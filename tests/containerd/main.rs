@@ -74,6 +74,17 @@ impl Node {
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `doctor` against `containerd` (its config and socket), without --live: (exit code, report).
+    fn doctor_live_free(&self, containerd: &Containerd) -> (Option<i32>, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
+            .args(["doctor", "--config", self.config.to_str().unwrap(), "--containerd-config", containerd.config.to_str().unwrap()])
+            .arg("--address")
+            .arg(&containerd.socket)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `doctor` against a containerd config: (exit code, report).
     fn doctor(&self, containerd_config: &Path) -> (Option<i32>, String) {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_atproto-verifier"))
@@ -596,6 +607,10 @@ fn a_revoked_image_leaves_the_store_within_2_s_of_the_watcher_learning_it_and_wh
         let said = String::from_utf8_lossy(&coverage.stdout).into_owned();
         assert_eq!(coverage.status.code(), Some(1), "{version}: {said}");
         assert!(said.contains(&format!("running   container default {id} (task running): {image} ({digest}), whose record is deleted")), "{version}: {said}");
+        // doctor fails on it, naming the container.
+        let (code, report) = node.doctor_live_free(&containerd);
+        assert_eq!(code, Some(1), "{version}: {report}");
+        assert!(report.contains(&format!("container default {id} (task running) still runs {image}")), "{version}: {report}");
         // The next start cannot come from the store: it must pull, and the pull is blocked.
         let again = containerd.ctr(&["run", "--rm", "--snapshotter", "native", &image, &format!("again-{v}"), "/busybox", "true"]);
         assert!(!again.status.success(), "{version}: a container started from a removed image");

@@ -292,6 +292,69 @@ fn live_finding(args: &DoctorArgs, image: &str, out: &mut Vec<Finding>) {
     out.push(finding);
 }
 
+/// What is already in containerd's store, decided from this node's knowledge (no request):
+/// a container still running a revoked image fails the check (drain it); a revoked image
+/// left in the store warns (`on_revoke = "report"`).
+fn store_findings(config: &Config, socket: &Path, out: &mut Vec<Finding>) {
+    if !socket.exists() {
+        out.push(Finding {
+            level: Level::Ok,
+            check: "store",
+            message: format!("no containerd socket at {}: the images already on this node were not checked (containerd_socket, --address)", socket.display()),
+        });
+        return;
+    }
+    let policy = match crate::engine::request::load_policy(&config.policy) {
+        Ok(p) => p,
+        Err(_) => return, // the policy finding says why
+    };
+    let now = crate::clock::now_micros(None).unwrap_or(0);
+    let remote = crate::remote::system::system(config);
+    let survey = match crate::node::Containerd::connect(socket, std::time::Duration::from_secs(5))
+        .and_then(|containerd| crate::node::survey(config, &policy, &containerd, &remote, now))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(Finding { level: Level::Warn, check: "store", message: format!("containerd's store not checked: {e}") });
+            return;
+        }
+    };
+    let running = crate::node::running_revoked(&survey, &crate::node::state::NodeState::load(&config.cache_dir));
+    for r in &running {
+        out.push(Finding {
+            level: Level::Fail,
+            check: "store",
+            message: format!(
+                "{} still runs {} ({}), whose record is deleted: drain it (the verifier never kills it)",
+                r.describe(),
+                r.container.image,
+                r.digest
+            ),
+        });
+    }
+    let revoked: Vec<&crate::node::ImageRow> = survey.images.iter().filter(|r| r.revoked.is_some()).collect();
+    if !revoked.is_empty() {
+        let names: Vec<String> = revoked.iter().take(5).map(|r| format!("{} in {}", r.image.name, r.image.namespace)).collect();
+        out.push(Finding {
+            level: Level::Warn,
+            check: "store",
+            message: format!(
+                "{} revoked image(s) still in containerd's store ({}{}): a container can start from them without a pull; on_revoke = \"remove-image\" removes them",
+                revoked.len(),
+                names.join(", "),
+                if revoked.len() > 5 { ", …" } else { "" }
+            ),
+        });
+    }
+    if running.is_empty() && revoked.is_empty() {
+        out.push(Finding {
+            level: Level::Ok,
+            check: "store",
+            message: format!("containerd holds {} image(s): none revoked, no container runs a revoked image", survey.images.len()),
+        });
+    }
+}
+
 /// Whether decisions can be appended to the audit log (opened for append, nothing written).
 fn audit_log_finding(path: &Path) -> Finding {
     if let Err(why) = crate::fsio::check_private(path) {
@@ -464,6 +527,8 @@ pub fn run(args: DoctorArgs) -> u8 {
     findings.push(trust_roots_finding(&config));
     containerd_findings(&args.containerd_config, config.budget, &mut findings);
     nerdctl_findings(&mut findings);
+    let socket = if args.address.exists() { args.address.clone() } else { config.containerd_socket.clone() };
+    store_findings(&config, &socket, &mut findings);
     if let Some(image) = &args.live {
         live_finding(&args, image, &mut findings);
     }
