@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes components the admission tests run, pinned, into
 # target/tools/<name>-<version>/ (kept between runs; prints nothing when all are there):
-# - kube-apiserver and kubectl v1.37.2 from the wrapper module tests/kubernetes/tools (go.mod
+# - kube-apiserver, kubectl and the kubelet v1.37.2 from the wrapper module tests/kubernetes/tools (go.mod
 #   says why a wrapper: about 12 minutes cold on two cores, the longest build of the suite);
 # - etcd 3.4 from Debian's etcd-server package, extracted, not installed (it is a system
 #   service there);
@@ -38,6 +38,15 @@ if [ ! -x "$dir/kube-apiserver" ] || [ ! -x "$dir/kubectl" ]; then
   (cd tests/kubernetes/tools &&
     nice -n 10 go build -mod=mod -trimpath -ldflags "$ldflags" -o "$dir/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver &&
     nice -n 10 go build -mod=mod -trimpath -ldflags "$ldflags" -o "$dir/kubectl" k8s.io/kubernetes/cmd/kubectl)
+fi
+# The kubelet of the revocation test (tests/kubelet), from the same module: most of it is
+# already built by then (a few minutes more).
+if [ ! -x "$dir/kubelet" ]; then
+  echo "building the kubelet $K8S_VERSION" >&2
+  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  (cd tests/kubernetes/tools &&
+    nice -n 10 go build -mod=mod -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
+      -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" -o "$dir/kubelet" k8s.io/kubernetes/cmd/kubelet)
 fi
 
 dir="$tools/etcd-debian"
