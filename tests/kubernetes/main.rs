@@ -571,6 +571,8 @@ fn install_node_installs_what_the_daemonset_ships_and_refuses_a_broken_policy() 
     };
     let out = install();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // It says what a revocation does to images already on the node, and how to change it.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("set on_revoke = \"remove-image\" in config.toml"), "{}", String::from_utf8_lossy(&out.stdout));
     let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode("opt/containerd/image-verifier/bin/atproto-verifier"), 0o755);
     assert_eq!(mode("etc/atproto-verifier/trust-policy.yaml"), 0o644);

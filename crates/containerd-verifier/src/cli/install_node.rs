@@ -44,7 +44,7 @@ fn read(path: &Path, max: usize) -> Result<Vec<u8>, String> {
     crate::fsio::read_capped(path, max).map_err(|e| e.to_string())
 }
 
-fn run_install(args: &InstallNodeArgs) -> Result<Vec<String>, String> {
+fn run_install(args: &InstallNodeArgs) -> Result<(Vec<String>, crate::config::OnRevoke), String> {
     let config_path = args.config_dir.join("config.toml");
     let policy_path = args.config_dir.join("trust-policy.yaml");
     let config_bytes = read(&config_path, MAX_FILE)?;
@@ -76,16 +76,25 @@ fn run_install(args: &InstallNodeArgs) -> Result<Vec<String>, String> {
     let cache = root.join("var/lib/atproto-verifier");
     std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("{}: {e}", cache.display()))?;
-    Ok(done)
+    Ok((done, config.on_revoke))
 }
 
 pub fn run(args: InstallNodeArgs) -> u8 {
     match run_install(&args) {
-        Ok(done) => {
+        Ok((done, on_revoke)) => {
             for path in done {
                 println!("installed {path}");
             }
             println!("restart containerd on this node to read the drop-in (once), then: atproto-verifier doctor");
+            // containerd decides only at pulls: what a revocation does to images already here.
+            match on_revoke {
+                crate::config::OnRevoke::Report => println!(
+                    "on_revoke = \"report\": a revoked image already in containerd's store is reported (log, metric, doctor, coverage node), not removed; to remove it, so the next start must pull and is blocked, set on_revoke = \"remove-image\" in config.toml (running containers are never killed)"
+                ),
+                crate::config::OnRevoke::RemoveImage => println!(
+                    "on_revoke = \"remove-image\": revoked images leave containerd's store (containerd_socket) as soon as `atproto-verifier watch` learns of them: run it on this node (atproto-verifier-watch.service, or the DaemonSet's fleet container)"
+                ),
+            }
             crate::exit::ADMITTED
         }
         Err(e) => {
