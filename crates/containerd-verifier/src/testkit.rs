@@ -9,6 +9,10 @@ pub use crate::fleet::pull::index_entries as fleet_index_entries;
 pub use crate::lookup::atproto::query;
 pub use crate::lookup::registry::credentials::{Source as DockerConfigSource, source_for as docker_config_source};
 pub use crate::lookup::registry::hosts::parse_hosts_file;
+/// The manifests an index in containerd's content store lists (`node::survey`).
+pub use crate::node::index_manifests;
+/// The node's record of removed images and reported containers, as read back from disk.
+pub use crate::node::state::NodeState;
 pub use crate::policy_cases::parse as parse_policy_cases;
 pub use crate::remote::memory::{MemoryFetch, MemoryResolve, MemorySubscribe};
 pub use crate::watch::jetstream_event_position;
