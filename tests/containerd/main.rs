@@ -619,3 +619,36 @@ fn a_revoked_image_leaves_the_store_within_2_s_of_the_watcher_learning_it_and_wh
         assert!(!pull.ok && pull.text.contains("record-deleted"), "{version}: {pull}");
     }
 }
+
+#[test]
+fn a_pull_decided_revoked_removes_the_same_digest_already_in_the_store_in_every_namespace() {
+    let env = env();
+    let version = VERSIONS[0];
+    let alice = env.pds.create_account("pullrevoke");
+    let node = Node::new(env, &[&alice], "on_revoke = \"remove-image\"\n");
+    let containerd = Containerd::start(&setup(version, env, &node));
+    let mut config = std::fs::read_to_string(&node.config).unwrap();
+    config.push_str(&format!("containerd_socket = {:?}\n", containerd.socket));
+    std::fs::write(&node.config, config).unwrap();
+    // One digest under two tags, in two namespaces.
+    let digest = env.registry.push_image("pullrevoke/app", "v1", "pullrevoke");
+    let manifest = {
+        let (_, _, body) = harness::http("GET", &format!("http://{}/v2/pullrevoke/app/manifests/v1", env.registry.host), &[("accept", OCI_MANIFEST)], None);
+        body
+    };
+    env.registry.push_manifest("pullrevoke/app", "v2", OCI_MANIFEST, &manifest);
+    let rkey = env.pds.put_manifest(&alice, &digest, "app", OCI_MANIFEST);
+    let (v1, v2) = (format!("{}/pullrevoke/app:v1", env.registry.host), format!("{}/pullrevoke/app:v2", env.registry.host));
+    assert!(containerd.ctr_pull(&v1).ok, "{}", containerd.log());
+    let other = containerd.ctr(&["--namespace", "other", "image", "pull", "--hosts-dir", containerd.hosts_dir.to_str().unwrap(), &v1]);
+    assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+    assert!(containerd.has_image("default", &v1) && containerd.has_image("other", &v1));
+    // No watcher: the pull of the other tag is what learns of the deletion.
+    env.pds.delete_record(&alice, &rkey);
+    let pull = containerd.ctr_pull(&v2);
+    assert!(!pull.ok && pull.text.contains("record-deleted"), "{pull}");
+    assert!(!containerd.has_image("default", &v1), "the same digest under another tag stays in the store");
+    assert!(!containerd.has_image("other", &v1), "the same digest in another namespace stays in the store");
+    let removed: Vec<serde_json::Value> = node.audit().into_iter().filter(|r| r["event"] == "image-removed").collect();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+}
