@@ -135,6 +135,13 @@ fn dense_case(curve: Curve, name: &'static str) -> Case {
     }
 }
 
+/// True when the command line names no filter, or a filter that `name` contains: the printed
+/// tables run outside criterion, so they honour its filter argument themselves.
+fn selected(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
 /// Nanoseconds per call of `f` over `n` calls.
 fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
     let started = std::time::Instant::now();
@@ -149,6 +156,9 @@ fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
 /// of 20,000 calls each, the order rotated every round, the median of each kept. Printed as a
 /// table with the ratios to the bare verify (issue #31's measure; BENCHMARKS.md).
 fn bench_ratios(_: &mut Criterion) {
+    if !selected("ratios") {
+        return;
+    }
     use sha2::Digest as _;
     let limits = Limits::default();
     println!("\n| case | bare verify_prehash | check, key parsed | whole check (DID document parsed) | ratios (parsed / whole) |");
@@ -203,5 +213,53 @@ fn bench_ratios(_: &mut Criterion) {
     println!();
 }
 
-criterion_group!(benches, bench_real, bench_hostile_plc_log, bench_cid_binary, bench_ratios);
+/// Where the time outside the signature goes: each step of the check on its own, for every
+/// case (median of 7 rounds of 20,000 calls). Printed as a table (BENCHMARKS.md, #31).
+fn bench_steps(_: &mut Criterion) {
+    if !selected("steps") {
+        return;
+    }
+    use atproto_sig_core::car::Car;
+    use atproto_sig_core::commit::Commit;
+    use atproto_sig_core::record::ManifestRecord;
+    use sha2::Digest as _;
+    let limits = Limits::default();
+    println!("\n| case | CAR parse | commit decode | signed bytes + SHA-256 | MST walk | record decode | DID document parse | bare verify_prehash |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for case in
+        [real_case(), dense_case(Curve::K256, "dense 10,000-record repository (K-256)"), dense_case(Curve::P256, "dense 10,000-record repository (P-256)")]
+    {
+        let doc = DidDocument::parse(&case.doc, &case.did, &limits).unwrap();
+        let key = doc.signing_key.clone().unwrap();
+        let car = Car::parse(&case.car, &limits).unwrap();
+        let commit = Commit::of_car(&car, &limits).unwrap();
+        let prehash = sha2::Sha256::digest(commit.unsigned_bytes());
+        let rkey = case.digest.strip_prefix("sha256:").unwrap();
+        let path = format!("{MANIFEST_COLLECTION}/{rkey}");
+        let record_cid = match atproto_sig_core::mst::walk(|c| car.block(c), commit.data, path.as_bytes(), &limits).unwrap().lookup {
+            atproto_sig_core::mst::Lookup::Present(cid) => cid,
+            atproto_sig_core::mst::Lookup::Absent => panic!("the bench record is absent"),
+        };
+        let record = car.block(&record_cid).unwrap();
+        let median = |f: &mut dyn FnMut()| {
+            let mut times: Vec<f64> = (0..7).map(|_| per_call(20_000, &mut *f)).collect();
+            times.sort_by(f64::total_cmp);
+            times[3] / 1e3
+        };
+        let steps = [
+            median(&mut || drop(std::hint::black_box(Car::parse(std::hint::black_box(&case.car), &limits).unwrap()))),
+            median(&mut || drop(std::hint::black_box(Commit::of_car(&car, &limits).unwrap()))),
+            median(&mut || drop(std::hint::black_box(sha2::Sha256::digest(std::hint::black_box(&commit).unsigned_bytes())))),
+            median(&mut || drop(std::hint::black_box(atproto_sig_core::mst::walk(|c| car.block(c), commit.data, path.as_bytes(), &limits).unwrap()))),
+            median(&mut || drop(std::hint::black_box(ManifestRecord::decode(std::hint::black_box(record), &limits).unwrap()))),
+            median(&mut || drop(std::hint::black_box(DidDocument::parse(std::hint::black_box(&case.doc), &case.did, &limits).unwrap()))),
+            median(&mut || key.verify_prehash(std::hint::black_box(&prehash), std::hint::black_box(&commit.sig)).unwrap()),
+        ];
+        let cells: Vec<String> = steps.iter().map(|t| format!("{t:.2} µs")).collect();
+        println!("| {} | {} |", case.name, cells.join(" | "));
+    }
+    println!();
+}
+
+criterion_group!(benches, bench_real, bench_hostile_plc_log, bench_cid_binary, bench_ratios, bench_steps);
 criterion_main!(benches);

@@ -92,12 +92,12 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn remaining(&self) -> usize {
         self.bytes.len().saturating_sub(self.pos)
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], CborError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CborError> {
         let end = self.pos.checked_add(n).ok_or(CborError::Truncated)?;
         let slice = self.bytes.get(self.pos..end).ok_or(CborError::Truncated)?;
         self.pos = end;
@@ -228,6 +228,86 @@ impl Reader<'_> {
             [0x00, cid @ ..] => Cid::from_bytes(cid).map(Value::Link).map_err(|e| CborError::BadLink(Some(e))),
             _ => Err(CborError::BadLink(None)),
         }
+    }
+}
+
+/// A strict pull reader for hot paths that know the exact shape they expect (MST nodes): each
+/// read applies the same rules as [`decode`] (shortest heads, definite lengths, lengths backed
+/// by the input, blessed links) and borrows from the input instead of allocating. `None` means
+/// "not strict, or not the expected shape"; callers then run [`decode`] for the precise error,
+/// so the cursor can only ever accept what [`decode`] accepts.
+pub(crate) struct Cursor<'a> {
+    reader: Reader<'a>,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor at the start of `bytes`.
+    pub(crate) fn new(bytes: &'a [u8]) -> Cursor<'a> {
+        Cursor { reader: Reader { bytes, pos: 0 } }
+    }
+
+    /// The next head, if its major type is `major`: its additional info.
+    fn head(&mut self, major: u8) -> Option<u8> {
+        let head = *self.reader.bytes.get(self.reader.pos)?;
+        (head >> 5 == major).then(|| {
+            self.reader.pos += 1;
+            head & 0x1f
+        })
+    }
+
+    /// A map header: its number of entries.
+    pub(crate) fn map_len(&mut self) -> Option<usize> {
+        let info = self.head(5)?;
+        self.reader.length(info, 2).ok()
+    }
+
+    /// An array header: its number of items.
+    pub(crate) fn array_len(&mut self) -> Option<usize> {
+        let info = self.head(4)?;
+        self.reader.length(info, 1).ok()
+    }
+
+    /// A map key that must be exactly `expected` (ASCII).
+    pub(crate) fn key(&mut self, expected: &[u8]) -> Option<()> {
+        let info = self.head(3)?;
+        let n = self.reader.length(info, 1).ok()?;
+        (self.reader.take(n).ok()? == expected).then_some(())
+    }
+
+    /// A byte string, borrowed.
+    pub(crate) fn bytes(&mut self) -> Option<&'a [u8]> {
+        let info = self.head(2)?;
+        let n = self.reader.length(info, 1).ok()?;
+        self.reader.take(n).ok()
+    }
+
+    /// A non-negative integer in the signed 64-bit range.
+    pub(crate) fn unsigned(&mut self) -> Option<u64> {
+        let info = self.head(0)?;
+        self.reader.argument(info).ok().filter(|n| i64::try_from(*n).is_ok())
+    }
+
+    /// A tag-42 link.
+    pub(crate) fn link(&mut self) -> Option<Cid> {
+        let info = self.head(6)?;
+        match self.reader.link(info).ok()? {
+            Value::Link(cid) => Some(cid),
+            _ => None,
+        }
+    }
+
+    /// A link or `null`.
+    pub(crate) fn link_or_null(&mut self) -> Option<Option<Cid>> {
+        if self.reader.bytes.get(self.reader.pos) == Some(&0xf6) {
+            self.reader.pos += 1;
+            return Some(None);
+        }
+        self.link().map(Some)
+    }
+
+    /// True when every byte was read (no trailing bytes).
+    pub(crate) fn is_done(&self) -> bool {
+        self.reader.pos == self.reader.bytes.len()
     }
 }
 

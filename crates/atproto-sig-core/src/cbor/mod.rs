@@ -13,6 +13,7 @@ mod decode;
 mod encode;
 mod json;
 
+pub(crate) use decode::Cursor;
 pub use decode::{CborError, DEFAULT_MAX_DEPTH, decode, decode_prefix};
 pub use encode::{encode, encode_into};
 pub use json::{JsonToCborError, from_json, to_json};

@@ -15,10 +15,12 @@ use crate::limits::Limits;
 
 mod build;
 mod edit;
+mod flat;
 mod walk;
 
 pub use build::build;
 pub use edit::{Edit, apply};
+pub use flat::FlatNode;
 pub use walk::{Covering, Lookup, Walk, covering, walk};
 
 /// Maximum MST key length (both reference implementations).

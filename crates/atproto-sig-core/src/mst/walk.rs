@@ -1,7 +1,7 @@
 //! Walking a tree from its root: the inclusion or absence proof of one key, and the nodes
 //! covering every key under a prefix (a whole collection).
 
-use super::{MstError, Node, key_height};
+use super::{FlatNode, MstError, Node, key_height};
 use crate::cid::Cid;
 use crate::limits::Limits;
 
@@ -25,25 +25,28 @@ pub struct Walk {
 
 /// Walks from `root` to `key`, validating every node on the way.
 /// `block` returns verified block bytes by CID (a proof CAR, or a whole repository).
-// One loop on purpose (~70 lines): each step of the descent checks the layer and key-range
+/// Nodes are read into one reused [`FlatNode`] and the key range into two reused buffers: the
+/// walk allocates per walk, never per node entry.
+// One loop on purpose (~80 lines): each step of the descent checks the layer and key-range
 // invariants against the step before it; split up, that state would travel between functions.
 pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits) -> Result<Walk, MstError> {
     let key_layer = key_height(key);
     let mut path = Vec::new();
+    let mut node = FlatNode::default();
     let mut cid = root;
     // Layer of the current node: unknown at the root, parent layer − 1 below it.
     let mut expected: Option<u32> = None;
     // Keys of the current node must lie strictly inside these bounds (the parent's gap).
-    let mut lower: Option<Vec<u8>> = None;
-    let mut upper: Option<Vec<u8>> = None;
+    let (mut lower, mut upper) = (Bound::default(), Bound::default());
     loop {
         if path.len() >= limits.max_mst_depth {
             return Err(MstError::TooLarge);
         }
         let bytes = block(&cid).ok_or(MstError::MissingBlock(cid))?;
-        let node = Node::decode(bytes, limits)?;
-        let layer = match (node.entries.first(), expected) {
-            (Some(first), _) => key_height(&first.key),
+        node.decode_into(bytes, limits)?;
+        let first_height = node.key(0).map(key_height);
+        let layer = match (first_height, expected) {
+            (Some(height), _) => height,
             (None, Some(layer)) => layer,
             // An empty root is the empty repository, and only if it has no subtree.
             (None, None) if node.left.is_none() => {
@@ -57,19 +60,20 @@ pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8],
         {
             return Err(MstError::Height { expected, found: layer });
         }
-        if node.entries.is_empty() && node.left.is_none() {
+        if node.is_empty() && node.left.is_none() {
             return Err(MstError::EmptyNode);
         }
-        for entry in &node.entries {
-            let found = key_height(&entry.key);
+        for (i, entry_key) in node.keys().enumerate() {
+            // The first key's height is the layer itself.
+            let found = if i == 0 { layer } else { key_height(entry_key) };
             if found != layer {
                 return Err(MstError::Height { expected: layer, found });
             }
-            if lower.as_deref().is_some_and(|l| entry.key.as_slice() <= l) || upper.as_deref().is_some_and(|u| entry.key.as_slice() >= u) {
+            if lower.get().is_some_and(|l| entry_key <= l) || upper.get().is_some_and(|u| entry_key >= u) {
                 return Err(MstError::KeyOrder);
             }
         }
-        if layer == 0 && (node.left.is_some() || node.entries.iter().any(|e| e.right.is_some())) {
+        if layer == 0 && (node.left.is_some() || node.has_right_links()) {
             return Err(MstError::EmptyNode);
         }
         path.push((cid, layer));
@@ -77,22 +81,49 @@ pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8],
             return Ok(Walk { lookup: Lookup::Absent, path });
         }
         if key_layer == layer {
-            let lookup = node.entries.iter().find(|e| e.key == key).map_or(Lookup::Absent, |e| Lookup::Present(e.value));
+            let lookup = (0..node.len()).find(|&i| node.key(i) == Some(key)).and_then(|i| node.value(i)).map_or(Lookup::Absent, Lookup::Present);
             return Ok(Walk { lookup, path });
         }
-        // Descend into the gap that would hold `key`.
-        let index = node.entries.partition_point(|e| e.key.as_slice() < key);
-        let (link, gap_low, gap_high) = match index.checked_sub(1).and_then(|i| node.entries.get(i)) {
-            None => (node.left, lower.clone(), node.entries.first().map(|e| e.key.clone()).or(upper.clone())),
-            Some(before) => (before.right, Some(before.key.clone()), node.entries.get(index).map(|e| e.key.clone()).or(upper.clone())),
+        // Descend into the gap that would hold `key`: it lies between the entry before it (or
+        // the parent's lower bound) and the entry after it (or the parent's upper bound).
+        let index = node.keys().take_while(|k| *k < key).count();
+        let link = match index.checked_sub(1) {
+            None => node.left,
+            Some(before) => {
+                lower.set(node.key(before));
+                node.right(before)
+            }
         };
+        if let Some(after) = node.key(index) {
+            upper.set(Some(after));
+        }
         let Some(next) = link else {
             return Ok(Walk { lookup: Lookup::Absent, path });
         };
         cid = next;
         expected = Some(layer - 1);
-        lower = gap_low;
-        upper = gap_high;
+    }
+}
+
+/// One end of the walk's key range, in a buffer reused from level to level.
+#[derive(Default)]
+struct Bound {
+    key: Vec<u8>,
+    set: bool,
+}
+
+impl Bound {
+    fn get(&self) -> Option<&[u8]> {
+        self.set.then_some(self.key.as_slice())
+    }
+
+    /// Replaces the bound with `key` (`None` leaves it as it is).
+    fn set(&mut self, key: Option<&[u8]>) {
+        if let Some(key) = key {
+            self.key.clear();
+            self.key.extend_from_slice(key);
+            self.set = true;
+        }
     }
 }
 
