@@ -11,7 +11,7 @@ use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::syntax::parse_datetime_micros;
 use atproto_sig_core::testkit::{Identity, T0_MICROS, TestRepo, digest_of};
 use atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS;
-use atproto_sig_core::{Expectation, KeySource, Limits, ProofInput, verify};
+use atproto_sig_core::{Expectation, KeySource, Limits, ParsedKeys, ProofInput, verify};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -153,16 +153,18 @@ fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
 
 /// The whole check (DID-document parse and `verify`), the check with the key already parsed,
 /// and a bare `verify_prehash` of the same commit's signature, measured side by side: 7 rounds
-/// of 20,000 calls each, the order rotated every round, the median of each kept. Printed as a
-/// table with the ratios to the bare verify (issue #31's measure; BENCHMARKS.md).
+/// of 20,000 calls each, the order rotated every round, the median of each kept. The whole
+/// check is measured as a process that checks many proofs runs it (the signer's key in the
+/// parsed-key memo after its first proof) and cold (every parse decodes the point). Printed as
+/// a table with the ratios to the bare verify (issue #31's measure; BENCHMARKS.md).
 fn bench_ratios(_: &mut Criterion) {
     if !selected("ratios") {
         return;
     }
     use sha2::Digest as _;
     let limits = Limits::default();
-    println!("\n| case | bare verify_prehash | check, key parsed | whole check (DID document parsed) | ratios (parsed / whole) |");
-    println!("|---|---|---|---|---|");
+    println!("\n| case | bare verify_prehash | check, key parsed | whole check, key memo | whole check, no memo | ratios (parsed / memo / no memo) |");
+    println!("|---|---|---|---|---|---|");
     for case in
         [real_case(), dense_case(Curve::K256, "dense 10,000-record repository (K-256)"), dense_case(Curve::P256, "dense 10,000-record repository (P-256)")]
     {
@@ -171,6 +173,7 @@ fn bench_ratios(_: &mut Criterion) {
         let car = atproto_sig_core::car::Car::parse(&case.car, &limits).unwrap();
         let commit = atproto_sig_core::commit::Commit::of_car(&car, &limits).unwrap();
         let prehash = sha2::Sha256::digest(commit.unsigned_bytes());
+        let keys = ParsedKeys::default();
         let expect = || Expectation { did: &case.did, rkey: None, digest: Some(&case.digest), repository: Some(case.repository) };
         let check = |key: KeySource<'_>| {
             let verdict = verify(&ProofInput {
@@ -187,18 +190,23 @@ fn bench_ratios(_: &mut Criterion) {
             key.verify_prehash(std::hint::black_box(&prehash), std::hint::black_box(&commit.sig)).unwrap();
         };
         let parsed = || check(KeySource::Key(&key));
-        let whole = || {
+        let memo = || {
+            let doc = DidDocument::parse_with_keys(std::hint::black_box(&case.doc), &case.did, &limits, &keys).unwrap();
+            check(KeySource::Document(&doc));
+        };
+        let cold = || {
             let doc = DidDocument::parse(std::hint::black_box(&case.doc), &case.did, &limits).unwrap();
             check(KeySource::Document(&doc));
         };
-        let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        let mut times: [Vec<f64>; 4] = Default::default();
         for round in 0..7 {
-            for i in 0..3 {
-                let which = (round + i) % 3;
+            for i in 0..4 {
+                let which = (round + i) % 4;
                 let t = match which {
                     0 => per_call(20_000, bare),
                     1 => per_call(20_000, parsed),
-                    _ => per_call(20_000, whole),
+                    2 => per_call(20_000, memo),
+                    _ => per_call(20_000, cold),
                 };
                 times[which].push(t);
             }
@@ -207,8 +215,18 @@ fn bench_ratios(_: &mut Criterion) {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let (b, p, w) = (median(&mut times[0]), median(&mut times[1]), median(&mut times[2]));
-        println!("| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}x / {:.2}x |", case.name, b / 1e3, p / 1e3, w / 1e3, p / b, w / b);
+        let [b, p, m, c] = times.each_mut().map(median);
+        println!(
+            "| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.3}x / {:.3}x / {:.3}x |",
+            case.name,
+            b / 1e3,
+            p / 1e3,
+            m / 1e3,
+            c / 1e3,
+            p / b,
+            m / b,
+            c / b
+        );
     }
     println!();
 }
@@ -224,8 +242,10 @@ fn bench_steps(_: &mut Criterion) {
     use atproto_sig_core::record::ManifestRecord;
     use sha2::Digest as _;
     let limits = Limits::default();
-    println!("\n| case | CAR parse | commit decode | signed bytes + SHA-256 | MST walk | record decode | DID document parse | bare verify_prehash |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "\n| case | CAR parse | commit decode | signed bytes + SHA-256 | MST walk | record decode | DID document parse, key memo | DID document parse, no memo | bare verify_prehash |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for case in
         [real_case(), dense_case(Curve::K256, "dense 10,000-record repository (K-256)"), dense_case(Curve::P256, "dense 10,000-record repository (P-256)")]
     {
@@ -241,6 +261,7 @@ fn bench_steps(_: &mut Criterion) {
             atproto_sig_core::mst::Lookup::Absent => panic!("the bench record is absent"),
         };
         let record = car.block(&record_cid).unwrap();
+        let keys = ParsedKeys::default();
         let median = |f: &mut dyn FnMut()| {
             let mut times: Vec<f64> = (0..7).map(|_| per_call(20_000, &mut *f)).collect();
             times.sort_by(f64::total_cmp);
@@ -249,9 +270,12 @@ fn bench_steps(_: &mut Criterion) {
         let steps = [
             median(&mut || drop(std::hint::black_box(Car::parse(std::hint::black_box(&case.car), &limits).unwrap()))),
             median(&mut || drop(std::hint::black_box(Commit::of_car(&car, &limits).unwrap()))),
-            median(&mut || drop(std::hint::black_box(sha2::Sha256::digest(std::hint::black_box(&commit).unsigned_bytes())))),
+            median(&mut || {
+                std::hint::black_box(sha2::Sha256::digest(std::hint::black_box(&commit).unsigned_bytes()));
+            }),
             median(&mut || drop(std::hint::black_box(atproto_sig_core::mst::walk(|c| car.block(c), commit.data, path.as_bytes(), &limits).unwrap()))),
             median(&mut || drop(std::hint::black_box(ManifestRecord::decode(std::hint::black_box(record), &limits).unwrap()))),
+            median(&mut || drop(std::hint::black_box(DidDocument::parse_with_keys(std::hint::black_box(&case.doc), &case.did, &limits, &keys).unwrap()))),
             median(&mut || drop(std::hint::black_box(DidDocument::parse(std::hint::black_box(&case.doc), &case.did, &limits).unwrap()))),
             median(&mut || key.verify_prehash(std::hint::black_box(&prehash), std::hint::black_box(&commit.sig)).unwrap()),
         ];

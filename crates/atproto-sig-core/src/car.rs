@@ -17,8 +17,12 @@ pub struct Car<'a> {
     pub root: Cid,
     /// Number of roots in the header.
     pub root_count: usize,
-    blocks: HashMap<Cid, &'a [u8]>,
+    /// Block CIDs in file order (the first of identical duplicates), and their bytes.
     order: Vec<Cid>,
+    data: Vec<&'a [u8]>,
+    /// Position by CID, built only past [`Car::SCANNED_BLOCKS`]: a proof has a handful of
+    /// blocks, where comparing CIDs beats hashing them.
+    index: HashMap<Cid, usize>,
 }
 
 /// Why bytes are not an acceptable CAR v1.
@@ -108,8 +112,7 @@ impl<'a> Car<'a> {
         let root_cids: Vec<Cid> = roots.iter().map(|r| r.as_link().ok_or(CarError::HeaderShape("a root is not a CID link"))).collect::<Result<_, _>>()?;
         let root = *root_cids.first().ok_or(CarError::NoRoots)?;
 
-        let mut blocks = HashMap::new();
-        let mut order = Vec::new();
+        let mut car = Car { root, root_count: root_cids.len(), order: Vec::new(), data: Vec::new(), index: HashMap::new() };
         let mut offset = header_end;
         while offset < bytes.len() {
             let rest = bytes.get(offset..).unwrap_or_default();
@@ -124,20 +127,39 @@ impl<'a> Car<'a> {
                 return Err(CarError::HashMismatch(cid));
             }
             // Identical duplicates are harmless (the hash matched); keep the first.
-            if blocks.insert(cid, data).is_none() {
-                order.push(cid);
-                if order.len() > limits.max_blocks {
+            if car.position(&cid).is_none() {
+                car.push(cid, data);
+                if car.order.len() > limits.max_blocks {
                     return Err(CarError::TooManyBlocks(limits.max_blocks));
                 }
             }
             offset += used + section.len();
         }
-        Ok(Car { root, root_count: root_cids.len(), blocks, order })
+        Ok(car)
+    }
+
+    /// Up to this many blocks, lookups scan; beyond it, they go through the index.
+    const SCANNED_BLOCKS: usize = 16;
+
+    fn position(&self, cid: &Cid) -> Option<usize> {
+        if self.order.len() <= Car::SCANNED_BLOCKS { self.order.iter().position(|c| c == cid) } else { self.index.get(cid).copied() }
+    }
+
+    fn push(&mut self, cid: Cid, data: &'a [u8]) {
+        self.order.push(cid);
+        self.data.push(data);
+        match self.order.len() {
+            n if n <= Car::SCANNED_BLOCKS => {}
+            n if n == Car::SCANNED_BLOCKS + 1 => self.index = self.order.iter().enumerate().map(|(i, c)| (*c, i)).collect(),
+            n => {
+                self.index.insert(cid, n - 1);
+            }
+        }
     }
 
     /// The verified bytes of block `cid`, if present.
     pub fn block(&self, cid: &Cid) -> Option<&'a [u8]> {
-        self.blocks.get(cid).copied()
+        self.position(cid).and_then(|i| self.data.get(i).copied())
     }
 
     /// Number of distinct blocks.
@@ -186,6 +208,23 @@ mod tests {
         let parsed = Car::parse(&car, &Limits::default()).unwrap();
         assert_eq!(parsed.root, cid);
         assert_eq!(parsed.block(&cid), Some(block.as_slice()));
+    }
+
+    #[test]
+    fn every_block_is_found_below_and_above_the_scanned_size_and_duplicates_keep_the_first() {
+        for count in [1, Car::SCANNED_BLOCKS, Car::SCANNED_BLOCKS + 1, 200] {
+            let blocks: Vec<Vec<u8>> = (0..count).map(|i| cbor::encode(&Value::Integer(i as i64))).collect();
+            let cids: Vec<Cid> = blocks.iter().map(|b| Cid::for_dag_cbor(b)).collect();
+            let mut listed: Vec<(Cid, &[u8])> = cids.iter().copied().zip(blocks.iter().map(Vec::as_slice)).collect();
+            listed.push(listed[0]);
+            let bytes = write_car(&cids[0], listed);
+            let car = Car::parse(&bytes, &Limits::default()).unwrap();
+            assert_eq!((car.len(), car.cids()), (count, cids.as_slice()));
+            for (cid, block) in cids.iter().zip(&blocks) {
+                assert_eq!(car.block(cid), Some(block.as_slice()), "{count} blocks");
+            }
+            assert_eq!(car.block(&Cid::for_dag_cbor(b"absent")), None);
+        }
     }
 
     #[test]

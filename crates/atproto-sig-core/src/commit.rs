@@ -107,9 +107,28 @@ impl Commit {
         map
     }
 
-    /// The canonical encoding of the commit without `sig`: the bytes that are signed.
+    /// The canonical encoding of the commit without `sig`: the bytes that are signed. Written
+    /// field by field in canonical key order (length first: `did`, `rev`, `data`, `prev`,
+    /// `version`), with no value tree: it runs for every proof checked.
     pub fn unsigned_bytes(&self) -> Vec<u8> {
-        cbor::encode(&Value::Map(self.unsigned_map()))
+        let mut out = Vec::with_capacity(self.did.len() + self.rev.as_ref().map_or(0, String::len) + 110);
+        cbor::write_head(5, if self.rev.is_some() { 5 } else { 4 }, &mut out);
+        cbor::write_text("did", &mut out);
+        cbor::write_text(&self.did, &mut out);
+        if let Some(rev) = &self.rev {
+            cbor::write_text("rev", &mut out);
+            cbor::write_text(rev, &mut out);
+        }
+        cbor::write_text("data", &mut out);
+        cbor::write_link(&self.data, &mut out);
+        cbor::write_text("prev", &mut out);
+        match &self.prev {
+            Some(prev) => cbor::write_link(prev, &mut out),
+            None => out.push(0xf6),
+        }
+        cbor::write_text("version", &mut out);
+        cbor::write_integer(self.version, &mut out);
+        out
     }
 
     /// The canonical encoding of the signed commit (the block).
@@ -122,5 +141,22 @@ impl Commit {
     /// Checks `sig` over the unsigned bytes with `key`.
     pub fn verify_signature(&self, key: &PublicKey) -> Result<(), SignatureError> {
         key.verify(&self.unsigned_bytes(), &self.sig)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signed_bytes_written_field_by_field_equal_the_canonical_encoding_of_the_fields() {
+        let data = Cid::for_dag_cbor(b"tree");
+        let prev = Cid::for_dag_cbor(b"previous");
+        for (version, rev, prev) in
+            [(3, Some("3lbxf5t2ybk2a"), None), (3, Some("3lbxf5t2ybk2a"), Some(prev)), (2, None, Some(prev)), (2, None, None), (-30, None, None)]
+        {
+            let commit = Commit { did: "did:plc:ewvi7nxzyoun6zhxrhs64oiz".into(), version, data, rev: rev.map(str::to_owned), prev, sig: vec![1; 64] };
+            assert_eq!(commit.unsigned_bytes(), cbor::encode(&Value::Map(commit.unsigned_map())), "{version} {rev:?} {prev:?}");
+        }
     }
 }

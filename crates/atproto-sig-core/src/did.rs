@@ -2,12 +2,15 @@
 //! Multikey form (plc.directory today) and the legacy form (`#atproto`,
 //! `EcdsaSecp256k1VerificationKey2019`, bare SEC1 point).
 
+use std::borrow::Cow;
 use std::fmt;
 
+use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::crypto::{KeyError, PublicKey};
 use crate::limits::Limits;
+use crate::parsed_keys::ParsedKeys;
 use crate::syntax::{is_valid_did, is_valid_did_plc, is_valid_handle};
 
 /// The two DID methods atproto blesses.
@@ -112,56 +115,128 @@ pub fn normalize_endpoint(url: &str) -> Option<String> {
     (matches!(scheme, "http" | "https") && host_ok).then(|| trimmed.to_owned())
 }
 
-impl DidDocument {
-    /// Parses a DID document for `expected_did`.
-    pub fn parse(bytes: &[u8], expected_did: &str, limits: &Limits) -> Result<DidDocument, DidDocError> {
-        did_method(expected_did)?;
-        if bytes.len() > limits.max_json_bytes {
-            return Err(DidDocError::TooLarge(bytes.len()));
+/// A verification method's fields as the atproto view reads them (absent: not a string).
+#[derive(Deserialize)]
+struct Method<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    controller: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "publicKeyMultibase")]
+    multibase: Option<Cow<'a, str>>,
+}
+
+/// A service's fields as the atproto view reads them.
+#[derive(Deserialize)]
+struct Service<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "serviceEndpoint")]
+    endpoint: Option<Cow<'a, str>>,
+}
+
+/// The fields of a document the atproto view reads, borrowed from the input where the JSON
+/// has no escapes; unknown fields are skipped unparsed. The fast route for documents of the
+/// usual shape: any other shape (a field of another type, a duplicate field) fails here and is
+/// read through `serde_json::Value` instead, so both routes give the same document.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(default, borrow, rename = "alsoKnownAs")]
+    also_known_as: Vec<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "verificationMethod")]
+    methods: Vec<Method<'a>>,
+    #[serde(default, borrow, rename = "service")]
+    services: Vec<Service<'a>>,
+}
+
+impl Fields<'_> {
+    /// The same fields read from a parsed JSON value (a field of another type reads as absent).
+    fn of_json(json: &Json) -> Result<Fields<'_>, DidDocError> {
+        let object = json.as_object().ok_or_else(|| DidDocError::Json("not an object".into()))?;
+        fn text<'j>(value: &'j Json, name: &str) -> Option<Cow<'j, str>> {
+            value.get(name).and_then(Json::as_str).map(Cow::Borrowed)
         }
-        // serde_json bounds recursion at 128 levels, so deep nesting is an error, not a crash.
-        let json: Json = serde_json::from_slice(bytes).map_err(|e| DidDocError::Json(e.to_string()))?;
-        DidDocument::from_json(&json, expected_did)
+        let list = |name| object.get(name).and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default();
+        Ok(Fields {
+            id: Cow::Borrowed(object.get("id").and_then(Json::as_str).unwrap_or_default()),
+            also_known_as: list("alsoKnownAs").iter().filter_map(Json::as_str).map(Cow::Borrowed).collect(),
+            methods: list("verificationMethod")
+                .iter()
+                .map(|m| Method { id: text(m, "id"), kind: text(m, "type"), controller: text(m, "controller"), multibase: text(m, "publicKeyMultibase") })
+                .collect(),
+            services: list("service").iter().map(|s| Service { id: text(s, "id"), kind: text(s, "type"), endpoint: text(s, "serviceEndpoint") }).collect(),
+        })
     }
 
-    /// Reads an already parsed JSON document.
-    pub fn from_json(json: &Json, expected_did: &str) -> Result<DidDocument, DidDocError> {
-        let object = json.as_object().ok_or_else(|| DidDocError::Json("not an object".into()))?;
-        let id = object.get("id").and_then(Json::as_str).unwrap_or_default();
+    /// The atproto view of these fields, for `expected_did`.
+    fn document(&self, expected_did: &str, keys: Option<&ParsedKeys>) -> Result<DidDocument, DidDocError> {
+        let id = self.id.as_ref();
         if id != expected_did {
             return Err(DidDocError::IdMismatch { expected: expected_did.to_owned(), found: truncate(id) });
         }
         let did = id;
-        let list = |name| object.get(name).and_then(Json::as_array).map(Vec::as_slice).unwrap_or_default();
-
         // The first #atproto method controlled by the DID wins; later ones are ignored.
-        let signing_key = list("verificationMethod")
+        let signing_key = self
+            .methods
             .iter()
-            .find(|m| matches_fragment(m.get("id").and_then(Json::as_str), did, "atproto") && m.get("controller").and_then(Json::as_str) == Some(did))
+            .find(|m| matches_fragment(m.id.as_deref(), did, "atproto") && m.controller.as_deref() == Some(did))
             .ok_or(DidDocError::NoSigningKey)
             .and_then(|m| {
-                let kind = m.get("type").and_then(Json::as_str).unwrap_or_default();
-                let multibase = m.get("publicKeyMultibase").and_then(Json::as_str).unwrap_or_default();
-                PublicKey::from_verification_method(kind, multibase).map_err(DidDocError::Key)
+                let kind = m.kind.as_deref().unwrap_or_default();
+                let multibase = m.multibase.as_deref().unwrap_or_default();
+                match keys {
+                    Some(keys) => keys.from_verification_method(kind, multibase),
+                    None => PublicKey::from_verification_method(kind, multibase),
+                }
+                .map_err(DidDocError::Key)
             });
-
-        let pds = list("service").iter().find_map(|s| {
-            let is_pds = matches_fragment(s.get("id").and_then(Json::as_str), did, "atproto_pds")
-                && s.get("type").and_then(Json::as_str) == Some("AtprotoPersonalDataServer");
+        let pds = self.services.iter().find_map(|s| {
+            let is_pds = matches_fragment(s.id.as_deref(), did, "atproto_pds") && s.kind.as_deref() == Some("AtprotoPersonalDataServer");
             if !is_pds {
                 return None;
             }
-            s.get("serviceEndpoint").and_then(Json::as_str).and_then(normalize_endpoint)
+            s.endpoint.as_deref().and_then(normalize_endpoint)
         });
-
-        let handle = list("alsoKnownAs")
-            .iter()
-            .filter_map(Json::as_str)
-            .filter_map(|aka| aka.strip_prefix("at://"))
-            .find(|h| is_valid_handle(h))
-            .map(str::to_ascii_lowercase);
-
+        let handle = self.also_known_as.iter().filter_map(|aka| aka.strip_prefix("at://")).find(|h| is_valid_handle(h)).map(str::to_ascii_lowercase);
         Ok(DidDocument { did: did.to_owned(), signing_key, pds, handle })
+    }
+}
+
+impl DidDocument {
+    /// Parses a DID document for `expected_did`.
+    pub fn parse(bytes: &[u8], expected_did: &str, limits: &Limits) -> Result<DidDocument, DidDocError> {
+        DidDocument::parse_document(bytes, expected_did, limits, None)
+    }
+
+    /// [`DidDocument::parse`], with the signing key taken from `keys` when its text was parsed
+    /// before (and remembered there when not): the same document, without decoding the point
+    /// again for every proof of one signer.
+    pub fn parse_with_keys(bytes: &[u8], expected_did: &str, limits: &Limits, keys: &ParsedKeys) -> Result<DidDocument, DidDocError> {
+        DidDocument::parse_document(bytes, expected_did, limits, Some(keys))
+    }
+
+    fn parse_document(bytes: &[u8], expected_did: &str, limits: &Limits, keys: Option<&ParsedKeys>) -> Result<DidDocument, DidDocError> {
+        did_method(expected_did)?;
+        if bytes.len() > limits.max_json_bytes {
+            return Err(DidDocError::TooLarge(bytes.len()));
+        }
+        if let Ok(fields) = serde_json::from_slice::<Fields<'_>>(bytes) {
+            return fields.document(expected_did, keys);
+        }
+        // serde_json bounds recursion at 128 levels, so deep nesting is an error, not a crash.
+        let json: Json = serde_json::from_slice(bytes).map_err(|e| DidDocError::Json(e.to_string()))?;
+        Fields::of_json(&json)?.document(expected_did, keys)
+    }
+
+    /// Reads an already parsed JSON document.
+    pub fn from_json(json: &Json, expected_did: &str) -> Result<DidDocument, DidDocError> {
+        Fields::of_json(json)?.document(expected_did, None)
     }
 }
 
@@ -203,5 +278,51 @@ mod tests {
         assert_eq!(normalize_endpoint("https://user@pds.example.com"), None);
         assert_eq!(normalize_endpoint("https://pds.example.com/path"), None);
         assert_eq!(normalize_endpoint("ftp://pds.example.com"), None);
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+    use crate::crypto::{Curve, PrivateKey};
+
+    /// The borrowed route reads the usual document; every odd shape (fields of other types,
+    /// duplicates, escapes, nulls) gives what the `serde_json::Value` route gives.
+    #[test]
+    fn both_routes_and_the_key_memo_give_the_same_document() {
+        let did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+        let key = PrivateKey::from_seed(Curve::K256, "routes").public_key().to_multikey();
+        let usual = render_multikey_document(did, &PublicKey::from_multikey(&key).unwrap(), Some("Alice.Test"), Some("https://pds.test")).to_string();
+        assert!(serde_json::from_str::<Fields<'_>>(&usual).is_ok(), "the usual document takes the fast route");
+        let method = |extra: &str| {
+            format!(
+                r#"{{"id":"{did}","verificationMethod":[{{"id":"\u0023atproto","type":"Multikey","controller":"{did}","publicKeyMultibase":"{key}"{extra}}}]}}"#
+            )
+        };
+        let documents = [
+            usual.clone(),
+            method(""),
+            method(r#","controller":"did:plc:other""#),
+            method(r#","extra":{"deep":[1,2,{"x":null}]}"#),
+            format!(r#"{{"id":"{did}","alsoKnownAs":[1,"at://bob.test"],"service":null}}"#),
+            format!(r#"{{"id":"{did}","alsoKnownAs":"at://bob.test","verificationMethod":[{{"id":5}}]}}"#),
+            format!(
+                r##"{{"id":"{did}","id":"{did}","service":[{{"id":"#atproto_pds","type":"AtprotoPersonalDataServer","serviceEndpoint":{{"uri":"x"}}}}]}}"##
+            ),
+            format!(r#"{{"id":7,"id":"{did}"}}"#),
+            r#"{"verificationMethod":[]}"#.to_owned(),
+            "[]".to_owned(),
+        ];
+        let keys = ParsedKeys::new(8);
+        for document in &documents {
+            let parsed = DidDocument::parse(document.as_bytes(), did, &Limits::default());
+            let json: Json = serde_json::from_str(document).unwrap();
+            assert_eq!(parsed, DidDocument::from_json(&json, did), "{document}");
+            assert_eq!(DidDocument::parse_with_keys(document.as_bytes(), did, &Limits::default(), &keys), parsed, "{document}");
+        }
+        let parsed = DidDocument::parse(usual.as_bytes(), did, &Limits::default()).unwrap();
+        assert_eq!((parsed.handle.as_deref(), parsed.pds.as_deref()), (Some("alice.test"), Some("https://pds.test")));
+        assert_eq!(parsed.signing_key.unwrap().to_multikey(), key);
+        assert_eq!(keys.len(), 1, "one signer, one remembered key");
     }
 }

@@ -18,6 +18,7 @@ pub mod encoding;
 pub mod firehose;
 pub mod limits;
 pub mod mst;
+pub mod parsed_keys;
 pub mod plc;
 pub mod policy;
 pub mod reason;
@@ -30,4 +31,5 @@ pub mod verify;
 pub mod yaml;
 
 pub use limits::Limits;
+pub use parsed_keys::ParsedKeys;
 pub use verify::{Expectation, Facts, KeySource, ProofInput, Reason, Verdict, verify};

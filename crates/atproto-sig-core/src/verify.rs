@@ -42,9 +42,10 @@ pub struct Facts {
     /// The MST path to the record verified under that signed commit: the record's presence
     /// (`record_cid`) or its absence is proven by the signature.
     pub path_proven: bool,
-    /// The key the commit's signature verified under (did:key text), once it did: two DIDs
-    /// sharing one key are one signer for `minSignatures`.
-    pub signing_key: Option<String>,
+    /// The key the commit's signature verified under, once it did: two DIDs sharing one key
+    /// are one signer for `minSignatures`. Carried as parsed (`to_did_key` for its text), so
+    /// the hot path never re-encodes it.
+    pub signing_key: Option<PublicKey>,
 }
 
 /// The outcome of [`verify`].
@@ -196,7 +197,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
         return Err((Reason::SignatureInvalid, message));
     }
     facts.signature_verified = true;
-    facts.signing_key = Some(key.to_did_key());
+    facts.signing_key = Some(key.clone());
     let rev = commit.rev.clone().unwrap_or_default();
     let rev_micros = tid_timestamp_micros(&rev).ok_or_else(|| malformed(facts, format!("commit rev {rev:?} is not a TID")))?;
     if i64::try_from(rev_micros).unwrap_or(i64::MAX) > input.now_micros.saturating_add(input.max_clock_skew_micros) {

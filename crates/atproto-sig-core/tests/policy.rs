@@ -178,10 +178,11 @@ fn min_signatures_counts_distinct_keys_not_dids() {
     let policy = Policy::parse(WINDOWED).unwrap();
     let img = image("atcr.io/x.test/prod-api");
     let now = micros("2025-06-01T00:00:00Z");
-    let with_key = |did: &str, key: &str| Verdict { facts: Facts { signing_key: Some(key.into()), ..signed_by(did).facts }, ..signed_by(did) };
-    let shared = policy.decide(&img, &[with_key(A, "did:key:zSame"), with_key(B, "did:key:zSame")], now);
+    let key = |seed: &str| atproto_sig_core::crypto::PrivateKey::from_seed(atproto_sig_core::crypto::Curve::K256, seed).public_key();
+    let with_key = |did: &str, seed: &str| Verdict { facts: Facts { signing_key: Some(key(seed)), ..signed_by(did).facts }, ..signed_by(did) };
+    let shared = policy.decide(&img, &[with_key(A, "same"), with_key(B, "same")], now);
     assert_eq!((shared.outcome, shared.reason), (Outcome::Reject, Reason::TooFewSignatures), "{}", shared.message);
-    let distinct = policy.decide(&img, &[with_key(A, "did:key:zOne"), with_key(B, "did:key:zTwo")], now);
+    let distinct = policy.decide(&img, &[with_key(A, "one"), with_key(B, "two")], now);
     assert_eq!((distinct.outcome, distinct.reason), (Outcome::Admit, Reason::Verified), "{}", distinct.message);
 }
 

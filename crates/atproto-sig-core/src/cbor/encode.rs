@@ -15,8 +15,7 @@ pub fn encode_into(value: &Value, out: &mut Vec<u8>) {
         Value::Null => out.push(0xf6),
         Value::Bool(false) => out.push(0xf4),
         Value::Bool(true) => out.push(0xf5),
-        Value::Integer(i) if *i >= 0 => write_head(0, i.unsigned_abs(), out),
-        Value::Integer(i) => write_head(1, (-1 - *i).unsigned_abs(), out),
+        Value::Integer(i) => write_integer(*i, out),
         Value::Bytes(b) => {
             write_head(2, b.len() as u64, out);
             out.extend_from_slice(b);
@@ -37,19 +36,26 @@ pub fn encode_into(value: &Value, out: &mut Vec<u8>) {
                 encode_into(item, out);
             }
         }
-        Value::Link(cid) => {
-            out.extend_from_slice(&[0xd8, 0x2a, 0x58, 0x25, 0x00]);
-            out.extend_from_slice(&cid.to_bytes());
-        }
+        Value::Link(cid) => write_link(cid, out),
     }
 }
 
-fn write_text(text: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_integer(i: i64, out: &mut Vec<u8>) {
+    if i >= 0 { write_head(0, i.unsigned_abs(), out) } else { write_head(1, (-1 - i).unsigned_abs(), out) }
+}
+
+/// A link: tag 42 over a byte string of 0x00 and the binary CID.
+pub(crate) fn write_link(cid: &crate::cid::Cid, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0xd8, 0x2a, 0x58, 0x25, 0x00]);
+    out.extend_from_slice(&cid.to_bytes());
+}
+
+pub(crate) fn write_text(text: &str, out: &mut Vec<u8>) {
     write_head(3, text.len() as u64, out);
     out.extend_from_slice(text.as_bytes());
 }
 
-fn write_head(major: u8, value: u64, out: &mut Vec<u8>) {
+pub(crate) fn write_head(major: u8, value: u64, out: &mut Vec<u8>) {
     let major = major << 5;
     match value {
         0..=23 => out.push(major | value as u8),

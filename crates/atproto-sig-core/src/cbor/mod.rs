@@ -16,6 +16,7 @@ mod json;
 pub(crate) use decode::Cursor;
 pub use decode::{CborError, DEFAULT_MAX_DEPTH, decode, decode_prefix};
 pub use encode::{encode, encode_into};
+pub(crate) use encode::{write_head, write_integer, write_link, write_text};
 pub use json::{JsonToCborError, from_json, to_json};
 
 /// A decoded DAG-CBOR value.

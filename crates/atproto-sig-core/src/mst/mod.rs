@@ -27,16 +27,48 @@ pub use walk::{Covering, Lookup, Walk, covering, walk};
 pub const MAX_KEY_BYTES: usize = 1024;
 
 /// The layer of a key: leading zero bits of SHA-256(key), divided by 2 (fanout 4).
+/// Every entry of every node a walk visits is hashed, so keys that fit one SHA-256 block (all
+/// record paths of 55 bytes or less) are padded here and compressed once, without the
+/// streaming hasher's buffering; longer ones take the usual route.
 pub fn key_height(key: &[u8]) -> u32 {
-    let digest = Sha256::digest(key);
+    let Some(state) = one_block_sha256(key) else {
+        return leading_zero_bits(Sha256::digest(key).as_slice()) / 2;
+    };
+    // The digest is the state words, big-endian: count zeros word by word.
     let mut zeros = 0;
-    for byte in digest {
-        zeros += byte.leading_zeros();
-        if byte != 0 {
+    for word in state {
+        zeros += word.leading_zeros();
+        if word != 0 {
             break;
         }
     }
     zeros / 2
+}
+
+/// SHA-256's initial state (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+
+/// The final state of SHA-256 over `message` when it fits one padded block (≤ 55 bytes).
+fn one_block_sha256(message: &[u8]) -> Option<[u32; 8]> {
+    let mut block = [0u8; 64];
+    block.get_mut(..message.len()).filter(|_| message.len() <= 55)?.copy_from_slice(message);
+    *block.get_mut(message.len())? = 0x80;
+    let bits = (message.len() as u64 * 8).to_be_bytes();
+    block.get_mut(56..)?.copy_from_slice(&bits);
+    let mut state = SHA256_IV;
+    sha2::block_api::compress256(&mut state, &[block]);
+    Some(state)
+}
+
+fn leading_zero_bits(digest: &[u8]) -> u32 {
+    let mut zeros = 0;
+    for byte in digest {
+        zeros += byte.leading_zeros();
+        if *byte != 0 {
+            break;
+        }
+    }
+    zeros
 }
 
 /// Length of the common prefix of two keys, in bytes.
@@ -208,6 +240,23 @@ impl Node {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn key_heights_from_one_block_equal_the_digest_s_for_every_length() {
+        for len in 0..=130usize {
+            for fill in [b'a', b'0', 0xff] {
+                let key = vec![fill; len];
+                assert_eq!(key_height(&key), leading_zero_bits(Sha256::digest(&key).as_slice()) / 2, "{len} bytes of {fill}");
+            }
+        }
+        // The spec's examples (atproto repository spec, "Merkle Search Tree").
+        for (key, height) in [("2653ae71", 0), ("blue", 1), ("app.bsky.feed.post/454397e440ec", 4), ("app.bsky.feed.post/9adeb165882c", 8)] {
+            assert_eq!(key_height(key.as_bytes()), height, "{key}");
+        }
+        // The state words are SHA-256's own digest.
+        let state = one_block_sha256(b"").unwrap();
+        assert_eq!(state[0], 0xe3b0c442, "SHA-256 of nothing");
+    }
 
     #[test]
     fn empty_tree_root() {

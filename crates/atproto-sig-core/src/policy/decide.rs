@@ -120,10 +120,10 @@ fn decide_rule(policy: &Policy, rule: &Rule, image: &ImageRef, verdicts: &[Verdi
     let verified: Vec<&Verdict> = verdicts.iter().filter(|v| v.is_verified()).collect();
     let mut signers: Vec<String> = Vec::new();
     // Signatures are counted by distinct key: two DIDs sharing one signing key are one signer.
-    let mut keys: Vec<Option<&str>> = Vec::new();
+    let mut keys: Vec<Option<&crate::crypto::PublicKey>> = Vec::new();
     for verdict in &verified {
         let did = &verdict.facts.did;
-        let key = verdict.facts.signing_key.as_deref();
+        let key = verdict.facts.signing_key.as_ref();
         if trusted.iter().any(|t| &t.did == did && t.is_valid_at(now)) && !signers.contains(did) && (key.is_none() || !keys.contains(&key)) {
             signers.push(did.clone());
             keys.push(key);
