@@ -1,6 +1,7 @@
 #![no_main]
 //! Strict DAG-CBOR decoding and commit decoding; a decoded value re-encodes to the same bytes
-//! (strictness means there is exactly one encoding).
+//! (strictness means there is exactly one encoding), and the commit's canonical read gives
+//! what decoding the value and reading it gives.
 use atproto_sig_core::{cbor, commit::Commit, Limits};
 use libfuzzer_sys::fuzz_target;
 
@@ -8,5 +9,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(value) = cbor::decode(data, cbor::DEFAULT_MAX_DEPTH) {
         assert_eq!(cbor::encode(&value), data, "strict decoding must be canonical");
     }
-    let _ = Commit::decode(data, &Limits::default());
+    let general = cbor::decode(data, Limits::default().max_cbor_depth).map_err(atproto_sig_core::commit::CommitError::Cbor).and_then(|v| Commit::from_value(&v));
+    assert_eq!(Commit::decode(data, &Limits::default()), general);
 });

@@ -69,7 +69,16 @@ impl Commit {
     /// Decodes a commit block. Unknown fields are ignored, as in both reference
     /// implementations (they are not covered by the re-encoded signature either).
     pub fn decode(block: &[u8], limits: &Limits) -> Result<Commit, CommitError> {
+        // The canonical shape is one map of scalars: depth 1.
+        if let Some(commit) = Commit::read_canonical(block).filter(|_| limits.max_cbor_depth >= 1) {
+            return Ok(commit);
+        }
         let value = cbor::decode(block, limits.max_cbor_depth).map_err(CommitError::Cbor)?;
+        Commit::from_value(&value)
+    }
+
+    /// Reads a commit from a decoded value (what [`Commit::decode`] does after decoding).
+    pub fn from_value(value: &Value) -> Result<Commit, CommitError> {
         let map = value.as_map().ok_or(CommitError::Field("(map)"))?;
         let text = |name| map.get(name).and_then(Value::as_text).map(str::to_owned);
         let did = text("did").ok_or(CommitError::Field("did"))?;
@@ -93,6 +102,34 @@ impl Commit {
         };
         let sig = map.get("sig").and_then(Value::as_bytes).ok_or(CommitError::Field("sig"))?.to_vec();
         Ok(Commit { did, version, data, rev, prev, sig })
+    }
+
+    /// A v3 commit of exactly the six fields, in canonical order (length first: `did`, `rev`,
+    /// `sig`, `data`, `prev`, `version`), read without a value tree: every proof has one.
+    /// `None` for any other shape, which [`Commit::decode`] then reads in full (so both give
+    /// the same commit or the same error).
+    fn read_canonical(block: &[u8]) -> Option<Commit> {
+        let dag_cbor = |cid: Cid| (cid.codec() == Codec::DagCbor).then_some(cid);
+        let mut cursor = cbor::Cursor::new(block);
+        if cursor.map_len()? != 6 {
+            return None;
+        }
+        cursor.key(b"did")?;
+        let did = cursor.text()?;
+        cursor.key(b"rev")?;
+        let rev = cursor.text()?;
+        cursor.key(b"sig")?;
+        let sig = cursor.bytes()?;
+        cursor.key(b"data")?;
+        let data = dag_cbor(cursor.link()?)?;
+        cursor.key(b"prev")?;
+        let prev = match cursor.link_or_null()? {
+            Some(cid) => Some(dag_cbor(cid)?),
+            None => None,
+        };
+        cursor.key(b"version")?;
+        let version = i64::try_from(cursor.unsigned()?).ok()?;
+        cursor.is_done().then(|| Commit { did: did.to_owned(), version, data, rev: Some(rev.to_owned()), prev, sig: sig.to_vec() })
     }
 
     fn unsigned_map(&self) -> Map {
@@ -157,6 +194,20 @@ mod tests {
         {
             let commit = Commit { did: "did:plc:ewvi7nxzyoun6zhxrhs64oiz".into(), version, data, rev: rev.map(str::to_owned), prev, sig: vec![1; 64] };
             assert_eq!(commit.unsigned_bytes(), cbor::encode(&Value::Map(commit.unsigned_map())), "{version} {rev:?} {prev:?}");
+            // The canonical read and the full decode agree on the block.
+            let block = commit.signed_bytes();
+            assert_eq!(Commit::read_canonical(&block).is_some(), rev.is_some() && version >= 0);
+            let mut value = cbor::decode(&block, 8).unwrap();
+            assert_eq!(Commit::decode(&block, &Limits::default()), Commit::from_value(&value));
+            // An extra field, a raw-codec link: the full decoder's answer.
+            if let Value::Map(map) = &mut value {
+                map.insert("extra", Value::Bool(true));
+            }
+            let extended = cbor::encode(&value);
+            assert!(Commit::read_canonical(&extended).is_none());
+            assert_eq!(Commit::decode(&extended, &Limits::default()).map(|c| c.did), Ok(commit.did.clone()));
+            let raw = Commit { data: Cid::for_raw(b"tree"), ..commit.clone() }.signed_bytes();
+            assert_eq!(Commit::decode(&raw, &Limits::default()), Err(CommitError::NotDagCbor("data")));
         }
     }
 }

@@ -142,7 +142,10 @@ fn verified(input: &ProofInput<'_>, rkey: &str, facts: &mut Facts) -> Step<Strin
     }
     let key = signing_key(input, facts)?;
     let (car, commit, rev) = signed_commit(input, key, facts)?;
-    let record = proven_record(input, &car, &commit, rkey, facts)?;
+    proven_record(input, &car, &commit, rkey, facts)?;
+    let Some(record) = facts.record.as_ref() else {
+        return Err(malformed(facts, "the record was not decoded"));
+    };
     let Some(digest) = expect.digest else {
         return Ok(format!("{} is present in the signed repository of {} (commit {}, rev {rev})", facts.uri, expect.did, car.root));
     };
@@ -208,7 +211,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
 
 /// The record at `io.atcr.manifest/<rkey>` in the signed tree, decoded; its absence is proven
 /// deletion (`record-deleted`).
-fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &str, facts: &mut Facts) -> Step<ManifestRecord> {
+fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &str, facts: &mut Facts) -> Step<()> {
     let path = format!("{MANIFEST_COLLECTION}/{rkey}");
     let walk = mst::walk(|cid| car.block(cid), commit.data, path.as_bytes(), input.limits).map_err(|e| malformed(facts, e))?;
     facts.path_proven = true;
@@ -226,6 +229,6 @@ fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &
     facts.record_cid = Some(record_cid);
     let record_block = car.block(&record_cid).ok_or_else(|| malformed(facts, format!("record block {record_cid} is missing")))?;
     let record = ManifestRecord::decode(record_block, input.limits).map_err(|e| (Reason::RecordInvalid, format!("{}: {e}", facts.uri)))?;
-    facts.record = Some(record.clone());
-    Ok(record)
+    facts.record = Some(record);
+    Ok(())
 }

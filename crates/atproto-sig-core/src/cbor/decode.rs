@@ -274,6 +274,13 @@ impl<'a> Cursor<'a> {
         (self.reader.take(n).ok()? == expected).then_some(())
     }
 
+    /// A text string, borrowed.
+    pub(crate) fn text(&mut self) -> Option<&'a str> {
+        let info = self.head(3)?;
+        let n = self.reader.length(info, 1).ok()?;
+        std::str::from_utf8(self.reader.take(n).ok()?).ok()
+    }
+
     /// A byte string, borrowed.
     pub(crate) fn bytes(&mut self) -> Option<&'a [u8]> {
         let info = self.head(2)?;

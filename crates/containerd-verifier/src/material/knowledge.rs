@@ -17,7 +17,7 @@ use atproto_sig_core::plc::verify_audit_log;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::syntax::format_datetime_micros;
 use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, Verdict, verify};
-use atproto_sig_core::{Limits, Reason};
+use atproto_sig_core::{Limits, ParsedKeys, Reason};
 use base64::Engine;
 
 use crate::material::store::{Cache, CommitSeen, DidEntry, Kind, ProofEntry, RepoEntry, StateSeen, StateShard};
@@ -402,14 +402,28 @@ pub fn document_of(entry: &DidEntry, strict: bool, limits: &Limits) -> Result<Di
         let state = verify_audit_log(did, log.as_bytes(), limits).map_err(|e| Refusal::AuditLog(e.to_string()))?;
         return Ok(DidDocument { did: did.to_owned(), signing_key: state.signing_key(), pds: state.pds(), handle: state.handle() });
     }
-    DidDocument::parse(entry.document.as_bytes(), did, limits).map_err(|e| Refusal::Document(e.to_string()))
+    parse_document(entry, limits)
+}
+
+/// The signing keys this process has parsed, by their text: `serve`, `watch` and `node` check
+/// many proofs from few signers, so each signer's point is decoded once (at most
+/// [`ParsedKeys::DEFAULT_CAPACITY`] keys, oldest forgotten first; a lookup gives exactly what a
+/// parse gives, so no caller can steer another's result through it).
+pub fn parsed_keys() -> &'static ParsedKeys {
+    static KEYS: std::sync::OnceLock<ParsedKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(ParsedKeys::default)
+}
+
+/// An entry's served document, parsed (its key through [`parsed_keys`]).
+fn parse_document(entry: &DidEntry, limits: &Limits) -> Result<DidDocument, Refusal> {
+    DidDocument::parse_with_keys(entry.document.as_bytes(), &entry.did, limits, parsed_keys()).map_err(|e| Refusal::Document(e.to_string()))
 }
 
 /// The document an entry proves on its own: did:plc entries must carry an audit log the
 /// served document agrees with (key, PDS, handle; not deactivated); did:web documents are
 /// taken as delivered (they cannot be self-certified: the note says so).
 pub fn checked_document(entry: &DidEntry, limits: &Limits) -> Result<(DidDocument, Option<String>), Refusal> {
-    let document = DidDocument::parse(entry.document.as_bytes(), &entry.did, limits).map_err(|e| Refusal::Document(e.to_string()))?;
+    let document = parse_document(entry, limits)?;
     match did_method(&entry.did).map_err(|e| Refusal::Document(e.to_string()))? {
         DidMethod::Plc => {
             let log = entry.audit_log.as_deref().ok_or(Refusal::NoAuditLog)?;
@@ -495,7 +509,7 @@ pub fn accept_document(cache: &Cache, entry: &DidEntry, now: i64, rules: Documen
 
 /// The `#atproto` key a document entry names (as did:key text), if any.
 fn signing_key_of(entry: &DidEntry) -> Option<String> {
-    DidDocument::parse(entry.document.as_bytes(), &entry.did, &Limits::default()).ok()?.signing_key.ok().map(|k| k.to_did_key())
+    parse_document(entry, &Limits::default()).ok()?.signing_key.ok().map(|k| k.to_did_key())
 }
 
 /// The audit log to keep when `new` is offered and `held` is kept, and the held operation it
