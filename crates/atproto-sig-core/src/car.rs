@@ -101,18 +101,11 @@ impl<'a> Car<'a> {
         }
         let header_end = used.saturating_add(header_len as usize);
         let header_bytes = bytes.get(used..header_end).ok_or(CarError::HeaderTooLarge(header_len))?;
-        let header = cbor::decode(header_bytes, 4).map_err(CarError::HeaderCbor)?;
-        let map = header.as_map().ok_or(CarError::HeaderShape("not a map"))?;
-        match map.get("version") {
-            Some(Value::Integer(1)) => {}
-            Some(Value::Integer(v)) => return Err(CarError::UnsupportedVersion(*v)),
-            _ => return Err(CarError::HeaderShape("version is missing or not an integer")),
-        }
-        let roots = map.get("roots").and_then(Value::as_array).ok_or(CarError::HeaderShape("roots is missing or not an array"))?;
-        let root_cids: Vec<Cid> = roots.iter().map(|r| r.as_link().ok_or(CarError::HeaderShape("a root is not a CID link"))).collect::<Result<_, _>>()?;
-        let root = *root_cids.first().ok_or(CarError::NoRoots)?;
-
-        let mut car = Car { root, root_count: root_cids.len(), order: Vec::new(), data: Vec::new(), index: HashMap::new() };
+        let (root, root_count) = match one_root_header(header_bytes) {
+            Some(root) => (root, 1),
+            None => header_roots(header_bytes)?,
+        };
+        let mut car = Car { root, root_count, order: Vec::new(), data: Vec::new(), index: HashMap::new() };
         let mut offset = header_end;
         while offset < bytes.len() {
             let rest = bytes.get(offset..).unwrap_or_default();
@@ -178,6 +171,37 @@ impl<'a> Car<'a> {
     }
 }
 
+/// The root of the usual header, `{roots: [cid], version: 1}` in canonical form, read without
+/// a value tree; `None` for any other header, which [`header_roots`] then reads in full (so
+/// both give the same root or the same error).
+fn one_root_header(header: &[u8]) -> Option<Cid> {
+    let mut cursor = cbor::Cursor::new(header);
+    if cursor.map_len()? != 2 {
+        return None;
+    }
+    cursor.key(b"roots")?;
+    if cursor.array_len()? != 1 {
+        return None;
+    }
+    let root = cursor.link()?;
+    cursor.key(b"version")?;
+    (cursor.unsigned()? == 1 && cursor.is_done()).then_some(root)
+}
+
+/// The first root and the number of roots of any header (the general route).
+fn header_roots(header: &[u8]) -> Result<(Cid, usize), CarError> {
+    let header = cbor::decode(header, 4).map_err(CarError::HeaderCbor)?;
+    let map = header.as_map().ok_or(CarError::HeaderShape("not a map"))?;
+    match map.get("version") {
+        Some(Value::Integer(1)) => {}
+        Some(Value::Integer(v)) => return Err(CarError::UnsupportedVersion(*v)),
+        _ => return Err(CarError::HeaderShape("version is missing or not an integer")),
+    }
+    let roots = map.get("roots").and_then(Value::as_array).ok_or(CarError::HeaderShape("roots is missing or not an array"))?;
+    let root_cids: Vec<Cid> = roots.iter().map(|r| r.as_link().ok_or(CarError::HeaderShape("a root is not a CID link"))).collect::<Result<_, _>>()?;
+    Ok((*root_cids.first().ok_or(CarError::NoRoots)?, root_cids.len()))
+}
+
 /// Writes a CAR v1 with one root (for the test kit, bundles and attached proofs).
 pub fn write_car<'b>(root: &Cid, blocks: impl IntoIterator<Item = (Cid, &'b [u8])>) -> Vec<u8> {
     let mut header = cbor::Map::default();
@@ -225,6 +249,26 @@ mod tests {
             }
             assert_eq!(car.block(&Cid::for_dag_cbor(b"absent")), None);
         }
+    }
+
+    #[test]
+    fn the_usual_header_read_with_the_cursor_equals_the_general_read() {
+        let cid = Cid::for_dag_cbor(b"root");
+        let header = |roots: Vec<Value>, version: i64| {
+            let mut map = cbor::Map::default();
+            map.insert("roots", Value::Array(roots));
+            map.insert("version", Value::Integer(version));
+            cbor::encode(&Value::Map(map))
+        };
+        let usual = header(vec![Value::Link(cid)], 1);
+        assert_eq!(one_root_header(&usual), Some(cid));
+        assert_eq!(header_roots(&usual), Ok((cid, 1)));
+        for other in [header(vec![Value::Link(cid), Value::Link(cid)], 1), header(vec![], 1), header(vec![Value::Link(cid)], 2), header(vec![Value::Null], 1)] {
+            assert_eq!(one_root_header(&other), None);
+        }
+        assert_eq!(header_roots(&header(vec![Value::Link(cid), Value::Link(cid)], 1)), Ok((cid, 2)));
+        assert_eq!(header_roots(&header(vec![], 1)), Err(CarError::NoRoots));
+        assert_eq!(header_roots(&header(vec![Value::Link(cid)], 2)), Err(CarError::UnsupportedVersion(2)));
     }
 
     #[test]
