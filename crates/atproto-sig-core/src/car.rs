@@ -105,7 +105,9 @@ impl<'a> Car<'a> {
             Some(root) => (root, 1),
             None => header_roots(header_bytes)?,
         };
-        let mut car = Car { root, root_count, order: Vec::new(), data: Vec::new(), index: HashMap::new() };
+        // Room for a proof's blocks up front; a repository's grow as read.
+        let room = Car::SCANNED_BLOCKS;
+        let mut car = Car { root, root_count, order: Vec::with_capacity(room), data: Vec::with_capacity(room), index: HashMap::new() };
         let mut offset = header_end;
         while offset < bytes.len() {
             let rest = bytes.get(offset..).unwrap_or_default();

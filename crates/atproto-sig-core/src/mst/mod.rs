@@ -77,17 +77,46 @@ pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// True when `key` is a valid repository path: `collection/rkey`, both non-empty, allowed
-/// characters only, at most [`MAX_KEY_BYTES`].
+/// characters only, at most [`MAX_KEY_BYTES`]. One pass with a byte table: every entry of
+/// every node a walk visits is checked.
 pub fn is_valid_key(key: &[u8]) -> bool {
-    let allowed = |c: &u8| c.is_ascii_alphanumeric() || b"_~-:.".contains(c);
-    let mut parts = key.split(|&c| c == b'/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(collection), Some(rkey), None) => {
-            key.len() <= MAX_KEY_BYTES && !collection.is_empty() && !rkey.is_empty() && collection.iter().all(allowed) && rkey.iter().all(allowed)
-        }
-        _ => false,
+    if key.len() > MAX_KEY_BYTES {
+        return false;
     }
+    let mut slash = None;
+    for (i, byte) in key.iter().enumerate() {
+        match KEY_BYTES.get(usize::from(*byte)) {
+            Some(KeyByte::Allowed) => {}
+            Some(KeyByte::Slash) if slash.is_none() => slash = Some(i),
+            _ => return false,
+        }
+    }
+    // Both parts non-empty.
+    slash.is_some_and(|i| i > 0 && i + 1 < key.len())
 }
+
+/// What a byte may be in a repository path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyByte {
+    Refused,
+    Allowed,
+    Slash,
+}
+
+/// ASCII letters and digits and `_~-:.` are allowed; `/` separates the two parts.
+const KEY_BYTES: [KeyByte; 256] = {
+    let mut table = [KeyByte::Refused; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let c = byte as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'~' | b'-' | b':' | b'.') {
+            table[byte] = KeyByte::Allowed;
+        }
+        byte += 1;
+    }
+    table[b'/' as usize] = KeyByte::Slash;
+    table
+};
 
 /// One entry of a node, with its full key reconstructed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,6 +285,31 @@ mod tests {
         // The state words are SHA-256's own digest.
         let state = one_block_sha256(b"").unwrap();
         assert_eq!(state[0], 0xe3b0c442, "SHA-256 of nothing");
+    }
+
+    /// The table-driven check equals the definition (split on `/`, two non-empty parts of
+    /// allowed characters) on every short key over a telling alphabet.
+    #[test]
+    fn key_validity_equals_the_definition() {
+        let definition = |key: &[u8]| {
+            let allowed = |c: &u8| c.is_ascii_alphanumeric() || b"_~-:.".contains(c);
+            let parts: Vec<&[u8]> = key.split(|&c| c == b'/').collect();
+            key.len() <= MAX_KEY_BYTES && parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && p.iter().all(allowed))
+        };
+        let alphabet = [b'a', b'Z', b'0', b'_', b'~', b'-', b':', b'.', b'/', b' ', b'@', 0x80, 0xff, 0];
+        let mut keys: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut level: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..4 {
+            level = level.iter().flat_map(|k| alphabet.iter().map(move |c| [k.as_slice(), &[*c]].concat())).collect();
+            keys.extend(level.iter().cloned());
+        }
+        assert!(keys.len() > 30_000);
+        for key in &keys {
+            assert_eq!(is_valid_key(key), definition(key), "{key:?}");
+        }
+        let long = [b"a/".as_slice(), &[b'b'; MAX_KEY_BYTES]].concat();
+        assert!(!is_valid_key(&long) && !definition(&long));
+        assert!(is_valid_key(&long[..MAX_KEY_BYTES]));
     }
 
     #[test]
