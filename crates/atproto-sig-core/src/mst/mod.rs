@@ -77,7 +77,7 @@ pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// True when `key` is a valid repository path: `collection/rkey`, both non-empty, allowed
-/// characters only, at most [`MAX_KEY_BYTES`]. One pass with a byte table: every entry of
+/// characters only, at most [`MAX_KEY_BYTES`]. One pass over the bytes: every entry of
 /// every node a walk visits is checked.
 pub fn is_valid_key(key: &[u8]) -> bool {
     if key.len() > MAX_KEY_BYTES {
@@ -85,9 +85,9 @@ pub fn is_valid_key(key: &[u8]) -> bool {
     }
     let mut slash = None;
     for (i, byte) in key.iter().enumerate() {
-        match KEY_BYTES.get(usize::from(*byte)) {
-            Some(KeyByte::Allowed) => {}
-            Some(KeyByte::Slash) if slash.is_none() => slash = Some(i),
+        match key_byte(*byte) {
+            KeyByte::Allowed => {}
+            KeyByte::Slash if slash.is_none() => slash = Some(i),
             _ => return false,
         }
     }
@@ -103,20 +103,15 @@ enum KeyByte {
     Slash,
 }
 
-/// ASCII letters and digits and `_~-:.` are allowed; `/` separates the two parts.
-const KEY_BYTES: [KeyByte; 256] = {
-    let mut table = [KeyByte::Refused; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let c = byte as u8;
-        if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'~' | b'-' | b':' | b'.') {
-            table[byte] = KeyByte::Allowed;
-        }
-        byte += 1;
+/// ASCII letters and digits and `_~-:.` are allowed; `/` separates the two parts. (A match on
+/// byte ranges, which the compiler turns into a table lookup.)
+fn key_byte(byte: u8) -> KeyByte {
+    match byte {
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'~' | b'-' | b':' | b'.' => KeyByte::Allowed,
+        b'/' => KeyByte::Slash,
+        _ => KeyByte::Refused,
     }
-    table[b'/' as usize] = KeyByte::Slash;
-    table
-};
+}
 
 /// One entry of a node, with its full key reconstructed.
 #[derive(Clone, Debug, PartialEq, Eq)]
