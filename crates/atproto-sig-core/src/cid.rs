@@ -101,6 +101,7 @@ impl Cid {
     }
 
     /// Parses the 36-byte binary form, rejecting anything longer or shorter.
+    #[inline]
     pub fn from_bytes(bytes: &[u8]) -> Result<Cid, CidError> {
         let (cid, used) = Cid::read_prefix(bytes)?;
         if used != bytes.len() {
@@ -110,6 +111,7 @@ impl Cid {
     }
 
     /// Parses a binary CID at the start of `bytes`; returns it and its length (always 36).
+    #[inline]
     pub fn read_prefix(bytes: &[u8]) -> Result<(Cid, usize), CidError> {
         match bytes {
             [0x12, 0x20, ..] => Err(CidError::Version0),

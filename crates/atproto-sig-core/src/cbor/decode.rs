@@ -93,10 +93,12 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn remaining(&self) -> usize {
         self.bytes.len().saturating_sub(self.pos)
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], CborError> {
         let end = self.pos.checked_add(n).ok_or(CborError::Truncated)?;
         let slice = self.bytes.get(self.pos..end).ok_or(CborError::Truncated)?;
@@ -104,6 +106,7 @@ impl<'a> Reader<'a> {
         Ok(slice)
     }
 
+    #[inline]
     fn byte(&mut self) -> Result<u8, CborError> {
         let b = *self.bytes.get(self.pos).ok_or(CborError::Truncated)?;
         self.pos += 1;
@@ -111,6 +114,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the argument of a head with additional info `info`, enforcing shortest form.
+    #[inline]
     fn argument(&mut self, info: u8) -> Result<u64, CborError> {
         let (value, min) = match info {
             0..=23 => return Ok(u64::from(info)),
@@ -127,12 +131,14 @@ impl<'a> Reader<'a> {
         Ok(value)
     }
 
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], CborError> {
         let slice = self.take(N)?;
         slice.try_into().map_err(|_| CborError::Truncated)
     }
 
     /// A length that must be backed by at least `length * min_item_bytes` remaining bytes.
+    #[inline]
     fn length(&mut self, info: u8, min_item_bytes: usize) -> Result<usize, CborError> {
         let n = self.argument(info)?;
         let n = usize::try_from(n).map_err(|_| CborError::Length)?;
@@ -215,6 +221,12 @@ impl<'a> Reader<'a> {
 
     /// Tag 42 only: a byte string of 0x00 and a blessed CID.
     fn link(&mut self, info: u8) -> Result<Value, CborError> {
+        self.cid(info).map(Value::Link)
+    }
+
+    /// The CID of a tag-42 link (returned bare: links are the most frequent item in MST nodes).
+    #[inline]
+    fn cid(&mut self, info: u8) -> Result<Cid, CborError> {
         let tag = self.argument(info)?;
         if tag != 42 {
             return Err(CborError::UnsupportedTag(tag));
@@ -225,7 +237,7 @@ impl<'a> Reader<'a> {
         }
         let n = self.length(inner & 0x1f, 1)?;
         match self.take(n)? {
-            [0x00, cid @ ..] => Cid::from_bytes(cid).map(Value::Link).map_err(|e| CborError::BadLink(Some(e))),
+            [0x00, cid @ ..] => Cid::from_bytes(cid).map_err(|e| CborError::BadLink(Some(e))),
             _ => Err(CborError::BadLink(None)),
         }
     }
@@ -242,11 +254,13 @@ pub(crate) struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     /// A cursor at the start of `bytes`.
+    #[inline]
     pub(crate) fn new(bytes: &'a [u8]) -> Cursor<'a> {
         Cursor { reader: Reader { bytes, pos: 0 } }
     }
 
     /// The next head, if its major type is `major`: its additional info.
+    #[inline]
     fn head(&mut self, major: u8) -> Option<u8> {
         let head = *self.reader.bytes.get(self.reader.pos)?;
         (head >> 5 == major).then(|| {
@@ -256,18 +270,21 @@ impl<'a> Cursor<'a> {
     }
 
     /// A map header: its number of entries.
+    #[inline]
     pub(crate) fn map_len(&mut self) -> Option<usize> {
         let info = self.head(5)?;
         self.reader.length(info, 2).ok()
     }
 
     /// An array header: its number of items.
+    #[inline]
     pub(crate) fn array_len(&mut self) -> Option<usize> {
         let info = self.head(4)?;
         self.reader.length(info, 1).ok()
     }
 
     /// A map key that must be exactly `expected` (ASCII).
+    #[inline]
     pub(crate) fn key(&mut self, expected: &[u8]) -> Option<()> {
         let info = self.head(3)?;
         let n = self.reader.length(info, 1).ok()?;
@@ -275,6 +292,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A text string, borrowed.
+    #[inline]
     pub(crate) fn text(&mut self) -> Option<&'a str> {
         let info = self.head(3)?;
         let n = self.reader.length(info, 1).ok()?;
@@ -282,6 +300,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A byte string, borrowed.
+    #[inline]
     pub(crate) fn bytes(&mut self) -> Option<&'a [u8]> {
         let info = self.head(2)?;
         let n = self.reader.length(info, 1).ok()?;
@@ -289,21 +308,32 @@ impl<'a> Cursor<'a> {
     }
 
     /// A non-negative integer in the signed 64-bit range.
+    #[inline]
     pub(crate) fn unsigned(&mut self) -> Option<u64> {
         let info = self.head(0)?;
         self.reader.argument(info).ok().filter(|n| i64::try_from(*n).is_ok())
     }
 
     /// A tag-42 link.
+    #[inline]
     pub(crate) fn link(&mut self) -> Option<Cid> {
-        let info = self.head(6)?;
-        match self.reader.link(info).ok()? {
-            Value::Link(cid) => Some(cid),
-            _ => None,
+        // The one canonical spelling of a link to a blessed CID: tag 42 (d8 2a), a 37-byte
+        // string (58 25), 0x00, CIDv1, the codec, sha2-256 (12 20), the digest. Read in one
+        // step; any other bytes go through the general reader (which refuses most of them).
+        let rest = self.reader.bytes.get(self.reader.pos..).unwrap_or_default();
+        if let [0xd8, 0x2a, 0x58, 0x25, 0x00, 0x01, codec @ (0x71 | 0x55), 0x12, 0x20, tail @ ..] = rest
+            && let Some(digest) = tail.first_chunk::<32>()
+        {
+            self.reader.pos += 41;
+            let codec = if *codec == 0x71 { crate::cid::Codec::DagCbor } else { crate::cid::Codec::Raw };
+            return Some(Cid::new(codec, *digest));
         }
+        let info = self.head(6)?;
+        self.reader.cid(info).ok()
     }
 
     /// A link or `null`.
+    #[inline]
     pub(crate) fn link_or_null(&mut self) -> Option<Option<Cid>> {
         if self.reader.bytes.get(self.reader.pos) == Some(&0xf6) {
             self.reader.pos += 1;
@@ -313,6 +343,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// True when every byte was read (no trailing bytes).
+    #[inline]
     pub(crate) fn is_done(&self) -> bool {
         self.reader.pos == self.reader.bytes.len()
     }

@@ -7,7 +7,7 @@
 //! [`Node::decode`], which gives the error or the node: so this is a faster route to the same
 //! answer, never a second set of rules (the `mst_node` fuzz target checks both agree).
 
-use super::{MstError, Node, common_prefix_len, is_valid_key};
+use super::{MstError, Node, is_valid_key};
 use crate::cbor::Cursor;
 use crate::cid::{Cid, Codec};
 use crate::limits::Limits;
@@ -133,8 +133,11 @@ impl FlatNode {
             self.keys.extend_from_within(previous_start..previous_start + prefix);
             self.keys.extend_from_slice(suffix);
             let (previous, key) = (self.keys.get(previous_start..previous_end)?, self.keys.get(start..)?);
-            // The same checks, in the same order, as `Node::decode`.
-            if !is_valid_key(key) || common_prefix_len(previous, key) != prefix || (!self.entries.is_empty() && previous >= key) {
+            // The same checks as `Node::decode`. The key starts with `prefix` bytes of the
+            // previous one by construction, so their common prefix is exactly `prefix` unless
+            // both go on with the same byte.
+            let maximal = previous.get(prefix).is_none_or(|next| key.get(prefix) != Some(next));
+            if !is_valid_key(key) || !maximal || (!self.entries.is_empty() && previous >= key) {
                 return None;
             }
             self.entries.push(FlatEntry { start, end: self.keys.len(), value, right });
@@ -157,6 +160,29 @@ mod tests {
         let value = Cid::for_dag_cbor(b"record");
         let entries = keys.iter().map(|k| super::super::Entry { key: k.as_bytes().to_vec(), value, right: None }).collect();
         Node { left: Some(Cid::for_dag_cbor(b"left")), entries }
+    }
+
+    /// Every node of a real proof is read by the fast route (a slow fallback would be correct
+    /// and quietly slow).
+    #[test]
+    fn every_node_of_a_proof_takes_the_canonical_route() {
+        use crate::testkit::{Identity, TestRepo, digest_of};
+        let mut repo = TestRepo::new(Identity::new(crate::crypto::Curve::K256, "flat"));
+        repo.put_filler(2_000);
+        let rkey = repo.put_manifest(&digest_of("flat"), "app");
+        let bytes = repo.proof(crate::record::MANIFEST_COLLECTION, &rkey);
+        let car = crate::car::Car::parse(&bytes, &Limits::default()).unwrap();
+        let mut flat = FlatNode::default();
+        let mut nodes = 0;
+        for cid in car.cids() {
+            let block = car.block(cid).unwrap();
+            if let Ok(node) = Node::decode(block, &Limits::default()) {
+                assert!(flat.read_canonical(block, &Limits::default()).is_some(), "node {cid}");
+                assert_eq!(flat.to_node(), node);
+                nodes += 1;
+            }
+        }
+        assert!(nodes >= 3, "{nodes} nodes");
     }
 
     #[test]
