@@ -115,7 +115,8 @@ fn world(env: &Env, name: &str) -> (Verifier, [String; 3]) {
     let repository = format!("{name}.test/app");
     let signed = env.registry.push_image(&repository, "v1", &format!("{name}-signed"));
     env.pds.put_manifest(&account, &signed, "app", OCI_MANIFEST);
-    let unsigned = env.registry.push_image(&repository, "v2", &format!("{name}-unsigned"));
+    // The unsigned tag: pushed, never recorded.
+    env.registry.push_image(&repository, "v2", &format!("{name}-unsigned"));
     let revoked = env.registry.push_image(&repository, "v3", &format!("{name}-revoked"));
     let rkey = env.pds.put_manifest(&account, &revoked, "app", OCI_MANIFEST);
     let config = format!(

@@ -25,7 +25,8 @@ fn coverage_names_every_unsigned_revoked_and_untrusted_image() {
     // which the policy does not trust.
     let signed = env.registry.push_image("cov1.test/app", "v1", "cov-signed");
     env.pds.put_manifest(&trusted, &signed, "app", OCI_MANIFEST);
-    let unsigned = env.registry.push_image("cov1.test/app", "v2", "cov-unsigned");
+    // The unsigned tag: pushed, never recorded.
+    env.registry.push_image("cov1.test/app", "v2", "cov-unsigned");
     let revoked = env.registry.push_image("cov1.test/tool", "v1", "cov-revoked");
     let rkey = env.pds.put_manifest(&trusted, &revoked, "tool", OCI_MANIFEST);
     let theirs = env.registry.push_image("cov2.test/app", "v1", "cov-theirs");

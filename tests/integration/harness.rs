@@ -317,9 +317,15 @@ impl Registry {
     /// unpacks it); returns its manifest digest.
     pub fn push_image_for(&self, repository: &str, tag: &str, seed: &str, architecture: &str) -> String {
         let layer = tar_with_file("hello.txt", format!("layer for {seed}\n").as_bytes());
-        let config = serde_json::to_vec(&json!({"architecture": architecture, "os": "linux", "config": {"Labels": {"seed": seed}}, "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]}})).unwrap();
+        let config = json!({"architecture": architecture, "os": "linux", "config": {"Labels": {"seed": seed}}, "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]}});
+        self.push_one_layer_image(repository, tag, &config, &layer)
+    }
+
+    /// Pushes an OCI image of `config` and one tar `layer`; returns its manifest digest.
+    fn push_one_layer_image(&self, repository: &str, tag: &str, config: &serde_json::Value, layer: &[u8]) -> String {
+        let config = serde_json::to_vec(config).unwrap();
         let config_digest = self.push_blob(repository, &config);
-        let layer_digest = self.push_blob(repository, &layer);
+        let layer_digest = self.push_blob(repository, layer);
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -335,22 +341,12 @@ impl Registry {
     pub fn push_runnable_image(&self, repository: &str, tag: &str) -> String {
         let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox is missing: apt-get install busybox-static (scripts/test installs it)");
         let layer = tar_with_mode("busybox", &busybox, 0o755);
-        let config = serde_json::to_vec(&json!({
+        let config = json!({
             "architecture": "amd64", "os": "linux",
             "config": {"Entrypoint": ["/busybox", "sleep", "3600"], "Labels": {"seed": format!("{repository}:{tag}")}},
             "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
-        }))
-        .unwrap();
-        let config_digest = self.push_blob(repository, &config);
-        let layer_digest = self.push_blob(repository, &layer);
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
-        }))
-        .unwrap();
-        self.push_manifest(repository, tag, "application/vnd.oci.image.manifest.v1+json", &manifest)
+        });
+        self.push_one_layer_image(repository, tag, &config, &layer)
     }
 
     /// Attaches an ATCR-style signature artifact to `subject` the way clients must on a registry

@@ -198,19 +198,11 @@ mod tests {
         // Not canonical (prefix not maximal), unordered keys, trailing bytes, a non-map, a
         // non-dag-cbor link: the fast read declines and the slow decoder's error comes out.
         let good = node_of(&["a/aa", "a/ab"]).encode();
-        let mut value = cbor::decode(&good, 8).unwrap();
-        if let Value::Map(m) = &mut value
-            && let Some(Value::Array(e)) = m.0.iter_mut().find(|(k, _)| k == "e").map(|(_, v)| v)
-            && let Some(Value::Map(second)) = e.get_mut(1)
-        {
-            second.insert("p", Value::Integer(2));
-            second.insert("k", Value::Bytes(b"ab".to_vec()));
-        }
         let unordered = node_of(&["a/b", "a/a"]).encode();
         let mut trailing = good.clone();
         trailing.push(0);
         let raw_link = Node { left: Some(Cid::for_raw(b"x")), entries: Vec::new() }.encode();
-        for bad in [cbor::encode(&value), unordered, trailing, cbor::encode(&Value::Integer(1)), raw_link] {
+        for bad in [super::super::short_prefix(&good), unordered, trailing, cbor::encode(&Value::Integer(1)), raw_link] {
             assert!(flat.read_canonical(&bad, &limits).is_none());
             assert_eq!(flat.decode_into(&bad, &limits).err(), Node::decode(&bad, &limits).err());
             assert!(flat.decode_into(&bad, &limits).is_err());
