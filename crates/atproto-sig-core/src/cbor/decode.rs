@@ -307,6 +307,58 @@ impl<'a> Cursor<'a> {
         self.reader.take(n).ok()
     }
 
+    /// An integer in the signed 64-bit range.
+    #[inline]
+    pub(crate) fn integer(&mut self) -> Option<i64> {
+        let head = *self.reader.bytes.get(self.reader.pos)?;
+        let (major, info) = (head >> 5, head & 0x1f);
+        if major > 1 {
+            return None;
+        }
+        self.reader.pos += 1;
+        let n = i64::try_from(self.reader.argument(info).ok()?).ok()?;
+        Some(if major == 0 { n } else { -1 - n })
+    }
+
+    /// Reads past one item of any kind under the same rules and nesting limit as [`decode`]
+    /// (`depth` as `decode`'s `max_depth` for that item), building nothing.
+    pub(crate) fn skip(&mut self, depth: usize) -> Option<()> {
+        let head = self.reader.byte().ok()?;
+        let (major, info) = (head >> 5, head & 0x1f);
+        match major {
+            0 | 1 => i64::try_from(self.reader.argument(info).ok()?).ok().map(drop),
+            2 => {
+                let n = self.reader.length(info, 1).ok()?;
+                self.reader.take(n).ok().map(drop)
+            }
+            3 => {
+                let n = self.reader.length(info, 1).ok()?;
+                std::str::from_utf8(self.reader.take(n).ok()?).ok().map(drop)
+            }
+            4 => {
+                let depth = depth.checked_sub(1)?;
+                let n = self.reader.length(info, 1).ok()?;
+                (0..n).try_for_each(|_| self.skip(depth))
+            }
+            5 => {
+                let depth = depth.checked_sub(1)?;
+                let n = self.reader.length(info, 2).ok()?;
+                let mut previous: Option<&str> = None;
+                for _ in 0..n {
+                    let key = self.text()?;
+                    if previous.is_some_and(|p| !key_precedes(p, key)) {
+                        return None;
+                    }
+                    previous = Some(key);
+                    self.skip(depth)?;
+                }
+                Some(())
+            }
+            6 => self.reader.cid(info).ok().map(drop),
+            _ => matches!(info, 20..=22).then_some(()),
+        }
+    }
+
     /// A non-negative integer in the signed 64-bit range.
     #[inline]
     pub(crate) fn unsigned(&mut self) -> Option<u64> {
@@ -350,6 +402,6 @@ impl<'a> Cursor<'a> {
 }
 
 /// Canonical DAG-CBOR key order: shorter keys first, then bytewise.
-fn key_precedes(a: &str, b: &str) -> bool {
+pub(crate) fn key_precedes(a: &str, b: &str) -> bool {
     (a.len(), a.as_bytes()) < (b.len(), b.as_bytes())
 }

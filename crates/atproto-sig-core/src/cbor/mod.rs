@@ -13,8 +13,8 @@ mod decode;
 mod encode;
 mod json;
 
-pub(crate) use decode::Cursor;
 pub use decode::{CborError, DEFAULT_MAX_DEPTH, decode, decode_prefix};
+pub(crate) use decode::{Cursor, key_precedes};
 pub use encode::{encode, encode_into};
 pub(crate) use encode::{write_head, write_integer, write_link, write_text};
 pub use json::{JsonToCborError, from_json, to_json};
