@@ -142,22 +142,29 @@ fn verified(input: &ProofInput<'_>, rkey: &str, facts: &mut Facts) -> Step<Strin
     }
     let key = signing_key(input, facts)?;
     let (car, commit, rev) = signed_commit(input, key, facts)?;
-    proven_record(input, &car, &commit, rkey, facts)?;
-    let Some(record) = facts.record.as_ref() else {
-        return Err(malformed(facts, "the record was not decoded"));
-    };
-    let Some(digest) = expect.digest else {
-        return Ok(format!("{} is present in the signed repository of {} (commit {}, rev {rev})", facts.uri, expect.did, car.root));
-    };
-    if record.digest != digest {
-        return Err((Reason::DigestMismatch, format!("{} records digest {}, not the pulled {digest}", facts.uri, record.digest)));
+    let record = proven_record(input, &car, &commit, rkey, facts)?;
+    // The record goes into the facts whatever it says: a mismatch is reported with it.
+    let outcome = matching(expect, &record, &facts.uri).map(|()| match expect.digest {
+        Some(digest) => format!("{digest} signed by {} (commit {}, rev {rev})", expect.did, car.root),
+        None => format!("{} is present in the signed repository of {} (commit {}, rev {rev})", facts.uri, expect.did, car.root),
+    });
+    facts.record = Some(record);
+    outcome
+}
+
+/// The record names the expected digest and repository (when they are expected).
+fn matching(expect: Expectation<'_>, record: &ManifestRecord, uri: &str) -> Step<()> {
+    if let Some(digest) = expect.digest
+        && record.digest != digest
+    {
+        return Err((Reason::DigestMismatch, format!("{uri} records digest {}, not the pulled {digest}", record.digest)));
     }
-    if let Some(repository) = expect.repository
+    if let Some(repository) = expect.repository.filter(|_| expect.digest.is_some())
         && record.repository != repository
     {
-        return Err((Reason::RepositoryMismatch, format!("{} is for repository {:?}, not {repository:?}", facts.uri, record.repository)));
+        return Err((Reason::RepositoryMismatch, format!("{uri} is for repository {:?}, not {repository:?}", record.repository)));
     }
-    Ok(format!("{digest} signed by {} (commit {}, rev {rev})", expect.did, car.root))
+    Ok(())
 }
 
 fn malformed(facts: &Facts, what: impl std::fmt::Display) -> (Reason, String) {
@@ -211,7 +218,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
 
 /// The record at `io.atcr.manifest/<rkey>` in the signed tree, decoded; its absence is proven
 /// deletion (`record-deleted`).
-fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &str, facts: &mut Facts) -> Step<()> {
+fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &str, facts: &mut Facts) -> Step<ManifestRecord> {
     let path = format!("{MANIFEST_COLLECTION}/{rkey}");
     let walk = mst::walk(|cid| car.block(cid), commit.data, path.as_bytes(), input.limits).map_err(|e| malformed(facts, e))?;
     facts.path_proven = true;
@@ -228,7 +235,5 @@ fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &
     };
     facts.record_cid = Some(record_cid);
     let record_block = car.block(&record_cid).ok_or_else(|| malformed(facts, format!("record block {record_cid} is missing")))?;
-    let record = ManifestRecord::decode(record_block, input.limits).map_err(|e| (Reason::RecordInvalid, format!("{}: {e}", facts.uri)))?;
-    facts.record = Some(record);
-    Ok(())
+    ManifestRecord::decode(record_block, input.limits).map_err(|e| (Reason::RecordInvalid, format!("{}: {e}", facts.uri)))
 }

@@ -243,7 +243,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A strict pull reader for hot paths that know the exact shape they expect (MST nodes): each
+/// A strict pull reader for hot paths that know the shape they expect (MST nodes, commits, CAR
+/// headers, manifest records): each
 /// read applies the same rules as [`decode`] (shortest heads, definite lengths, lengths backed
 /// by the input, blessed links) and borrows from the input instead of allocating. `None` means
 /// "not strict, or not the expected shape"; callers then run [`decode`] for the precise error,
