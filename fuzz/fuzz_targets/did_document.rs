@@ -1,6 +1,7 @@
 #![no_main]
 //! DID document parsing (both key forms, services, handle claims): the borrowed fast route,
-//! the `serde_json::Value` route and the parsed-key memo give the same document.
+//! the `serde_json::Value` route and the parsed-key memo (its keys, and its whole documents on
+//! the second parse) give the same document.
 use std::sync::OnceLock;
 
 use atproto_sig_core::{did::DidDocument, Limits, ParsedKeys};

@@ -1,10 +1,12 @@
 #![no_main]
-//! The whole pipeline on arbitrary bytes as the proof CAR: never panics. Seeds: fuzz/seeds/verify_proof.
+//! The whole pipeline on arbitrary bytes as the proof CAR: never panics, and gives the same
+//! verdict with a node memo this fuzzing process keeps (holding nodes of earlier inputs) as
+//! without one. Seeds: fuzz/seeds/verify_proof.
 use std::sync::OnceLock;
 
 use atproto_sig_core::crypto::{Curve, PublicKey};
 use atproto_sig_core::testkit::{digest_of, Identity, TestRepo, T0_MICROS};
-use atproto_sig_core::{verify, Expectation, KeySource, Limits, ProofInput};
+use atproto_sig_core::{verify, Expectation, KeySource, KnownNodes, Limits, ProofInput};
 use libfuzzer_sys::fuzz_target;
 
 struct Fixture {
@@ -24,14 +26,23 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+static KNOWN: KnownNodes = KnownNodes::new(64);
+
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
-    let _ = verify(&ProofInput {
-        car: data,
-        key: KeySource::Key(&f.key),
-        expect: Expectation { did: &f.did, rkey: None, digest: Some(&f.digest), repository: Some("app") },
-        now_micros: T0_MICROS,
-        max_clock_skew_micros: 0,
-        limits: &Limits::default(),
-    });
+    let check = |known_nodes| {
+        verify(&ProofInput {
+            car: data,
+            key: KeySource::Key(&f.key),
+            expect: Expectation { did: &f.did, rkey: None, digest: Some(&f.digest), repository: Some("app") },
+            now_micros: T0_MICROS,
+            max_clock_skew_micros: 0,
+            limits: &Limits::default(),
+            known_nodes,
+        })
+    };
+    let plain = check(None);
+    for _ in 0..2 {
+        assert_eq!(check(Some(&KNOWN)), plain);
+    }
 });

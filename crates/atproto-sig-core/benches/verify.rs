@@ -11,7 +11,7 @@ use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::syntax::parse_datetime_micros;
 use atproto_sig_core::testkit::{Identity, T0_MICROS, TestRepo, digest_of};
 use atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS;
-use atproto_sig_core::{Expectation, KeySource, Limits, ParsedKeys, ProofInput, verify};
+use atproto_sig_core::{Expectation, KeySource, KnownNodes, Limits, ParsedKeys, ProofInput, verify};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -38,6 +38,7 @@ fn bench_real(c: &mut Criterion) {
                 now_micros: now,
                 max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
                 limits: &limits,
+                known_nodes: None,
             });
             assert!(verdict.is_verified());
         })
@@ -59,6 +60,7 @@ fn bench_real(c: &mut Criterion) {
                     now_micros: T0_MICROS,
                     max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
                     limits: &limits,
+                    known_nodes: None,
                 });
                 assert!(verdict.is_verified());
             })
@@ -153,18 +155,22 @@ fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
 
 /// The whole check (DID-document parse and `verify`), the check with the key already parsed,
 /// and a bare `verify_prehash` of the same commit's signature, measured side by side: 7 rounds
-/// of 20,000 calls each, the order rotated every round, the median of each kept. The whole
-/// check is measured as a process that checks many proofs runs it (the signer's key in the
-/// parsed-key memo after its first proof) and cold (every parse decodes the point). Printed as
-/// a table with the ratios to the bare verify (issue #31's measure; BENCHMARKS.md).
+/// of 20,000 calls each, the order rotated every round, the median of each kept. The check with
+/// a parsed key is measured without and with the process's known MST nodes; the whole check
+/// as a process that checks many proofs runs it (the signer's key in the parsed-key memo and
+/// the proof's nodes known after its first check) and as a one-shot process does (no memo:
+/// every parse decodes the point, every node is hashed and checked). Printed as a table with
+/// the ratios to the bare verify (issue #31's measure; BENCHMARKS.md).
 fn bench_ratios(_: &mut Criterion) {
     if !selected("ratios") {
         return;
     }
     use sha2::Digest as _;
     let limits = Limits::default();
-    println!("\n| case | bare verify_prehash | check, key parsed | whole check, key memo | whole check, no memo | ratios (parsed / memo / no memo) |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "\n| case | bare verify_prehash | check, key parsed | check, key parsed, known nodes | whole check, memos | whole check, no memo | ratios (parsed / parsed + nodes / memos / no memo) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for case in
         [real_case(), dense_case(Curve::K256, "dense 10,000-record repository (K-256)"), dense_case(Curve::P256, "dense 10,000-record repository (P-256)")]
     {
@@ -174,8 +180,9 @@ fn bench_ratios(_: &mut Criterion) {
         let commit = atproto_sig_core::commit::Commit::of_car(&car, &limits).unwrap();
         let prehash = sha2::Sha256::digest(commit.unsigned_bytes());
         let keys = ParsedKeys::default();
+        let nodes = KnownNodes::default();
         let expect = || Expectation { did: &case.did, rkey: None, digest: Some(&case.digest), repository: Some(case.repository) };
-        let check = |key: KeySource<'_>| {
+        let check = |key: KeySource<'_>, known_nodes: Option<&KnownNodes>| {
             let verdict = verify(&ProofInput {
                 car: &case.car,
                 key,
@@ -183,29 +190,32 @@ fn bench_ratios(_: &mut Criterion) {
                 now_micros: case.now,
                 max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
                 limits: &limits,
+                known_nodes,
             });
             assert!(verdict.is_verified(), "{:?}", verdict.reason);
         };
         let bare = || {
             key.verify_prehash(std::hint::black_box(&prehash), std::hint::black_box(&commit.sig)).unwrap();
         };
-        let parsed = || check(KeySource::Key(&key));
-        let memo = || {
+        let parsed = || check(KeySource::Key(&key), None);
+        let parsed_nodes = || check(KeySource::Key(&key), Some(&nodes));
+        let memos = || {
             let doc = DidDocument::parse_with_keys(std::hint::black_box(&case.doc), &case.did, &limits, &keys).unwrap();
-            check(KeySource::Document(&doc));
+            check(KeySource::Document(&doc), Some(&nodes));
         };
         let cold = || {
             let doc = DidDocument::parse(std::hint::black_box(&case.doc), &case.did, &limits).unwrap();
-            check(KeySource::Document(&doc));
+            check(KeySource::Document(&doc), None);
         };
-        let mut times: [Vec<f64>; 4] = Default::default();
+        let mut times: [Vec<f64>; 5] = Default::default();
         for round in 0..7 {
-            for i in 0..4 {
-                let which = (round + i) % 4;
+            for i in 0..5 {
+                let which = (round + i) % 5;
                 let t = match which {
                     0 => per_call(20_000, bare),
                     1 => per_call(20_000, parsed),
-                    2 => per_call(20_000, memo),
+                    2 => per_call(20_000, parsed_nodes),
+                    3 => per_call(20_000, memos),
                     _ => per_call(20_000, cold),
                 };
                 times[which].push(t);
@@ -215,15 +225,17 @@ fn bench_ratios(_: &mut Criterion) {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let [b, p, m, c] = times.each_mut().map(median);
+        let [b, p, n, m, c] = times.each_mut().map(median);
         println!(
-            "| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.3}x / {:.3}x / {:.3}x |",
+            "| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.3}x / {:.3}x / {:.3}x / {:.3}x |",
             case.name,
             b / 1e3,
             p / 1e3,
+            n / 1e3,
             m / 1e3,
             c / 1e3,
             p / b,
+            n / b,
             m / b,
             c / b
         );

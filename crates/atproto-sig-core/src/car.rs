@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::cbor::{self, CborError, Value};
 use crate::cid::{Cid, CidError};
 use crate::encoding::read_varint;
 use crate::limits::Limits;
+use crate::mst::{KnownNode, KnownNodes};
 
 /// A parsed CAR: its first root and its verified blocks, borrowed from the input.
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub struct Car<'a> {
     /// Position by CID, built only past [`Car::SCANNED_BLOCKS`]: a proof has a handful of
     /// blocks, where comparing CIDs beats hashing them.
     index: HashMap<Cid, usize>,
+    /// For [`Car::parse_known`]: the known node each block is, by position (empty otherwise).
+    known: Vec<Option<Arc<KnownNode>>>,
 }
 
 /// Why bytes are not an acceptable CAR v1.
@@ -92,6 +96,14 @@ impl std::error::Error for CarError {}
 impl<'a> Car<'a> {
     /// Parses and hash-checks a whole CAR v1.
     pub fn parse(bytes: &'a [u8], limits: &Limits) -> Result<Car<'a>, CarError> {
+        static NONE: KnownNodes = KnownNodes::disabled();
+        Car::parse_known(bytes, limits, &NONE)
+    }
+
+    /// [`Car::parse`], except that a block whose bytes are exactly those of a node `known` holds
+    /// under the same CID is not hashed again (those bytes hashed to it before). Same CAR, same
+    /// error.
+    pub fn parse_known(bytes: &'a [u8], limits: &Limits, known: &KnownNodes) -> Result<Car<'a>, CarError> {
         if bytes.len() > limits.max_car_bytes {
             return Err(CarError::TooLarge(bytes.len()));
         }
@@ -107,7 +119,7 @@ impl<'a> Car<'a> {
         };
         // Room for a proof's blocks up front; a repository's grow as read.
         let room = Car::SCANNED_BLOCKS;
-        let mut car = Car { root, root_count, order: Vec::with_capacity(room), data: Vec::with_capacity(room), index: HashMap::new() };
+        let mut car = Car { root, root_count, order: Vec::with_capacity(room), data: Vec::with_capacity(room), index: HashMap::new(), known: Vec::new() };
         let mut offset = header_end;
         while offset < bytes.len() {
             let rest = bytes.get(offset..).unwrap_or_default();
@@ -118,12 +130,16 @@ impl<'a> Car<'a> {
             let section = rest.get(used..used.saturating_add(section_len as usize)).ok_or(CarError::SectionLength { offset })?;
             let (cid, cid_len) = Cid::read_prefix(section).map_err(|error| CarError::BlockCid { offset, error })?;
             let data = section.get(cid_len..).ok_or(CarError::SectionLength { offset })?;
-            if !cid.matches(data) {
+            let held = known.get(&cid, data);
+            if held.is_none() && !cid.matches(data) {
                 return Err(CarError::HashMismatch(cid));
             }
             // Identical duplicates are harmless (the hash matched); keep the first.
             if car.position(&cid).is_none() {
                 car.push(cid, data);
+                if known.is_enabled() {
+                    car.known.push(held);
+                }
                 if car.order.len() > limits.max_blocks {
                     return Err(CarError::TooManyBlocks(limits.max_blocks));
                 }
@@ -155,6 +171,11 @@ impl<'a> Car<'a> {
     /// The verified bytes of block `cid`, if present.
     pub fn block(&self, cid: &Cid) -> Option<&'a [u8]> {
         self.position(cid).and_then(|i| self.data.get(i).copied())
+    }
+
+    /// The known node block `cid` is, when [`Car::parse_known`] found it in its memo.
+    pub(crate) fn known_node(&self, cid: &Cid) -> Option<Arc<KnownNode>> {
+        self.position(cid).and_then(|i| self.known.get(i)?.clone())
     }
 
     /// Number of distinct blocks.

@@ -215,8 +215,9 @@ impl DidDocument {
     }
 
     /// [`DidDocument::parse`], with the signing key taken from `keys` when its text was parsed
-    /// before (and remembered there when not): the same document, without decoding the point
-    /// again for every proof of one signer.
+    /// before (and remembered there when not), and the whole document when exactly this text
+    /// was parsed for this DID before: the same document, without decoding the point (or the
+    /// JSON) again for every proof of one signer.
     pub fn parse_with_keys(bytes: &[u8], expected_did: &str, limits: &Limits, keys: &ParsedKeys) -> Result<DidDocument, DidDocError> {
         DidDocument::parse_document(bytes, expected_did, limits, Some(keys))
     }
@@ -226,6 +227,17 @@ impl DidDocument {
         if bytes.len() > limits.max_json_bytes {
             return Err(DidDocError::TooLarge(bytes.len()));
         }
+        if let Some(document) = keys.and_then(|keys| keys.document(expected_did, bytes)) {
+            return Ok(document);
+        }
+        let parsed = DidDocument::parse_text(bytes, expected_did, keys);
+        if let (Some(keys), Ok(document)) = (keys, &parsed) {
+            keys.remember_document(expected_did, bytes, document);
+        }
+        parsed
+    }
+
+    fn parse_text(bytes: &[u8], expected_did: &str, keys: Option<&ParsedKeys>) -> Result<DidDocument, DidDocError> {
         if let Ok(fields) = serde_json::from_slice::<Fields<'_>>(bytes) {
             return fields.document(expected_did, keys);
         }

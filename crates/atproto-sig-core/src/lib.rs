@@ -31,5 +31,6 @@ pub mod verify;
 pub mod yaml;
 
 pub use limits::Limits;
+pub use mst::KnownNodes;
 pub use parsed_keys::ParsedKeys;
 pub use verify::{Expectation, Facts, KeySource, ProofInput, Reason, Verdict, verify};

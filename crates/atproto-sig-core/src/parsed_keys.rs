@@ -7,11 +7,17 @@
 //! Only successful parses are kept, keyed by the verification method's form and text, so a
 //! lookup gives exactly what parsing that text gives. A full memo forgets its oldest key first:
 //! whoever fills it (with many signers' documents) costs only the parse they would have paid.
+//!
+//! The same memo keeps, for each DID asked for, the document text last parsed for it and the
+//! document it gave, so a signer's unchanged document is not parsed again at every proof
+//! either: a lookup answers only for exactly the same text under the same DID (anything else is
+//! parsed, and replaces it). Documents over [`ParsedKeys::MAX_DOCUMENT_BYTES`] are not kept.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use crate::crypto::{KeyError, PublicKey};
+use crate::did::DidDocument;
 
 /// The forms a key text can be parsed in (they read the same text differently).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,10 +49,19 @@ struct Memo {
     oldest_first: VecDeque<Box<str>>,
 }
 
-/// Parsed keys by (form, text), at most `capacity` of them.
+/// Documents by the DID they were parsed for: the exact text and what it gave.
+#[derive(Default)]
+struct Documents {
+    by_did: HashMap<Box<str>, (Box<[u8]>, DidDocument)>,
+    oldest_first: VecDeque<Box<str>>,
+}
+
+/// Parsed keys by (form, text), at most `capacity` of them, and parsed documents by DID, at most
+/// a quarter as many.
 pub struct ParsedKeys {
     capacity: usize,
     memo: Mutex<Memo>,
+    documents: Mutex<Documents>,
 }
 
 impl Default for ParsedKeys {
@@ -65,9 +80,13 @@ impl ParsedKeys {
     /// Room for this many signers' keys (a key and its text take about 200 bytes).
     pub const DEFAULT_CAPACITY: usize = 4096;
 
+    /// Documents longer than this are parsed every time (real ones take about 1 KB; with the
+    /// default capacity, remembered documents take at most 8 MiB).
+    pub const MAX_DOCUMENT_BYTES: usize = 8 << 10;
+
     /// An empty memo holding at most `capacity` keys (0 keeps none).
     pub fn new(capacity: usize) -> ParsedKeys {
-        ParsedKeys { capacity, memo: Mutex::new(Memo::default()) }
+        ParsedKeys { capacity, memo: Mutex::new(Memo::default()), documents: Mutex::new(Documents::default()) }
     }
 
     /// Number of keys held.
@@ -102,6 +121,32 @@ impl ParsedKeys {
             Some(multibase) => self.from_verification_method("Multikey", multibase),
             None => PublicKey::from_did_key(did_key),
         }
+    }
+
+    /// The document `text` gave when it was last parsed for `did`, if it is exactly that text.
+    pub(crate) fn document(&self, did: &str, text: &[u8]) -> Option<DidDocument> {
+        let documents = self.documents.lock().unwrap_or_else(PoisonError::into_inner);
+        let (held, document) = documents.by_did.get(did)?;
+        (**held == *text).then(|| document.clone())
+    }
+
+    /// Remembers what `text` gave, parsed for `did` (replacing what was held for that DID).
+    pub(crate) fn remember_document(&self, did: &str, text: &[u8], document: &DidDocument) {
+        let capacity = self.capacity / 4;
+        if capacity == 0 || text.len() > ParsedKeys::MAX_DOCUMENT_BYTES {
+            return;
+        }
+        let mut documents = self.documents.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = documents.by_did.get_mut(did) {
+            *held = (Box::from(text), document.clone());
+            return;
+        }
+        while documents.by_did.len() >= capacity {
+            let Some(oldest) = documents.oldest_first.pop_front() else { break };
+            documents.by_did.remove(&oldest);
+        }
+        documents.by_did.insert(Box::from(did), (Box::from(text), document.clone()));
+        documents.oldest_first.push_back(Box::from(did));
     }
 
     fn remember(&self, form: Form, text: &str, key: &PublicKey) {
@@ -152,5 +197,40 @@ mod tests {
         assert_eq!(keys.from_did_key("zQ3sh").err(), Some(KeyError::DidKeyPrefix));
         assert_eq!(keys.len(), 2);
         assert!(ParsedKeys::new(0).from_verification_method("Multikey", &texts[0]).is_ok());
+    }
+
+    /// A document is answered from the memo only for exactly the text it was parsed from, under
+    /// the DID it was parsed for; another text for that DID is parsed and replaces it; documents
+    /// are bounded by a quarter of the capacity, and oversized ones are not kept.
+    #[test]
+    fn a_remembered_document_is_the_parsed_document_of_exactly_that_text_and_did() {
+        use crate::Limits;
+        let limits = Limits::default();
+        let keys = ParsedKeys::new(8);
+        let did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+        let key = PrivateKey::from_seed(Curve::K256, "doc").public_key();
+        let text = |handle: &str| crate::did::render_multikey_document(did, &key, Some(handle), Some("https://pds.example")).to_string();
+        let (first, second) = (text("alice.test"), text("bob.test"));
+        for document in [&first, &second, &first] {
+            let parsed = DidDocument::parse(document.as_bytes(), did, &limits);
+            assert_eq!(DidDocument::parse_with_keys(document.as_bytes(), did, &limits, &keys), parsed);
+            assert_eq!(keys.document(did, document.as_bytes()), Some(parsed.clone().unwrap()), "remembered");
+            assert_eq!(DidDocument::parse_with_keys(document.as_bytes(), did, &limits, &keys), parsed, "from the memo");
+        }
+        assert_eq!(keys.document(did, second.as_bytes()), None, "replaced by the newer text");
+        // The same text asked for under another DID is that DID's parse (an id mismatch).
+        let other = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+        assert!(DidDocument::parse_with_keys(first.as_bytes(), other, &limits, &keys).is_err());
+        assert_eq!(keys.document(other, first.as_bytes()), None);
+        // Bounded: 8 / 4 = 2 documents.
+        for i in 0..5 {
+            let did = format!("did:web:host{i}.example");
+            let document = crate::did::render_multikey_document(&did, &key, None, None).to_string();
+            DidDocument::parse_with_keys(document.as_bytes(), &did, &limits, &keys).unwrap();
+        }
+        assert!(keys.documents.lock().unwrap().by_did.len() <= 2);
+        let padded = format!("{}{}", " ".repeat(ParsedKeys::MAX_DOCUMENT_BYTES), first);
+        assert!(DidDocument::parse_with_keys(padded.as_bytes(), did, &limits, &keys).is_ok());
+        assert_eq!(keys.document(did, padded.as_bytes()), None, "an oversized document is kept");
     }
 }

@@ -13,7 +13,7 @@ use crate::commit::Commit;
 use crate::crypto::PublicKey;
 use crate::did::DidDocument;
 use crate::limits::Limits;
-use crate::mst::{self, Lookup};
+use crate::mst::{self, KnownNodes, Lookup};
 use crate::record::{MANIFEST_COLLECTION, ManifestRecord};
 use crate::syntax::{is_valid_record_key, tid_timestamp_micros};
 
@@ -106,6 +106,16 @@ pub struct ProofInput<'a> {
     pub max_clock_skew_micros: i64,
     /// Parser limits.
     pub limits: &'a Limits,
+    /// MST nodes already validated by this process (`None`: check every node): a process that
+    /// checks many proofs keeps one, bounded ([`KnownNodes`]). The verdict is the same either way.
+    pub known_nodes: Option<&'a KnownNodes>,
+}
+
+impl ProofInput<'_> {
+    fn nodes(&self) -> &KnownNodes {
+        static NONE: KnownNodes = KnownNodes::disabled();
+        self.known_nodes.unwrap_or(&NONE)
+    }
 }
 
 /// Default clock-skew allowance for commit revs (5 minutes).
@@ -121,11 +131,27 @@ pub fn verify(input: &ProofInput<'_>) -> Verdict {
     let expect = input.expect;
     let digest = expect.digest.unwrap_or_default();
     let rkey = expect.rkey.unwrap_or_else(|| digest.strip_prefix("sha256:").unwrap_or(digest));
-    let mut facts = Facts { did: expect.did.to_owned(), uri: format!("at://{}/{MANIFEST_COLLECTION}/{rkey}", expect.did), ..Facts::default() };
+    let mut facts = Facts { did: expect.did.to_owned(), uri: record_uri(expect.did, rkey), ..Facts::default() };
     match verified(input, rkey, &mut facts) {
         Ok(message) => Verdict { reason: Reason::Verified, message, facts },
         Err((reason, message)) => Verdict { reason, message, facts },
     }
+}
+
+/// `at://<did>/io.atcr.manifest/<rkey>`, written in one allocation (it is made for every check).
+fn record_uri(did: &str, rkey: &str) -> String {
+    let mut uri = String::with_capacity(URI_PREFIX.len() + did.len() + 1 + MANIFEST_COLLECTION.len() + 1 + rkey.len());
+    for part in [URI_PREFIX, did, "/", MANIFEST_COLLECTION, "/", rkey] {
+        uri.push_str(part);
+    }
+    uri
+}
+
+const URI_PREFIX: &str = "at://";
+
+/// The record's path in the repository (`io.atcr.manifest/<rkey>`): the tail of its URI.
+fn record_path<'u>(uri: &'u str, did: &str) -> &'u str {
+    uri.get(URI_PREFIX.len() + did.len() + 1..).unwrap_or_default()
 }
 
 /// A failed step: the reason and the sentence for people (the facts gathered so far go with it).
@@ -141,15 +167,25 @@ fn verified(input: &ProofInput<'_>, rkey: &str, facts: &mut Facts) -> Step<Strin
         return Err((Reason::InvalidRequest, format!("{rkey:?} is not a valid record key")));
     }
     let key = signing_key(input, facts)?;
-    let (car, commit, rev) = signed_commit(input, key, facts)?;
+    let (car, commit) = signed_commit(input, key, facts)?;
+    let rev = commit.rev.as_deref().unwrap_or_default();
     let record = proven_record(input, &car, &commit, rkey, facts)?;
     // The record goes into the facts whatever it says: a mismatch is reported with it.
-    let outcome = matching(expect, &record, &facts.uri).map(|()| match expect.digest {
-        Some(digest) => format!("{digest} signed by {} (commit {}, rev {rev})", expect.did, car.root),
-        None => format!("{} is present in the signed repository of {} (commit {}, rev {rev})", facts.uri, expect.did, car.root),
-    });
+    let outcome = matching(expect, &record, &facts.uri).map(|()| admitted(expect, &facts.uri, &car.root, rev));
     facts.record = Some(record);
     outcome
+}
+
+/// The sentence for a verified proof, written into one buffer of the size it needs.
+fn admitted(expect: Expectation<'_>, uri: &str, commit: &Cid, rev: &str) -> String {
+    use std::fmt::Write as _;
+    // The CID's text is 59 characters; the rest is the literal words around the parts.
+    let mut message = String::with_capacity(expect.digest.map_or(uri.len(), str::len) + expect.did.len() + rev.len() + 59 + 64);
+    let _ = match expect.digest {
+        Some(digest) => write!(message, "{digest} signed by {} (commit {commit}, rev {rev})", expect.did),
+        None => write!(message, "{uri} is present in the signed repository of {} (commit {commit}, rev {rev})", expect.did),
+    };
+    message
 }
 
 /// The record names the expected digest and repository (when they are expected).
@@ -185,11 +221,11 @@ fn signing_key<'k>(input: &ProofInput<'k>, facts: &mut Facts) -> Step<&'k Public
     }
 }
 
-/// The CAR, its v3 commit for the expected DID with a valid signature, and the commit's rev
-/// (signed, and not later than the clock allows).
-fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts) -> Step<(Car<'c>, Commit, String)> {
+/// The CAR and its v3 commit for the expected DID with a valid signature, whose rev is a TID
+/// not later than the clock allows.
+fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts) -> Step<(Car<'c>, Commit)> {
     let expect = input.expect;
-    let car = Car::parse(input.car, input.limits).map_err(|e| malformed(facts, e))?;
+    let car = Car::parse_known(input.car, input.limits, input.nodes()).map_err(|e| malformed(facts, e))?;
     facts.commit = Some(car.root);
     let commit = Commit::of_car(&car, input.limits).map_err(|e| malformed(facts, e))?;
     facts.rev.clone_from(&commit.rev);
@@ -208,26 +244,26 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
     }
     facts.signature_verified = true;
     facts.signing_key = Some(key.clone());
-    let rev = commit.rev.clone().unwrap_or_default();
-    let rev_micros = tid_timestamp_micros(&rev).ok_or_else(|| malformed(facts, format!("commit rev {rev:?} is not a TID")))?;
+    let rev = commit.rev.as_deref().unwrap_or_default();
+    let rev_micros = tid_timestamp_micros(rev).ok_or_else(|| malformed(facts, format!("commit rev {rev:?} is not a TID")))?;
     if i64::try_from(rev_micros).unwrap_or(i64::MAX) > input.now_micros.saturating_add(input.max_clock_skew_micros) {
         return Err((Reason::RevInFuture, format!("commit rev {rev} is dated in the future beyond the allowed clock skew — check this node's clock")));
     }
-    Ok((car, commit, rev))
+    Ok((car, commit))
 }
 
 /// The record at `io.atcr.manifest/<rkey>` in the signed tree, decoded; its absence is proven
 /// deletion (`record-deleted`).
 fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &str, facts: &mut Facts) -> Step<ManifestRecord> {
-    let path = format!("{MANIFEST_COLLECTION}/{rkey}");
-    let walk = mst::walk(|cid| car.block(cid), commit.data, path.as_bytes(), input.limits).map_err(|e| malformed(facts, e))?;
+    let path = record_path(&facts.uri, input.expect.did).as_bytes();
+    let walk = mst::walk_car(car, commit.data, path, input.limits, input.nodes()).map_err(|e| malformed(facts, e))?;
     facts.path_proven = true;
     let record_cid = match walk.lookup {
         Lookup::Present(cid) => cid,
         Lookup::Absent => {
             let rev = commit.rev.as_deref().unwrap_or_default();
             let message = format!(
-                "the signed repository of {} (rev {rev}) has no record {path}: it was deleted or never written, so the image is not signed",
+                "the signed repository of {} (rev {rev}) has no record {MANIFEST_COLLECTION}/{rkey}: it was deleted or never written, so the image is not signed",
                 input.expect.did
             );
             return Err((Reason::RecordDeleted, message));

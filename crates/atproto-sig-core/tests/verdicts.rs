@@ -5,7 +5,7 @@ use atproto_sig_core::did::DidDocument;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::testkit::{Identity, T0_MICROS, Tamper, TestRepo, digest_of};
 use atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS;
-use atproto_sig_core::{Expectation, KeySource, Limits, ProofInput, Reason, Verdict, verify};
+use atproto_sig_core::{Expectation, KeySource, KnownNodes, Limits, ProofInput, Reason, Verdict, verify};
 
 struct Case {
     repo: TestRepo,
@@ -21,17 +21,29 @@ fn case(curve: Curve, filler: usize) -> Case {
     Case { repo, digest, rkey }
 }
 
+/// Checks a proof as a one-shot process does (no memo), then twice with a node memo this test
+/// process shares (warm with every proof checked before it, then with this one's own nodes):
+/// the memo may never change a verdict.
 fn check(case: &Case, car: &[u8], doc: &str, digest: &str, repository: &str) -> Verdict {
+    static KNOWN: KnownNodes = KnownNodes::new(KnownNodes::DEFAULT_SLOTS);
     let limits = Limits::default();
     let document = DidDocument::parse(doc.as_bytes(), &case.repo.identity.did, &limits).unwrap();
-    verify(&ProofInput {
-        car,
-        key: KeySource::Document(&document),
-        expect: Expectation { did: &case.repo.identity.did, rkey: None, digest: Some(digest), repository: Some(repository) },
-        now_micros: T0_MICROS,
-        max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
-        limits: &limits,
-    })
+    let verify_with = |known_nodes| {
+        verify(&ProofInput {
+            car,
+            key: KeySource::Document(&document),
+            expect: Expectation { did: &case.repo.identity.did, rkey: None, digest: Some(digest), repository: Some(repository) },
+            now_micros: T0_MICROS,
+            max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
+            limits: &limits,
+            known_nodes,
+        })
+    };
+    let verdict = verify_with(None);
+    for round in ["cold", "warm"] {
+        assert_eq!(verify_with(Some(&KNOWN)), verdict, "the verdict with a {round} node memo differs");
+    }
+    verdict
 }
 
 fn tampered(curve: Curve, tamper: Tamper) -> Verdict {
@@ -164,6 +176,8 @@ fn every_single_byte_flip_is_rejected() {
     let c = case(Curve::P256, 50);
     let car = c.repo.proof(MANIFEST_COLLECTION, &c.rkey);
     let doc = c.repo.identity.did_document_multikey();
+    // Checked whole first, so the shared node memo holds every node the flips below alter.
+    assert_eq!(check(&c, &car, &doc, &c.digest, "myapp").reason, Reason::Verified);
     for index in 0..car.len() {
         let mut bad = car.clone();
         bad[index] ^= 0x01;
@@ -189,6 +203,7 @@ fn facts_say_what_the_signature_covers_and_no_digest_means_presence_only() {
             now_micros: T0_MICROS,
             max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
             limits: &limits,
+            known_nodes: None,
         })
     };
     let present = presence(&c.repo.proof(MANIFEST_COLLECTION, &c.rkey), &c.rkey);
@@ -209,6 +224,7 @@ fn facts_say_what_the_signature_covers_and_no_digest_means_presence_only() {
         now_micros: T0_MICROS,
         max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
         limits: &limits,
+        known_nodes: None,
     });
     assert_eq!(nothing.reason, Reason::InvalidRequest);
 }

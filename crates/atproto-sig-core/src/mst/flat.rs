@@ -73,6 +73,11 @@ impl FlatNode {
         self.entries.iter().map(|e| self.keys.get(e.start..e.end).unwrap_or_default())
     }
 
+    /// Bytes its buffers hold (what [`super::KnownNodes`] counts against its per-node bound).
+    pub fn footprint(&self) -> usize {
+        self.keys.len().saturating_add(self.entries.len().saturating_mul(std::mem::size_of::<FlatEntry>()))
+    }
+
     /// True when some entry has a right subtree.
     pub fn has_right_links(&self) -> bool {
         self.entries.iter().any(|e| e.right.is_some())

@@ -1,7 +1,10 @@
 //! Walking a tree from its root: the inclusion or absence proof of one key, and the nodes
 //! covering every key under a prefix (a whole collection).
 
-use super::{FlatNode, MstError, Node, key_height};
+use std::sync::Arc;
+
+use super::{FlatNode, KnownNode, KnownNodes, MstError, Node, key_height};
+use crate::car::Car;
 use crate::cid::Cid;
 use crate::limits::Limits;
 
@@ -27,12 +30,39 @@ pub struct Walk {
 /// `block` returns verified block bytes by CID (a proof CAR, or a whole repository).
 /// Nodes are read into one reused [`FlatNode`] and the key range into two reused buffers: the
 /// walk allocates per walk, never per node entry.
-// One loop on purpose (~80 lines): each step of the descent checks the layer and key-range
-// invariants against the step before it; split up, that state would travel between functions.
 pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits) -> Result<Walk, MstError> {
+    static NONE: KnownNodes = KnownNodes::disabled();
+    walk_known(block, root, key, limits, &NONE)
+}
+
+/// [`walk`], with the nodes `known` already holds (byte for byte) taken as validated instead of
+/// decoded and checked again, and every node it validates remembered there. Same answer, same
+/// error, as [`walk`] (the `mst_node` fuzz target walks both ways).
+// One loop on purpose (~90 lines): each step of the descent checks the layer and key-range
+// invariants against the step before it; split up, that state would travel between functions.
+pub fn walk_known<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits, known: &KnownNodes) -> Result<Walk, MstError> {
+    walk_with(block, |cid, bytes| known.get(cid, bytes), root, key, limits, known)
+}
+
+/// [`walk_known`] through a CAR read by [`Car::parse_known`] with the same memo: the nodes it
+/// found there are taken from it, without looking them up again.
+pub(crate) fn walk_car(car: &Car<'_>, root: Cid, key: &[u8], limits: &Limits, known: &KnownNodes) -> Result<Walk, MstError> {
+    walk_with(|cid| car.block(cid), |cid, _| car.known_node(cid), root, key, limits, known)
+}
+
+/// The walk itself: `held` gives the node `known` holds for a CID and its bytes, if any.
+fn walk_with<'a>(
+    block: impl Fn(&Cid) -> Option<&'a [u8]>,
+    held: impl Fn(&Cid, &[u8]) -> Option<Arc<KnownNode>>,
+    root: Cid,
+    key: &[u8],
+    limits: &Limits,
+    known: &KnownNodes,
+) -> Result<Walk, MstError> {
     let key_layer = key_height(key);
-    let mut path = Vec::new();
-    let mut node = FlatNode::default();
+    // A proof is a handful of levels deep: one allocation for the whole path.
+    let mut path = Vec::with_capacity(limits.max_mst_depth.min(16));
+    let mut scratch = FlatNode::default();
     let mut cid = root;
     // Layer of the current node: unknown at the root, parent layer − 1 below it.
     let mut expected: Option<u32> = None;
@@ -43,17 +73,18 @@ pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8],
             return Err(MstError::TooLarge);
         }
         let bytes = block(&cid).ok_or(MstError::MissingBlock(cid))?;
-        node.decode_into(bytes, limits)?;
-        let first_height = node.key(0).map(key_height);
-        let layer = match (first_height, expected) {
-            (Some(height), _) => height,
-            (None, Some(layer)) => layer,
-            // An empty root is the empty repository, and only if it has no subtree.
-            (None, None) if node.left.is_none() => {
-                path.push((cid, 0));
-                return Ok(Walk { lookup: Lookup::Absent, path });
+        let remembered = held(&cid, bytes);
+        let (node, layer) = match &remembered {
+            // Its own checks passed when it was remembered; only where it sits is left to check.
+            Some(held) => (&held.node, held.layer),
+            None => {
+                scratch.decode_into(bytes, limits)?;
+                let Some(layer) = own_layer(&scratch, expected)? else {
+                    path.push((cid, 0));
+                    return Ok(Walk { lookup: Lookup::Absent, path });
+                };
+                (&scratch, layer)
             }
-            (None, None) => return Err(MstError::EmptyNode),
         };
         if let Some(expected) = expected
             && layer != expected
@@ -64,8 +95,8 @@ pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8],
             return Err(MstError::EmptyNode);
         }
         for (i, entry_key) in node.keys().enumerate() {
-            // The first key's height is the layer itself.
-            let found = if i == 0 { layer } else { key_height(entry_key) };
+            // The first key's height is the layer itself; a remembered node's keys all have it.
+            let found = if i == 0 || remembered.is_some() { layer } else { key_height(entry_key) };
             if found != layer {
                 return Err(MstError::Height { expected: layer, found });
             }
@@ -75,6 +106,9 @@ pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8],
         }
         if layer == 0 && (node.left.is_some() || node.has_right_links()) {
             return Err(MstError::EmptyNode);
+        }
+        if remembered.is_none() {
+            known.remember(&cid, bytes, node, layer);
         }
         path.push((cid, layer));
         if key_layer > layer {
@@ -102,6 +136,17 @@ pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8],
         };
         cid = next;
         expected = Some(layer - 1);
+    }
+}
+
+/// The layer of a freshly decoded node: its first key's height, or the expected layer for an
+/// empty node. `None` for the empty root of an empty repository (no entries, no subtree).
+fn own_layer(node: &FlatNode, expected: Option<u32>) -> Result<Option<u32>, MstError> {
+    match (node.key(0).map(key_height), expected) {
+        (Some(height), _) => Ok(Some(height)),
+        (None, Some(layer)) => Ok(Some(layer)),
+        (None, None) if node.left.is_none() => Ok(None),
+        (None, None) => Err(MstError::EmptyNode),
     }
 }
 

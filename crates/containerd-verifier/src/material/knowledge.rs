@@ -17,7 +17,7 @@ use atproto_sig_core::plc::verify_audit_log;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::syntax::format_datetime_micros;
 use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, Verdict, verify};
-use atproto_sig_core::{Limits, ParsedKeys, Reason};
+use atproto_sig_core::{KnownNodes, Limits, ParsedKeys, Reason};
 use base64::Engine;
 
 use crate::material::store::{Cache, CommitSeen, DidEntry, Kind, ProofEntry, RepoEntry, StateSeen, StateShard};
@@ -351,6 +351,7 @@ pub fn accept_proof(cache: &Cache, proof: &OfferedProof<'_>) -> Result<Accepted,
         now_micros: proof.now,
         max_clock_skew_micros: proof.clock_skew_micros,
         limits: &limits,
+        known_nodes: Some(known_nodes()),
     });
     // Only what the signature covers is kept: the path to the record proven under a verified
     // commit whose rev is not in the future (a rev in the future could outrank every later
@@ -412,6 +413,16 @@ pub fn document_of(entry: &DidEntry, strict: bool, limits: &Limits) -> Result<Di
 pub fn parsed_keys() -> &'static ParsedKeys {
     static KEYS: std::sync::OnceLock<ParsedKeys> = std::sync::OnceLock::new();
     KEYS.get_or_init(ParsedKeys::default)
+}
+
+/// The MST nodes this process has hash-checked and validated, by CID: a proof re-checked from
+/// the cache, another record's proof from the same repository, or a later commit that left a
+/// subtree alone, takes its known nodes from here instead of hashing and validating them again
+/// ([`KnownNodes::DEFAULT_SLOTS`] slots, a few MiB; an answer only for byte-identical nodes, so
+/// the verdict is the one a fresh check gives and no caller can steer another's).
+pub fn known_nodes() -> &'static KnownNodes {
+    static NODES: KnownNodes = KnownNodes::new(KnownNodes::DEFAULT_SLOTS);
+    &NODES
 }
 
 /// An entry's served document, parsed (its key through [`parsed_keys`]).
