@@ -4,12 +4,12 @@
 //! Input: blocks separated by `0xff 0xfe`; the first names the root, the last is the key.
 use atproto_sig_core::{
     cid::Cid,
-    mst::{walk, walk_known, KnownNodes},
+    mst::{walk, walk_known, KnownBlocks},
     Limits,
 };
 use libfuzzer_sys::fuzz_target;
 
-static KNOWN: KnownNodes = KnownNodes::new(64);
+static KNOWN: KnownBlocks = KnownBlocks::new(64);
 
 fuzz_target!(|data: &[u8]| {
     let mut parts: Vec<&[u8]> = Vec::new();

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use atproto_sig_core::crypto::{Curve, PublicKey};
 use atproto_sig_core::testkit::{digest_of, Identity, TestRepo, T0_MICROS};
-use atproto_sig_core::{verify, Expectation, KeySource, KnownNodes, Limits, ProofInput};
+use atproto_sig_core::{verify, Expectation, KeySource, KnownBlocks, Limits, ProofInput};
 use libfuzzer_sys::fuzz_target;
 
 struct Fixture {
@@ -26,11 +26,11 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-static KNOWN: KnownNodes = KnownNodes::new(64);
+static KNOWN: KnownBlocks = KnownBlocks::new(64);
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
-    let check = |known_nodes| {
+    let check = |known_blocks| {
         verify(&ProofInput {
             car: data,
             key: KeySource::Key(&f.key),
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             now_micros: T0_MICROS,
             max_clock_skew_micros: 0,
             limits: &Limits::default(),
-            known_nodes,
+            known_blocks,
         })
     };
     let plain = check(None);

@@ -25,7 +25,7 @@ fn a_tampered_rev_is_a_bad_signature_not_a_clock_problem() {
         now_micros: repo.now_micros,
         max_clock_skew_micros: 0,
         limits: &Limits::default(),
-        known_nodes: None,
+        known_blocks: None,
     });
     assert_eq!(verdict.reason, Reason::SignatureInvalid, "{}", verdict.message);
 }

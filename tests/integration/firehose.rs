@@ -81,7 +81,7 @@ fn commits_from_the_reference_pds_prove_themselves_and_a_deletion() {
         now_micros: containerd_verifier::clock::now_micros(None).unwrap(),
         max_clock_skew_micros: atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS,
         limits: &Limits::default(),
-        known_nodes: None,
+        known_blocks: None,
     });
     assert_eq!(verdict.reason, atproto_sig_core::Reason::RecordDeleted, "{}", verdict.message);
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crate::cbor::{self, CborError, Value};
 use crate::cid::{Cid, CidError};
 use crate::encoding::read_varint;
+use crate::known::{KnownBlock, KnownBlocks};
 use crate::limits::Limits;
-use crate::mst::{KnownNode, KnownNodes};
 
 /// A parsed CAR: its first root and its verified blocks, borrowed from the input.
 #[derive(Debug)]
@@ -26,7 +26,7 @@ pub struct Car<'a> {
     /// blocks, where comparing CIDs beats hashing them.
     index: HashMap<Cid, usize>,
     /// For [`Car::parse_known`]: the known node each block is, by position (empty otherwise).
-    known: Vec<Option<Arc<KnownNode>>>,
+    known: Vec<Option<Arc<KnownBlock>>>,
 }
 
 /// Why bytes are not an acceptable CAR v1.
@@ -96,14 +96,14 @@ impl std::error::Error for CarError {}
 impl<'a> Car<'a> {
     /// Parses and hash-checks a whole CAR v1.
     pub fn parse(bytes: &'a [u8], limits: &Limits) -> Result<Car<'a>, CarError> {
-        static NONE: KnownNodes = KnownNodes::disabled();
+        static NONE: KnownBlocks = KnownBlocks::disabled();
         Car::parse_known(bytes, limits, &NONE)
     }
 
     /// [`Car::parse`], except that a block whose bytes are exactly those of a node `known` holds
     /// under the same CID is not hashed again (those bytes hashed to it before). Same CAR, same
     /// error.
-    pub fn parse_known(bytes: &'a [u8], limits: &Limits, known: &KnownNodes) -> Result<Car<'a>, CarError> {
+    pub fn parse_known(bytes: &'a [u8], limits: &Limits, known: &KnownBlocks) -> Result<Car<'a>, CarError> {
         if bytes.len() > limits.max_car_bytes {
             return Err(CarError::TooLarge(bytes.len()));
         }
@@ -174,7 +174,7 @@ impl<'a> Car<'a> {
     }
 
     /// The known node block `cid` is, when [`Car::parse_known`] found it in its memo.
-    pub(crate) fn known_node(&self, cid: &Cid) -> Option<Arc<KnownNode>> {
+    pub(crate) fn known_block(&self, cid: &Cid) -> Option<Arc<KnownBlock>> {
         self.position(cid).and_then(|i| self.known.get(i)?.clone())
     }
 

@@ -235,7 +235,7 @@ mod tests {
             now_micros: repo.now_micros + 1_000_000,
             max_clock_skew_micros: crate::verify::DEFAULT_CLOCK_SKEW_MICROS,
             limits: &Limits::default(),
-            known_nodes: None,
+            known_blocks: None,
         });
         assert_eq!(verdict.reason, crate::Reason::RecordDeleted, "{}", verdict.message);
         assert!(verdict.facts.signature_verified && verdict.facts.path_proven);

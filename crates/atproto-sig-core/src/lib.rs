@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod did;
 pub mod encoding;
 pub mod firehose;
+pub mod known;
 pub mod limits;
 pub mod mst;
 pub mod parsed_keys;
@@ -30,7 +31,7 @@ pub mod testkit;
 pub mod verify;
 pub mod yaml;
 
+pub use known::KnownBlocks;
 pub use limits::Limits;
-pub use mst::KnownNodes;
 pub use parsed_keys::ParsedKeys;
 pub use verify::{Expectation, Facts, KeySource, ProofInput, Reason, Verdict, verify};

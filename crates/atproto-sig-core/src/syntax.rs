@@ -69,21 +69,32 @@ const TID_ALPHABET: &[u8; 32] = b"234567abcdefghijklmnopqrstuvwxyz";
 
 /// TID: 13 characters of the base32-sortable alphabet, first one `[234567abcdefghij]`.
 pub fn is_valid_tid(s: &str) -> bool {
+    tid_value(s).is_some()
+}
+
+/// The value of a character of the base32-sortable alphabet (`2`–`7` are 0–5, `a`–`z` 6–31).
+fn tid_digit(c: u8) -> Option<u64> {
+    match c {
+        b'2'..=b'7' => Some(u64::from(c - b'2')),
+        b'a'..=b'z' => Some(u64::from(c - b'a') + 6),
+        _ => None,
+    }
+}
+
+/// The 65 bits a valid TID spells, as a `u64` (its first character is at most `j`, so the top
+/// bit is 0 and nothing is lost); `None` for anything that is not a TID. One pass, no search:
+/// every commit rev of every proof goes through it.
+fn tid_value(s: &str) -> Option<u64> {
     let bytes = s.as_bytes();
-    bytes.len() == 13 && bytes.first().is_some_and(|c| b"234567abcdefghij".contains(c)) && bytes.iter().all(|c| TID_ALPHABET.contains(c))
+    if bytes.len() != 13 || !(b'2'..=b'j').contains(bytes.first()?) {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |value, &c| Some((value << 5) | tid_digit(c)?))
 }
 
 /// Microseconds since the Unix epoch encoded in a valid TID (top 53 bits after the sign bit).
 pub fn tid_timestamp_micros(s: &str) -> Option<u64> {
-    if !is_valid_tid(s) {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for c in s.bytes() {
-        let digit = TID_ALPHABET.iter().position(|&a| a == c)? as u64;
-        value = (value << 5) | digit;
-    }
-    Some(value >> 10)
+    tid_value(s).map(|value| value >> 10)
 }
 
 /// Encodes a TID from a timestamp and clock id (for building test repositories).
@@ -305,6 +316,27 @@ mod tests {
         assert_eq!(format_datetime_micros(micros as i64), "2023-08-31T02:18:48.943019Z");
         let tid = tid_from_parts(micros, 5);
         assert_eq!(tid_timestamp_micros(&tid), Some(micros));
+    }
+
+    /// The one-pass reader equals the definition (13 characters of the alphabet, the first in
+    /// `2`–`7`/`a`–`j`) on every string that varies one position over every byte.
+    #[test]
+    fn tid_validity_equals_the_definition() {
+        let definition = |s: &[u8]| s.len() == 13 && b"234567abcdefghij".contains(&s[0]) && s.iter().all(|c| TID_ALPHABET.contains(c));
+        for base in [&b"3k67up3j7hf2x"[..], b"2222222222222", b"jzzzzzzzzzzzz"] {
+            for at in 0..13 {
+                for byte in 0..=255u8 {
+                    let mut candidate = base.to_vec();
+                    candidate[at] = byte;
+                    let Ok(text) = std::str::from_utf8(&candidate) else { continue };
+                    assert_eq!(is_valid_tid(text), definition(&candidate), "{text:?}");
+                }
+            }
+        }
+        for short in ["", "3k67up3j7hf2", "3k67up3j7hf2xx"] {
+            assert!(!is_valid_tid(short));
+        }
+        assert_eq!(tid_timestamp_micros("jzzzzzzzzzzzz"), Some(u64::MAX >> 10), "the largest TID keeps every bit");
     }
 
     #[test]

@@ -12,10 +12,12 @@ use crate::cid::Cid;
 use crate::commit::Commit;
 use crate::crypto::PublicKey;
 use crate::did::DidDocument;
+use crate::known::KnownBlocks;
 use crate::limits::Limits;
-use crate::mst::{self, KnownNodes, Lookup};
+use crate::mst::{self, Lookup};
 use crate::record::{MANIFEST_COLLECTION, ManifestRecord};
 use crate::syntax::{is_valid_record_key, tid_timestamp_micros};
+use sha2::{Digest as _, Sha256};
 
 pub use crate::reason::Reason;
 
@@ -106,15 +108,16 @@ pub struct ProofInput<'a> {
     pub max_clock_skew_micros: i64,
     /// Parser limits.
     pub limits: &'a Limits,
-    /// MST nodes already validated by this process (`None`: check every node): a process that
-    /// checks many proofs keeps one, bounded ([`KnownNodes`]). The verdict is the same either way.
-    pub known_nodes: Option<&'a KnownNodes>,
+    /// Blocks this process already checked (`None`: check every block): a process that checks
+    /// many proofs keeps one, bounded ([`KnownBlocks`]). The signature is verified either way,
+    /// and the verdict is the same either way.
+    pub known_blocks: Option<&'a KnownBlocks>,
 }
 
 impl ProofInput<'_> {
-    fn nodes(&self) -> &KnownNodes {
-        static NONE: KnownNodes = KnownNodes::disabled();
-        self.known_nodes.unwrap_or(&NONE)
+    fn known(&self) -> &KnownBlocks {
+        static NONE: KnownBlocks = KnownBlocks::disabled();
+        self.known_blocks.unwrap_or(&NONE)
     }
 }
 
@@ -225,9 +228,13 @@ fn signing_key<'k>(input: &ProofInput<'k>, facts: &mut Facts) -> Step<&'k Public
 /// not later than the clock allows.
 fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts) -> Step<(Car<'c>, Commit)> {
     let expect = input.expect;
-    let car = Car::parse_known(input.car, input.limits, input.nodes()).map_err(|e| malformed(facts, e))?;
+    let car = Car::parse_known(input.car, input.limits, input.known()).map_err(|e| malformed(facts, e))?;
     facts.commit = Some(car.root);
-    let commit = Commit::of_car(&car, input.limits).map_err(|e| malformed(facts, e))?;
+    let known = car.known_block(&car.root);
+    let (commit, known_digest) = match known.as_deref().and_then(|block| block.commit(input.limits)) {
+        Some((commit, digest)) => (commit.clone(), Some(*digest)),
+        None => (Commit::of_car(&car, input.limits).map_err(|e| malformed(facts, e))?, None),
+    };
     facts.rev.clone_from(&commit.rev);
     if commit.version != 3 {
         return Err(malformed(facts, format!("commit version {} is not supported (only 3)", commit.version)));
@@ -238,9 +245,15 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
     }
     // The signature first: everything after it (rev, MST, record) is covered by it, so a
     // tampered rev must read as a bad signature, not as a clock problem.
-    if let Err(e) = commit.verify_signature(key) {
+    let digest = known_digest.unwrap_or_else(|| Sha256::digest(commit.unsigned_bytes()).into());
+    if let Err(e) = key.verify_prehash(&digest, &commit.sig) {
         let message = format!("commit {} of {} does not verify under the DID's {} key: {e}", car.root, expect.did, key.curve().jwt_alg());
         return Err((Reason::SignatureInvalid, message));
+    }
+    if known_digest.is_none()
+        && let Some(block) = car.block(&car.root)
+    {
+        input.known().remember_commit(&car.root, block, &commit, digest, input.limits);
     }
     facts.signature_verified = true;
     facts.signing_key = Some(key.clone());
@@ -256,7 +269,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
 /// deletion (`record-deleted`).
 fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &str, facts: &mut Facts) -> Step<ManifestRecord> {
     let path = record_path(&facts.uri, input.expect.did).as_bytes();
-    let walk = mst::walk_car(car, commit.data, path, input.limits, input.nodes()).map_err(|e| malformed(facts, e))?;
+    let walk = mst::walk_car(car, commit.data, path, input.limits, input.known()).map_err(|e| malformed(facts, e))?;
     facts.path_proven = true;
     let record_cid = match walk.lookup {
         Lookup::Present(cid) => cid,
@@ -271,5 +284,10 @@ fn proven_record(input: &ProofInput<'_>, car: &Car<'_>, commit: &Commit, rkey: &
     };
     facts.record_cid = Some(record_cid);
     let record_block = car.block(&record_cid).ok_or_else(|| malformed(facts, format!("record block {record_cid} is missing")))?;
-    ManifestRecord::decode(record_block, input.limits).map_err(|e| (Reason::RecordInvalid, format!("{}: {e}", facts.uri)))
+    if let Some(record) = car.known_block(&record_cid).as_deref().and_then(|block| block.record(input.limits)) {
+        return Ok(record.clone());
+    }
+    let record = ManifestRecord::decode(record_block, input.limits).map_err(|e| (Reason::RecordInvalid, format!("{}: {e}", facts.uri)))?;
+    input.known().remember_record(&record_cid, record_block, &record, input.limits);
+    Ok(record)
 }

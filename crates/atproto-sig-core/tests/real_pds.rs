@@ -41,7 +41,7 @@ fn check(car: &[u8], doc: &[u8], rkey: Option<&str>, digest: &str, repository: &
         now_micros: now(),
         max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
         limits: &limits,
-        known_nodes: None,
+        known_blocks: None,
     })
 }
 

@@ -5,7 +5,7 @@ use atproto_sig_core::did::DidDocument;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::testkit::{Identity, T0_MICROS, Tamper, TestRepo, digest_of};
 use atproto_sig_core::verify::DEFAULT_CLOCK_SKEW_MICROS;
-use atproto_sig_core::{Expectation, KeySource, KnownNodes, Limits, ProofInput, Reason, Verdict, verify};
+use atproto_sig_core::{Expectation, KeySource, KnownBlocks, Limits, ProofInput, Reason, Verdict, verify};
 
 struct Case {
     repo: TestRepo,
@@ -25,10 +25,10 @@ fn case(curve: Curve, filler: usize) -> Case {
 /// process shares (warm with every proof checked before it, then with this one's own nodes):
 /// the memo may never change a verdict.
 fn check(case: &Case, car: &[u8], doc: &str, digest: &str, repository: &str) -> Verdict {
-    static KNOWN: KnownNodes = KnownNodes::new(KnownNodes::DEFAULT_SLOTS);
+    static KNOWN: KnownBlocks = KnownBlocks::new(KnownBlocks::DEFAULT_SLOTS);
     let limits = Limits::default();
     let document = DidDocument::parse(doc.as_bytes(), &case.repo.identity.did, &limits).unwrap();
-    let verify_with = |known_nodes| {
+    let verify_with = |known_blocks| {
         verify(&ProofInput {
             car,
             key: KeySource::Document(&document),
@@ -36,7 +36,7 @@ fn check(case: &Case, car: &[u8], doc: &str, digest: &str, repository: &str) -> 
             now_micros: T0_MICROS,
             max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
             limits: &limits,
-            known_nodes,
+            known_blocks,
         })
     };
     let verdict = verify_with(None);
@@ -203,7 +203,7 @@ fn facts_say_what_the_signature_covers_and_no_digest_means_presence_only() {
             now_micros: T0_MICROS,
             max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
             limits: &limits,
-            known_nodes: None,
+            known_blocks: None,
         })
     };
     let present = presence(&c.repo.proof(MANIFEST_COLLECTION, &c.rkey), &c.rkey);
@@ -224,7 +224,7 @@ fn facts_say_what_the_signature_covers_and_no_digest_means_presence_only() {
         now_micros: T0_MICROS,
         max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
         limits: &limits,
-        known_nodes: None,
+        known_blocks: None,
     });
     assert_eq!(nothing.reason, Reason::InvalidRequest);
 }

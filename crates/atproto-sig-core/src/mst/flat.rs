@@ -73,7 +73,7 @@ impl FlatNode {
         self.entries.iter().map(|e| self.keys.get(e.start..e.end).unwrap_or_default())
     }
 
-    /// Bytes its buffers hold (what [`super::KnownNodes`] counts against its per-node bound).
+    /// Bytes its buffers hold (what [`crate::known::KnownBlocks`] counts against its per-node bound).
     pub fn footprint(&self) -> usize {
         self.keys.len().saturating_add(self.entries.len().saturating_mul(std::mem::size_of::<FlatEntry>()))
     }

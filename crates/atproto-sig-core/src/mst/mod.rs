@@ -16,14 +16,11 @@ use crate::limits::Limits;
 mod build;
 mod edit;
 mod flat;
-mod known;
 mod walk;
 
 pub use build::build;
 pub use edit::{Edit, apply};
 pub use flat::FlatNode;
-pub(crate) use known::KnownNode;
-pub use known::KnownNodes;
 pub(crate) use walk::walk_car;
 pub use walk::{Covering, Lookup, Walk, covering, walk, walk_known};
 

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use super::{FlatNode, KnownNode, KnownNodes, MstError, Node, key_height};
+use super::{FlatNode, MstError, Node, key_height};
 use crate::car::Car;
 use crate::cid::Cid;
+use crate::known::{KnownBlock, KnownBlocks};
 use crate::limits::Limits;
 
 /// Result of a lookup.
@@ -31,33 +32,34 @@ pub struct Walk {
 /// Nodes are read into one reused [`FlatNode`] and the key range into two reused buffers: the
 /// walk allocates per walk, never per node entry.
 pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits) -> Result<Walk, MstError> {
-    static NONE: KnownNodes = KnownNodes::disabled();
+    static NONE: KnownBlocks = KnownBlocks::disabled();
     walk_known(block, root, key, limits, &NONE)
 }
 
-/// [`walk`], with the nodes `known` already holds (byte for byte) taken as validated instead of
-/// decoded and checked again, and every node it validates remembered there. Same answer, same
+/// [`walk`], with the nodes `known` already holds (byte for byte, within these limits) taken as
+/// validated instead of decoded and checked again, and every node it validates remembered
+/// there. Same answer, same
 /// error, as [`walk`] (the `mst_node` fuzz target walks both ways).
 // One loop on purpose (~90 lines): each step of the descent checks the layer and key-range
 // invariants against the step before it; split up, that state would travel between functions.
-pub fn walk_known<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits, known: &KnownNodes) -> Result<Walk, MstError> {
+pub fn walk_known<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits, known: &KnownBlocks) -> Result<Walk, MstError> {
     walk_with(block, |cid, bytes| known.get(cid, bytes), root, key, limits, known)
 }
 
 /// [`walk_known`] through a CAR read by [`Car::parse_known`] with the same memo: the nodes it
 /// found there are taken from it, without looking them up again.
-pub(crate) fn walk_car(car: &Car<'_>, root: Cid, key: &[u8], limits: &Limits, known: &KnownNodes) -> Result<Walk, MstError> {
-    walk_with(|cid| car.block(cid), |cid, _| car.known_node(cid), root, key, limits, known)
+pub(crate) fn walk_car(car: &Car<'_>, root: Cid, key: &[u8], limits: &Limits, known: &KnownBlocks) -> Result<Walk, MstError> {
+    walk_with(|cid| car.block(cid), |cid, _| car.known_block(cid), root, key, limits, known)
 }
 
 /// The walk itself: `held` gives the node `known` holds for a CID and its bytes, if any.
 fn walk_with<'a>(
     block: impl Fn(&Cid) -> Option<&'a [u8]>,
-    held: impl Fn(&Cid, &[u8]) -> Option<Arc<KnownNode>>,
+    held: impl Fn(&Cid, &[u8]) -> Option<Arc<KnownBlock>>,
     root: Cid,
     key: &[u8],
     limits: &Limits,
-    known: &KnownNodes,
+    known: &KnownBlocks,
 ) -> Result<Walk, MstError> {
     let key_layer = key_height(key);
     // A proof is a handful of levels deep: one allocation for the whole path.
@@ -73,10 +75,11 @@ fn walk_with<'a>(
             return Err(MstError::TooLarge);
         }
         let bytes = block(&cid).ok_or(MstError::MissingBlock(cid))?;
-        let remembered = held(&cid, bytes);
-        let (node, layer) = match &remembered {
+        let held = held(&cid, bytes);
+        let remembered = held.as_deref().and_then(|known| known.node(limits));
+        let (node, layer) = match remembered {
             // Its own checks passed when it was remembered; only where it sits is left to check.
-            Some(held) => (&held.node, held.layer),
+            Some(remembered) => remembered,
             None => {
                 scratch.decode_into(bytes, limits)?;
                 let Some(layer) = own_layer(&scratch, expected)? else {
@@ -108,7 +111,7 @@ fn walk_with<'a>(
             return Err(MstError::EmptyNode);
         }
         if remembered.is_none() {
-            known.remember(&cid, bytes, node, layer);
+            known.remember_node(&cid, bytes, node, layer);
         }
         path.push((cid, layer));
         if key_layer > layer {

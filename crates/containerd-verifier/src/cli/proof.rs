@@ -140,7 +140,7 @@ fn verdict_from_files(args: &VerifyArgs, expect: Expectation<'_>, car: &[u8], ke
                 now_micros: now,
                 max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
                 limits: &limits,
-                known_nodes: None,
+                known_blocks: None,
             }),
             Ok(Err(e)) => Failure::NoSigningKey { did: did.to_owned(), problem: e.to_string() }.verdict(did),
             Err(e) => Failure::AuditLogInvalid { did: did.to_owned(), problem: e.to_string() }.verdict(did),
@@ -154,7 +154,7 @@ fn verdict_from_files(args: &VerifyArgs, expect: Expectation<'_>, car: &[u8], ke
                 now_micros: now,
                 max_clock_skew_micros: DEFAULT_CLOCK_SKEW_MICROS,
                 limits: &limits,
-                known_nodes: None,
+                known_blocks: None,
             }),
             Err(e) => Failure::DocumentInvalid(format!("DID document: {e}")).verdict(did),
         }

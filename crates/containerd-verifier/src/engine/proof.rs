@@ -188,7 +188,7 @@ impl Session<'_> {
             now_micros: self.now,
             max_clock_skew_micros: self.config.clock_skew.micros(),
             limits: &limits,
-            known_nodes: Some(crate::material::knowledge::known_nodes()),
+            known_blocks: Some(crate::material::knowledge::known_blocks()),
         })
     }
 }

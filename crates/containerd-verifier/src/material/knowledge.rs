@@ -17,7 +17,7 @@ use atproto_sig_core::plc::verify_audit_log;
 use atproto_sig_core::record::MANIFEST_COLLECTION;
 use atproto_sig_core::syntax::format_datetime_micros;
 use atproto_sig_core::verify::{Expectation, KeySource, ProofInput, Verdict, verify};
-use atproto_sig_core::{KnownNodes, Limits, ParsedKeys, Reason};
+use atproto_sig_core::{KnownBlocks, Limits, ParsedKeys, Reason};
 use base64::Engine;
 
 use crate::material::store::{Cache, CommitSeen, DidEntry, Kind, ProofEntry, RepoEntry, StateSeen, StateShard};
@@ -351,7 +351,7 @@ pub fn accept_proof(cache: &Cache, proof: &OfferedProof<'_>) -> Result<Accepted,
         now_micros: proof.now,
         max_clock_skew_micros: proof.clock_skew_micros,
         limits: &limits,
-        known_nodes: Some(known_nodes()),
+        known_blocks: Some(known_blocks()),
     });
     // Only what the signature covers is kept: the path to the record proven under a verified
     // commit whose rev is not in the future (a rev in the future could outrank every later
@@ -418,10 +418,10 @@ pub fn parsed_keys() -> &'static ParsedKeys {
 /// The MST nodes this process has hash-checked and validated, by CID: a proof re-checked from
 /// the cache, another record's proof from the same repository, or a later commit that left a
 /// subtree alone, takes its known nodes from here instead of hashing and validating them again
-/// ([`KnownNodes::DEFAULT_SLOTS`] slots, a few MiB; an answer only for byte-identical nodes, so
+/// ([`KnownBlocks::DEFAULT_SLOTS`] slots, a few MiB; an answer only for byte-identical nodes, so
 /// the verdict is the one a fresh check gives and no caller can steer another's).
-pub fn known_nodes() -> &'static KnownNodes {
-    static NODES: KnownNodes = KnownNodes::new(KnownNodes::DEFAULT_SLOTS);
+pub fn known_blocks() -> &'static KnownBlocks {
+    static NODES: KnownBlocks = KnownBlocks::new(KnownBlocks::DEFAULT_SLOTS);
     &NODES
 }
 

@@ -134,7 +134,7 @@ fn proves_absent(document: &DidDocument, rkey: &str, car: &[u8], config: &crate:
         now_micros: crate::clock::now_micros(None).unwrap_or(0),
         max_clock_skew_micros: config.clock_skew.micros(),
         limits: &Limits::default(),
-        known_nodes: Some(crate::material::knowledge::known_nodes()),
+        known_blocks: Some(crate::material::knowledge::known_blocks()),
     });
     verdict.reason == Reason::RecordDeleted
 }
