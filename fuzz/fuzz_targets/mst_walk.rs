@@ -4,8 +4,8 @@
 //! Input: blocks separated by `0xff 0xfe`; the first names the root, the last is the key.
 use atproto_sig_core::{
     cid::Cid,
-    mst::{walk, walk_known, KnownBlocks},
-    Limits,
+    mst::{walk, walk_known},
+    KnownBlocks, Limits,
 };
 use libfuzzer_sys::fuzz_target;
 
