@@ -415,14 +415,15 @@ pub fn parsed_keys() -> &'static ParsedKeys {
     KEYS.get_or_init(ParsedKeys::default)
 }
 
-/// The MST nodes this process has hash-checked and validated, by CID: a proof re-checked from
-/// the cache, another record's proof from the same repository, or a later commit that left a
-/// subtree alone, takes its known nodes from here instead of hashing and validating them again
-/// ([`KnownBlocks::DEFAULT_SLOTS`] slots, a few MiB; an answer only for byte-identical nodes, so
-/// the verdict is the one a fresh check gives and no caller can steer another's).
+/// The blocks this process has hash-checked and decoded, by CID (MST nodes, signed commits,
+/// records): a proof re-checked from the cache, another record's proof from the same
+/// repository, or a later commit that left a subtree alone, takes its known blocks from here
+/// instead of hashing and checking them again; the signature is verified at every check
+/// ([`KnownBlocks::DEFAULT_SLOTS`] slots, a few MiB; an answer only for byte-identical blocks,
+/// so the verdict is the one a fresh check gives and no caller can steer another's).
 pub fn known_blocks() -> &'static KnownBlocks {
-    static NODES: KnownBlocks = KnownBlocks::new(KnownBlocks::DEFAULT_SLOTS);
-    &NODES
+    static BLOCKS: KnownBlocks = KnownBlocks::new(KnownBlocks::DEFAULT_SLOTS);
+    &BLOCKS
 }
 
 /// An entry's served document, parsed (its key through [`parsed_keys`]).
