@@ -9,7 +9,7 @@
 //! Why it cannot change an answer: a block is remembered only after its bytes hashed to its
 //! CID and it passed every check that depends on nothing but its bytes and the limits it was
 //! read under (a node: strict decoding, keys sorted and maximally prefix-compressed, one height
-//! for all keys, no links at layer 0; a commit: decoded, and its signature verified under some
+//! for all keys, no links at layer 0, and for an empty node only its decoding; a commit: decoded, and its signature verified under some
 //! key; a record: decoded and valid). A lookup answers only when the bytes offered now are
 //! exactly the remembered bytes and, for what the limits decide, under the same limits; so the
 //! remembered facts are the facts those bytes would give again. What depends on where a block
@@ -33,13 +33,13 @@ use crate::record::ManifestRecord;
 /// What a remembered block is.
 #[derive(Debug)]
 pub(crate) enum Known {
-    /// A validated MST node (never empty: an empty node's layer depends on its parent), with
-    /// the height of all its keys.
+    /// A decoded MST node, with the height of all its keys: validated when it has keys; an
+    /// empty node's layer is its parent's business, so only its decoding is remembered.
     Node {
         /// The decoded node.
         node: FlatNode,
-        /// Its layer.
-        layer: u32,
+        /// Its layer (`None` for an empty node).
+        layer: Option<u32>,
     },
     /// A commit whose signature verified, and the SHA-256 of its signed bytes.
     Commit {
@@ -68,8 +68,9 @@ pub struct KnownBlock {
 }
 
 impl KnownBlock {
-    /// The node and its layer, when this block is a validated node that the `limits` allow.
-    pub(crate) fn node(&self, limits: &Limits) -> Option<(&FlatNode, u32)> {
+    /// The node and its layer (`None` for an empty node), when this block is a node that the
+    /// `limits` allow.
+    pub(crate) fn node(&self, limits: &Limits) -> Option<(&FlatNode, Option<u32>)> {
         match &self.what {
             Known::Node { node, layer } if node.len() <= limits.max_mst_node_entries => Some((node, *layer)),
             _ => None,
@@ -178,9 +179,10 @@ impl KnownBlocks {
     }
 
     /// Remembers a node whose `bytes` hashed to `cid` and passed every check that depends on its
-    /// bytes alone, at `layer`. Empty nodes are not kept.
+    /// bytes alone, at `layer` (an empty node's layer is not kept: its parent decides it).
     pub(crate) fn remember_node(&self, cid: &Cid, bytes: &[u8], node: &FlatNode, layer: u32) {
-        if self.is_enabled() && !node.is_empty() {
+        if self.is_enabled() {
+            let layer = (!node.is_empty()).then_some(layer);
             self.remember(cid, bytes, Known::Node { node: node.clone(), layer });
         }
     }
@@ -259,10 +261,10 @@ mod tests {
         assert_eq!(walk_known(|c| car.block(c), root, path.as_bytes(), &limits, &known).unwrap(), plain);
         let non_empty = plain.path.iter().filter(|(cid, _)| Node::decode(car.block(cid).unwrap(), &limits).is_ok_and(|n| !n.entries.is_empty())).count();
         assert!(non_empty >= 3, "{non_empty} non-empty nodes on the path");
-        assert_eq!(known.len(), non_empty);
+        assert_eq!(known.len(), plain.path.len(), "every node on the path is held");
         let again = Car::parse_known(&bytes, &limits, &known).unwrap();
-        let held = plain.path.iter().filter(|(cid, _)| again.known_block(cid).is_some()).count();
-        assert_eq!(held, non_empty, "the CAR reader found every remembered node");
+        let layered = plain.path.iter().filter(|(cid, _)| again.known_block(cid).and_then(|k| k.node(&limits).and_then(|(_, layer)| layer)).is_some()).count();
+        assert_eq!(layered, non_empty, "the CAR reader found every remembered node, with a layer for each non-empty one");
         assert_eq!(walk_car(&again, root, path.as_bytes(), &limits, &known).unwrap(), plain);
         for other in ["io.atcr.manifest/0", "io.atcr.manifest/zzzz", "a/b", "zzz/z", path.as_str()] {
             assert_eq!(walk_car(&again, root, other.as_bytes(), &limits, &known), walk(|c| again.block(c), root, other.as_bytes(), &limits), "{other}");
@@ -289,10 +291,10 @@ mod tests {
         assert_eq!(Car::parse_known(&tampered, &limits, &known).unwrap_err(), crate::car::CarError::HashMismatch(root));
     }
 
-    /// The memo never holds more nodes than its slots, nor empty or oversized nodes, and a
-    /// disabled one holds nothing.
+    /// The memo never holds more nodes than its slots, nor oversized nodes, nor an empty node's
+    /// layer, and a disabled one holds nothing.
     #[test]
-    fn the_memo_is_bounded_by_its_slots_and_keeps_no_empty_or_oversized_node() {
+    fn the_memo_is_bounded_by_its_slots_and_keeps_no_oversized_node_nor_an_empty_node_s_layer() {
         // A node of `count` entries with keys `a/<i>`, `i` written `width` digits wide.
         let node = |first: usize, count: usize, width: usize| {
             let entries = (first..first + count)
@@ -319,7 +321,8 @@ mod tests {
         let mut flat = FlatNode::default();
         flat.decode_into(&empty, &Limits::default()).unwrap();
         known.remember_node(&Cid::for_dag_cbor(&empty), &empty, &flat, 1);
-        assert!(!known.holds(&Cid::for_dag_cbor(&empty), &empty), "an empty node is kept");
+        let held = known.get(&Cid::for_dag_cbor(&empty), &empty).expect("an empty node's decoding is kept");
+        assert!(held.node(&Limits::default()).is_some_and(|(node, layer)| node.is_empty() && layer.is_none()), "its layer is its parent's");
         let disabled = KnownBlocks::disabled();
         let (cid, bytes, flat) = node(1, 1, 4);
         disabled.remember_node(&cid, &bytes, &flat, 0);

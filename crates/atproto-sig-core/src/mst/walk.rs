@@ -77,17 +77,24 @@ fn walk_with<'a>(
         let bytes = block(&cid).ok_or(MstError::MissingBlock(cid))?;
         let held = held(&cid, bytes);
         let remembered = held.as_deref().and_then(|known| known.node(limits));
-        let (node, layer) = match remembered {
-            // Its own checks passed when it was remembered; only where it sits is left to check.
-            Some(remembered) => remembered,
+        // A remembered node passed its own checks when it was remembered (an empty one was only
+        // decoded: its layer is the parent's); only where it sits is left to check.
+        let node = match remembered {
+            Some((node, _)) => node,
             None => {
                 scratch.decode_into(bytes, limits)?;
-                let Some(layer) = own_layer(&scratch, expected)? else {
+                &scratch
+            }
+        };
+        let layer = match remembered.and_then(|(_, layer)| layer) {
+            Some(layer) => layer,
+            None => match own_layer(node, expected)? {
+                Some(layer) => layer,
+                None => {
                     path.push((cid, 0));
                     return Ok(Walk { lookup: Lookup::Absent, path });
-                };
-                (&scratch, layer)
-            }
+                }
+            },
         };
         if let Some(expected) = expected
             && layer != expected
