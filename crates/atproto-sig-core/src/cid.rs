@@ -169,13 +169,16 @@ impl std::str::FromStr for Cid {
     }
 }
 
-impl fmt::Display for Cid {
-    /// `b` + base32 (RFC 4648, lowercase, unpadded) of the 36 bytes, written from a stack
+impl Cid {
+    /// Length of the text form: `b` and 58 base32 characters.
+    pub const TEXT_LEN: usize = 1 + (Cid::LEN * 8).div_ceil(5);
+
+    /// The text form (`b` + base32, RFC 4648, lowercase, unpadded, of the 36 bytes) in a stack
     /// buffer: every verdict's sentence names its commit. Equal to `multibase`'s encoding
     /// (tested).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    pub fn text(&self) -> CidText {
         const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-        let mut text = [b'b'; 1 + (Cid::LEN * 8).div_ceil(5)];
+        let mut text = [b'b'; Cid::TEXT_LEN];
         let (mut buffer, mut bits, mut out) = (0u32, 0u32, text.iter_mut().skip(1));
         let mut put = |index: u32| {
             if let (Some(slot), Some(c)) = (out.next(), ALPHABET.get(index as usize & 31)) {
@@ -194,7 +197,25 @@ impl fmt::Display for Cid {
         if bits > 0 {
             put(buffer << (5 - bits));
         }
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+        CidText(text)
+    }
+}
+
+/// A CID's text form, held on the stack ([`Cid::text`]).
+#[derive(Clone, Copy)]
+pub struct CidText([u8; Cid::TEXT_LEN]);
+
+impl CidText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII from the alphabet is ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Cid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text().as_str())
     }
 }
 

@@ -179,15 +179,18 @@ fn verified(input: &ProofInput<'_>, rkey: &str, facts: &mut Facts) -> Step<Strin
     outcome
 }
 
-/// The sentence for a verified proof, written into one buffer of the size it needs.
+/// The sentence for a verified proof, written into one buffer of the size it needs (it is made
+/// for every check: no formatting machinery).
 fn admitted(expect: Expectation<'_>, uri: &str, commit: &Cid, rev: &str) -> String {
-    use std::fmt::Write as _;
-    // The CID's text is 59 characters; the rest is the literal words around the parts.
-    let mut message = String::with_capacity(expect.digest.map_or(uri.len(), str::len) + expect.did.len() + rev.len() + 59 + 64);
-    let _ = match expect.digest {
-        Some(digest) => write!(message, "{digest} signed by {} (commit {commit}, rev {rev})", expect.did),
-        None => write!(message, "{uri} is present in the signed repository of {} (commit {commit}, rev {rev})", expect.did),
+    let commit = commit.text();
+    let parts: [&str; 8] = match expect.digest {
+        Some(digest) => [digest, " signed by ", expect.did, " (commit ", commit.as_str(), ", rev ", rev, ")"],
+        None => [uri, " is present in the signed repository of ", expect.did, " (commit ", commit.as_str(), ", rev ", rev, ")"],
     };
+    let mut message = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        message.push_str(part);
+    }
     message
 }
 
