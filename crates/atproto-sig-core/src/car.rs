@@ -138,6 +138,9 @@ impl<'a> Car<'a> {
             if car.position(&cid).is_none() {
                 car.push(cid, data);
                 if known.is_enabled() {
+                    if car.known.is_empty() {
+                        car.known.reserve(room);
+                    }
                     car.known.push(held);
                 }
                 if car.order.len() > limits.max_blocks {

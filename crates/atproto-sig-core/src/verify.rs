@@ -170,9 +170,21 @@ fn verified(input: &ProofInput<'_>, rkey: &str, facts: &mut Facts) -> Step<Strin
         return Err((Reason::InvalidRequest, format!("{rkey:?} is not a valid record key")));
     }
     let key = signing_key(input, facts)?;
-    let (car, commit) = signed_commit(input, key, facts)?;
+    let car = Car::parse_known(input.car, input.limits, input.known()).map_err(|e| malformed(facts, e))?;
+    facts.commit = Some(car.root);
+    // The commit as held by the memo (with the digest of its signed bytes), or decoded here.
+    let held = car.known_block(&car.root);
+    let decoded;
+    let (commit, known_digest) = match held.as_deref().and_then(|block| block.commit(input.limits)) {
+        Some((commit, digest)) => (commit, Some(*digest)),
+        None => {
+            decoded = Commit::of_car(&car, input.limits).map_err(|e| malformed(facts, e))?;
+            (&decoded, None)
+        }
+    };
+    signed_commit(input, key, &car, commit, known_digest, facts)?;
     let rev = commit.rev.as_deref().unwrap_or_default();
-    let record = proven_record(input, &car, &commit, rkey, facts)?;
+    let record = proven_record(input, &car, commit, rkey, facts)?;
     // The record goes into the facts whatever it says: a mismatch is reported with it.
     let outcome = matching(expect, &record, &facts.uri).map(|()| admitted(expect, &facts.uri, &car.root, rev));
     facts.record = Some(record);
@@ -227,17 +239,11 @@ fn signing_key<'k>(input: &ProofInput<'k>, facts: &mut Facts) -> Step<&'k Public
     }
 }
 
-/// The CAR and its v3 commit for the expected DID with a valid signature, whose rev is a TID
-/// not later than the clock allows.
-fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts) -> Step<(Car<'c>, Commit)> {
+/// The commit is v3, for the expected DID, with a valid signature under `key` (over
+/// `known_digest` when the memo holds the commit), and its rev is a TID not later than the
+/// clock allows.
+fn signed_commit(input: &ProofInput<'_>, key: &PublicKey, car: &Car<'_>, commit: &Commit, known_digest: Option<[u8; 32]>, facts: &mut Facts) -> Step<()> {
     let expect = input.expect;
-    let car = Car::parse_known(input.car, input.limits, input.known()).map_err(|e| malformed(facts, e))?;
-    facts.commit = Some(car.root);
-    let known = car.known_block(&car.root);
-    let (commit, known_digest) = match known.as_deref().and_then(|block| block.commit(input.limits)) {
-        Some((commit, digest)) => (commit.clone(), Some(*digest)),
-        None => (Commit::of_car(&car, input.limits).map_err(|e| malformed(facts, e))?, None),
-    };
     facts.rev.clone_from(&commit.rev);
     if commit.version != 3 {
         return Err(malformed(facts, format!("commit version {} is not supported (only 3)", commit.version)));
@@ -256,7 +262,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
     if known_digest.is_none()
         && let Some(block) = car.block(&car.root)
     {
-        input.known().remember_commit(&car.root, block, &commit, digest, input.limits);
+        input.known().remember_commit(&car.root, block, commit, digest, input.limits);
     }
     facts.signature_verified = true;
     facts.signing_key = Some(key.clone());
@@ -265,7 +271,7 @@ fn signed_commit<'c>(input: &ProofInput<'c>, key: &PublicKey, facts: &mut Facts)
     if i64::try_from(rev_micros).unwrap_or(i64::MAX) > input.now_micros.saturating_add(input.max_clock_skew_micros) {
         return Err((Reason::RevInFuture, format!("commit rev {rev} is dated in the future beyond the allowed clock skew — check this node's clock")));
     }
-    Ok((car, commit))
+    Ok(())
 }
 
 /// The record at `io.atcr.manifest/<rkey>` in the signed tree, decoded; its absence is proven
