@@ -181,7 +181,7 @@ impl KnownBlocks {
     /// Remembers a node whose `bytes` hashed to `cid` and passed every check that depends on its
     /// bytes alone, at `layer` (an empty node's layer is not kept: its parent decides it).
     pub(crate) fn remember_node(&self, cid: &Cid, bytes: &[u8], node: &FlatNode, layer: u32) {
-        if self.is_enabled() {
+        if self.is_enabled() && bytes.len().saturating_add(node.footprint()) <= KnownBlocks::MAX_BLOCK_FOOTPRINT {
             let layer = (!node.is_empty()).then_some(layer);
             self.remember(cid, bytes, Known::Node { node: node.clone(), layer });
         }
@@ -204,6 +204,10 @@ impl KnownBlocks {
 
     fn remember(&self, cid: &Cid, bytes: &[u8], what: Known) {
         let Some(index) = self.slot(cid) else { return };
+        // Most oversized blocks are refused before anything is copied.
+        if bytes.len() > KnownBlocks::MAX_BLOCK_FOOTPRINT {
+            return;
+        }
         let known = KnownBlock { cid: *cid, bytes: Box::from(bytes), what };
         if known.footprint() > KnownBlocks::MAX_BLOCK_FOOTPRINT {
             return;
