@@ -25,7 +25,7 @@ pub struct Car<'a> {
     /// Position by CID, built only past [`Car::SCANNED_BLOCKS`]: a proof has a handful of
     /// blocks, where comparing CIDs beats hashing them.
     index: HashMap<Cid, usize>,
-    /// For [`Car::parse_known`]: the known node each block is, by position (empty otherwise).
+    /// For [`Car::parse_known`]: the held block each block is, by position (empty otherwise).
     known: Vec<Option<Arc<KnownBlock>>>,
 }
 
@@ -100,9 +100,9 @@ impl<'a> Car<'a> {
         Car::parse_known(bytes, limits, &NONE)
     }
 
-    /// [`Car::parse`], except that a block whose bytes are exactly those of a node `known` holds
-    /// under the same CID is not hashed again (those bytes hashed to it before). Same CAR, same
-    /// error.
+    /// [`Car::parse`], except that a block whose bytes are exactly those of a block `known`
+    /// holds under the same CID is not hashed again (those bytes hashed to it before). Same CAR,
+    /// same error.
     pub fn parse_known(bytes: &'a [u8], limits: &Limits, known: &KnownBlocks) -> Result<Car<'a>, CarError> {
         if bytes.len() > limits.max_car_bytes {
             return Err(CarError::TooLarge(bytes.len()));
@@ -176,7 +176,7 @@ impl<'a> Car<'a> {
         self.position(cid).and_then(|i| self.data.get(i).copied())
     }
 
-    /// The known node block `cid` is, when [`Car::parse_known`] found it in its memo.
+    /// The held block `cid` is, when [`Car::parse_known`] found it in its memo.
     pub(crate) fn known_block(&self, cid: &Cid) -> Option<Arc<KnownBlock>> {
         self.position(cid).and_then(|i| self.known.get(i)?.clone())
     }

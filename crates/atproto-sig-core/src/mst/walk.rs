@@ -38,8 +38,7 @@ pub fn walk<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8],
 
 /// [`walk`], with the nodes `known` already holds (byte for byte, within these limits) taken as
 /// validated instead of decoded and checked again, and every node it validates remembered
-/// there. Same answer, same
-/// error, as [`walk`] (the `mst_node` fuzz target walks both ways).
+/// there. Same answer, same error, as [`walk`] (the `mst_walk` fuzz target walks both ways).
 // One loop on purpose (~90 lines): each step of the descent checks the layer and key-range
 // invariants against the step before it; split up, that state would travel between functions.
 pub fn walk_known<'a>(block: impl Fn(&Cid) -> Option<&'a [u8]>, root: Cid, key: &[u8], limits: &Limits, known: &KnownBlocks) -> Result<Walk, MstError> {
@@ -52,7 +51,7 @@ pub(crate) fn walk_car(car: &Car<'_>, root: Cid, key: &[u8], limits: &Limits, kn
     walk_with(|cid| car.block(cid), |cid, _| car.known_block(cid), root, key, limits, known)
 }
 
-/// The walk itself: `held` gives the node `known` holds for a CID and its bytes, if any.
+/// The walk itself: `held` gives the block `known` holds for a CID and its bytes, if any.
 fn walk_with<'a>(
     block: impl Fn(&Cid) -> Option<&'a [u8]>,
     held: impl Fn(&Cid, &[u8]) -> Option<Arc<KnownBlock>>,
